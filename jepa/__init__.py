@@ -1,0 +1,3 @@
+"""jepa: train Joint-Embedding Predictive Architectures."""
+
+__version__ = "0.1.0"

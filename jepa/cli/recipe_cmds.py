@@ -1,0 +1,55 @@
+"""``jepa modalities`` and ``jepa recipe check|show|schema``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from jepa import registry
+from jepa.recipe import load_recipe, recipe_json_schema
+
+console = Console()
+
+SetOption = typer.Option(None, "--set", help="Override a recipe field: dotted.key=value (YAML value); repeatable")
+
+
+def register(app: typer.Typer, bench: typer.Typer) -> None:
+    recipe = typer.Typer(help="Validate, resolve and describe recipes.", no_args_is_help=True)
+    app.add_typer(recipe, name="recipe")
+
+    @app.command("modalities")
+    def modalities() -> None:
+        """List the registered modality plugins and the package providing each."""
+        table = Table(title="jepa.modalities")
+        table.add_column("name")
+        table.add_column("package")
+        table.add_column("object")
+        for info in registry.available():
+            table.add_row(info.name, info.package, info.target)
+        console.print(table)
+
+    @recipe.command("check")
+    def check(files: list[Path] = typer.Argument(..., help="Recipe YAML files"),
+              overrides: Optional[list[str]] = SetOption) -> None:
+        """Validate recipes (types, unknown keys, semantic checks) without building anything."""
+        for f in files:
+            r = load_recipe(f, overrides or [])
+            plugin = registry.get(r.modality.name)  # type: ignore[attr-defined]
+            console.print(f"[green]ok[/] {f}: {plugin.describe(r.modality)}, {r.total_steps} steps "
+                          f"({r.optim.epochs:g} epochs x {r.steps_per_epoch} steps of {r.data.global_batch_size})",
+                          highlight=False)
+
+    @recipe.command("show")
+    def show(file: Path, overrides: Optional[list[str]] = SetOption) -> None:
+        """Print the fully resolved recipe (defaults included) as YAML."""
+        print(load_recipe(file, overrides or []).to_yaml(), end="")
+
+    @recipe.command("schema")
+    def schema() -> None:
+        """Print the recipe JSON Schema (with every field's description)."""
+        print(json.dumps(recipe_json_schema(), indent=2))

@@ -1,0 +1,63 @@
+"""Wiring of the JEPA parts into the online model and the target computation.
+
+This is the only place that knows how context, targets and predictor fit together; it is
+modality-agnostic and works on :class:`~jepa.interfaces.MaskSet` indices.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from jepa.interfaces import Encoder, MaskSet, Predictor
+from jepa.loss import normalize_targets
+
+
+def gather_tokens(tokens_BND: Tensor, idx_BK: Tensor) -> Tensor:
+    """(B, N, D) tokens, (B, K) indices -> (B, K, D) selected tokens."""
+    return torch.gather(tokens_BND, 1, idx_BK.unsqueeze(-1).expand(-1, -1, tokens_BND.shape[-1]))
+
+
+class JEPA(nn.Module):
+    """The trained (online) part: context encoder + predictor.
+
+    ``forward`` encodes the context once and predicts every target block; with M blocks the
+    context is repeated along the batch, so predictions are (B*M, T, D) in row order
+    (b0m0, b0m1, ..., b1m0, ...), the same order as :func:`target_tokens`.
+    """
+
+    def __init__(self, encoder: Encoder, predictor: Predictor):
+        super().__init__()
+        self.encoder = encoder
+        self.predictor = predictor
+
+    def forward(self, x: Tensor, masks: MaskSet) -> Tensor:
+        m = masks.num_targets
+        context_BKD = self.encoder(x, masks.context_idx_BK)
+        context = context_BKD.repeat_interleave(m, dim=0)
+        context_idx = masks.context_idx_BK.repeat_interleave(m, dim=0)
+        target_idx = masks.target_idx_BMT.flatten(0, 1)
+        return self.predictor(context, context_idx, target_idx)
+
+
+@torch.no_grad()
+def target_tokens(target_encoder: Encoder, x: Tensor, masks: MaskSet, normalize: bool = True) -> Tensor:
+    """Target representations (B*M, T, D): encode the whole input, (layer-norm), then cut the blocks.
+
+    Masking happens after the target encoder, as in I-JEPA.
+    """
+    h_BND = target_encoder(x)
+    if normalize:
+        h_BND = normalize_targets(h_BND)
+    b, m, t = masks.target_idx_BMT.shape
+    h = h_BND.repeat_interleave(m, dim=0)
+    return gather_tokens(h, masks.target_idx_BMT.reshape(b * m, t))
+
+
+def representation_spread(tokens_BND: Tensor) -> Tensor:
+    """Collapse signal: mean over features of the std across the batch of mean-pooled tokens (scalar).
+
+    Near zero when every input maps to the same representation.
+    """
+    pooled = tokens_BND.float().mean(dim=1)
+    return pooled.std(dim=0).mean()

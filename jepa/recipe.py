@@ -1,0 +1,296 @@
+"""Typed, strict recipes: YAML -> validated pydantic models, with ``--set`` overrides.
+
+A recipe states what differs from the defaults in code. Validation happens in three passes,
+all before anything heavy is built:
+
+1. the modality section, by the plugin's own ``config_model`` (``modality.name`` picks it);
+2. the core sections (data, optim, ema, loss, engine, checkpoint, log) by the models below;
+3. semantic checks (``check_recipe``): the core's and the modality's ``check``.
+
+Every problem is reported as ``FILE: field.path: problem (got VALUE)`` in one
+:class:`RecipeError`, never as a traceback.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, ValidationError
+
+from jepa import registry
+
+
+class StrictModel(BaseModel):
+    """Base of every config model: unknown keys are errors, values are re-validated on assignment."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class RecipeError(ValueError):
+    """A recipe problem a user can fix; ``str()`` is the full, readable report."""
+
+    def __init__(self, source: str, problems: list[tuple[str, str]]):
+        self.source = source
+        self.problems = problems
+        lines = [f"{source}: {path}: {msg}" if path else f"{source}: {msg}" for path, msg in problems]
+        header = f"{source}: invalid recipe ({len(problems)} problem{'s' if len(problems) != 1 else ''})"
+        super().__init__("\n".join([header, *("  " + line for line in lines)]))
+
+
+# --------------------------------------------------------------------------- core sections
+
+
+class DataConfig(StrictModel):
+    """Where training samples come from and how they are batched."""
+
+    source: Literal["shards", "synthetic"] = Field(
+        "shards", description="'shards': WebDataset tar shards; 'synthetic': random inputs from the "
+        "modality's example_input (throughput benchmarks, engine checks)")
+    train_shards: str | None = Field(
+        None, description="Shard list: brace pattern, local path, http(s):// URL or pipe: command; "
+        "several patterns may be joined with '::'")
+    samples_per_epoch: int = Field(1_281_167, gt=0, description="Samples that make one epoch (IN-1K: 1281167, IN-22K: ~14.2M)")
+    global_batch_size: int = Field(2048, gt=0, description="Images per optimiser step over all ranks")
+    num_workers: int = Field(8, ge=0, description="Data-loader worker processes per rank")
+    shuffle_buffer: int = Field(2000, ge=1, description="Samples in each worker's shuffle buffer")
+    prefetch_factor: int = Field(2, ge=1, description="Batches prefetched per worker")
+    max_skip_rate: float = Field(0.01, ge=0.0, le=1.0, description="Stop when more than this share of samples is corrupt")
+    min_samples_for_skip_check: int = Field(1000, ge=1, description="Samples seen before the skip rate is enforced")
+
+
+class OptimConfig(StrictModel):
+    """AdamW with linear-warmup + cosine learning rate and cosine weight decay."""
+
+    epochs: float = Field(300, gt=0, description="Length of the run in epochs")
+    warmup_epochs: float = Field(40, ge=0, description="Linear LR warmup from start_lr to lr")
+    start_lr: float = Field(2e-4, ge=0)
+    lr: float = Field(1e-3, gt=0, description="Peak learning rate (after warmup)")
+    final_lr: float = Field(1e-6, ge=0)
+    weight_decay: float = Field(0.04, ge=0, description="Weight decay at step 0 (cosine to final_weight_decay)")
+    final_weight_decay: float = Field(0.4, ge=0)
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = Field(1e-8, gt=0)
+    grad_clip: float | None = Field(None, gt=0, description="Clip the global gradient norm (None: no clipping)")
+
+
+class EMAConfig(StrictModel):
+    """Target-encoder momentum, linear from ``momentum`` to ``final_momentum`` over the run."""
+
+    momentum: float = Field(0.996, ge=0, le=1)
+    final_momentum: float = Field(1.0, ge=0, le=1)
+
+
+class LossConfig(StrictModel):
+    kind: Literal["l2", "smooth_l1"] = Field("l2", description="'l2' (paper) or 'smooth_l1' with beta 1 (authors' code)")
+    normalize_targets: bool = Field(True, description="Layer-norm target features (no affine) before the loss")
+
+
+class EngineConfig(StrictModel):
+    """DeepSpeed settings."""
+
+    zero_stage: Literal[0, 1, 2, 3] = 0
+    precision: Literal["fp32", "bf16", "fp16"] = Field("bf16", description="bf16 autocast as in the paper; fp16 uses loss scaling")
+    grad_accum_steps: int = Field(1, ge=1)
+    compile: bool = Field(False, description="torch.compile the context encoder and predictor")
+    activation_checkpointing: bool = Field(False, description="Recompute transformer blocks in backward (ViT-H/g memory)")
+
+
+class CheckpointConfig(StrictModel):
+    every_steps: int = Field(1000, ge=1, description="Save a checkpoint every N optimiser steps (and at the end)")
+    keep_last: int = Field(3, ge=1, description="Complete checkpoints kept on disk")
+
+
+class LogConfig(StrictModel):
+    every_steps: int = Field(10, ge=1, description="Log (and sync the loss to the host) every N steps")
+    tensorboard: bool = Field(False, description="Also write TensorBoard events (needs the 'tensorboard' extra)")
+    collapse_threshold: float | None = Field(
+        None, gt=0, description="Stop when the spread of target representations across the batch falls below this")
+
+
+class Recipe(StrictModel):
+    """A complete training recipe."""
+
+    name: str = Field(description="Run name; the run directory defaults to runs/<name>")
+    seed: int = 0
+    run_dir: str | None = Field(None, description="Where checkpoints, metrics and the resolved recipe go (default runs/<name>)")
+    max_steps: int | None = Field(None, gt=0, description="Stop after this many steps (schedules still span the full run)")
+    modality: SerializeAsAny[BaseModel] = Field(description="The modality section; 'name' selects the plugin")
+    data: DataConfig = DataConfig()
+    optim: OptimConfig = OptimConfig()
+    ema: EMAConfig = EMAConfig()
+    loss: LossConfig = LossConfig()
+    engine: EngineConfig = EngineConfig()
+    checkpoint: CheckpointConfig = CheckpointConfig()
+    log: LogConfig = LogConfig()
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return max(1, self.data.samples_per_epoch // self.data.global_batch_size)
+
+    @property
+    def total_steps(self) -> int:
+        """Optimiser steps that the schedules span."""
+        return max(1, math.ceil(self.optim.epochs * self.steps_per_epoch))
+
+    @property
+    def warmup_steps(self) -> int:
+        return round(self.optim.warmup_epochs * self.steps_per_epoch)
+
+    @property
+    def resolved_run_dir(self) -> Path:
+        return Path(self.run_dir or f"runs/{self.name}")
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+
+# --------------------------------------------------------------------------- parsing
+
+
+def _format_value(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _problems_from(err: ValidationError, prefix: tuple[Any, ...] = ()) -> list[tuple[str, str]]:
+    problems = []
+    for e in err.errors():
+        loc = ".".join(str(p) for p in (*prefix, *e["loc"]))
+        if e["type"] == "extra_forbidden":
+            msg = "unknown key (check the spelling; `jepa recipe schema` lists every key)"
+        elif e["type"] == "missing":
+            msg = "required key is missing"
+        else:
+            msg = f"{e['msg']} (got {_format_value(e.get('input'))})"
+        problems.append((loc, msg))
+    return problems
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply ``dotted.key=value`` overrides (values parsed as YAML) to a raw recipe dict.
+
+    Raises:
+        RecipeError: an override is not of the form ``a.b=value`` or walks through a non-mapping.
+    """
+    out = yaml.safe_load(yaml.safe_dump(raw)) if raw else {}
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        if not sep or not key or any(not p for p in key.split(".")):
+            raise RecipeError("--set", [(key or item, f"expected dotted.key=value, got {item!r}")])
+        try:
+            value = yaml.safe_load(text) if text != "" else None
+        except yaml.YAMLError as exc:
+            raise RecipeError("--set", [(key, f"value {text!r} is not valid YAML: {exc}")]) from None
+        node = out
+        parts = key.split(".")
+        for i, part in enumerate(parts[:-1]):
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+            if not isinstance(child, dict):
+                where = ".".join(parts[: i + 1])
+                raise RecipeError("--set", [(key, f"{where} is {_format_value(child)}, not a section; cannot set {key}")])
+            node = child
+        node[parts[-1]] = value
+    return out
+
+
+def parse_recipe(raw: Any, source: str = "<recipe>") -> Recipe:
+    """Validate a raw recipe mapping (types and semantics).
+
+    Raises:
+        RecipeError: naming ``source``, every bad field path, the bad value and what is allowed.
+    """
+    if not isinstance(raw, dict):
+        raise RecipeError(source, [("", f"a recipe must be a YAML mapping, got {type(raw).__name__}")])
+    raw = dict(raw)
+    problems: list[tuple[str, str]] = []
+
+    modality_raw = raw.pop("modality", None)
+    modality_cfg: BaseModel | None = None
+    if modality_raw is None:
+        problems.append(("modality", "required section is missing (e.g. `modality: {name: image}`)"))
+    elif not isinstance(modality_raw, dict) or "name" not in modality_raw:
+        problems.append(("modality.name", "required key is missing; it selects the modality plugin (`jepa modalities` lists them)"))
+    else:
+        try:
+            plugin = registry.get(str(modality_raw["name"]))
+        except ValueError as exc:
+            problems.append(("modality.name", str(exc)))
+        else:
+            try:
+                modality_cfg = plugin.config_model.model_validate(modality_raw)
+            except ValidationError as exc:
+                problems += _problems_from(exc, ("modality",))
+
+    try:
+        recipe = Recipe.model_validate({**raw, "modality": modality_cfg or _Placeholder()})
+    except ValidationError as exc:
+        problems += _problems_from(exc)
+        recipe = None
+    if problems:
+        raise RecipeError(source, problems)
+    assert recipe is not None
+    semantic = check_recipe(recipe)
+    if semantic:
+        raise RecipeError(source, semantic)
+    return recipe
+
+
+class _Placeholder(BaseModel):
+    """Stands in for an invalid modality section so the core sections still get checked."""
+
+
+def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
+    """Read, override and validate a recipe file."""
+    path = Path(path)
+    source = str(path)
+    if not path.is_file():
+        raise RecipeError(source, [("", "file not found")])
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise RecipeError(source, [("", f"not valid YAML: {exc}")]) from None
+    if overrides:
+        raw = apply_overrides(raw or {}, overrides)
+        source = f"{source} (with --set {' '.join(overrides)})"
+    return parse_recipe(raw, source)
+
+
+def check_recipe(recipe: Recipe) -> list[tuple[str, str]]:
+    """Semantic checks of the core sections plus the modality's own ``check``."""
+    problems: list[tuple[str, str]] = []
+    o, d = recipe.optim, recipe.data
+    if o.warmup_epochs >= o.epochs:
+        problems.append(("optim.warmup_epochs", f"must be shorter than optim.epochs={o.epochs} (got {o.warmup_epochs})"))
+    if o.final_lr > o.lr or o.start_lr > o.lr:
+        problems.append(("optim.lr", f"peak lr {o.lr} must be >= start_lr {o.start_lr} and final_lr {o.final_lr}"))
+    if recipe.ema.final_momentum < recipe.ema.momentum:
+        problems.append(("ema.final_momentum", f"must be >= ema.momentum={recipe.ema.momentum} (got {recipe.ema.final_momentum})"))
+    if d.samples_per_epoch < d.global_batch_size:
+        problems.append(("data.samples_per_epoch", f"an epoch must hold at least one global batch of {d.global_batch_size} (got {d.samples_per_epoch})"))
+    if d.source == "shards" and not d.train_shards:
+        problems.append(("data.train_shards", "required when data.source is 'shards' (set it in the recipe or with --set data.train_shards=...)"))
+    if d.global_batch_size % recipe.engine.grad_accum_steps:
+        problems.append(("engine.grad_accum_steps", f"must divide data.global_batch_size={d.global_batch_size} (got {recipe.engine.grad_accum_steps})"))
+    plugin = registry.get(recipe.modality.name)  # type: ignore[attr-defined]
+    problems += [(f"modality.{path}" if path else "modality", msg) for path, msg in plugin.check(recipe.modality)]
+    return problems
+
+
+def recipe_json_schema() -> dict[str, Any]:
+    """JSON Schema of a recipe, the modality section being one of the registered plugins' models."""
+    schema = Recipe.model_json_schema()
+    defs = schema.setdefault("$defs", {})
+    options = []
+    for info in registry.available():
+        sub = registry.get(info.name).config_model.model_json_schema(ref_template="#/$defs/{model}")
+        defs.update(sub.pop("$defs", {}))
+        title = sub.get("title", info.name)
+        defs[title] = sub
+        options.append({"$ref": f"#/$defs/{title}"})
+    schema["properties"]["modality"] = {"description": "The modality section; 'name' selects the plugin", "oneOf": options}
+    return schema
