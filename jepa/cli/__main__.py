@@ -1,0 +1,3 @@
+from jepa.cli import main
+
+main()
