@@ -1,0 +1,162 @@
+"""``jepa shards``, ``jepa demo-data`` and ``jepa bench data``."""
+
+from __future__ import annotations
+
+import os
+import statistics
+import time
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from jepa.cli.recipe_cmds import SetOption
+
+console = Console()
+err_console = Console(stderr=True)
+
+
+def _user_error(exc: ValueError) -> typer.Exit:
+    err_console.print(f"[bold red]error:[/] {exc}", markup=True, highlight=False, soft_wrap=True)
+    return typer.Exit(2)
+
+
+def register(app: typer.Typer, bench: typer.Typer) -> None:
+    @app.command("shards")
+    def shards_cmd(
+        src: Path = typer.Argument(..., help="Image folder: class sub-folders (labelled) or images directly (unlabelled)"),
+        out: Path = typer.Argument(..., help="Output folder for the shards and manifest.json"),
+        max_count: int = typer.Option(1000, "--max-count", help="Most images per shard"),
+        max_size: float = typer.Option(1024, "--max-size", help="Most megabytes per shard"),
+        workers: int = typer.Option(os.cpu_count() or 1, "--workers", help="Parallel writer processes"),
+        prefix: str = typer.Option("shard", "--prefix", help="Shard file name prefix: PREFIX-000000.tar, ..."),
+    ) -> None:
+        """Write an image folder as WebDataset shards (original bytes, 'cls' labels from sorted class
+        folder names), checking that every image decodes; unreadable files are reported and skipped."""
+        from jepa.shards import shard_image_folder
+
+        try:
+            manifest = shard_image_folder(src, out, prefix=prefix, max_count=max_count,
+                                          max_bytes=int(max_size * 2**20), workers=workers)
+        except ValueError as exc:
+            raise _user_error(exc) from None
+        for skipped in manifest.skipped[:20]:
+            err_console.print(f"[yellow]skipped[/] {skipped.path}: {skipped.error}", highlight=False, soft_wrap=True)
+        if len(manifest.skipped) > 20:
+            err_console.print(f"[yellow]... and {len(manifest.skipped) - 20} more skipped files (see manifest.json)[/]")
+        labels = f", {len(manifest.classes)} classes" if manifest.classes else ", unlabelled"
+        console.print(f"[green]wrote[/] {manifest.total} images in {len(manifest.shards)} shards{labels}: "
+                      f"{out / manifest.pattern} ({len(manifest.skipped)} skipped, {manifest.ignored_files} "
+                      "non-image files ignored)", highlight=False)
+
+    @app.command("demo-data")
+    def demo_data_cmd(
+        out: Path = typer.Argument(..., help="Output folder (gets train/ and val/ shard sets)"),
+        num_images: int = typer.Option(5000, "--num-images", help="Training images"),
+        num_val: int = typer.Option(1000, "--num-val", help="Held-out validation images"),
+        size: int = typer.Option(64, "--size", help="Image side in pixels"),
+        classes: int = typer.Option(10, "--classes", help="Number of classes (2..10)"),
+        seed: int = typer.Option(0, "--seed", help="Everything is a function of the seed"),
+        max_count: int = typer.Option(500, "--max-count", help="Images per shard"),
+        workers: int = typer.Option(os.cpu_count() or 1, "--workers", help="Parallel writer processes"),
+    ) -> None:
+        """Generate a labelled toy dataset of shapes and textures (no download) for the CPU demo."""
+        from jepa.demo_data import write_demo_dataset
+
+        try:
+            manifests = write_demo_dataset(out, num_images=num_images, num_val=num_val, size=size, num_classes=classes,
+                                           seed=seed, max_count=max_count, workers=workers)
+        except ValueError as exc:
+            raise _user_error(exc) from None
+        for split, m in manifests.items():
+            console.print(f"[green]{split}[/]: {m.total} images, {len(m.shards)} shards: {out / split / m.pattern}",
+                          highlight=False)
+
+    @bench.command("data")
+    def bench_data(
+        recipe_file: Path = typer.Argument(..., metavar="RECIPE", help="Recipe YAML"),
+        overrides: Optional[list[str]] = SetOption,
+        batches: int = typer.Option(20, "--batches", help="Batches timed per repeat"),
+        repeats: int = typer.Option(3, "--repeats", help="Repeats (the median is reported)"),
+        batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Images per batch (default: the "
+                                                 "recipe's global batch / grad_accum_steps, at most 128)"),
+    ) -> None:
+        """Images/s of the recipe's data pipeline (read, shuffle, decode, crop, masks): per loader
+        worker (one process, one thread), split by stage, and in total with data.num_workers workers."""
+        from jepa.recipe import load_recipe
+
+        recipe = load_recipe(recipe_file, overrides or [])
+        mb = batch_size or min(128, recipe.data.global_batch_size // recipe.engine.grad_accum_steps)
+        try:
+            rows = bench_data_pipeline(recipe, mb, batches, repeats)
+        except ValueError as exc:
+            raise _user_error(exc) from None
+        table = Table(title=f"data pipeline: {recipe.name}, batch {mb}, median of {repeats}")
+        for col in ("what", "images/s", "range"):
+            table.add_column(col, justify="left" if col == "what" else "right")
+        for what, values in rows:
+            table.add_row(what, f"{statistics.median(values):,.0f}", f"{min(values):,.0f} .. {max(values):,.0f}")
+        console.print(table)
+
+
+def _rates(fn: Callable[[], int], repeats: int) -> list[float]:
+    """Images/s of ``repeats`` calls of ``fn`` (which returns the images it processed)."""
+    out = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        n = fn()
+        out.append(n / (time.perf_counter() - start))
+    return out
+
+
+def bench_data_pipeline(recipe: Any, batch_size: int, num_batches: int, repeats: int) -> list[tuple[str, list[float]]]:
+    """Measure the recipe's data pipeline; returns ``(stage, images/s per repeat)`` rows."""
+    import itertools
+
+    import torch
+
+    from jepa import registry
+    from jepa.data import build_train_loader, expand_shards, read_shard
+
+    plugin = registry.get(recipe.modality.name)
+    cfg = recipe.modality
+    sampler = plugin.build_mask_sampler(cfg)
+    d = recipe.data
+    rows: list[tuple[str, list[float]]] = []
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as in a loader worker
+    try:
+        gen = torch.Generator().manual_seed(0)
+        if d.source == "shards":
+            urls = expand_shards(d.train_shards)
+            raw = list(itertools.islice((s for u in itertools.cycle(urls) for s in read_shard(u)), batch_size * num_batches))
+            items: list[Any] = []
+
+            def decode() -> int:
+                items[:] = [plugin.decode(cfg, s) for s in raw]
+                return len(raw)
+
+            rows.append(("decode (1 worker)", _rates(decode, repeats)))
+            chunks = [items[i:i + batch_size] for i in range(0, len(items), batch_size)]
+            rows.append(("train view: crop + normalise (1 worker)", _rates(
+                lambda: sum(plugin.train_batch(cfg, c, gen).shape[0] for c in chunks), repeats)))
+        rows.append(("masks (1 worker)", _rates(
+            lambda: sum(sampler(batch_size, gen).batch_size for _ in range(num_batches)), repeats)))
+        one = d.model_copy(update={"num_workers": 0})
+        loader = iter(build_train_loader(one, plugin, cfg, sampler, seed=recipe.seed, rank=0, world_size=1,
+                                         micro_batch_size=batch_size))
+        next(loader)  # fills the shuffle buffer
+        rows.append(("whole pipeline, 1 worker", _rates(
+            lambda: sum(next(loader).inputs.shape[0] for _ in range(num_batches)), repeats)))
+    finally:
+        torch.set_num_threads(threads)
+    if d.source == "shards" and d.num_workers > 0:
+        loader = iter(build_train_loader(d, plugin, cfg, sampler, seed=recipe.seed, rank=0, world_size=1,
+                                         micro_batch_size=batch_size))
+        for _ in range(2 * d.num_workers):  # every worker started and its buffer filled
+            next(loader)
+        rows.append((f"whole pipeline, {d.num_workers} workers", _rates(
+            lambda: sum(next(loader).inputs.shape[0] for _ in range(num_batches * d.num_workers)), repeats)))
+    return rows

@@ -1,0 +1,49 @@
+"""``jepa export``: a frozen encoder as TorchScript or timm-named safetensors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+
+console = Console()
+err_console = Console(stderr=True)
+
+
+def user_error(exc: ValueError) -> typer.Exit:
+    """Print a user mistake as one clear message; the command then exits with status 2."""
+    err_console.print(f"[bold red]error:[/] {exc}", markup=True, highlight=False, soft_wrap=True)
+    return typer.Exit(2)
+
+
+def register(app: typer.Typer, bench: typer.Typer) -> None:
+    @app.command("export")
+    def export_cmd(
+        source: str = typer.Argument(..., help="Run dir, checkpoint (dir or models.pt), released .pth.tar, or random:RECIPE"),
+        out: Path = typer.Option(..., "--out", "-o", help="File to write (nothing is written if verification fails)"),
+        encoder: str = typer.Option("target", "--encoder", help="'target' (EMA; what the paper evaluates) or 'context'"),
+        pooled: bool = typer.Option(False, "--pooled", help="Output the mean over tokens (B, D) instead of tokens (B, N, D)"),
+        fmt: str = typer.Option("torchscript", "--format", help="'torchscript' or 'safetensors-timm'"),
+        crop_size: Optional[int] = typer.Option(None, "--crop-size", help="Released checkpoints: training resolution "
+                                                "to record (default: inferred from pos_embed)"),
+        arch: Optional[str] = typer.Option(None, "--arch", help="Released checkpoints: expected arch (e.g. vit_huge); "
+                                           "a mismatch is an error"),
+    ) -> None:
+        """Export the target (or context) encoder, verified against eager PyTorch before writing.
+
+        TorchScript files load with plain `torch.jit.load` (no jepa needed): images (B, 3, H, W), any H, W divisible by the patch, normalised with the mean/std in the file's metadata.
+        """
+        from jepa.eval.sources import load_source
+        from jepa.export import EXPORT_TOLERANCE, export
+
+        try:
+            src = load_source(source, which=encoder, crop_size=crop_size, arch=arch)  # type: ignore[arg-type]
+            console.print(f"exporting the {src.which} encoder of {src.description} ({src.kind}"
+                          + ("" if src.step is None else f", step {src.step}") + f") as {fmt}", highlight=False)
+            result = export(src, out, fmt=fmt, pooled=pooled, tolerance=EXPORT_TOLERANCE,
+                            log=lambda line: console.print(line, highlight=False))
+        except ValueError as exc:
+            raise user_error(exc) from None
+        console.print(f"[green]wrote[/] {result.path} ({result.path.stat().st_size / 2**20:.1f} MiB)", highlight=False)

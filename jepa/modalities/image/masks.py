@@ -1,0 +1,423 @@
+"""Multi-block masking for image I-JEPA: M target rectangles and one context rectangle per image.
+
+On a ``G x G`` patch grid (``N = G * G`` tokens, raster index ``row * G + col``) every image gets
+``M`` target blocks and one context block; the context keeps the patches of its block that lie in
+no target block of the same image. A block of scale ``s`` (fraction of the grid) and aspect ratio
+``a`` (height / width) has sides ``h = round(sqrt(s * N * a))`` and ``w = round(sqrt(s * N / a))``
+(round half to even), clamped to ``[1, max_side]``.
+
+Two modes (``MaskConfig.mode``):
+
+``faithful`` reproduces the authors' sampler, quirks included:
+    * one target size and one context size are drawn per batch, so every image of a batch has
+      equal-size blocks;
+    * a single uniform draw ``u`` sets both the scale and the aspect ratio of a block
+      (``s = lo_s + u * (hi_s - lo_s)``, ``a = lo_a + u * (hi_a - lo_a)``), and the area is
+      floored to whole patches first (``h = round(sqrt(floor(s * N) * a))``);
+    * block corners are drawn with an exclusive upper bound (``top`` in ``[0, G - h)``), so the
+      last row and column are never covered; sides are therefore clamped to ``G - 1``;
+    * contexts are collated to the batch-minimum length ``k`` by keeping the first ``k`` indices
+      in raster order, which biases the context towards the top-left of the image.
+
+``fixed`` corrects what is a bug rather than a choice:
+    * corners are inclusive (``top`` in ``[0, G - h]``, sides clamped to ``G``), so blocks can
+      touch the last row and column;
+    * scale and aspect ratio come from independent draws;
+    * contexts are collated to the batch minimum by a uniformly random subset of each row (kept
+      sorted), so the collation has no spatial bias.
+    The block sizes stay shared per batch in this mode too, so all target blocks have the same
+    ``T`` and stack into one ``(B, M, T)`` tensor without padding.
+
+Deliberate differences from the authors' code, in both modes: a block or context is valid when it
+has *at least* ``min_keep`` patches (the authors require strictly more); a draw whose block size is
+below ``min_keep`` re-draws the size instead of retrying forever; a row whose context is too small
+re-draws its context corner (first ``CONTEXT_ONLY_ROUNDS`` rounds, as the authors do) and then its
+target corners as well, instead of progressively letting the context overlap the targets; after
+``MAX_POSITION_ROUNDS`` rounds the sampler raises ``RuntimeError`` naming the geometry. Every loop
+is bounded, so the sampler can never hang; :func:`check_mask_feasibility` rejects the geometries
+where the bounded re-draws are not safe.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from jepa.interfaces import MaskSampler, MaskSet
+from jepa.modalities.image.config import MaskConfig
+
+MAX_SIZE_ROUNDS = 100
+"""Batch-level block-size draws tried before giving up (each needs blocks of >= min_keep patches)."""
+MAX_POSITION_ROUNDS = 100
+"""Re-draw rounds for the rows whose context is below min_keep before giving up."""
+CONTEXT_ONLY_ROUNDS = 10
+"""The first re-draw rounds move only the context block; later rounds move the targets too."""
+MIN_VALID_PROBABILITY = 0.5
+"""check_mask_feasibility rejects geometries where a row's draw is valid less often than this."""
+MIN_VALID_PROBABILITY_PER_SIZE = 0.25
+"""... or where some drawable block size makes a row valid less often than this (after
+MAX_POSITION_ROUNDS - CONTEXT_ONLY_ROUNDS joint re-draws at 0.25, a row fails with p ~ 1e-11)."""
+
+
+class MultiBlockMaskSampler(MaskSampler):
+    """I-JEPA multi-block masks on a square patch grid, vectorised over the batch and the blocks.
+
+    Args:
+        grid_size: G, patches per side (``crop_size // patch_size``).
+        cfg: the ``mask`` section of the image recipe.
+
+    Attributes:
+        num_tokens: N = G * G.
+        max_side: the longest block side the mode allows (G - 1 in ``faithful``, G in ``fixed``).
+
+    Raises:
+        ValueError: the grid is too small for the mode (``faithful`` needs G >= 2).
+    """
+
+    def __init__(self, grid_size: int, cfg: MaskConfig):
+        self.faithful = cfg.mode == "faithful"
+        if grid_size < (2 if self.faithful else 1):
+            raise ValueError(
+                f"MultiBlockMaskSampler: a {grid_size}x{grid_size} patch grid is too small for mode "
+                f"'{cfg.mode}' (faithful needs >= 2x2, fixed >= 1x1); use a larger crop_size or smaller patch_size")
+        self.grid_size = grid_size
+        self.num_tokens = grid_size * grid_size
+        self.cfg = cfg
+        self.max_side = grid_size - 1 if self.faithful else grid_size
+
+    # ------------------------------------------------------------------ block sizes
+    def block_sides(self, u_scale: Tensor, u_aspect: Tensor, scale: tuple[float, float],
+                    aspect: tuple[float, float]) -> Tensor:
+        """Block sides for uniform draws, vectorised.
+
+        Args:
+            u_scale: (...) float64 in [0, 1), picks the scale in ``scale``.
+            u_aspect: (...) float64 in [0, 1), picks the aspect ratio in ``aspect``.
+            scale: (low, high) fraction of the grid.
+            aspect: (low, high) height / width.
+
+        Returns:
+            (..., 2) int64 ``(h, w)``, each in ``[1, max_side]``.
+        """
+        s = scale[0] + u_scale * (scale[1] - scale[0])
+        a = aspect[0] + u_aspect * (aspect[1] - aspect[0])
+        area = s * self.num_tokens
+        if self.faithful:
+            area = area.floor()
+        h = (area * a).sqrt().round().clamp(1, self.max_side)
+        w = (area / a).sqrt().round().clamp(1, self.max_side)
+        return torch.stack([h, w], dim=-1).long()
+
+    def sample_block_sides(self, num_draws: int, generator: torch.Generator) -> tuple[Tensor, Tensor]:
+        """Draw ``num_draws`` (target, context) block sizes, as one batch would (no min_keep check).
+
+        ``faithful`` uses one uniform per block kind for scale and aspect; ``fixed`` two.
+
+        Returns:
+            target_hw_S2: (S, 2) int64 target ``(h, w)``.
+            context_hw_S2: (S, 2) int64 context ``(h, w)``.
+        """
+        c = self.cfg
+        if self.faithful:
+            u = torch.rand(num_draws, 2, dtype=torch.float64, generator=generator)
+            ut_s = ut_a = u[:, 0]
+            uc_s = uc_a = u[:, 1]
+        else:
+            u = torch.rand(num_draws, 4, dtype=torch.float64, generator=generator)
+            ut_s, ut_a, uc_s, uc_a = u.unbind(1)
+        target = self.block_sides(ut_s, ut_a, c.target_scale, c.target_aspect_ratio)
+        context = self.block_sides(uc_s, uc_a, c.context_scale, c.context_aspect_ratio)
+        return target, context
+
+    def side_distribution(self, kind: str, resolution: int | None = None) -> tuple[Tensor, Tensor]:
+        """Every block size the sampler can draw for ``kind``, with its probability.
+
+        Evaluates :meth:`block_sides` on a dense grid of the uniform draws (1-D in ``faithful``,
+        where one draw sets scale and aspect; 2-D in ``fixed``), endpoints included. Sizes whose
+        interval of draws is narrower than the grid spacing can be missed: their probability is
+        below ``1 / resolution`` and the sampler re-draws such sizes if they are invalid anyway.
+
+        Args:
+            kind: ``"target"`` or ``"context"``.
+            resolution: grid points per uniform (default 4097 faithful, 257 fixed).
+
+        Returns:
+            sides_S2: (S, 2) int64 distinct ``(h, w)``.
+            prob_S: (S,) float64 probabilities, summing to 1.
+        """
+        c = self.cfg
+        scale, aspect = ((c.target_scale, c.target_aspect_ratio) if kind == "target"
+                         else (c.context_scale, c.context_aspect_ratio))
+        if self.faithful:
+            u_s = u_a = torch.linspace(0, 1, resolution or 4097, dtype=torch.float64)
+        else:
+            u = torch.linspace(0, 1, resolution or 257, dtype=torch.float64)
+            u_s, u_a = torch.meshgrid(u, u, indexing="ij")
+        sides = self.block_sides(u_s, u_a, scale, aspect).reshape(-1, 2)
+        code = sides[:, 0] * (self.max_side + 1) + sides[:, 1]  # 1-D unique is much faster than dim=0
+        distinct, counts = torch.unique(code, return_counts=True)
+        return torch.stack([distinct // (self.max_side + 1), distinct % (self.max_side + 1)], 1), counts.double() / code.numel()
+
+    # ------------------------------------------------------------------ geometry
+    def corners(self, side: int | Tensor, shape: tuple[int, ...], generator: torch.Generator) -> Tensor:
+        """Uniform top (or left) coordinates of blocks of ``side`` patches.
+
+        ``faithful`` draws in ``[0, G - side)`` (exclusive bound, the authors' off-by-one),
+        ``fixed`` in ``[0, G - side]``.
+
+        Args:
+            side: block side, an int or a tensor broadcastable to ``shape`` (one per row).
+            shape: output shape, e.g. (B, M).
+
+        Returns:
+            ``shape`` int64 coordinates.
+        """
+        num_positions = self.grid_size - side + (0 if self.faithful else 1)
+        u = torch.rand(shape, dtype=torch.float64, generator=generator)
+        coord = (u * num_positions).long()
+        return torch.minimum(coord, torch.as_tensor(num_positions - 1))  # float rounding guard
+
+    def block_mask(self, top: Tensor, left: Tensor, h: int | Tensor, w: int | Tensor) -> Tensor:
+        """Boolean masks of axis-aligned blocks.
+
+        Args:
+            top, left: (...) int64 corners.
+            h, w: sides, ints or tensors broadcastable to ``top``.
+
+        Returns:
+            (..., G, G) bool, True inside the block.
+        """
+        grid = torch.arange(self.grid_size)
+        in_rows = (grid >= top[..., None]) & (grid < (top + h)[..., None])  # (..., G)
+        in_cols = (grid >= left[..., None]) & (grid < (left + w)[..., None])
+        return in_rows[..., :, None] & in_cols[..., None, :]
+
+    def block_indices(self, top: Tensor, left: Tensor, h: int, w: int) -> Tensor:
+        """Raster indices of ``h`` x ``w`` blocks, row-major inside each block.
+
+        Args:
+            top, left: (...) int64 corners.
+
+        Returns:
+            (..., h * w) int64.
+        """
+        rows = top[..., None, None] + torch.arange(h)[:, None]  # (..., h, 1)
+        cols = left[..., None, None] + torch.arange(w)  # (..., 1, w)
+        return (rows * self.grid_size + cols).flatten(-2)
+
+    def context_mask(self, target_top: Tensor, target_left: Tensor, target_hw: tuple[int | Tensor, int | Tensor],
+                     context_top: Tensor, context_left: Tensor,
+                     context_hw: tuple[int | Tensor, int | Tensor]) -> Tensor:
+        """The context block of each row minus the union of its target blocks.
+
+        Args:
+            target_top, target_left: (R, M) target corners.
+            target_hw: target sides, ints or (R, 1) tensors.
+            context_top, context_left: (R,) context corners.
+            context_hw: context sides, ints or (R,) tensors.
+
+        Returns:
+            (R, N) bool, True where the context keeps the patch.
+        """
+        targets = _union(self.block_mask(target_top, target_left, *target_hw), dim=-3)  # (R, G, G)
+        context = self.block_mask(context_top, context_left, *context_hw)
+        return (context & ~targets).flatten(-2)
+
+    # ------------------------------------------------------------------ sampling
+    def _describe(self, target_hw: tuple[int, int], context_hw: tuple[int, int]) -> str:
+        g, c = self.grid_size, self.cfg
+        return (f"{g}x{g} grid, mode '{c.mode}', {c.num_targets} target blocks of {target_hw[0]}x{target_hw[1]}, "
+                f"context block {context_hw[0]}x{context_hw[1]}, min_keep {c.min_keep}")
+
+    def _draw_batch_sides(self, generator: torch.Generator) -> tuple[tuple[int, int], tuple[int, int]]:
+        """One (target, context) size for the batch whose blocks both hold >= min_keep patches."""
+        min_keep = self.cfg.min_keep
+        for _ in range(MAX_SIZE_ROUNDS):
+            target, context = self.sample_block_sides(1, generator)
+            th, tw = target[0].tolist()
+            ch, cw = context[0].tolist()
+            if th * tw >= min_keep and ch * cw >= min_keep:
+                return (th, tw), (ch, cw)
+        raise RuntimeError(
+            f"MultiBlockMaskSampler: no block size with >= min_keep patches in {MAX_SIZE_ROUNDS} draws "
+            f"(last: {self._describe((th, tw), (ch, cw))}); this geometry is infeasible, "
+            "see check_mask_feasibility: lower min_keep or raise target_scale / context_scale")
+
+    def sample_blocks(self, batch_size: int, generator: torch.Generator) -> tuple[Tensor, Tensor]:
+        """Targets and the un-collated contexts (rows may differ in length).
+
+        Args:
+            batch_size: B.
+            generator: the only source of randomness.
+
+        Returns:
+            context_mask_BN: (B, N) bool, each row's context block minus its targets; every row
+                has >= min_keep True entries.
+            target_idx_BMT: (B, M, T) int64 raster indices, row-major inside each block.
+
+        Raises:
+            RuntimeError: some rows are still invalid after the bounded re-draws.
+        """
+        if batch_size < 1:
+            raise ValueError(f"MultiBlockMaskSampler: batch_size must be >= 1, got {batch_size}")
+        (th, tw), (ch, cw) = self._draw_batch_sides(generator)
+        num_targets, min_keep = self.cfg.num_targets, self.cfg.min_keep
+        t_top = self.corners(th, (batch_size, num_targets), generator)
+        t_left = self.corners(tw, (batch_size, num_targets), generator)
+        c_top = self.corners(ch, (batch_size,), generator)
+        c_left = self.corners(cw, (batch_size,), generator)
+        context = self.context_mask(t_top, t_left, (th, tw), c_top, c_left, (ch, cw))
+        bad = _count(context) < min_keep
+        rounds = 0
+        while bool(bad.any()):
+            if rounds == MAX_POSITION_ROUNDS:
+                raise RuntimeError(
+                    f"MultiBlockMaskSampler: {int(bad.sum())} of {batch_size} contexts still have fewer than "
+                    f"min_keep={min_keep} patches after {MAX_POSITION_ROUNDS} re-draws ({self._describe((th, tw), (ch, cw))}); "
+                    "this geometry is infeasible, see check_mask_feasibility: lower min_keep or num_targets, "
+                    "lower target_scale or raise context_scale")
+            rows = bad.nonzero().squeeze(1)
+            n = rows.numel()
+            if rounds >= CONTEXT_ONLY_ROUNDS:
+                t_top[rows] = self.corners(th, (n, num_targets), generator)
+                t_left[rows] = self.corners(tw, (n, num_targets), generator)
+            c_top[rows] = self.corners(ch, (n,), generator)
+            c_left[rows] = self.corners(cw, (n,), generator)
+            redrawn = self.context_mask(t_top[rows], t_left[rows], (th, tw), c_top[rows], c_left[rows], (ch, cw))
+            context[rows] = redrawn
+            bad[rows] = _count(redrawn) < min_keep
+            rounds += 1
+        return context, self.block_indices(t_top, t_left, th, tw)
+
+    def collate_context(self, context_mask_BN: Tensor, generator: torch.Generator) -> Tensor:
+        """Cut every context to the batch-minimum length K.
+
+        ``faithful`` keeps the first K indices in raster order; ``fixed`` keeps a uniformly random
+        subset of K (one random key per patch, the K smallest keys win), sorted.
+
+        Args:
+            context_mask_BN: (B, N) bool un-collated contexts.
+
+        Returns:
+            (B, K) int64 indices, ascending in every row.
+        """
+        k = int(_count(context_mask_BN).min())
+        batch = context_mask_BN.shape[0]
+        if self.faithful:
+            keep = context_mask_BN & (context_mask_BN.cumsum(1) <= k)
+            return keep.nonzero()[:, 1].view(batch, k)  # nonzero is row-major: ascending per row
+        keys = torch.rand(context_mask_BN.shape, generator=generator)
+        keys.masked_fill_(~context_mask_BN, 2.0)
+        chosen = keys.topk(k, dim=1, largest=False, sorted=False).indices
+        return chosen.sort(dim=1).values
+
+    def __call__(self, batch_size: int, generator: torch.Generator) -> MaskSet:
+        """Sample masks for a batch.
+
+        Returns:
+            MaskSet with ``context_idx_BK`` (B, K) int64 ascending and ``target_idx_BMT``
+            (B, M, T) int64, T = h * w of the batch's target size.
+        """
+        context_mask_BN, target_idx_BMT = self.sample_blocks(batch_size, generator)
+        return MaskSet(self.collate_context(context_mask_BN, generator), target_idx_BMT)
+
+
+# ---------------------------------------------------------------------- feasibility
+def _union(masks: Tensor, dim: int) -> Tensor:
+    """Logical OR along ``dim`` (as a uint8 max: several times faster than ``any`` on CPU)."""
+    return masks.view(torch.uint8).amax(dim).view(torch.bool)
+
+
+def _count(mask_RN: Tensor) -> Tensor:
+    """True entries per row, (R,) int32 (an int32 sum of a bool tensor is far faster than int64)."""
+    return mask_RN.sum(-1, dtype=torch.int32)
+
+
+def _context_counts(sampler: MultiBlockMaskSampler, target_sides: Tensor, context_sides: Tensor,
+                    generator: torch.Generator, rows_per_pair: int) -> Tensor:
+    """Monte-Carlo context sizes, without re-draws, for every (target size, context size) pair.
+
+    Returns:
+        (P, R) int32: for pair p (target-major order) and row r, the patches the context keeps
+        after removing the row's targets.
+    """
+    num_t, num_c = target_sides.shape[0], context_sides.shape[0]
+    pair_t = torch.arange(num_t).repeat_interleave(num_c * rows_per_pair)  # (P*R,)
+    pair_c = torch.arange(num_c).repeat_interleave(rows_per_pair).repeat(num_t)
+    th, tw = target_sides[pair_t, :, None].unbind(1)  # (P*R, 1) each
+    ch, cw = context_sides[pair_c].unbind(1)  # (P*R,) each
+    rows, m = pair_t.numel(), sampler.cfg.num_targets
+    t_top = sampler.corners(th, (rows, m), generator)
+    t_left = sampler.corners(tw, (rows, m), generator)
+    c_top = sampler.corners(ch, (rows,), generator)
+    c_left = sampler.corners(cw, (rows,), generator)
+    context = sampler.context_mask(t_top, t_left, (th, tw), c_top, c_left, (ch, cw))
+    return _count(context).view(num_t * num_c, rows_per_pair)
+
+
+def check_mask_feasibility(grid_size: int, cfg: MaskConfig) -> list[tuple[str, str]]:
+    """Problems that make multi-block masking on a ``grid_size`` grid infeasible or unsafe.
+
+    Deterministic checks: the grid suits the mode; every target and context block size the
+    sampler can draw holds >= ``min_keep`` patches. Then a seeded Monte-Carlo estimate (a few
+    thousand draws, no re-draws) of the probability that a row's context keeps >= ``min_keep``
+    patches after removing its targets: rejected below ``MIN_VALID_PROBABILITY`` overall or below
+    ``MIN_VALID_PROBABILITY_PER_SIZE`` for any drawable block size, since the sampler's re-draws
+    are bounded. Deterministic for a given input (fixed seed); typically a few ms.
+
+    Args:
+        grid_size: G, patches per side.
+        cfg: the ``mask`` section.
+
+    Returns:
+        ``(field, message)`` pairs, ``field`` relative to the mask section (``"min_keep"``,
+        ``"target_scale"``, ...); each message gives the bad value, what is allowed and a fix.
+        Empty when the geometry is feasible.
+    """
+    g, mk = grid_size, cfg.min_keep
+    if grid_size < (2 if cfg.mode == "faithful" else 1):
+        return [("mode", f"mode '{cfg.mode}' needs a patch grid of at least {'2x2' if cfg.mode == 'faithful' else '1x1'}, "
+                         f"got {g}x{g}; use a larger crop_size or a smaller patch_size")]
+    sampler = MultiBlockMaskSampler(grid_size, cfg)
+    t_sides, t_prob = sampler.side_distribution("target")
+    c_sides, c_prob = sampler.side_distribution("context")
+    t_area, c_area = t_sides.prod(1), c_sides.prod(1)
+    problems: list[tuple[str, str]] = []
+    if int(t_area.min()) < mk:
+        i = int(t_area.argmin())
+        small = float(t_prob[t_area < mk].sum())
+        problems.append(("min_keep", (
+            f"min_keep={mk} but the smallest target block on a {g}x{g} grid is {t_sides[i, 0]}x{t_sides[i, 1]} = "
+            f"{int(t_area[i])} patches (target_scale={cfg.target_scale}, target_aspect_ratio={cfg.target_aspect_ratio}, "
+            f"mode '{cfg.mode}'); {small:.0%} of batches would draw a target block below min_keep (the authors' "
+            f"sampler retries those forever). Allowed: min_keep <= {int(t_area.min())}. Fix: set min_keep to "
+            f"{int(t_area.min())} or less, or raise target_scale, or use a larger grid (crop_size / patch_size)")))
+    if int(c_area.min()) < mk:
+        i = int(c_area.argmin())
+        problems.append(("context_scale", (
+            f"context_scale={cfg.context_scale} gives context blocks as small as {c_sides[i, 0]}x{c_sides[i, 1]} = "
+            f"{int(c_area[i])} patches on a {g}x{g} grid, below min_keep={mk}. Allowed: blocks of >= min_keep "
+            f"patches. Fix: raise context_scale or set min_keep to {int(c_area.min())} or less")))
+    if problems:
+        return problems
+
+    num_pairs = t_sides.shape[0] * c_sides.shape[0]
+    rows_per_pair = max(32, min(128, 4096 // num_pairs))
+    counts = _context_counts(sampler, t_sides, c_sides, torch.Generator().manual_seed(0), rows_per_pair)
+    pair_prob = (t_prob[:, None] * c_prob[None, :]).flatten()  # (P,)
+    thresholds = torch.arange(1, mk + 1)  # (L,) candidate min_keep values, the configured one last
+    per_pair = (counts[None] >= thresholds[:, None, None]).double().mean(-1)  # (L, P)
+    overall, worst = (per_pair * pair_prob).sum(-1), per_pair.min(-1).values  # (L,)
+    safe = (overall >= MIN_VALID_PROBABILITY) & (worst >= MIN_VALID_PROBABILITY_PER_SIZE)
+    if bool(safe[-1]):
+        return []
+    fix = ""
+    if bool(safe.any()):
+        fix = f"set min_keep to {int(thresholds[safe].max())} or less, or "
+    return [("min_keep", (
+        f"on a {g}x{g} grid (mode '{cfg.mode}', {cfg.num_targets} targets, target_scale={cfg.target_scale}, "
+        f"context_scale={cfg.context_scale}) a context keeps >= min_keep={mk} patches after removing the targets "
+        f"in only {float(overall[-1]):.0%} of draws ({float(worst[-1]):.0%} for the worst block size). Allowed: "
+        f">= {MIN_VALID_PROBABILITY:.0%} overall and >= {MIN_VALID_PROBABILITY_PER_SIZE:.0%} for every block "
+        f"size, so that the sampler's bounded re-draws always succeed. Fix: {fix}lower num_targets or "
+        "target_scale, or raise context_scale"))]

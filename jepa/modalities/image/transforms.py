@@ -1,0 +1,190 @@
+"""Image decoding and the two views of an image: the training crop and the evaluation crop.
+
+The training view is I-JEPA's only augmentation: RandomResizedCrop (scale ``crop_scale``, aspect
+ratio 3/4..4/3), then normalisation. No flips, no colour jitter, no blur (paper, section 5).
+Every random number comes from the ``torch.Generator`` passed in, so a batch is a pure function
+of its items and the generator's seed (exact resume depends on it; torchvision's own
+``RandomResizedCrop`` draws from the global RNG and is therefore not used).
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from typing import Any
+
+import torch
+import torchvision.io
+import torchvision.transforms.v2.functional as TF
+from torch import Tensor
+
+from jepa.modalities.image.config import InputConfig
+
+#: Sample keys that may hold an encoded image, in the order they are looked for.
+IMAGE_KEYS: tuple[str, ...] = ("jpg", "jpeg", "png", "webp", "ppm", "bmp")
+#: Aspect-ratio (w/h) range of the training crop, as in RandomResizedCrop.
+CROP_RATIO: tuple[float, float] = (3 / 4, 4 / 3)
+#: Attempts at a crop box per image before falling back to a centre crop (as in torchvision).
+_CROP_ATTEMPTS = 10
+
+
+# --------------------------------------------------------------------------- decoding
+
+
+def decode_image(sample: dict[str, Any]) -> Tensor:
+    """Decode the image of one shard sample to RGB.
+
+    Args:
+        sample: webdataset sample, extension -> bytes (plus ``__key__``/``__url__``).
+
+    Returns:
+        (3, H, W) uint8 tensor. Grayscale, palette and RGBA images are converted to RGB;
+        16-bit images are scaled to 8 bits; EXIF orientation is applied.
+
+    Raises:
+        ValueError: the sample has no image key, or its bytes are not a readable image.
+    """
+    key = next((k for k in IMAGE_KEYS if k in sample), None)
+    where = f"sample {sample.get('__key__', '?')!r}" + (f" of {sample['__url__']}" if "__url__" in sample else "")
+    if key is None:
+        found = sorted(k for k in sample if not k.startswith("__"))
+        raise ValueError(f"{where} has no image (looked for {', '.join(IMAGE_KEYS)}; found {found})")
+    data = sample[key]
+    if not isinstance(data, (bytes, bytearray, memoryview)) or len(data) == 0:
+        raise ValueError(f"{where}: '{key}' is empty or not bytes")
+    try:
+        image = torchvision.io.decode_image(
+            torch.frombuffer(bytearray(data), dtype=torch.uint8),
+            mode=torchvision.io.ImageReadMode.RGB, apply_exif_orientation=True,
+        )
+    except RuntimeError:
+        image = _decode_with_pil(data, where, key)  # formats torchvision cannot read (ppm, bmp, ...)
+    if image.dtype != torch.uint8:  # 16-bit PNG
+        image = TF.to_dtype(image, torch.uint8, scale=True)
+    return image
+
+
+def _decode_with_pil(data: bytes | bytearray | memoryview, where: str, key: str) -> Tensor:
+    from PIL import Image, ImageOps, UnidentifiedImageError
+
+    try:
+        with Image.open(io.BytesIO(data)) as pil:
+            pil = ImageOps.exif_transpose(pil).convert("RGB")
+            array = torch.frombuffer(bytearray(pil.tobytes()), dtype=torch.uint8)
+            return array.view(pil.height, pil.width, 3).permute(2, 0, 1).contiguous()
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
+        raise ValueError(f"{where}: '{key}' is not a readable image ({type(exc).__name__}: {exc})") from exc
+
+
+# --------------------------------------------------------------------------- training view
+
+
+def sample_crop_boxes(heights: Tensor, widths: Tensor, scale: tuple[float, float],
+                      generator: torch.Generator, ratio: tuple[float, float] = CROP_RATIO) -> Tensor:
+    """RandomResizedCrop boxes for a batch of image sizes, drawn only from ``generator``.
+
+    Same distribution as torchvision's ``RandomResizedCrop.get_params`` (10 attempts of area
+    fraction ~ U(scale) and log-uniform aspect ratio, else the largest centred box within
+    ``ratio``), vectorised over the batch.
+
+    Args:
+        heights: (B,) int64 image heights.
+        widths: (B,) int64 image widths.
+        scale: (low, high) fraction of the image area covered by the crop.
+        generator: the only source of randomness.
+        ratio: (low, high) crop aspect ratio w/h.
+
+    Returns:
+        (B, 4) int64 boxes ``(top, left, height, width)``.
+    """
+    b, n = heights.shape[0], _CROP_ATTEMPTS
+    h_img, w_img = heights.double()[:, None], widths.double()[:, None]
+    area = h_img * w_img
+    target_area = area * torch.empty(b, n, dtype=torch.float64).uniform_(scale[0], scale[1], generator=generator)
+    log_r = torch.empty(b, n, dtype=torch.float64).uniform_(math.log(ratio[0]), math.log(ratio[1]), generator=generator)
+    aspect = torch.exp(log_r)
+    w = torch.round(torch.sqrt(target_area * aspect))
+    h = torch.round(torch.sqrt(target_area / aspect))
+    ok = (w > 0) & (h > 0) & (w <= w_img) & (h <= h_img)
+    u_top, u_left = torch.rand(2, b, dtype=torch.float64, generator=generator)
+
+    first = ok.to(torch.uint8).argmax(dim=1)  # first successful attempt (0 when none)
+    rows = torch.arange(b)
+    h_sel, w_sel = h[rows, first], w[rows, first]
+
+    # Fallback (no attempt fits): the whole image, clamped to the ratio range, centred.
+    hh, ww = h_img[:, 0], w_img[:, 0]
+    in_ratio = ww / hh
+    fb_w = torch.where(in_ratio < ratio[0], ww, torch.where(in_ratio > ratio[1], torch.round(hh * ratio[1]), ww))
+    fb_h = torch.where(in_ratio < ratio[0], torch.round(ww / ratio[0]), hh)
+    any_ok = ok.any(dim=1)
+    h_sel = torch.where(any_ok, h_sel, fb_h)
+    w_sel = torch.where(any_ok, w_sel, fb_w)
+    top = torch.where(any_ok, torch.floor(u_top * (hh - h_sel + 1)), torch.floor((hh - h_sel) / 2))
+    left = torch.where(any_ok, torch.floor(u_left * (ww - w_sel + 1)), torch.floor((ww - w_sel) / 2))
+    return torch.stack([top, left, h_sel, w_sel], dim=1).long()
+
+
+def normalize_uint8(batch: Tensor, mean: tuple[float, ...], std: tuple[float, ...]) -> Tensor:
+    """(B, C, H, W) uint8 -> float32 ``(x / 255 - mean) / std``, in one pass."""
+    m = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1) * 255.0
+    s = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1) * 255.0
+    return batch.float().sub_(m).div_(s)
+
+
+def _check_items(items: list[Tensor], cfg: InputConfig) -> None:
+    if not items:
+        raise ValueError("cannot build a batch from zero images")
+    for x in items:
+        if x.ndim != 3 or x.dtype != torch.uint8 or x.shape[0] != cfg.in_chans:
+            raise ValueError(
+                f"expected decoded images of shape ({cfg.in_chans}, H, W) uint8, got {tuple(x.shape)} {x.dtype}; "
+                "images decode to RGB, so input.in_chans must be 3")
+
+
+def train_batch(items: list[Tensor], cfg: InputConfig, generator: torch.Generator) -> Tensor:
+    """The training view: RandomResizedCrop to ``crop_size`` + normalisation.
+
+    Args:
+        items: B decoded images, each (3, H_i, W_i) uint8 (sizes may differ).
+        cfg: crop size, crop scale range, mean and std.
+        generator: the only source of randomness (crop boxes).
+
+    Returns:
+        (B, 3, S, S) float32, S = ``cfg.crop_size``.
+    """
+    _check_items(items, cfg)
+    s = cfg.crop_size
+    heights = torch.tensor([x.shape[1] for x in items])
+    widths = torch.tensor([x.shape[2] for x in items])
+    boxes = sample_crop_boxes(heights, widths, cfg.crop_scale, generator).tolist()
+    out = torch.empty(len(items), cfg.in_chans, s, s, dtype=torch.uint8)
+    for i, (x, (top, left, h, w)) in enumerate(zip(items, boxes)):  # one call per image, not per pixel
+        out[i] = TF.resized_crop(x, top, left, h, w, [s, s], antialias=True)
+    return normalize_uint8(out, cfg.mean, cfg.std)
+
+
+# --------------------------------------------------------------------------- evaluation view
+
+
+def eval_resize_size(crop_size: int) -> int:
+    """Shorter-side resize before the centre crop: 256 for a 224 crop (the usual ratio)."""
+    return round(crop_size * 256 / 224)
+
+
+def eval_batch(items: list[Tensor], cfg: InputConfig) -> Tensor:
+    """The evaluation view: resize the shorter side to ``round(S*256/224)``, centre-crop S, normalise.
+
+    Args:
+        items: B decoded images, each (3, H_i, W_i) uint8.
+        cfg: crop size, mean and std.
+
+    Returns:
+        (B, 3, S, S) float32.
+    """
+    _check_items(items, cfg)
+    s, r = cfg.crop_size, eval_resize_size(cfg.crop_size)
+    out = torch.empty(len(items), cfg.in_chans, s, s, dtype=torch.uint8)
+    for i, x in enumerate(items):
+        out[i] = TF.center_crop(TF.resize(x, [r], antialias=True), [s, s])
+    return normalize_uint8(out, cfg.mean, cfg.std)

@@ -1,0 +1,201 @@
+"""Watching a run: loss and collapse signal, throughput, ``metrics.jsonl``, progress, TensorBoard.
+
+The loss stays on the device between log steps (summed there); every ``log.every_steps`` steps
+one all-reduce brings the window's mean loss, the first non-finite step and the representation
+spread to the host. That is the only host sync of the loop outside checkpoints. Rank 0 then
+appends one JSON line to ``RUN_DIR/metrics.jsonl``, updates the progress display and, if asked,
+TensorBoard. A non-finite loss or (optionally) a collapsed representation stops the run, on
+every rank, after the line naming the step has been written.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from torch import Tensor
+
+from jepa.model import representation_spread
+from jepa.recipe import LogConfig
+
+if TYPE_CHECKING:
+    from jepa.engine import Engine
+
+METRICS_FILE = "metrics.jsonl"
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss became NaN or infinite; the message names the first such step."""
+
+
+class RepresentationCollapseError(RuntimeError):
+    """The spread of the target representations fell below ``log.collapse_threshold``."""
+
+
+def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
+    """The records of ``RUN_DIR/metrics.jsonl``, in order."""
+    path = Path(run_dir) / METRICS_FILE
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+
+
+def _truncate_metrics(path: Path, last_step: int) -> None:
+    """Drop records after ``last_step`` (written by a run that died after its last checkpoint)."""
+    if not path.exists():
+        return
+    kept = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= last_step]
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(line + "\n" for line in kept))
+    tmp.replace(path)
+
+
+def _tensorboard_writer(log_dir: Path) -> Any:
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError as exc:
+        raise ValueError("log.tensorboard is true but the 'tensorboard' package is not installed; "
+                         "pip install 'jepa-forge[tensorboard]' or set log.tensorboard=false") from exc
+    return SummaryWriter(log_dir=str(log_dir))
+
+
+def _fmt_duration(seconds: float) -> str:
+    if not math.isfinite(seconds):
+        return "?"
+    seconds = int(seconds)
+    return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
+
+
+class Monitor:
+    """Per-run metrics; every rank calls ``accumulate`` / ``log`` (``log`` is collective), rank 0 writes.
+
+    Args:
+        cfg: the recipe's ``log`` section.
+        run_dir: where ``metrics.jsonl`` (and ``tensorboard/``) go.
+        engine: for the rank, the device and the all-reduce.
+        start_step: steps already done (resumed runs drop later records of ``metrics.jsonl``).
+        last_step: the step this run stops at (progress and ETA).
+        samples_per_step: global batch size (throughput).
+        flops_per_sample: training FLOPs per sample, or None when unknown.
+    """
+
+    def __init__(self, cfg: LogConfig, run_dir: Path, engine: Engine, *, start_step: int, last_step: int,
+                 samples_per_step: int, flops_per_sample: float | None):
+        self.cfg, self.engine = cfg, engine
+        self.is_main = engine.dist.is_main
+        self.last_step, self.samples_per_step, self.flops_per_sample = last_step, samples_per_step, flops_per_sample
+        device = engine.dist.device
+        self._loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+        self._first_bad = torch.full((), math.inf, dtype=torch.float64, device=device)
+        self._window_steps = 0
+        self._data_wait = 0.0
+        self._window_start = self._run_start = time.perf_counter()
+        self._run_start_step = start_step
+        self._metrics = self._tb = self._progress = None
+        if self.is_main:
+            _truncate_metrics(run_dir / METRICS_FILE, start_step)
+            self._tb = _tensorboard_writer(run_dir / "tensorboard") if cfg.tensorboard else None
+            self._metrics = open(run_dir / METRICS_FILE, "a")
+            console = Console()
+            if console.is_terminal:
+                self._progress = Progress(
+                    TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
+                    TimeElapsedColumn(), console=console)
+                self._task = self._progress.add_task("train", total=last_step, completed=start_step, info="")
+                self._progress.start()
+
+    def data_wait(self, seconds: float) -> None:
+        """Host time spent waiting for the next batch."""
+        self._data_wait += seconds
+
+    def accumulate(self, loss: Tensor, step: int, weight: float = 1.0) -> None:
+        """Add a micro batch's loss (weight 1/accumulation steps) on the device; remembers the
+        first step whose loss is not finite, without a host sync.
+
+        Args:
+            step: the step's number as logged (optimiser steps done once it finishes).
+        """
+        loss = loss.detach().double()
+        self._loss_sum += loss * weight
+        bad_now = ~torch.isfinite(loss) & torch.isinf(self._first_bad)
+        self._first_bad = torch.where(bad_now, torch.full_like(self._first_bad, step), self._first_bad)
+
+    def end_step(self) -> None:
+        self._window_steps += 1
+
+    def log(self, step: int, *, lr: float, weight_decay: float, momentum: float, targets: Tensor) -> dict[str, Any]:
+        """Collective: reduce the window over ranks, write the record (rank 0) and check the run's health.
+
+        Args:
+            step: optimiser steps done.
+            targets: this step's target tokens, for the collapse signal.
+
+        Raises:
+            NonFiniteLossError: a loss in the window was NaN/Inf (the record is written first).
+            RepresentationCollapseError: spread below ``log.collapse_threshold``.
+        """
+        world = self.engine.dist.world_size
+        window = max(1, self._window_steps)
+        sums = torch.stack([self._loss_sum / window, representation_spread(targets).double()])
+        self.engine.all_reduce_(sums)
+        neg_first_bad = -self._first_bad.clone()
+        self.engine.all_reduce_(neg_first_bad, op="max")
+        loss, spread = (v / world for v in sums.tolist())  # the host sync
+        first_bad = -neg_first_bad.item()
+
+        now = time.perf_counter()
+        elapsed = now - self._window_start
+        samples_per_s = window * self.samples_per_step / elapsed if elapsed > 0 else math.nan
+        rate = (step - self._run_start_step) / (now - self._run_start)
+        record: dict[str, Any] = {
+            "step": step, "loss": loss, "lr": lr, "weight_decay": weight_decay, "ema_momentum": momentum,
+            "target_spread": spread, "samples_per_s": samples_per_s, "step_time_s": elapsed / window,
+            "data_wait_frac": min(1.0, self._data_wait / elapsed) if elapsed > 0 else 0.0,
+            "eta_s": (self.last_step - step) / rate if rate > 0 else math.nan,
+        }
+        if self.flops_per_sample:
+            record["flops_per_s"] = samples_per_s * self.flops_per_sample
+        if self.is_main:
+            self._write(record)
+        self._loss_sum.zero_()
+        self._window_steps, self._data_wait, self._window_start = 0, 0.0, now
+
+        if math.isfinite(first_bad):
+            raise NonFiniteLossError(
+                f"the loss became non-finite at step {int(first_bad)} (window mean {loss}); the run stopped. Resume from the last complete checkpoint with a lower optim.lr, optim.grad_clip set, "
+                "or engine.precision=fp32")
+        threshold = self.cfg.collapse_threshold
+        if threshold is not None and spread < threshold:
+            raise RepresentationCollapseError(
+                f"representation collapse at step {step}: target spread {spread:.3g} < log.collapse_threshold={threshold}; "
+                "the run stopped (check the EMA momentum, the learning rate and the masks, or lower the threshold)")
+        return record
+
+    def _write(self, record: dict[str, Any]) -> None:
+        assert self._metrics is not None
+        self._metrics.write(json.dumps(record) + "\n")
+        self._metrics.flush()
+        if self._tb is not None:
+            for key, value in record.items():
+                if key != "step":
+                    self._tb.add_scalar(f"train/{key}", value, record["step"])
+            self._tb.flush()
+        line = (f"loss {record['loss']:.4f}  lr {record['lr']:.2e}  ema {record['ema_momentum']:.4f}  "
+                f"spread {record['target_spread']:.3f}  {record['samples_per_s']:.1f} samples/s  "
+                f"data {100 * record['data_wait_frac']:.0f}%  eta {_fmt_duration(record['eta_s'])}")
+        if self._progress is not None:
+            self._progress.update(self._task, completed=record["step"], info=line)
+        else:
+            print(f"step {record['step']}/{self.last_step}  {line}", flush=True)
+
+    def close(self) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+        if self._metrics is not None:
+            self._metrics.close()
+        if self._tb is not None:
+            self._tb.close()

@@ -1,0 +1,204 @@
+"""Checkpoints and exact resume: SIGTERM and kill -9 mid-run, crashes mid-checkpoint, pruning,
+checkpoints that do not fit, and the weights loader used by export / eval.
+
+Exactness: single process, fp32, CPU; losses read from metrics.jsonl (logged every step) must be
+bitwise equal to an uninterrupted run's.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from jepa import checkpoint
+from jepa.checkpoint import complete_checkpoints, load_model_weights, newest_checkpoint
+from jepa.engine import Engine
+from jepa.monitor import read_metrics
+from jepa.train import train
+
+# Schedules span 2000 steps (5 of warm-up), so a long subprocess run is stopped by the test, not by its end.
+LONG = ("optim.epochs=20", "optim.warmup_epochs=0.05")
+REFERENCE_STEPS = 24
+
+
+@pytest.fixture(scope="module")
+def reference_losses(tmp_path_factory, toy_recipe_at) -> list[float]:
+    """Losses of an uninterrupted run, steps 1..REFERENCE_STEPS."""
+    result = train(toy_recipe_at(tmp_path_factory.mktemp("ref") / "run", *LONG, f"max_steps={REFERENCE_STEPS}"))
+    records = read_metrics(result.run_dir)
+    assert [r["step"] for r in records] == list(range(1, REFERENCE_STEPS + 1))
+    return [r["loss"] for r in records]
+
+
+def _losses(run_dir: Path) -> list[float]:
+    records = read_metrics(run_dir)
+    assert [r["step"] for r in records] == list(range(1, len(records) + 1)), "metrics.jsonl has gaps or repeats"
+    return [r["loss"] for r in records]
+
+
+def _start(recipe_file: Path) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "jepa.cli", "train", str(recipe_file)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def _wait_for(proc: subprocess.Popen, condition, what: str, timeout: float = 120.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if proc.poll() is not None:
+            pytest.fail(f"training exited (rc {proc.returncode}) before {what}:\n{proc.stdout.read()[-3000:]}")
+        if time.monotonic() > deadline:
+            proc.kill()
+            pytest.fail(f"timed out waiting for {what}")
+        time.sleep(0.01)
+
+
+def test_sigterm_checkpoints_and_resume_is_bitwise_exact(toy_recipe_file, toy_recipe_at, reference_losses):
+    recipe_file = toy_recipe_file("run", *LONG, "max_steps=1000")
+    run_dir = recipe_file.parent / "run"
+    proc = _start(recipe_file)
+    _wait_for(proc, lambda: len(read_metrics(run_dir)) >= 3, "step 3")
+    proc.send_signal(signal.SIGTERM)
+    output, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 0, output[-3000:]
+    assert "preempted (SIGTERM): checkpoint saved at step" in output
+    [(k, path)] = complete_checkpoints(run_dir)  # only the preemption checkpoint (every_steps is 1000)
+    assert 3 <= k <= REFERENCE_STEPS - 3, k
+    assert (run_dir / "checkpoints" / "latest").read_text().strip() == path.name
+
+    result = train(toy_recipe_at(run_dir, *LONG, f"max_steps={k + 3}"), resume="auto")
+    assert result.step == k + 3
+    assert _losses(run_dir) == reference_losses[: k + 3]  # bitwise, before and after the interruption
+
+
+def test_kill9_resume_ignores_partial_checkpoints_and_is_bitwise_exact(toy_recipe_file, toy_recipe_at, reference_losses):
+    recipe_file = toy_recipe_file("run", *LONG, "max_steps=1000", "checkpoint.every_steps=3", "checkpoint.keep_last=10")
+    run_dir = recipe_file.parent / "run"
+    proc = _start(recipe_file)
+    _wait_for(proc, lambda: newest_checkpoint(run_dir) is not None and len(read_metrics(run_dir)) >= 5,
+              "a checkpoint and two more steps")
+    proc.kill()
+    proc.communicate(timeout=60)
+    k = complete_checkpoints(run_dir)[-1][0]
+    assert k % 3 == 0 and k + 3 <= REFERENCE_STEPS, k
+    assert len(read_metrics(run_dir)) > k  # steps after the checkpoint that the resumed run must redo
+    # a save that crashed mid-write, at a later step: must be ignored, then cleaned up
+    partial = run_dir / "checkpoints" / "step_000999.tmp"
+    (partial / "deepspeed").mkdir(parents=True)
+    (partial / "models.pt").write_bytes(b"truncated")
+
+    result = train(toy_recipe_at(run_dir, *LONG, f"max_steps={k + 3}", "checkpoint.every_steps=3",
+                                 "checkpoint.keep_last=10"), resume="auto")
+    assert result.step == k + 3
+    assert _losses(run_dir) == reference_losses[: k + 3]
+    assert not partial.exists(), "the next save removes leftovers of crashed saves"
+
+
+def test_crash_mid_checkpoint_keeps_the_previous_one(toy_recipe, reference_losses, monkeypatch):
+    saves = {"n": 0}
+    original = Engine.full_state_dicts
+
+    def crash_on_second_save(self):
+        saves["n"] += 1
+        if saves["n"] == 2:
+            raise RuntimeError("simulated crash while writing a checkpoint")
+        return original(self)
+
+    monkeypatch.setattr(Engine, "full_state_dicts", crash_on_second_save)
+    recipe = toy_recipe("run", *LONG, "max_steps=6", "checkpoint.every_steps=2")
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        train(recipe)
+    ckpts = recipe.resolved_run_dir / "checkpoints"
+    assert (ckpts / "step_000004.tmp").is_dir() and not (ckpts / "step_000004").exists()
+    assert (ckpts / "latest").read_text().strip() == "step_000002"
+    assert newest_checkpoint(recipe.resolved_run_dir).name == "step_000002"
+
+    monkeypatch.setattr(Engine, "full_state_dicts", original)
+    assert train(recipe, resume="auto").step == 6
+    assert _losses(recipe.resolved_run_dir) == reference_losses[:6]
+
+
+def test_keep_last_latest_pointer_and_checkpoint_contents(toy_recipe):
+    recipe = toy_recipe("run", "max_steps=5", "checkpoint.every_steps=1", "checkpoint.keep_last=2")
+    train(recipe)
+    root = recipe.resolved_run_dir / "checkpoints"
+    assert sorted(p.name for p in root.iterdir()) == ["latest", "step_000004", "step_000005"]
+    assert (root / "latest").read_text() == "step_000005\n"
+    step5 = root / "step_000005"
+    assert {p.name for p in step5.iterdir()} == {"models.pt", "meta.json", "rank_00000.pt", "deepspeed"}
+    models = torch.load(step5 / "models.pt", weights_only=True)
+    assert set(models) == {"format_version", "encoder", "predictor", "target_encoder", "step", "recipe"}
+    assert models["format_version"] == 1 and models["step"] == 5 and models["recipe"]["modality"]["name"] == "toy"
+    assert all(v.dtype == torch.float32 for part in ("encoder", "predictor", "target_encoder") for v in models[part].values())
+    meta = json.loads((step5 / "meta.json").read_text())
+    assert meta == {"format_version": 1, "step": 5, "world_size": 1, "zero_stage": 0, "precision": "fp32"}
+    assert (recipe.resolved_run_dir / "recipe.yaml").read_text() == recipe.to_yaml()
+
+
+def test_checkpoint_of_another_architecture_fails_naming_keys(toy_recipe):
+    small = toy_recipe("small", "max_steps=1")
+    train(small)
+    deeper = toy_recipe("deeper", "max_steps=2", "modality.depth=3", "modality.embed_dim=48")
+    with pytest.raises(ValueError) as info:
+        train(deeper, resume=str(small.resolved_run_dir))
+    message = str(info.value)
+    assert "does not fit the model" in message
+    assert "encoder: missing keys [blocks.2.norm1.weight" in message
+    assert "pos_embed: checkpoint (1, 32, 32) vs model (1, 32, 48)" in message
+    assert "modality.depth: 2 -> 3" in message and "modality.embed_dim: 32 -> 48" in message
+    assert not (deeper.resolved_run_dir / "checkpoints").exists(), "nothing may be trained after a failed load"
+
+
+def test_changed_recipe_fields_are_refused_by_name(toy_recipe):
+    train(toy_recipe("run", "max_steps=2"))
+    with pytest.raises(ValueError, match=r"optim\.lr: 0\.001 -> 0\.002.*seed: 0 -> 1"):
+        train(toy_recipe("run", "max_steps=4", "optim.lr=0.002", "seed=1"), resume="auto")
+    # fields that do not change the run may differ
+    assert train(toy_recipe("run", "max_steps=3", "log.every_steps=3", "checkpoint.keep_last=5"), resume="auto").step == 3
+
+
+def test_resume_none_refuses_to_overwrite_a_run(toy_recipe):
+    recipe = toy_recipe("run", "max_steps=1")
+    train(recipe)
+    with pytest.raises(ValueError, match=r"already holds checkpoints \(newest: step_000001\).*--resume auto"):
+        train(recipe, resume="none")
+
+
+def test_load_model_weights_from_run_checkpoint_or_file(toy_recipe, tmp_path):
+    recipe = toy_recipe("run", "max_steps=3", "checkpoint.every_steps=2")
+    train(recipe)
+    run_dir = recipe.resolved_run_dir
+    from_run = load_model_weights(run_dir)
+    from_dir = load_model_weights(run_dir / "checkpoints" / "step_000002")
+    from_file = load_model_weights(run_dir / "checkpoints" / "step_000003" / "models.pt")
+    assert from_run.step == from_file.step == 3 and from_dir.step == 2
+    assert from_run.recipe == recipe
+    for k, v in from_run.target_encoder.items():
+        assert torch.equal(v, from_file.target_encoder[k])
+    assert not torch.equal(from_run.encoder["pos_embed"], from_dir.encoder["pos_embed"])
+
+    with pytest.raises(ValueError, match="no such file or directory"):
+        load_model_weights(tmp_path / "missing")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="no complete checkpoint in this directory"):
+        load_model_weights(tmp_path / "empty")
+    with pytest.raises(ValueError, match="incomplete checkpoint"):
+        os.replace(run_dir / "checkpoints" / "step_000002", run_dir / "checkpoints" / "step_000002.tmp")
+        load_model_weights(run_dir / "checkpoints" / "step_000002.tmp")
+    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match="cannot be read as a jepa weights file"):
+        load_model_weights(tmp_path / "junk.pt")
+
+
+def test_resolve_resume_modes(tmp_path):
+    assert checkpoint.resolve_resume("auto", tmp_path / "fresh") is None
+    assert checkpoint.resolve_resume("none", tmp_path / "fresh") is None
+    with pytest.raises(ValueError, match="no complete checkpoint"):
+        checkpoint.resolve_resume(str(tmp_path), tmp_path / "fresh")

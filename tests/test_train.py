@@ -1,0 +1,121 @@
+"""The training loop end to end: ZeRO stages across processes against one process, run health
+checks (non-finite loss, collapse), and the train / info / bench commands."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from jepa.checkpoint import load_model_weights
+from jepa.cli import app
+from jepa.loss import latent_loss
+from jepa.monitor import NonFiniteLossError, RepresentationCollapseError, read_metrics
+from jepa.train import train
+
+from toy_modality import ToyConfig, ToyModality
+
+# fp32, 5 steps, clipping active (the toy's gradient norm is ~0.35), a fast EMA so the target moves.
+ZERO_RUN = ("max_steps=5", "optim.grad_clip=0.1", "optim.lr=3e-3", "ema.momentum=0.5")
+# Tolerance of ZeRO over 2 processes vs 1 process (same global batch, fp32): reductions are
+# summed in another order, so equality is up to float32 rounding. Measured: <= 1e-7.
+ATOL = 1e-6
+
+
+@pytest.fixture(scope="module")
+def single_process_run(tmp_path_factory, toy_recipe_at):
+    """The reference: ZeRO stage 0 in this process, same global batch."""
+    result = train(toy_recipe_at(tmp_path_factory.mktemp("zero") / "stage0", *ZERO_RUN))
+    return read_metrics(result.run_dir), load_model_weights(result.run_dir)
+
+
+def _torchrun(recipe_file, nproc: int = 2) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+           "-m", "jepa.cli", "train", str(recipe_file), "--resume", "none"]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    return out
+
+
+@pytest.mark.parametrize("stage", [2, 3])
+def test_zero_over_two_processes_matches_one_process(stage, single_process_run, toy_recipe_file):
+    ref_metrics, ref = single_process_run
+    recipe_file = toy_recipe_file(f"zero{stage}", *ZERO_RUN, f"engine.zero_stage={stage}")
+    _torchrun(recipe_file)
+    run_dir = recipe_file.parent / f"zero{stage}"
+    metrics = read_metrics(run_dir)
+    assert [r["step"] for r in metrics] == [r["step"] for r in ref_metrics] == [1, 2, 3, 4, 5]
+    for a, b in zip(metrics, ref_metrics):
+        assert abs(a["loss"] - b["loss"]) <= ATOL, (a["step"], a["loss"], b["loss"])
+    assert ref_metrics[0]["loss"] - ref_metrics[-1]["loss"] > 10 * ATOL, "the loss did not move; the comparison is vacuous"
+
+    got = load_model_weights(run_dir)
+    assert got.step == ref.step == 5
+    for part in ("encoder", "predictor", "target_encoder"):
+        a, b = getattr(got, part), getattr(ref, part)
+        assert a.keys() == b.keys()
+        diff = max((a[k] - b[k]).abs().max().item() for k in a)
+        assert diff <= ATOL, f"{part} differs from stage 0 by {diff}"
+    torch.manual_seed(0)  # the initial weights train() built
+    initial = ToyModality().build_encoder(ToyConfig()).state_dict()
+    moved = max((ref.target_encoder[k] - initial[k]).abs().max().item() for k in initial)
+    assert moved > 1000 * ATOL, "the target encoder did not move; its comparison is vacuous"
+
+
+def test_non_finite_loss_stops_the_run_naming_the_step(toy_recipe, monkeypatch):
+    calls = {"n": 0}
+
+    def poisoned_loss(pred, target, kind="l2"):
+        calls["n"] += 1
+        loss = latent_loss(pred, target, kind)
+        return loss * float("nan") if calls["n"] == 3 else loss
+
+    monkeypatch.setattr("jepa.train.latent_loss", poisoned_loss)
+    recipe = toy_recipe("run", "max_steps=8", "log.every_steps=2", "checkpoint.every_steps=2")
+    with pytest.raises(NonFiniteLossError, match=r"non-finite at step 3\b"):
+        train(recipe)
+    records = read_metrics(recipe.resolved_run_dir)
+    assert [r["step"] for r in records] == [2, 4]  # detected at the next log step, step 3 named
+    assert records[-1]["loss"] != records[-1]["loss"]  # NaN written before stopping
+    assert sorted(p.name for p in (recipe.resolved_run_dir / "checkpoints").iterdir()) == ["latest", "step_000002"]
+
+
+def test_collapse_threshold_stops_the_run(toy_recipe):
+    recipe = toy_recipe("run", "max_steps=4", "log.collapse_threshold=100")
+    with pytest.raises(RepresentationCollapseError, match=r"collapse at step 1: target spread .* < log.collapse_threshold=100"):
+        train(recipe)
+
+
+def test_train_cli_reports_user_errors(toy_recipe_file, tmp_path):
+    recipe_file = toy_recipe_file("run", "max_steps=2")
+    out = CliRunner().invoke(app, ["train", str(recipe_file), "--resume", str(tmp_path / "nowhere")])
+    assert out.exit_code == 2
+    assert "nowhere: no such file or directory" in " ".join(out.output.split())
+    out = CliRunner().invoke(app, ["train", str(recipe_file)])
+    assert out.exit_code == 0, out.output
+    assert "finished at step 2" in out.output
+
+
+def test_info_counts_parameters_and_flops(toy_recipe_file):
+    out = CliRunner().invoke(app, ["info", str(toy_recipe_file("run")), "--set", "modality.depth=3"])
+    assert out.exit_code == 0, out.output
+    torch.manual_seed(0)
+    cfg = ToyConfig(depth=3)
+    n_enc = sum(p.numel() for p in ToyModality().build_encoder(cfg).parameters())
+    n_pred = sum(p.numel() for p in ToyModality().build_predictor(cfg).parameters())
+    text = " ".join(out.output.split())
+    assert f"context encoder parameters │ {n_enc:,}" in text
+    assert f"predictor parameters │ {n_pred:,}" in text
+    assert f"total trainable parameters │ {n_enc + n_pred:,}" in text
+    assert "training FLOPs per sample" in text
+
+
+def test_bench_train_times_steps(toy_recipe_file):
+    out = CliRunner().invoke(app, ["bench", "train", str(toy_recipe_file("run")), "--steps", "3", "--warmup", "1"])
+    assert out.exit_code == 0, out.output
+    assert "median step time" in out.output and "samples/s" in out.output and "achieved FLOP/s" in out.output
+    bench_dir = toy_recipe_file("run").parent / "run-bench"
+    assert len(read_metrics(bench_dir)) == 4 and not (bench_dir / "checkpoints").exists()

@@ -1,0 +1,205 @@
+"""A toy 1-D sequence modality, registered like a third-party plugin (see ``conftest.py``).
+
+It exists to prove the core (model wiring, loss, EMA, engine, loop, checkpoints) has no image
+assumptions. Inputs are ``(B, C, L)`` sequences: L tokens of C channels. The encoder is a tiny
+pre-norm transformer over the L tokens, the predictor a narrower one, and the mask sampler cuts
+M contiguous target spans of T tokens; the context is every token outside the spans.
+"""
+
+from __future__ import annotations
+
+import io
+from typing import Any, Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from pydantic import Field
+from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
+
+from jepa.interfaces import Encoder, MaskSampler, MaskSet, Modality, Predictor
+from jepa.model import gather_tokens
+from jepa.recipe import StrictModel
+
+
+class ToyConfig(StrictModel):
+    """Toy sequence JEPA: transformer over L tokens, contiguous-span targets."""
+
+    name: Literal["toy"] = "toy"
+    seq_len: int = Field(32, gt=1, description="L, tokens per sequence")
+    in_chans: int = Field(4, gt=0, description="C, channels per token")
+    embed_dim: int = Field(32, gt=0)
+    depth: int = Field(2, gt=0)
+    num_heads: int = Field(2, gt=0)
+    predictor_dim: int = Field(16, gt=0)
+    predictor_depth: int = Field(1, gt=0)
+    num_targets: int = Field(2, gt=0, description="M target spans per sequence")
+    target_len: int = Field(4, gt=0, description="T tokens per target span")
+    min_context: int = Field(4, gt=0, description="Fewest context tokens a row may keep")
+
+
+class ToyBlock(nn.Module):
+    """Pre-norm transformer block (fused qkv, SDPA, GELU MLP)."""
+
+    def __init__(self, dim: int, num_heads: int):
+        super().__init__()
+        self.num_heads = num_heads
+        self.norm1 = nn.LayerNorm(dim, eps=1e-6)
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.proj = nn.Linear(dim, dim)
+        self.norm2 = nn.LayerNorm(dim, eps=1e-6)
+        self.fc1 = nn.Linear(dim, 4 * dim)
+        self.fc2 = nn.Linear(4 * dim, dim)
+
+    def forward(self, x_BND: Tensor) -> Tensor:
+        b, n, d = x_BND.shape
+        q, k, v = self.qkv(self.norm1(x_BND)).reshape(b, n, 3, self.num_heads, d // self.num_heads).permute(2, 0, 3, 1, 4)
+        attn = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, n, d)
+        x_BND = x_BND + self.proj(attn)
+        return x_BND + self.fc2(F.gelu(self.fc1(self.norm2(x_BND))))
+
+
+def _run_blocks(blocks: nn.ModuleList, x: Tensor, grad_checkpointing: bool) -> Tensor:
+    for block in blocks:
+        if grad_checkpointing and torch.is_grad_enabled():
+            x = checkpoint(block, x, use_reentrant=False)
+        else:
+            x = block(x)
+    return x
+
+
+def _init_weights(module: nn.Module) -> None:
+    for m in module.modules():
+        if isinstance(m, nn.Linear):
+            nn.init.trunc_normal_(m.weight, std=0.02)
+            nn.init.zeros_(m.bias)
+
+
+class ToyEncoder(Encoder):
+    def __init__(self, cfg: ToyConfig):
+        super().__init__()
+        self.embed_dim = cfg.embed_dim
+        self.grad_checkpointing = False
+        self.embed = nn.Linear(cfg.in_chans, cfg.embed_dim)
+        self.pos_embed = nn.Parameter(torch.zeros(1, cfg.seq_len, cfg.embed_dim))  # learned; ndim 3 -> decay group
+        self.blocks = nn.ModuleList(ToyBlock(cfg.embed_dim, cfg.num_heads) for _ in range(cfg.depth))
+        self.norm = nn.LayerNorm(cfg.embed_dim, eps=1e-6)
+        nn.init.trunc_normal_(self.pos_embed, std=0.02)
+        _init_weights(self)
+
+    def set_grad_checkpointing(self, enabled: bool = True) -> None:
+        self.grad_checkpointing = enabled
+
+    def forward(self, x: Tensor, keep_idx_BK: Tensor | None = None) -> Tensor:
+        tokens_BND = self.embed(x.transpose(1, 2)) + self.pos_embed
+        if keep_idx_BK is not None:
+            tokens_BND = gather_tokens(tokens_BND, keep_idx_BK)
+        return self.norm(_run_blocks(self.blocks, tokens_BND, self.grad_checkpointing))
+
+
+class ToyPredictor(Predictor):
+    def __init__(self, cfg: ToyConfig):
+        super().__init__()
+        p = cfg.predictor_dim
+        self.grad_checkpointing = False
+        self.predictor_embed = nn.Linear(cfg.embed_dim, p)
+        self.mask_token = nn.Parameter(torch.zeros(1, 1, p))
+        self.predictor_pos_embed = nn.Parameter(torch.zeros(1, cfg.seq_len, p))
+        self.predictor_blocks = nn.ModuleList(ToyBlock(p, cfg.num_heads) for _ in range(cfg.predictor_depth))
+        self.predictor_norm = nn.LayerNorm(p, eps=1e-6)
+        self.predictor_proj = nn.Linear(p, cfg.embed_dim)
+        nn.init.trunc_normal_(self.mask_token, std=0.02)
+        nn.init.trunc_normal_(self.predictor_pos_embed, std=0.02)
+        _init_weights(self)
+
+    def set_grad_checkpointing(self, enabled: bool = True) -> None:
+        self.grad_checkpointing = enabled
+
+    def forward(self, context_BKD: Tensor, context_idx_BK: Tensor, target_idx_BT: Tensor) -> Tensor:
+        b, t = target_idx_BT.shape
+        pos = self.predictor_pos_embed.expand(b, -1, -1)
+        context = self.predictor_embed(context_BKD) + gather_tokens(pos, context_idx_BK)
+        queries = self.mask_token.expand(b, t, -1) + gather_tokens(pos, target_idx_BT)
+        x = _run_blocks(self.predictor_blocks, torch.cat([context, queries], dim=1), self.grad_checkpointing)
+        return self.predictor_proj(self.predictor_norm(x[:, -t:]))
+
+
+class SpanMaskSampler(MaskSampler):
+    """M contiguous target spans of T tokens; the context is every token outside them, collated
+    to the batch's shortest context by keeping the first K free positions."""
+
+    def __init__(self, cfg: ToyConfig):
+        self.num_tokens = cfg.seq_len
+        self.num_targets, self.target_len = cfg.num_targets, cfg.target_len
+
+    def __call__(self, batch_size: int, generator: torch.Generator) -> MaskSet:
+        n, m, t = self.num_tokens, self.num_targets, self.target_len
+        starts_BM = torch.randint(0, n - t + 1, (batch_size, m), generator=generator)
+        target_idx_BMT = starts_BM[..., None] + torch.arange(t)
+        covered_BN = torch.zeros(batch_size, n, dtype=torch.bool)
+        covered_BN.scatter_(1, target_idx_BMT.flatten(1), True)
+        k = int((~covered_BN).sum(1).min())
+        positions = torch.arange(n).expand(batch_size, n)
+        order_key = torch.where(covered_BN, positions + n, positions)  # free positions first, in order
+        context_idx_BK = order_key.argsort(dim=1)[:, :k]
+        return MaskSet(context_idx_BK, target_idx_BMT)
+
+
+class ToyModality(Modality):
+    """1-D sequences ``(B, C, L)``; samples are ``.npy`` arrays of shape (C, L)."""
+
+    name = "toy"
+    config_model = ToyConfig
+
+    def build_encoder(self, cfg: ToyConfig) -> ToyEncoder:
+        return ToyEncoder(cfg)
+
+    def build_predictor(self, cfg: ToyConfig) -> ToyPredictor:
+        return ToyPredictor(cfg)
+
+    def build_mask_sampler(self, cfg: ToyConfig) -> SpanMaskSampler:
+        return SpanMaskSampler(cfg)
+
+    def decode(self, cfg: ToyConfig, sample: dict[str, Any]) -> Tensor:
+        if "npy" not in sample:
+            raise ValueError(f"toy sample has no 'npy' payload (keys: {sorted(sample)})")
+        array = np.load(io.BytesIO(sample["npy"]), allow_pickle=False)
+        if array.shape != (cfg.in_chans, cfg.seq_len):
+            raise ValueError(f"toy sample has shape {array.shape}, expected {(cfg.in_chans, cfg.seq_len)}")
+        return torch.from_numpy(array.astype(np.float32))
+
+    def train_batch(self, cfg: ToyConfig, items: list[Tensor], generator: torch.Generator) -> Tensor:
+        shifts = torch.randint(0, cfg.seq_len, (len(items),), generator=generator).tolist()
+        return torch.stack([item.roll(s, dims=-1) for item, s in zip(items, shifts)])
+
+    def eval_batch(self, cfg: ToyConfig, items: list[Tensor]) -> Tensor:
+        return torch.stack(items)
+
+    def example_input(self, cfg: ToyConfig, batch_size: int, generator: torch.Generator | None = None) -> Tensor:
+        return torch.randn(batch_size, cfg.in_chans, cfg.seq_len, generator=generator)
+
+    def check(self, cfg: ToyConfig) -> list[tuple[str, str]]:
+        problems = []
+        if cfg.num_targets * cfg.target_len > cfg.seq_len - cfg.min_context:
+            problems.append(("target_len", f"{cfg.num_targets} spans of {cfg.target_len} leave fewer than "
+                             f"min_context={cfg.min_context} of {cfg.seq_len} tokens; shorten the spans"))
+        for key in ("embed_dim", "predictor_dim"):
+            if getattr(cfg, key) % cfg.num_heads:
+                problems.append(("num_heads", f"{cfg.num_heads} heads do not divide {key}={getattr(cfg, key)}"))
+        return problems
+
+    def describe(self, cfg: ToyConfig) -> str:
+        return f"toy transformer D={cfg.embed_dim} x{cfg.depth} on {cfg.seq_len} tokens"
+
+    def train_flops_per_sample(self, cfg: ToyConfig) -> float:
+        # Matmul FLOPs only: 2 per multiply-add, backward = 2x forward for the online networks.
+        def block_flops(tokens: int, dim: int) -> float:
+            return 2 * tokens * 12 * dim * dim + 4 * tokens * tokens * dim
+
+        n, m, t, d, p = cfg.seq_len, cfg.num_targets, cfg.target_len, cfg.embed_dim, cfg.predictor_dim
+        k = max(cfg.min_context, n - m * t)  # context length when spans do not overlap (lower bound)
+        target = cfg.depth * block_flops(n, d)
+        context = cfg.depth * block_flops(k, d)
+        predictor = m * (cfg.predictor_depth * block_flops(k + t, p) + 2 * (k + t) * d * p * 2)
+        return float(target + 3 * (context + predictor))
