@@ -52,7 +52,7 @@ from jepa.shards import Manifest, read_manifest
 
 __all__ = [
     "Batch", "TrainLoader", "ShardTrainLoader", "SyntheticTrainLoader", "build_train_loader", "labelled_batches",
-    "expand_shards", "derive_seed", "read_manifest", "Manifest", "STATE_VERSION",
+    "expand_shards", "read_shard", "shards_total", "derive_seed", "read_manifest", "Manifest", "STATE_VERSION",
 ]
 
 log = logging.getLogger(__name__)
@@ -95,6 +95,24 @@ class Batch:
 
 
 # --------------------------------------------------------------------------- shard lists and reading
+
+
+def shards_total(urls: list[str]) -> int | None:
+    """Samples in local shards according to their folders' manifests; None when any is unknown."""
+    total = 0
+    counts: dict[str, dict[str, int] | None] = {}
+    for url in urls:
+        if not _is_local(url):
+            return None
+        folder, name = os.path.split(re.sub(r"^file://?", "", url))
+        if folder not in counts:
+            manifest = read_manifest(folder or ".")
+            counts[folder] = manifest.counts() if manifest is not None else None
+        known = counts[folder]
+        if known is None or name not in known:
+            return None
+        total += known[name]
+    return total
 
 
 def _is_local(url: str) -> bool:
@@ -462,6 +480,11 @@ class ShardTrainLoader(TrainLoader):
         self._warned_skips = 0
         if state is not None:
             self._load(state)
+        total = shards_total(urls)
+        if rank == 0 and total is not None and abs(total - data_cfg.samples_per_epoch) > 0.01 * total:
+            log.warning("the shards hold %d samples but data.samples_per_epoch is %d (it sets the length of an "
+                        "epoch for the schedules); set data.samples_per_epoch=%d if one pass over these shards "
+                        "should be an epoch", total, data_cfg.samples_per_epoch, total)
         if len(urls) < world_size * self.num_logical:
             log.warning("rank %d: only %d shards for %d loader workers (world_size x data.num_workers): each worker "
                         "draws shards at random, so ranks overlap; write more, smaller shards (jepa shards --max-count)",

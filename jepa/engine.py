@@ -232,7 +232,7 @@ class Engine:
         """Set this step's learning rate on every group and weight decay on the decay groups."""
         for group in self.optimizer.param_groups:
             group["lr"] = lr
-            group["weight_decay"] = weight_decay
+            group["weight_decay"] = weight_decay if group["apply_weight_decay"] else 0.0
 
     def backward(self, loss: Tensor) -> None:
         """Backward of one micro batch (DeepSpeed divides by the accumulation steps and scales fp16 losses)."""

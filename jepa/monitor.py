@@ -17,8 +17,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
-from rich.console import Console
+from rich.console import Console, Group
+from rich.live import Live
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.text import Text
 from torch import Tensor
 
 from jepa.model import representation_spread
@@ -101,12 +103,12 @@ class Monitor:
             self._tb = _tensorboard_writer(run_dir / "tensorboard") if cfg.tensorboard else None
             self._metrics = open(run_dir / METRICS_FILE, "a")
             console = Console()
-            if console.is_terminal:
-                self._progress = Progress(
-                    TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
-                    TimeElapsedColumn(), console=console)
-                self._task = self._progress.add_task("train", total=last_step, completed=start_step, info="")
-                self._progress.start()
+            if console.is_terminal:  # a bar with the step, and the latest metrics on the line below it
+                self._progress = Progress(TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(),
+                                          TimeElapsedColumn(), TextColumn("eta {task.fields[eta]}"), console=console)
+                self._task = self._progress.add_task("train", total=last_step, completed=start_step, eta="?")
+                self._live = Live(Group(self._progress, Text("")), console=console, refresh_per_second=4)
+                self._live.start()
 
     def data_wait(self, seconds: float) -> None:
         """Host time spent waiting for the next batch."""
@@ -186,15 +188,17 @@ class Monitor:
             self._tb.flush()
         line = (f"loss {record['loss']:.4f}  lr {record['lr']:.2e}  ema {record['ema_momentum']:.4f}  "
                 f"spread {record['target_spread']:.3f}  {record['samples_per_s']:.1f} samples/s  "
-                f"data {100 * record['data_wait_frac']:.0f}%  eta {_fmt_duration(record['eta_s'])}")
+                f"data {100 * record['data_wait_frac']:.0f}%")
+        eta = _fmt_duration(record["eta_s"])
         if self._progress is not None:
-            self._progress.update(self._task, completed=record["step"], info=line)
+            self._progress.update(self._task, completed=record["step"], eta=eta)
+            self._live.update(Group(self._progress, Text(line)))
         else:
-            print(f"step {record['step']}/{self.last_step}  {line}", flush=True)
+            print(f"step {record['step']}/{self.last_step}  {line}  eta {eta}", flush=True)
 
     def close(self) -> None:
         if self._progress is not None:
-            self._progress.stop()
+            self._live.stop()
         if self._metrics is not None:
             self._metrics.close()
         if self._tb is not None:

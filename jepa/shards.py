@@ -18,6 +18,7 @@ import json
 import os
 import re
 import shutil
+import tarfile
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -79,6 +80,8 @@ class Manifest:
     def pattern(self) -> str:
         """Brace pattern naming every shard, relative to the manifest's folder."""
         n = len(self.shards)
+        if n == 0:
+            return ""
         if n == 1:
             return self.shards[0].name
         return f"{self.prefix}-{{{0:06d}..{n - 1:06d}}}.tar"
@@ -155,16 +158,35 @@ def _tar_writer(fileobj) -> TarWriter:
     return TarWriter(fileobj, encoder=False, mtime=_TAR_MTIME, format="PAX_FORMAT")
 
 
+def _member_bytes(name: str, size: int) -> int:
+    """Bytes a tar member takes: header (plus a PAX header for long names) and 512-padded data."""
+    header = 512 + (1024 if len(name.encode()) > 99 else 0)
+    return header + -(-size // 512) * 512
+
+
+def _archive_bytes(members: int) -> int:
+    """Size of a finished archive: members, two end blocks, padded to whole 10 KiB records."""
+    return -(-(members + 1024) // tarfile.RECORDSIZE) * tarfile.RECORDSIZE
+
+
+def _init_worker() -> None:
+    """One intra-op thread per writer process, as in torch's loader workers: the processes are the
+    parallelism, and a forked child must not enter the parent's OpenMP pool (it can hang)."""
+    import torch
+
+    torch.set_num_threads(1)
+
+
 def _write_chunk(index: int, job: ChunkJob, tmp_dir: str, max_count: int, max_bytes: int) -> _ChunkResult:
     """Write one chunk's samples into ``tmp_dir/chunk{index}-{k}.tar`` files bounded by count and size."""
     shards: list[ShardInfo] = []
     skipped: list[SkippedFile] = []
-    fileobj, writer, count, name = None, None, 0, ""
+    fileobj, writer, count, name, size = None, None, 0, "", 0
 
     def close() -> None:
         writer.close()
-        shards.append(ShardInfo(name, count, fileobj.tell()))
         fileobj.close()
+        shards.append(ShardInfo(name, count, os.path.getsize(os.path.join(tmp_dir, name))))
 
     try:
         for item in job():
@@ -174,16 +196,17 @@ def _write_chunk(index: int, job: ChunkJob, tmp_dir: str, max_count: int, max_by
             record = {"__key__": item.key, item.ext: item.data}
             if item.label is not None:
                 record["cls"] = str(item.label).encode()
-            estimate = sum(len(v) + 1024 for k, v in record.items() if k != "__key__")
-            if writer is not None and (count >= max_count or fileobj.tell() + estimate > max_bytes):
+            added = sum(_member_bytes(f"{item.key}.{k}", len(v)) for k, v in record.items() if k != "__key__")
+            if writer is not None and (count >= max_count or _archive_bytes(size + added) > max_bytes):
                 close()
                 writer = None
             if writer is None:
                 name = f"chunk{index:06d}-{len(shards):04d}.tar"
                 fileobj = open(os.path.join(tmp_dir, name), "wb")
-                writer, count = _tar_writer(fileobj), 0
+                writer, count, size = _tar_writer(fileobj), 0, 0
             writer.write(record)
             count += 1
+            size += added
         if writer is not None:
             close()
             writer = None
@@ -215,7 +238,8 @@ def write_shard_set(
         out_dir: output folder (created); must not already hold this prefix's shards.
         prefix: shard file name prefix.
         max_count: most samples per shard.
-        max_bytes: most bytes per shard (a single larger sample still gets its own shard).
+        max_bytes: most bytes per shard file (a tar file takes at least 10 KiB; a sample too big
+            for the limit gets a shard of its own).
         workers: parallel writer processes.
         classes: class names for labelled samples (stored in the manifest).
         ignored_files: non-image files seen in the source (reported in the manifest).
@@ -246,14 +270,14 @@ def write_shard_set(
                         disable=not show_progress, transient=False)
     try:
         with progress:
-            task = progress.add_task(f"writing {prefix} shards", total=total_items)
+            task = progress.add_task(f"writing {prefix}-*.tar", total=total_items)
             run = functools.partial(_write_chunk, tmp_dir=str(tmp), max_count=max_count, max_bytes=max_bytes)
             if workers == 1 or len(jobs) <= 1:
                 for i, job in enumerate(jobs):
                     results.append(run(i, job))
                     progress.advance(task, results[-1].num_items)
             else:
-                with ProcessPoolExecutor(max_workers=min(workers, len(jobs))) as pool:
+                with ProcessPoolExecutor(max_workers=min(workers, len(jobs)), initializer=_init_worker) as pool:
                     futures = [pool.submit(run, i, job) for i, job in enumerate(jobs)]
                     for fut in as_completed(futures):
                         results.append(fut.result())

@@ -22,6 +22,16 @@ GRIDS = (14, 16)
 NUM_BATCHES, BATCH = 80, 128
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """The sampler runs in data-loader workers, which use one intra-op thread; on a busy 2-core
+    machine OpenMP's thread hand-offs also make the tiny ops here several times slower."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 class Draws:
     """Everything one (mode, grid) sampler produced over NUM_BATCHES batches."""
 

@@ -19,7 +19,9 @@ from jepa.train import train
 from toy_modality import ToyConfig, ToyModality
 
 # fp32, 5 steps, clipping active (the toy's gradient norm is ~0.35), a fast EMA so the target moves.
-ZERO_RUN = ("max_steps=5", "optim.grad_clip=0.1", "optim.lr=3e-3", "ema.momentum=0.5")
+# Width 192 makes qkv / fc1 / fc2 larger than ZeRO-3's persistence threshold (1e5 elements), so
+# they really are partitioned (smaller tensors stay whole on every rank).
+ZERO_RUN = ("max_steps=5", "optim.grad_clip=0.1", "optim.lr=3e-3", "ema.momentum=0.5", "modality.embed_dim=192")
 # Tolerance of ZeRO over 2 processes vs 1 process (same global batch, fp32): reductions are
 # summed in another order, so equality is up to float32 rounding. Measured: <= 1e-7.
 ATOL = 1e-6
@@ -60,7 +62,7 @@ def test_zero_over_two_processes_matches_one_process(stage, single_process_run, 
         diff = max((a[k] - b[k]).abs().max().item() for k in a)
         assert diff <= ATOL, f"{part} differs from stage 0 by {diff}"
     torch.manual_seed(0)  # the initial weights train() built
-    initial = ToyModality().build_encoder(ToyConfig()).state_dict()
+    initial = ToyModality().build_encoder(ToyConfig(embed_dim=192)).state_dict()
     moved = max((ref.target_encoder[k] - initial[k]).abs().max().item() for k in initial)
     assert moved > 1000 * ATOL, "the target encoder did not move; its comparison is vacuous"
 

@@ -33,8 +33,11 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
         workers: int = typer.Option(os.cpu_count() or 1, "--workers", help="Parallel writer processes"),
         prefix: str = typer.Option("shard", "--prefix", help="Shard file name prefix: PREFIX-000000.tar, ..."),
     ) -> None:
-        """Write an image folder as WebDataset shards (original bytes, 'cls' labels from sorted class
-        folder names), checking that every image decodes; unreadable files are reported and skipped."""
+        """Write an image folder as WebDataset shards plus manifest.json.
+
+        Original image bytes are stored (never re-encoded), with 'cls' labels from the sorted class
+        folder names. Every image is decoded once as a check; unreadable files are reported and skipped.
+        """
         from jepa.shards import shard_image_folder
 
         try:
@@ -46,6 +49,9 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
             err_console.print(f"[yellow]skipped[/] {skipped.path}: {skipped.error}", highlight=False, soft_wrap=True)
         if len(manifest.skipped) > 20:
             err_console.print(f"[yellow]... and {len(manifest.skipped) - 20} more skipped files (see manifest.json)[/]")
+        if manifest.total == 0:
+            raise _user_error(ValueError(f"none of the images in {src} could be read ({len(manifest.skipped)} skipped); "
+                                         "nothing to train on"))
         labels = f", {len(manifest.classes)} classes" if manifest.classes else ", unlabelled"
         console.print(f"[green]wrote[/] {manifest.total} images in {len(manifest.shards)} shards{labels}: "
                       f"{out / manifest.pattern} ({len(manifest.skipped)} skipped, {manifest.ignored_files} "
@@ -83,8 +89,11 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
         batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Images per batch (default: the "
                                                  "recipe's global batch / grad_accum_steps, at most 128)"),
     ) -> None:
-        """Images/s of the recipe's data pipeline (read, shuffle, decode, crop, masks): per loader
-        worker (one process, one thread), split by stage, and in total with data.num_workers workers."""
+        """Images/s of the recipe's data pipeline (read, shuffle, decode, crop, masks).
+
+        Per loader worker (one process, one thread), split by stage, and in total with
+        data.num_workers workers.
+        """
         from jepa.recipe import load_recipe
 
         recipe = load_recipe(recipe_file, overrides or [])

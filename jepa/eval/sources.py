@@ -29,6 +29,7 @@ from pydantic import BaseModel
 from torch import Tensor, nn
 
 from jepa import registry
+from jepa.interfaces import Modality
 from jepa.recipe import Recipe
 
 RANDOM_PREFIX = "random:"
@@ -52,9 +53,10 @@ class EncoderSource:
         description: one line naming the model, e.g. ``ViT-H/14 @224``.
         which: ``target`` or ``context`` encoder.
         source: the string the user passed.
-        step: training step of the weights (None for random init / unknown).
-        recipe: the training recipe when the source carries one.
-        metadata: the export metadata for TorchScript sources, else empty.
+        step: optimiser step of the weights (released checkpoints: their epoch; exports: the
+            step of what they were exported from; None for random init).
+        recipe: the training recipe of run / checkpoint / random sources.
+        metadata: the export metadata of TorchScript sources, else None.
     """
 
     encoder: nn.Module
@@ -76,7 +78,7 @@ class EncoderSource:
         return int(self.encoder.depth)
 
     @property
-    def modality(self):
+    def modality(self) -> Modality:
         return registry.get(self.modality_name)
 
     def layers(self, x: Tensor, num_last: int) -> list[Tensor]:
