@@ -89,6 +89,9 @@ def init_distributed() -> DistInfo:
     a destroyed world cannot be created again); later engines in the same process reuse it.
     Call inside ``_launcher_env()``.
     """
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if torch.cuda.is_available():
+        torch.cuda.set_device(local_rank)  # before NCCL starts, so every rank talks from its own GPU
     if not dist.is_initialized():
         backend = "nccl" if torch.cuda.is_available() else "gloo"
         mpi = "OMPI_COMM_WORLD_RANK" in os.environ and "RANK" not in os.environ
@@ -96,12 +99,7 @@ def init_distributed() -> DistInfo:
     else:
         deepspeed.init_distributed(dist_backend=dist.get_backend(), verbose=False)
     rank, world = dist.get_rank(), dist.get_world_size()
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    if torch.cuda.is_available():
-        torch.cuda.set_device(local_rank)
-        device = torch.device("cuda", local_rank)
-    else:
-        device = torch.device("cpu")
+    device = torch.device("cuda", local_rank) if torch.cuda.is_available() else torch.device("cpu")
     return DistInfo(rank, world, local_rank, device)
 
 
@@ -188,6 +186,9 @@ class Engine:
         self.micro_batch_size = micro_batch_size(global_batch_size, self.dist.world_size, engine_cfg.grad_accum_steps)
         self.target_updater = target_updater
 
+        # The target is copied before DeepSpeed moves or partitions the online weights (and before
+        # activation checkpointing, which only the modules that get gradients need).
+        self.target_encoder = copy.deepcopy(encoder).requires_grad_(False).eval().to(self.dist.device)
         if engine_cfg.activation_checkpointing:
             supported = [m for m in (encoder, predictor) if hasattr(m, "set_grad_checkpointing")]
             if not supported:
@@ -196,16 +197,15 @@ class Engine:
             for m in supported:
                 m.set_grad_checkpointing(True)
 
-        # The target is copied before DeepSpeed moves or partitions the online weights.
-        self.target_encoder = copy.deepcopy(encoder).requires_grad_(False).eval().to(self.dist.device)
         groups = build_param_groups(encoder, predictor, optim_cfg.weight_decay)
         optimizer = torch.optim.AdamW(groups, lr=optim_cfg.start_lr, betas=optim_cfg.betas, eps=optim_cfg.eps,
                                       weight_decay=optim_cfg.weight_decay)
         config = deepspeed_config(engine_cfg, optim_cfg, global_batch_size, self.dist.world_size)
         self.model, self.optimizer, _, _ = deepspeed.initialize(model=JEPA(encoder, predictor), optimizer=optimizer,
                                                                 config=config, dist_init_required=False)
-        if engine_cfg.compile:
+        if engine_cfg.compile:  # in place: state-dict keys stay the same
             self.model.compile()
+            self.target_encoder.compile()
         # Host-side flags (preemption) are agreed on over gloo, so they never touch the GPU stream.
         self._host_group = dist.new_group(backend="gloo") if dist.get_backend() != "gloo" else None
 
@@ -304,6 +304,14 @@ class Engine:
         if self.dist.world_size > 1:
             dist.all_reduce(tensor, op=dist.ReduceOp.SUM if op == "sum" else dist.ReduceOp.MAX)
         return tensor
+
+    def all_gather_object(self, obj: Any) -> list[Any]:
+        """``obj`` of every rank, in rank order (a host-side collective over gloo)."""
+        if self.dist.world_size == 1:
+            return [obj]
+        out: list[Any] = [None] * self.dist.world_size
+        dist.all_gather_object(out, obj, group=self._host_group)
+        return out
 
     def any_rank(self, flag: bool) -> bool:
         """True on every rank when ``flag`` is true on any rank (a host-side collective over gloo)."""

@@ -40,17 +40,32 @@ class RepresentationCollapseError(RuntimeError):
     """The spread of the target representations fell below ``log.collapse_threshold``."""
 
 
+def _parse_metrics(path: Path) -> list[tuple[str, dict[str, Any]]]:
+    """``(line, record)`` pairs; a torn last line (a process killed mid-write) is left out."""
+    if not path.exists():
+        return []
+    text = path.read_text()
+    complete = text.split("\n")[:-1]  # text after the last newline is a torn write
+    out = []
+    for number, line in enumerate(complete, 1):
+        if line.strip():
+            try:
+                out.append((line, json.loads(line)))
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"{path}:{number}: not a JSON record ({exc}); the file was edited or corrupted") from exc
+    return out
+
+
 def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
-    """The records of ``RUN_DIR/metrics.jsonl``, in order."""
-    path = Path(run_dir) / METRICS_FILE
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+    """The complete records of ``RUN_DIR/metrics.jsonl``, in order."""
+    return [record for _, record in _parse_metrics(Path(run_dir) / METRICS_FILE)]
 
 
 def _truncate_metrics(path: Path, last_step: int) -> None:
     """Drop records after ``last_step`` (written by a run that died after its last checkpoint)."""
     if not path.exists():
         return
-    kept = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= last_step]
+    kept = [line for line, record in _parse_metrics(path) if record["step"] <= last_step]
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text("".join(line + "\n" for line in kept))
     tmp.replace(path)

@@ -117,6 +117,10 @@ def train(recipe: Recipe, resume: str = "auto", *, save_checkpoints: bool = True
     try:
         start_step, loader_state = 0, None
         resume_from = checkpoint.resolve_resume(resume, run_dir) if save_checkpoints else None
+        seen = engine.all_gather_object(str(resume_from))
+        if len(set(seen)) > 1:
+            raise ValueError(f"ranks disagree on the checkpoint to resume from ({seen}); run_dir must be on a "
+                             "filesystem every node sees the same way")
         if resume_from is not None:
             point = checkpoint.load_checkpoint(engine, resume_from, recipe)
             start_step, loader_state = point.step, point.loader_state
@@ -154,9 +158,9 @@ def train(recipe: Recipe, resume: str = "auto", *, save_checkpoints: bool = True
             monitor.end_step()
             done = step + 1
 
-            if done % recipe.log.every_steps == 0 or done == last_step:
-                record = monitor.log(done, lr=lr, weight_decay=weight_decay, momentum=momentum, targets=targets)
             preempted = engine.any_rank(preemption.requested)  # all ranks stop at the same step
+            if done % recipe.log.every_steps == 0 or done == last_step or preempted:
+                record = monitor.log(done, lr=lr, weight_decay=weight_decay, momentum=momentum, targets=targets)
             if save_checkpoints and (done % recipe.checkpoint.every_steps == 0 or done == last_step or preempted):
                 saved = checkpoint.save_checkpoint(engine, run_dir, done, recipe, loader.state_dict(),
                                                    recipe.checkpoint.keep_last)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from jepa.engine import Engine, build_param_groups, deepspeed_config, micro_batch_size
+from jepa.engine import PARAM_GROUP_NAMES, Engine, build_param_groups, deepspeed_config, micro_batch_size
 from jepa.loss import latent_loss
 from jepa.model import target_tokens
 from jepa.monitor import read_metrics
@@ -46,7 +46,8 @@ def test_param_groups_follow_the_authors_layout():
     torch.manual_seed(0)
     encoder, predictor = MODALITY.build_encoder(CFG), MODALITY.build_predictor(CFG)
     groups = build_param_groups(encoder, predictor, weight_decay=0.04)
-    assert [g["name"] for g in groups] == ["encoder_decay", "predictor_decay", "encoder_no_decay", "predictor_no_decay"]
+    assert [g["name"] for g in groups] == list(PARAM_GROUP_NAMES)
+    assert PARAM_GROUP_NAMES == ("encoder_decay", "predictor_decay", "encoder_no_decay", "predictor_no_decay")
     names = {id(p): f"encoder.{n}" for n, p in encoder.named_parameters()}
     names |= {id(p): f"predictor.{n}" for n, p in predictor.named_parameters()}
     members = {g["name"]: {names[id(p)] for p in g["params"]} for g in groups}
@@ -186,6 +187,7 @@ def test_activation_checkpointing_is_switched_on_and_changes_nothing():
         try:
             assert engine.module.encoder.grad_checkpointing is enabled
             assert engine.module.predictor.grad_checkpointing is enabled
+            assert engine.target_encoder.grad_checkpointing is False  # no gradients there: nothing to recompute
             with engine.autocast():
                 targets = target_tokens(engine.target_encoder, x, masks)
                 loss = latent_loss(engine.model(x, masks), targets)

@@ -121,3 +121,29 @@ def test_bench_train_times_steps(toy_recipe_file):
     assert "median step time" in out.output and "samples/s" in out.output and "achieved FLOP/s" in out.output
     bench_dir = toy_recipe_file("run").parent / "run-bench"
     assert len(read_metrics(bench_dir)) == 4 and not (bench_dir / "checkpoints").exists()
+
+
+def test_tensorboard_logging_or_a_clear_error(toy_recipe):
+    recipe = toy_recipe("run", "max_steps=2", "log.tensorboard=true")
+    try:
+        import tensorboard  # noqa: F401
+    except ImportError:
+        with pytest.raises(ValueError, match=r"'tensorboard' package is not installed; pip install 'jepa-forge\[tensorboard\]'"):
+            train(recipe)
+        assert not (recipe.resolved_run_dir / "checkpoints").exists()
+    else:
+        train(recipe)
+        assert list((recipe.resolved_run_dir / "tensorboard").glob("events.out.tfevents.*"))
+
+
+def test_metrics_reader_skips_a_torn_last_line_and_rejects_corruption(tmp_path):
+    from jepa.monitor import _truncate_metrics
+
+    path = tmp_path / "metrics.jsonl"
+    path.write_text('{"step": 1, "loss": 1.0}\n{"step": 2, "loss": 0.9}\n{"step": 3, "lo')
+    assert [r["step"] for r in read_metrics(tmp_path)] == [1, 2]
+    _truncate_metrics(path, last_step=1)
+    assert path.read_text() == '{"step": 1, "loss": 1.0}\n'
+    path.write_text('{"step": 1}\ngarbage\n{"step": 3}\n')
+    with pytest.raises(ValueError, match=r"metrics.jsonl:2: not a JSON record"):
+        read_metrics(tmp_path)

@@ -44,9 +44,12 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
     @app.command("train")
     def train_cmd(recipe: Path = typer.Argument(..., help="Recipe YAML file"),
                   overrides: Optional[list[str]] = SetOption, resume: str = ResumeOption) -> None:
-        """Train (or continue) a recipe: one CPU process, or many GPUs under torchrun / the deepspeed launcher.
+        """Train (or continue) a recipe: one CPU process, or many GPUs and nodes under a launcher.
 
-        SIGTERM saves a checkpoint at the end of the current step and exits 0.
+        One process: `jepa train R`. One node: `torchrun --nproc_per_node=8 -m jepa.cli train R`.
+        Many nodes: torchrun with --nnodes/--rdzv-endpoint on each node, or
+        `deepspeed --no_local_rank --hostfile HOSTS --module jepa.cli train R`. The run dir must be on a filesystem
+        all nodes share. SIGTERM saves a checkpoint at the end of the current step and exits 0.
         """
         from jepa.monitor import NonFiniteLossError, RepresentationCollapseError
         from jepa.train import train
