@@ -30,8 +30,9 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
+import math
 import os
-import tempfile
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, List, Literal
@@ -182,8 +183,9 @@ def max_abs_differences(
 
 
 def _check(diffs: dict[str, float], tolerance: float, what: str) -> None:
-    worst = max(diffs.values())
-    if not worst <= tolerance:  # also catches NaN
+    failing = [v for v in diffs.values() if not v <= tolerance]  # NaN fails too
+    if failing:
+        worst = max(failing, key=lambda v: math.inf if math.isnan(v) else v)
         detail = ", ".join(f"{k}: {v:.3g}" for k, v in diffs.items())
         raise ExportVerificationError(
             f"{what} does not reproduce the eager encoder: max abs difference {worst:.3g} > tolerance "
@@ -192,16 +194,20 @@ def _check(diffs: dict[str, float], tolerance: float, what: str) -> None:
 
 
 def _atomic_write(out: Path, write: Callable[[str], None]) -> None:
-    """Write through a temporary file in the same folder, so ``out`` appears complete or not at all."""
+    """Write through a temporary file in the same folder, so ``out`` appears complete or not at all.
+
+    The temporary file has ``out``'s name (TorchScript names its archive folder after it) inside
+    a hidden scratch folder, and is created by ``write`` itself, so it gets the usual permissions.
+    """
     out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
-    os.close(fd)
+    scratch = out.parent / f".{out.name}.{os.getpid()}.tmp"
+    scratch.mkdir()
     try:
-        write(tmp)
+        tmp = scratch / out.name
+        write(str(tmp))
         os.replace(tmp, out)
     finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+        shutil.rmtree(scratch)
 
 
 def export_torchscript(
@@ -251,8 +257,12 @@ def timm_model_name(arch: str, patch_size: int, img_size: int) -> str:
     return "vit_base_patch16_224"
 
 
-def timm_kwargs(encoder: nn.Module) -> dict[str, Any]:
+def timm_kwargs(encoder: nn.Module, mean: list[float], std: list[float]) -> dict[str, Any]:
     """``timm.create_model`` keyword arguments that rebuild ``encoder`` as a timm VisionTransformer.
+
+    ``pretrained_cfg_overlay`` carries our evaluation view (normalisation, resolution, resize
+    ratio 256/224, bilinear) so ``timm.data.resolve_data_config(model=model)`` reproduces it,
+    and clears the base model's download location (these weights come from the file).
 
     Raises:
         ValueError: timm cannot express the MLP width (``int(D * mlp_ratio)`` would round it).
@@ -268,6 +278,11 @@ def timm_kwargs(encoder: nn.Module) -> dict[str, Any]:
         "embed_dim": dim, "depth": encoder.depth, "num_heads": encoder.num_heads, "mlp_ratio": mlp_ratio,
         "qkv_bias": True, "class_token": False, "global_pool": "avg", "fc_norm": False, "num_classes": 0,
         "pos_embed": "learn", "no_embed_class": False, "reg_tokens": 0,
+        "pretrained_cfg_overlay": {
+            "mean": list(mean), "std": list(std), "input_size": [encoder.in_chans, encoder.img_size, encoder.img_size],
+            "crop_pct": 224 / 256, "crop_mode": "center", "interpolation": "bilinear", "num_classes": 0,
+            "url": "", "hf_hub_id": "", "tag": "jepa", "license": "",
+        },
     }
 
 
@@ -305,7 +320,8 @@ def export_safetensors_timm(
 
     out = Path(out)
     encoder = _image_encoder(source)
-    kwargs = timm_kwargs(encoder)
+    input_cfg = getattr(source.modality_cfg, "input")
+    kwargs = timm_kwargs(encoder, list(input_cfg.mean), list(input_cfg.std))
     name = timm_model_name(getattr(source.modality_cfg, "encoder").arch, encoder.patch_size, encoder.img_size)
     state = to_timm_state_dict(encoder)
     model = build_timm_model(name, kwargs, state)

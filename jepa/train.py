@@ -158,7 +158,9 @@ def train(recipe: Recipe, resume: str = "auto", *, save_checkpoints: bool = True
             monitor.end_step()
             done = step + 1
 
-            preempted = engine.any_rank(preemption.requested)  # all ranks stop at the same step
+            # All ranks must stop at the same step; agreeing costs a host collective, so only on log steps.
+            if done % recipe.log.every_steps == 0 or done == last_step:
+                preempted = engine.any_rank(preemption.requested)
             if done % recipe.log.every_steps == 0 or done == last_step or preempted:
                 record = monitor.log(done, lr=lr, weight_decay=weight_decay, momentum=momentum, targets=targets)
             if save_checkpoints and (done % recipe.checkpoint.every_steps == 0 or done == last_step or preempted):

@@ -123,23 +123,24 @@ def test_torchscript_round_trip_in_a_python_without_jepa(tiny_source, tmp_path):
 
 
 class _Perturbed(nn.Module):
-    """A stand-in for a faulty scripting step: outputs off by 1e-3."""
+    """A stand-in for a faulty scripting step: outputs off by ``offset``."""
 
-    def __init__(self, inner: nn.Module):
+    def __init__(self, inner: nn.Module, offset: float):
         super().__init__()
-        self.inner = inner
+        self.inner, self.offset = inner, offset
 
     def forward(self, x):
-        return self.inner(x) + 1e-3
+        return self.inner(x) + self.offset
 
     def forward_layers(self, x, num_last: int):
-        return [h + 1e-3 for h in self.inner.forward_layers(x, num_last)]
+        return [h + self.offset for h in self.inner.forward_layers(x, num_last)]
 
 
-def test_export_refuses_to_write_when_the_scripted_model_differs(tiny_source, tmp_path, monkeypatch):
-    monkeypatch.setattr(export_mod, "_script", lambda module: _Perturbed(module))
+@pytest.mark.parametrize("offset, shown", [(1e-3, r"0\.001"), (float("nan"), "nan")])
+def test_export_refuses_to_write_when_the_scripted_model_differs(tiny_source, tmp_path, monkeypatch, offset, shown):
+    monkeypatch.setattr(export_mod, "_script", lambda module: _Perturbed(module, offset))
     out = tmp_path / "sub" / "enc.pt"
-    with pytest.raises(ExportVerificationError, match=r"max abs difference 0\.001.* > tolerance 0\.0001.*nothing was written"):
+    with pytest.raises(ExportVerificationError, match=rf"max abs difference {shown} > tolerance 0\.0001.*nothing was written"):
         export(tiny_source, out, log=_quiet)
     assert not out.exists()
     assert not any(out.parent.iterdir()) if out.parent.exists() else True
@@ -181,6 +182,9 @@ def test_safetensors_timm_export_loads_into_timm_and_matches(tiny_source, tmp_pa
         pooled = model(x)  # num_classes=0: the head is the identity after average pooling
     assert (tokens - ref).abs().max().item() <= EXPORT_TOLERANCE
     assert (pooled - ref.mean(dim=1)).abs().max().item() <= EXPORT_TOLERANCE
+    data_cfg = timm.data.resolve_data_config(model=model)
+    assert tuple(data_cfg["mean"]) == (0.5, 0.4, 0.3) and tuple(data_cfg["std"]) == (0.2, 0.25, 0.3)
+    assert tuple(data_cfg["input_size"]) == (3, 32, 32)
     meta = json.loads(header["jepa_export"])
     assert meta["format"] == "safetensors-timm" and meta["timm_kwargs"] == kwargs
     rebuilt, meta2 = load_timm_export(out)

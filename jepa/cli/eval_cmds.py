@@ -31,6 +31,7 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
         lr: float = typer.Option(1e-3, "--lr", help="Peak AdamW learning rate of the attentive probe"),
         seed: int = typer.Option(0, "--seed", help="Seeds the low-shot subset and the probes"),
         num_workers: int = typer.Option(0, "--num-workers", help="Data-loader processes"),
+        device: str = typer.Option("cpu", "--device", help="Where the encoder runs: cpu, cuda, cuda:1 (probes run on the CPU)"),
         encoder: Optional[str] = typer.Option(None, "--encoder", help="'target' (default, as in the paper) or 'context'"),
         crop_size: Optional[int] = typer.Option(None, "--crop-size", help="Released checkpoints: evaluation resolution"),
         arch: Optional[str] = typer.Option(None, "--arch", help="Released checkpoints: expected arch; a mismatch is an error"),
@@ -43,7 +44,7 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
         try:
             settings = EvalSettings(
                 protocols=parse_protocols(protocol), k=k, temperature=temperature, low_shot=low_shot, epochs=epochs,
-                batch_size=batch_size, lr=lr, seed=seed, num_workers=num_workers,
+                batch_size=batch_size, lr=lr, seed=seed, num_workers=num_workers, device=device,
             )
             src = load_source(source, which=encoder, crop_size=crop_size, arch=arch)  # type: ignore[arg-type]
             report = evaluate_shards(src, train_shards, val_shards, settings)

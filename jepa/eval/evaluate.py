@@ -48,6 +48,7 @@ class EvalSettings:
         lr: peak AdamW learning rate of the attentive probe.
         seed: seeds the low-shot subset and the probes' initialisation and shuffling.
         num_workers: data-loader processes while reading shards.
+        device: where the encoder runs (``cpu``, ``cuda``, ``cuda:1``); probes run on the CPU.
     """
 
     protocols: tuple[str, ...] = ("linear", "knn")
@@ -60,6 +61,7 @@ class EvalSettings:
     lr: float = 1e-3
     seed: int = 0
     num_workers: int = 0
+    device: str = "cpu"
 
     def __post_init__(self) -> None:
         unknown = [p for p in self.protocols if p not in PROTOCOLS]
@@ -74,6 +76,12 @@ class EvalSettings:
             raise ValueError(f"--epochs must be >= 1, got {self.epochs}")
         if self.batch_size < 1:
             raise ValueError(f"--batch-size must be >= 1, got {self.batch_size}")
+        try:
+            device = torch.device(self.device)
+        except RuntimeError as exc:
+            raise ValueError(f"--device {self.device!r} is not a device name; use cpu, cuda or cuda:N") from exc
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise ValueError(f"--device {self.device!r}, but torch sees no CUDA device here; use --device cpu")
 
     def epochs_for(self, protocol: str) -> int:
         return self.epochs if self.epochs is not None else DEFAULT_EPOCHS[protocol]
@@ -157,11 +165,14 @@ def evaluate(
     num_last = min(4, source.depth) if "linear4" in settings.protocols else 1
     tokens = "attentive" in settings.protocols
     start = time.perf_counter()
+    source.encoder.to(settings.device)
     with progress_bar() as progress:
         train = extract_features(source.layers, train_batches, num_last=num_last, keep_tokens=tokens,
-                                 description="train features", total=train_total, progress=progress)
+                                 description="train features", total=train_total, progress=progress,
+                                 device=settings.device)
         val = extract_features(source.layers, val_batches, num_last=num_last, keep_tokens=tokens,
-                               description="val features", total=val_total, progress=progress)
+                               description="val features", total=val_total, progress=progress,
+                               device=settings.device)
     return evaluate_features(
         train, val, settings, source=source.source, source_kind=source.kind, model=source.description,
         step=source.step, encoder=source.which, feature_seconds=time.perf_counter() - start,
