@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import importlib
-import sys
-
 import typer
-from rich.console import Console
 
+from jepa.cli.errors import user_error
 from jepa.recipe import RecipeError
 
 app = typer.Typer(
@@ -17,16 +14,10 @@ app = typer.Typer(
 bench = typer.Typer(help="Benchmarks that print numbers (data pipeline, training step).", no_args_is_help=True)
 app.add_typer(bench, name="bench")
 
-err_console = Console(stderr=True)
 
-_COMMAND_MODULES = ("recipe_cmds", "train_cmds", "data_cmds", "export_cmds", "eval_cmds")
-for _name in _COMMAND_MODULES:
-    try:
-        _module = importlib.import_module(f"jepa.cli.{_name}")
-    except ModuleNotFoundError as _exc:  # a command module not written yet in this checkout
-        if _exc.name != f"jepa.cli.{_name}":
-            raise
-        continue
+from jepa.cli import data_cmds, eval_cmds, export_cmds, recipe_cmds, train_cmds  # noqa: E402
+
+for _module in (recipe_cmds, train_cmds, data_cmds, export_cmds, eval_cmds):
     _module.register(app, bench)
 
 
@@ -35,5 +26,4 @@ def main() -> None:
     try:
         app()
     except RecipeError as exc:
-        err_console.print(f"[bold red]error:[/] {exc}", markup=True, highlight=False)
-        sys.exit(2)
+        raise SystemExit(user_error(exc).exit_code) from None

@@ -12,15 +12,11 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from jepa.cli.errors import err_console, user_error
 from jepa.cli.recipe_cmds import SetOption
 
 console = Console()
-err_console = Console(stderr=True)
 
-
-def _user_error(exc: ValueError) -> typer.Exit:
-    err_console.print(f"[bold red]error:[/] {exc}", markup=True, highlight=False, soft_wrap=True)
-    return typer.Exit(2)
 
 
 def register(app: typer.Typer, bench: typer.Typer) -> None:
@@ -44,13 +40,13 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
             manifest = shard_image_folder(src, out, prefix=prefix, max_count=max_count,
                                           max_bytes=int(max_size * 2**20), workers=workers)
         except ValueError as exc:
-            raise _user_error(exc) from None
+            raise user_error(exc) from None
         for skipped in manifest.skipped[:20]:
             err_console.print(f"[yellow]skipped[/] {skipped.path}: {skipped.error}", highlight=False, soft_wrap=True)
         if len(manifest.skipped) > 20:
             err_console.print(f"[yellow]... and {len(manifest.skipped) - 20} more skipped files (see manifest.json)[/]")
         if manifest.total == 0:
-            raise _user_error(ValueError(f"none of the images in {src} could be read ({len(manifest.skipped)} skipped); "
+            raise user_error(ValueError(f"none of the images in {src} could be read ({len(manifest.skipped)} skipped); "
                                          "nothing to train on"))
         labels = f", {len(manifest.classes)} classes" if manifest.classes else ", unlabelled"
         console.print(f"[green]wrote[/] {manifest.total} images in {len(manifest.shards)} shards{labels}: "
@@ -75,7 +71,7 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
             manifests = write_demo_dataset(out, num_images=num_images, num_val=num_val, size=size, num_classes=classes,
                                            seed=seed, max_count=max_count, workers=workers)
         except ValueError as exc:
-            raise _user_error(exc) from None
+            raise user_error(exc) from None
         for split, m in manifests.items():
             console.print(f"[green]{split}[/]: {m.total} images, {len(m.shards)} shards: {out / split / m.pattern}",
                           highlight=False)
@@ -101,7 +97,7 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
         try:
             rows = bench_data_pipeline(recipe, mb, batches, repeats)
         except ValueError as exc:
-            raise _user_error(exc) from None
+            raise user_error(exc) from None
         table = Table(title=f"data pipeline: {recipe.name}, batch {mb}, median of {repeats}")
         for col in ("what", "images/s", "range"):
             table.add_column(col, justify="left" if col == "what" else "right")

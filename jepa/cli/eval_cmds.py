@@ -8,7 +8,7 @@ from typing import Optional
 import typer
 from rich.console import Console
 
-from jepa.cli.export_cmds import user_error
+from jepa.cli.errors import user_error
 
 console = Console()
 

@@ -8,14 +8,10 @@ from typing import Optional
 import typer
 from rich.console import Console
 
+from jepa.cli.errors import user_error
+
 console = Console()
-err_console = Console(stderr=True)
 
-
-def user_error(exc: ValueError) -> typer.Exit:
-    """Print a user mistake as one clear message; the command then exits with status 2."""
-    err_console.print(f"[bold red]error:[/] {exc}", markup=True, highlight=False, soft_wrap=True)
-    return typer.Exit(2)
 
 
 def register(app: typer.Typer, bench: typer.Typer) -> None:

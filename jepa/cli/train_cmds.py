@@ -13,10 +13,10 @@ from rich.console import Console
 from rich.table import Table
 
 from jepa import registry
+from jepa.cli.errors import err_console
 from jepa.recipe import RecipeError, load_recipe
 
 console = Console()
-err_console = Console(stderr=True)
 
 SetOption = typer.Option(None, "--set", help="Override a recipe field: dotted.key=value (YAML value); repeatable")
 ResumeOption = typer.Option(
