@@ -316,7 +316,8 @@ def test_demo_pretraining_beats_random_init(tmp_path):
     baseline = evaluate_shards(load_source(f"random:{recipe}"), train_pat, val_pat, settings)
     summary = {r.protocol: (round(r.top1, 3), round(b.top1, 3)) for r, b in zip(trained.results, baseline.results)}
     print("top-1 (trained, random init):", summary)
-    # Measured (README): linear 24.9 % vs 20.7 % at random init. k-NN on mean-pooled tokens stays near
-    # chance for both (the demo run is too short to shape the cosine geometry), so only the linear
-    # probe is pinned; the k-NN numbers are printed above.
-    assert trained.results[0].top1 >= baseline.results[0].top1 + 0.03, summary
+    # Measured (README, 10-epoch demo): linear 25.6 % vs 20.7 %, k-NN 13.3 % vs 10.0 % at random init.
+    linear, knn = (r.top1 for r in trained.results)
+    base_linear, base_knn = (b.top1 for b in baseline.results)
+    assert linear >= base_linear + 0.03, summary
+    assert knn >= base_knn + 0.02, summary
