@@ -19,20 +19,10 @@ from jepa.eval.probes import (attentive_probe_scores, knn_scores, linear_probe_s
                               topk_accuracy)
 from jepa.eval.sources import load_source
 from jepa.export import export
+from tiny_recipes import tiny_image_recipe
 
-TINY = {
-    "name": "tiny",
-    "seed": 1,
-    "data": {"source": "synthetic", "samples_per_epoch": 64, "global_batch_size": 8},
-    "optim": {"epochs": 1, "warmup_epochs": 0},
-    "modality": {
-        "name": "image",
-        "encoder": {"arch": "vit_tiny", "patch_size": 8, "embed_dim": 64, "depth": 2, "num_heads": 4},
-        "predictor": {"embed_dim": 32, "depth": 1, "num_heads": 4},
-        "mask": {"min_keep": 1},
-        "input": {"crop_size": 32},
-    },
-}
+
+TINY = tiny_image_recipe(1)
 
 
 def _quiet(_line: str) -> None:

@@ -24,20 +24,10 @@ from jepa.cli import app
 from jepa.eval.sources import EXPORT_METADATA_NAME, load_source, read_export_metadata
 from jepa.export import (EXPORT_FORMAT_VERSION, EXPORT_TOLERANCE, ExportVerificationError, check_resolutions, export,
                          load_timm_export)
+from tiny_recipes import tiny_image_recipe
 
-TINY = {
-    "name": "tiny",
-    "seed": 3,
-    "data": {"source": "synthetic", "samples_per_epoch": 64, "global_batch_size": 8},
-    "optim": {"epochs": 1, "warmup_epochs": 0},
-    "modality": {
-        "name": "image",
-        "encoder": {"arch": "vit_tiny", "patch_size": 8, "embed_dim": 64, "depth": 2, "num_heads": 4},
-        "predictor": {"embed_dim": 32, "depth": 1, "num_heads": 4},
-        "mask": {"min_keep": 1},
-        "input": {"crop_size": 32, "mean": [0.5, 0.4, 0.3], "std": [0.2, 0.25, 0.3]},
-    },
-}
+
+TINY = tiny_image_recipe(3, mean=[0.5, 0.4, 0.3], std=[0.2, 0.25, 0.3])
 
 
 @pytest.fixture(scope="module")
