@@ -370,10 +370,10 @@ class _ShardBatches(IterableDataset):
     """The per-worker pipeline: raw stream -> decode -> batch -> augment + masks. Yields
     ``(Batch, report)`` where the report carries the worker's position and new problems."""
 
-    def __init__(self, urls: list[str], data_cfg: DataConfig, modality: Modality, modality_cfg: Any,
+    def __init__(self, urls: list[str], data_cfg: DataConfig, modality: Modality,
                  mask_sampler: MaskSampler, *, seed: int, rank: int, world_size: int, batch_size: int,
                  positions: list[dict[str, Any]], rotation: int):
-        self.urls, self.data_cfg, self.modality, self.modality_cfg = urls, data_cfg, modality, modality_cfg
+        self.urls, self.data_cfg, self.modality = urls, data_cfg, modality
         self.mask_sampler, self.seed, self.rank, self.world_size = mask_sampler, seed, rank, world_size
         self.batch_size, self.positions, self.rotation = batch_size, positions, rotation
         self.num_logical = max(1, data_cfg.num_workers)
@@ -394,7 +394,7 @@ class _ShardBatches(IterableDataset):
             try:
                 if "__error__" in sample:
                     raise ValueError(sample["__error__"])
-                items.append(self.modality.decode(self.modality_cfg, sample))
+                items.append(self.modality.decode(sample))
             except ValueError as exc:
                 skipped += 1
                 window_skipped += 1
@@ -404,7 +404,7 @@ class _ShardBatches(IterableDataset):
             if len(items) < self.batch_size:
                 continue
             gen = torch.Generator().manual_seed(derive_seed(self.seed, self.rank, worker, batches))
-            inputs = self.modality.train_batch(self.modality_cfg, items, gen)
+            inputs = self.modality.train_batch(items, gen)
             masks = self.mask_sampler(len(items), gen)
             items = []
             batches += 1
@@ -461,10 +461,10 @@ class TrainLoader(ABC):
 class ShardTrainLoader(TrainLoader):
     """The WebDataset training stream of one rank (see the module docstring)."""
 
-    def __init__(self, urls: list[str], data_cfg: DataConfig, modality: Modality, modality_cfg: Any,
+    def __init__(self, urls: list[str], data_cfg: DataConfig, modality: Modality,
                  mask_sampler: MaskSampler, *, seed: int, rank: int, world_size: int, micro_batch_size: int,
                  state: dict[str, Any] | None = None):
-        self.urls, self.data_cfg, self.modality, self.modality_cfg = urls, data_cfg, modality, modality_cfg
+        self.urls, self.data_cfg, self.modality = urls, data_cfg, modality
         self.mask_sampler, self.seed, self.rank, self.world_size = mask_sampler, seed, rank, world_size
         self.micro_batch_size = micro_batch_size
         self.num_logical = max(1, data_cfg.num_workers)
@@ -519,7 +519,7 @@ class ShardTrainLoader(TrainLoader):
 
     def __iter__(self) -> Iterator[Batch]:
         d = self.data_cfg
-        dataset = _ShardBatches(self.urls, d, self.modality, self.modality_cfg, self.mask_sampler, seed=self.seed,
+        dataset = _ShardBatches(self.urls, d, self.modality, self.mask_sampler, seed=self.seed,
                                 rank=self.rank, world_size=self.world_size, batch_size=self.micro_batch_size,
                                 positions=[dict(p) for p in self._positions], rotation=self._next_worker)
         extra = {"prefetch_factor": d.prefetch_factor, "persistent_workers": True} if d.num_workers else {}
@@ -558,9 +558,9 @@ class SyntheticTrainLoader(TrainLoader):
     its own rows.
     """
 
-    def __init__(self, modality: Modality, modality_cfg: Any, mask_sampler: MaskSampler, *, seed: int, rank: int,
+    def __init__(self, modality: Modality, mask_sampler: MaskSampler, *, seed: int, rank: int,
                  world_size: int, micro_batch_size: int, state: dict[str, Any] | None = None):
-        self.modality, self.modality_cfg, self.mask_sampler = modality, modality_cfg, mask_sampler
+        self.modality, self.mask_sampler = modality, mask_sampler
         self.seed, self.rank, self.world_size, self.micro_batch_size = seed, rank, world_size, micro_batch_size
         self._step = 0
         if state is not None:
@@ -579,7 +579,7 @@ class SyntheticTrainLoader(TrainLoader):
         rows = range(self.rank * mb, (self.rank + 1) * mb)
         masks = self.mask_sampler(n, torch.Generator().manual_seed(derive_seed(self.seed, step)))
         inputs = torch.cat([self.modality.example_input(
-            self.modality_cfg, 1, torch.Generator().manual_seed(derive_seed(self.seed, step, r))) for r in rows])
+            1, torch.Generator().manual_seed(derive_seed(self.seed, step, r))) for r in rows])
         return Batch(inputs, masks[rows.start:rows.stop])
 
     def __iter__(self) -> Iterator[Batch]:
@@ -598,15 +598,14 @@ class SyntheticTrainLoader(TrainLoader):
                 "batches": self._step}
 
 
-def build_train_loader(data_cfg: DataConfig, modality: Modality, modality_cfg: Any, mask_sampler: MaskSampler, *,
+def build_train_loader(data_cfg: DataConfig, modality: Modality, mask_sampler: MaskSampler, *,
                        seed: int, rank: int, world_size: int, micro_batch_size: int,
                        state: dict[str, Any] | None = None) -> TrainLoader:
     """The training stream of one rank.
 
     Args:
         data_cfg: the recipe's ``data`` section.
-        modality: decodes samples and builds batches (``decode``, ``train_batch``, ``example_input``).
-        modality_cfg: the modality's recipe section.
+        modality: the bound modality; decodes samples and builds batches (``decode``, ``train_batch``, ``example_input``).
         mask_sampler: masks for each batch (runs in the loader workers).
         seed: the run seed.
         rank: this process's rank in ``[0, world_size)``.
@@ -622,11 +621,11 @@ def build_train_loader(data_cfg: DataConfig, modality: Modality, modality_cfg: A
     if micro_batch_size < 1:
         raise ValueError(f"micro_batch_size must be >= 1 (got {micro_batch_size})")
     if data_cfg.source == "synthetic":
-        return SyntheticTrainLoader(modality, modality_cfg, mask_sampler, seed=seed, rank=rank, world_size=world_size,
+        return SyntheticTrainLoader(modality, mask_sampler, seed=seed, rank=rank, world_size=world_size,
                                     micro_batch_size=micro_batch_size, state=state)
     if not data_cfg.train_shards:
         raise ValueError("data.train_shards is required when data.source is 'shards'")
-    return ShardTrainLoader(expand_shards(data_cfg.train_shards), data_cfg, modality, modality_cfg, mask_sampler,
+    return ShardTrainLoader(expand_shards(data_cfg.train_shards), data_cfg, modality, mask_sampler,
                             seed=seed, rank=rank, world_size=world_size, micro_batch_size=micro_batch_size, state=state)
 
 
@@ -636,8 +635,8 @@ def build_train_loader(data_cfg: DataConfig, modality: Modality, modality_cfg: A
 class _LabelledBatches(IterableDataset):
     """Shards ``worker::num_workers`` read in order, decoded, evaluation view, ``(inputs, labels)``."""
 
-    def __init__(self, urls: list[str], modality: Modality, modality_cfg: Any, batch_size: int):
-        self.urls, self.modality, self.modality_cfg, self.batch_size = urls, modality, modality_cfg, batch_size
+    def __init__(self, urls: list[str], modality: Modality, batch_size: int):
+        self.urls, self.modality, self.batch_size = urls, modality, batch_size
 
     def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
         info = get_worker_info()
@@ -648,15 +647,15 @@ class _LabelledBatches(IterableDataset):
             try:
                 for sample in read_shard(url):
                     labels.append(_label_of(sample))
-                    items.append(self.modality.decode(self.modality_cfg, sample))
+                    items.append(self.modality.decode(sample))
                     if len(items) == self.batch_size:
-                        yield self.modality.eval_batch(self.modality_cfg, items), torch.tensor(labels, dtype=torch.int64)
+                        yield self.modality.eval_batch(items), torch.tensor(labels, dtype=torch.int64)
                         items, labels = [], []
             except SHARD_ERRORS as exc:
                 raise RuntimeError(f"evaluation shard {url} is unreadable ({type(exc).__name__}: {exc}); "
                                    "evaluation needs every sample: rewrite the shard") from exc
         if items:
-            yield self.modality.eval_batch(self.modality_cfg, items), torch.tensor(labels, dtype=torch.int64)
+            yield self.modality.eval_batch(items), torch.tensor(labels, dtype=torch.int64)
 
 
 def _label_of(sample: dict[str, Any]) -> int:
@@ -670,14 +669,13 @@ def _label_of(sample: dict[str, Any]) -> int:
                          f"({bytes(sample['cls'])[:20]!r})") from exc
 
 
-def labelled_batches(shards: str, modality: Modality, modality_cfg: Any, batch_size: int,
+def labelled_batches(shards: str, modality: Modality, batch_size: int,
                      num_workers: int = 0) -> Iterator[tuple[Tensor, Tensor]]:
     """One pass over labelled shards, in a deterministic order, no shuffling, every sample once.
 
     Args:
         shards: shard spec (see :func:`expand_shards`).
         modality: provides ``decode`` and ``eval_batch``.
-        modality_cfg: the modality's recipe section.
         batch_size: rows per batch (each worker's last batch may be smaller).
         num_workers: loader processes (shards are dealt out round-robin).
 
@@ -689,7 +687,7 @@ def labelled_batches(shards: str, modality: Modality, modality_cfg: Any, batch_s
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1 (got {batch_size})")
-    dataset = _LabelledBatches(expand_shards(shards), modality, modality_cfg, batch_size)
+    dataset = _LabelledBatches(expand_shards(shards), modality, batch_size)
     if num_workers == 0:
         yield from dataset
         return

@@ -124,7 +124,7 @@ def _image_encoder(source: EncoderSource) -> nn.Module:
 def build_metadata(source: EncoderSource, fmt: str, pooled: bool) -> dict[str, Any]:
     """The versioned JSON metadata stored in every export (public API: keys only get added)."""
     encoder = _image_encoder(source)
-    cfg = source.modality_cfg
+    cfg = source.modality.cfg
     return {
         "format": fmt,
         "format_version": EXPORT_FORMAT_VERSION,
@@ -320,9 +320,9 @@ def export_safetensors_timm(
 
     out = Path(out)
     encoder = _image_encoder(source)
-    input_cfg = getattr(source.modality_cfg, "input")
+    input_cfg = getattr(source.modality.cfg, "input")
     kwargs = timm_kwargs(encoder, list(input_cfg.mean), list(input_cfg.std))
-    name = timm_model_name(getattr(source.modality_cfg, "encoder").arch, encoder.patch_size, encoder.img_size)
+    name = timm_model_name(getattr(source.modality.cfg, "encoder").arch, encoder.patch_size, encoder.img_size)
     state = to_timm_state_dict(encoder)
     model = build_timm_model(name, kwargs, state)
     size = [(encoder.img_size, encoder.img_size)]

@@ -13,11 +13,13 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Any, ClassVar, Sequence
+from pathlib import Path
+from typing import Any, Callable, ClassVar, Mapping, Sequence
 
 import torch
-from pydantic import BaseModel
 from torch import Tensor, nn
+
+from jepa.config import ModalityConfig
 
 
 @dataclass(frozen=True)
@@ -131,31 +133,99 @@ class TargetUpdater(ABC):
         """In-place update of ``target_params`` towards ``online_params`` (same order and shapes)."""
 
 
+class MissingHookError(NotImplementedError):
+    """A modality was asked for an optional capability it does not provide (see :class:`Modality`)."""
+
+    def __init__(self, modality: str, hook: str, what: str):
+        super().__init__(f"modality {modality!r} does not support {what}: it does not implement "
+                         f"Modality.{hook}; use a modality that does, or add the hook to the plugin")
+
+
+@dataclass(frozen=True)
+class DemoDataSpec:
+    """What ``jepa demo-data`` asks a modality to generate (see :meth:`Modality.write_demo_data`).
+
+    Attributes:
+        num_train, num_val: labelled samples in the ``train/`` and ``val/`` shard sets.
+        num_classes: number of labels.
+        size: the modality's notion of sample size (image side, clip side, sequence length);
+            None takes the modality's default.
+        seed: everything generated is a function of it.
+        max_count: samples per shard.
+        workers: parallel writer processes.
+    """
+
+    num_train: int = 5000
+    num_val: int = 1000
+    num_classes: int = 10
+    size: int | None = None
+    seed: int = 0
+    max_count: int = 500
+    workers: int = 1
+
+
+@dataclass
+class ForeignEncoder:
+    """An encoder built from a checkpoint that ``jepa train`` did not write (e.g. the authors' release).
+
+    Attributes:
+        modality: the bound modality whose ``eval_batch`` feeds the encoder.
+        encoder: the encoder with the file's weights loaded.
+        description: one line naming the model.
+        step: training progress stored in the file (epoch or step), if any.
+    """
+
+    modality: "Modality"
+    encoder: Encoder
+    description: str
+    step: int | None = None
+
+
 class Modality(ABC):
     """The plugin contract: everything the core needs from one kind of data.
 
-    A modality is registered under the ``jepa.modalities`` entry-point group; its recipe
-    section is validated by ``config_model`` (strict pydantic model) and every builder
-    receives only that section (or a slice of it).
+    A modality class is registered under the ``jepa.modalities`` entry-point group and bound to
+    its validated recipe section: ``Modality(cfg)`` (``cfg`` an instance of ``config_model``,
+    whose ``name`` is the registered name; ``Modality()`` binds the defaults). Every method works
+    from ``self.cfg``; builders hand out only the slice a component needs.
+
+    Required: the builders, ``decode``, ``train_batch``, ``eval_batch``, ``example_input``.
+    Optional (defaults below): ``check``, ``describe``, ``train_flops_per_sample``; the data
+    hooks ``file_suffixes`` (``jepa shards FOLDER``) and ``write_demo_data`` (``jepa demo-data``);
+    the export hooks ``export_inputs``, ``export_metadata`` and ``export_formats``; and
+    ``load_foreign`` (checkpoints in another project's layout). An optional hook that a
+    modality does not provide raises :class:`MissingHookError` naming the modality and the hook.
     """
 
     name: ClassVar[str]
-    config_model: ClassVar[type[BaseModel]]
+    config_model: ClassVar[type[ModalityConfig]]
+
+    def __init__(self, cfg: ModalityConfig | None = None) -> None:
+        if cfg is None:
+            cfg = self.config_model()
+        if not isinstance(cfg, self.config_model):
+            raise TypeError(f"modality {self.name!r} is bound to a {self.config_model.__name__}, got {type(cfg).__name__}")
+        self.cfg = cfg
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.describe()})"
+
+    # ------------------------------------------------------------------ required
 
     @abstractmethod
-    def build_encoder(self, cfg: Any) -> Encoder:
+    def build_encoder(self) -> Encoder:
         """The context encoder; the target encoder is a deep copy of it."""
 
     @abstractmethod
-    def build_predictor(self, cfg: Any) -> Predictor:
-        """The predictor for encoders built by ``build_encoder(cfg)``."""
+    def build_predictor(self) -> Predictor:
+        """The predictor for encoders built by ``build_encoder()``."""
 
     @abstractmethod
-    def build_mask_sampler(self, cfg: Any) -> MaskSampler:
-        """The mask sampler for the token grid implied by ``cfg``."""
+    def build_mask_sampler(self) -> MaskSampler:
+        """The mask sampler for the token layout of the encoder."""
 
     @abstractmethod
-    def decode(self, cfg: Any, sample: dict[str, Any]) -> Any:
+    def decode(self, sample: dict[str, Any]) -> Any:
         """Decode one raw shard sample (webdataset dict of extension -> bytes) into an item.
 
         Raises:
@@ -163,26 +233,75 @@ class Modality(ABC):
         """
 
     @abstractmethod
-    def train_batch(self, cfg: Any, items: list[Any], generator: torch.Generator) -> Tensor:
+    def train_batch(self, items: list[Any], generator: torch.Generator) -> Tensor:
         """Randomly augment decoded items (training view) and stack them into a batch."""
 
     @abstractmethod
-    def eval_batch(self, cfg: Any, items: list[Any]) -> Tensor:
+    def eval_batch(self, items: list[Any]) -> Tensor:
         """Deterministic evaluation view of decoded items, stacked into a batch."""
 
     @abstractmethod
-    def example_input(self, cfg: Any, batch_size: int, generator: torch.Generator | None = None) -> Tensor:
+    def example_input(self, batch_size: int, generator: torch.Generator | None = None) -> Tensor:
         """A random input batch of the training shape (tests, export checks, benchmarks)."""
 
-    def check(self, cfg: Any) -> list[tuple[str, str]]:
-        """Semantic checks beyond types: returns ``(field_path, problem_and_fix)`` pairs,
-        empty when the configuration is usable. Runs before anything heavy is built."""
+    # ------------------------------------------------------------------ optional: description
+
+    def check(self) -> list[tuple[str, str]]:
+        """Semantic checks beyond types: returns ``(field_path, problem_and_fix)`` pairs (paths
+        relative to the modality section), empty when usable. Runs before anything heavy is built."""
         return []
 
-    def describe(self, cfg: Any) -> str:
+    def describe(self) -> str:
         """One line naming the model, e.g. ``ViT-H/14 @224``."""
         return self.name
 
-    def train_flops_per_sample(self, cfg: Any) -> float | None:
+    def train_flops_per_sample(self) -> float | None:
         """Approximate training FLOPs per sample (forward + backward), or None if unknown."""
+        return None
+
+    # ------------------------------------------------------------------ optional: data
+
+    def file_suffixes(self) -> dict[str, str]:
+        """File suffixes (lower case, with the dot) of this modality's samples in a source folder,
+        each mapped to the key its bytes are stored under in a shard (``{".jpg": "jpg"}``).
+        ``jepa shards FOLDER`` writes those files as-is and checks each with :meth:`decode`."""
+        raise MissingHookError(self.name, "file_suffixes", "`jepa shards` from a folder")
+
+    def write_demo_data(self, out: Path, spec: DemoDataSpec) -> dict[str, Any]:
+        """Generate labelled ``out/train`` and ``out/val`` shard sets (no download); returns
+        ``{"train": Manifest, "val": Manifest}``."""
+        raise MissingHookError(self.name, "write_demo_data", "`jepa demo-data`")
+
+    # ------------------------------------------------------------------ optional: export
+
+    def export_inputs(self, encoder: Encoder, generator: torch.Generator) -> list[Tensor]:
+        """Inputs an export is verified on (eager vs exported): by default one training-shape
+        batch; modalities with variable input sizes add other shapes the export must accept."""
+        return [self.example_input(2, generator)]
+
+    def export_metadata(self, encoder: Encoder) -> dict[str, Any]:
+        """Modality-specific entries of an export's JSON metadata: how to feed the encoder
+        (normalisation, patch or tubelet sizes, resolution, ...) and its architecture."""
+        return {}
+
+    def export_formats(self) -> dict[str, Callable[..., Any]]:
+        """Extra ``jepa export --format`` writers beyond the core's (name -> function with the
+        signature of :func:`jepa.export.export_torchscript`)."""
+        return {}
+
+    # ------------------------------------------------------------------ optional: foreign weights
+
+    @classmethod
+    def load_foreign(cls, checkpoint: Mapping[str, Any], path: Path, which: str,
+                     options: Mapping[str, Any]) -> ForeignEncoder | None:
+        """Build an encoder from a checkpoint in another project's layout (already read with
+        ``weights_only=True``), or return None when the layout is not this modality's.
+
+        Args:
+            checkpoint: the file's top-level mapping.
+            path: where it was read from (for messages).
+            which: ``"target"`` or ``"context"`` encoder.
+            options: user options for such files (e.g. ``crop_size``, ``arch``); a modality
+                raises ``ValueError`` on options it does not understand.
+        """
         return None

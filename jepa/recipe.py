@@ -18,15 +18,12 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, ValidationError
+from pydantic import Field, SerializeAsAny, ValidationError
 
 from jepa import registry
+from jepa.config import ModalityConfig, StrictModel
 
-
-class StrictModel(BaseModel):
-    """Base of every config model: unknown keys are errors, values are re-validated on assignment."""
-
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+__all__ = ["Recipe", "RecipeError", "StrictModel", "ModalityConfig", "load_recipe", "parse_recipe", "apply_overrides"]
 
 
 class RecipeError(ValueError):
@@ -117,7 +114,7 @@ class Recipe(StrictModel):
     seed: int = 0
     run_dir: str | None = Field(None, description="Where checkpoints, metrics and the resolved recipe go (default runs/<name>)")
     max_steps: int | None = Field(None, gt=0, description="Stop after this many steps (schedules still span the full run)")
-    modality: SerializeAsAny[BaseModel] = Field(description="The modality section; 'name' selects the plugin")
+    modality: SerializeAsAny[ModalityConfig] = Field(description="The modality section; 'name' selects the plugin")
     data: DataConfig = DataConfig()
     optim: OptimConfig = OptimConfig()
     ema: EMAConfig = EMAConfig()
@@ -210,7 +207,7 @@ def parse_recipe(raw: Any, source: str = "<recipe>") -> Recipe:
     problems: list[tuple[str, str]] = []
 
     modality_raw = raw.pop("modality", None)
-    modality_cfg: BaseModel | None = None
+    modality_cfg: ModalityConfig | None = None
     if modality_raw is None:
         problems.append(("modality", "required section is missing (e.g. `modality: {name: image}`)"))
     elif not isinstance(modality_raw, dict) or "name" not in modality_raw:
@@ -240,8 +237,10 @@ def parse_recipe(raw: Any, source: str = "<recipe>") -> Recipe:
     return recipe
 
 
-class _Placeholder(BaseModel):
+class _Placeholder(ModalityConfig):
     """Stands in for an invalid modality section so the core sections still get checked."""
+
+    name: str = "?"
 
 
 def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
@@ -276,8 +275,7 @@ def check_recipe(recipe: Recipe) -> list[tuple[str, str]]:
         problems.append(("data.train_shards", "required when data.source is 'shards' (set it in the recipe or with --set data.train_shards=...)"))
     if d.global_batch_size % recipe.engine.grad_accum_steps:
         problems.append(("engine.grad_accum_steps", f"must divide data.global_batch_size={d.global_batch_size} (got {recipe.engine.grad_accum_steps})"))
-    plugin = registry.get(recipe.modality.name)  # type: ignore[attr-defined]
-    problems += [(f"modality.{path}" if path else "modality", msg) for path, msg in plugin.check(recipe.modality)]
+    problems += [(f"modality.{path}" if path else "modality", msg) for path, msg in registry.bind(recipe.modality).check()]
     return problems
 
 

@@ -99,16 +99,15 @@ def train(recipe: Recipe, resume: str = "auto", *, save_checkpoints: bool = True
         jepa.monitor.NonFiniteLossError / RepresentationCollapseError: the run went bad.
     """
     warnings.filterwarnings("ignore", message=r"`torch\.distributed\.\w+` is deprecated", category=FutureWarning)
-    modality = registry.get(recipe.modality.name)  # type: ignore[attr-defined]
-    cfg = recipe.modality
+    modality = registry.bind(recipe.modality)
     run_dir = recipe.resolved_run_dir
     total_steps, warmup_steps = recipe.total_steps, recipe.warmup_steps
     last_step = min(total_steps, recipe.max_steps or total_steps)
     o = recipe.optim
 
     torch.manual_seed(recipe.seed)  # identical initial weights on every rank
-    encoder, predictor = modality.build_encoder(cfg), modality.build_predictor(cfg)
-    mask_sampler = modality.build_mask_sampler(cfg)
+    encoder, predictor = modality.build_encoder(), modality.build_predictor()
+    mask_sampler = modality.build_mask_sampler()
     engine = Engine(encoder, predictor, engine_cfg=recipe.engine, optim_cfg=o,
                     target_updater=EMATargetUpdater(recipe.ema.momentum, recipe.ema.final_momentum, total_steps),
                     global_batch_size=recipe.data.global_batch_size)
@@ -125,12 +124,12 @@ def train(recipe: Recipe, resume: str = "auto", *, save_checkpoints: bool = True
             point = checkpoint.load_checkpoint(engine, resume_from, recipe)
             start_step, loader_state = point.step, point.loader_state
         _prepare_run_dir(run_dir, recipe, engine)
-        loader = build_train_loader(recipe.data, modality, cfg, mask_sampler, seed=recipe.seed, rank=engine.dist.rank,
+        loader = build_train_loader(recipe.data, modality, mask_sampler, seed=recipe.seed, rank=engine.dist.rank,
                                     world_size=engine.dist.world_size, micro_batch_size=engine.micro_batch_size,
                                     state=loader_state)
         monitor = Monitor(recipe.log, run_dir, engine, start_step=start_step, last_step=last_step,
                           samples_per_step=recipe.data.global_batch_size,
-                          flops_per_sample=modality.train_flops_per_sample(cfg))
+                          flops_per_sample=modality.train_flops_per_sample())
         device, accum = engine.dist.device, engine.grad_accum_steps
         batches = iter(loader)
         record, saved, preempted, done = None, None, False, start_step

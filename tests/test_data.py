@@ -43,26 +43,26 @@ class IdModality(Modality):
     name = "ids"
     config_model = ImageConfig
 
-    def build_encoder(self, cfg):
+    def build_encoder(self):
         raise NotImplementedError
 
-    def build_predictor(self, cfg):
+    def build_predictor(self):
         raise NotImplementedError
 
-    def build_mask_sampler(self, cfg):
+    def build_mask_sampler(self):
         return TinySampler()
 
-    def decode(self, cfg, sample: dict[str, Any]) -> int:
+    def decode(self, sample: dict[str, Any]) -> int:
         decode_image(sample)
         return int(sample["__key__"].rsplit("_", 1)[1])
 
-    def train_batch(self, cfg, items, generator):
+    def train_batch(self, items, generator):
         return torch.stack([torch.tensor(items), torch.randint(0, 1000, (len(items),), generator=generator)], dim=1)
 
-    def eval_batch(self, cfg, items):
+    def eval_batch(self, items):
         return torch.tensor(items)
 
-    def example_input(self, cfg, batch_size, generator=None):
+    def example_input(self, batch_size, generator=None):
         return torch.randn(batch_size, 2, generator=generator)
 
 
@@ -107,7 +107,7 @@ def _cfg(shards: list[str] | str, **kw) -> DataConfig:
 
 def _loader(cfg: DataConfig, modality=None, *, seed=0, rank=0, world=1, mb=8, state=None, sampler=None):
     modality = modality or IdModality()
-    return build_train_loader(cfg, modality, IMAGE_CFG, sampler or TinySampler(), seed=seed, rank=rank,
+    return build_train_loader(cfg, modality, sampler or TinySampler(), seed=seed, rank=rank,
                               world_size=world, micro_batch_size=mb, state=state)
 
 
@@ -175,7 +175,7 @@ def test_fewer_shards_than_workers_resamples_and_warns(id_shards, caplog):
 def test_exact_resume_single_process(image_shards, k):
     """Resume points in the buffer-fill, steady, flush phases and at a shard-epoch end (20 batches)."""
     cfg = _cfg(f"{image_shards}/train")
-    modality = ImageModality()
+    modality = ImageModality(IMAGE_CFG)
     full = _take(iter(_loader(cfg, modality)), k + 12)
     head = _loader(cfg, modality)
     it = iter(head)
@@ -222,7 +222,7 @@ def test_resume_skips_shards_without_buffered_samples(id_shards, monkeypatch):
 def test_exact_resume_with_two_workers(image_shards, k):
     """Odd k: the next batch is the second worker's, so the resumed loader rotates worker ids."""
     cfg = _cfg(f"{image_shards}/train", num_workers=2)
-    modality = ImageModality()
+    modality = ImageModality(IMAGE_CFG)
     full = _take(iter(_loader(cfg, modality)), k + 6)
     head = _loader(cfg, modality)
     it = iter(head)
@@ -236,12 +236,12 @@ def test_exact_resume_with_two_workers(image_shards, k):
 def test_exact_resume_with_real_mask_sampler(image_shards):
     cfg_img = ImageConfig.model_validate({"encoder": {"arch": "vit_tiny", "patch_size": 4},
                                           "input": {"crop_size": 32}, "mask": {"min_keep": 4}})
-    modality = ImageModality()
-    sampler = modality.build_mask_sampler(cfg_img)
+    modality = ImageModality(cfg_img)
+    sampler = modality.build_mask_sampler()
     cfg = _cfg(f"{image_shards}/train")
 
     def make(state=None):
-        return build_train_loader(cfg, modality, cfg_img, sampler, seed=1, rank=0, world_size=1, micro_batch_size=8,
+        return build_train_loader(cfg, modality, sampler, seed=1, rank=0, world_size=1, micro_batch_size=8,
                                   state=state)
 
     full = _take(iter(make()), 10)
@@ -330,10 +330,10 @@ def test_expand_shards(id_shards, tmp_path):
 
 def test_synthetic_global_batch_is_the_same_for_any_world_size():
     cfg = DataConfig(source="synthetic")
-    modality = ImageModality()
+    modality = ImageModality(IMAGE_CFG)
 
     def batches(rank, world, mb, state=None):
-        return _take(iter(build_train_loader(cfg, modality, IMAGE_CFG, TinySampler(), seed=3, rank=rank,
+        return _take(iter(build_train_loader(cfg, modality, TinySampler(), seed=3, rank=rank,
                                              world_size=world, micro_batch_size=mb, state=state)), 3)
 
     one = batches(0, 1, 4)
@@ -344,7 +344,7 @@ def test_synthetic_global_batch_is_the_same_for_any_world_size():
         for field in ("context_idx_BK", "target_idx_BMT"):
             joined = torch.cat([getattr(two[r][step].masks, field) for r in range(2)])
             assert torch.equal(getattr(one[step].masks, field), joined)
-    loader = build_train_loader(cfg, modality, IMAGE_CFG, TinySampler(), seed=3, rank=0, world_size=1, micro_batch_size=4)
+    loader = build_train_loader(cfg, modality, TinySampler(), seed=3, rank=0, world_size=1, micro_batch_size=4)
     it = iter(loader)
     _take(it, 1)
     assert loader.state_dict()["step"] == 1
@@ -355,13 +355,13 @@ def test_synthetic_global_batch_is_the_same_for_any_world_size():
 
 
 def test_labelled_batches(image_shards):
-    modality = ImageModality()
+    modality = ImageModality(IMAGE_CFG)
     pattern = f"{image_shards}/train/train-{{000000..000007}}.tar"
-    batches = list(labelled_batches(pattern, modality, IMAGE_CFG, batch_size=32))
+    batches = list(labelled_batches(pattern, modality, batch_size=32))
     assert [b[0].shape for b in batches] == [(32, 3, 32, 32)] * 5
     labels = torch.cat([b[1] for b in batches])
     assert labels.dtype == torch.int64 and labels.tolist() == [i % 5 for i in range(160)]  # file order
-    again = torch.cat([b[1] for b in labelled_batches(f"{image_shards}/train", modality, IMAGE_CFG, 32, num_workers=2)])
+    again = torch.cat([b[1] for b in labelled_batches(f"{image_shards}/train", modality, 32, num_workers=2)])
     assert sorted(again.tolist()) == sorted(labels.tolist())
 
 
@@ -369,7 +369,7 @@ def test_labelled_batches_without_labels(tmp_path):
     m = write_shard_set([lambda: [ShardSample(f"u_{i}", "png", _png(i)) for i in range(3)]], tmp_path, prefix="u",
                         max_count=10, max_bytes=1 << 30, workers=1, show_progress=False)
     with pytest.raises(ValueError, match="shards have no labels"):
-        list(labelled_batches(str(tmp_path / m.shards[0].name), ImageModality(), IMAGE_CFG, 2))
+        list(labelled_batches(str(tmp_path / m.shards[0].name), ImageModality(IMAGE_CFG), 2))
 
 
 def test_batch_to_and_pin_memory_protocol():

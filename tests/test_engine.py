@@ -17,19 +17,19 @@ from jepa.train import train
 
 from toy_modality import ToyConfig, ToyModality
 
-MODALITY, CFG = ToyModality(), ToyConfig()
+MODALITY = ToyModality()
 
 
 def _engine(global_batch_size: int = 8, momentum: float = 0.9, optim: OptimConfig | None = None, **engine_cfg) -> Engine:
     torch.manual_seed(0)
-    return Engine(MODALITY.build_encoder(CFG), MODALITY.build_predictor(CFG),
+    return Engine(MODALITY.build_encoder(), MODALITY.build_predictor(),
                   engine_cfg=EngineConfig(**{"precision": "fp32", **engine_cfg}), optim_cfg=optim or OptimConfig(),
                   target_updater=EMATargetUpdater(momentum, 1.0, total_steps=100), global_batch_size=global_batch_size)
 
 
 def _batch(n: int, seed: int = 0):
     g = torch.Generator().manual_seed(seed)
-    return MODALITY.example_input(CFG, n, g), MODALITY.build_mask_sampler(CFG)(n, g)
+    return MODALITY.example_input(n, g), MODALITY.build_mask_sampler()(n, g)
 
 
 def _train_step(engine: Engine, x, masks) -> torch.Tensor:
@@ -44,7 +44,7 @@ def _train_step(engine: Engine, x, masks) -> torch.Tensor:
 
 def test_param_groups_follow_the_authors_layout():
     torch.manual_seed(0)
-    encoder, predictor = MODALITY.build_encoder(CFG), MODALITY.build_predictor(CFG)
+    encoder, predictor = MODALITY.build_encoder(), MODALITY.build_predictor()
     groups = build_param_groups(encoder, predictor, weight_decay=0.04)
     assert [g["name"] for g in groups] == list(PARAM_GROUP_NAMES)
     assert PARAM_GROUP_NAMES == ("encoder_decay", "predictor_decay", "encoder_no_decay", "predictor_no_decay")
@@ -141,7 +141,7 @@ def _engine_initial_params() -> list[torch.Tensor]:
     torch.manual_seed(0)
     from jepa.model import JEPA
 
-    return [p.detach() for p in JEPA(MODALITY.build_encoder(CFG), MODALITY.build_predictor(CFG)).parameters()]
+    return [p.detach() for p in JEPA(MODALITY.build_encoder(), MODALITY.build_predictor()).parameters()]
 
 
 @pytest.mark.parametrize("precision, dtype", [("bf16", torch.bfloat16), ("fp16", torch.float16)])

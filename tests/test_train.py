@@ -62,7 +62,7 @@ def test_zero_over_two_processes_matches_one_process(stage, single_process_run, 
         diff = max((a[k] - b[k]).abs().max().item() for k in a)
         assert diff <= ATOL, f"{part} differs from stage 0 by {diff}"
     torch.manual_seed(0)  # the initial weights train() built
-    initial = ToyModality().build_encoder(ToyConfig(embed_dim=192)).state_dict()
+    initial = ToyModality(ToyConfig(embed_dim=192)).build_encoder().state_dict()
     moved = max((ref.target_encoder[k] - initial[k]).abs().max().item() for k in initial)
     assert moved > 1000 * ATOL, "the target encoder did not move; its comparison is vacuous"
 
@@ -106,8 +106,8 @@ def test_info_counts_parameters_and_flops(toy_recipe_file):
     assert out.exit_code == 0, out.output
     torch.manual_seed(0)
     cfg = ToyConfig(depth=3)
-    n_enc = sum(p.numel() for p in ToyModality().build_encoder(cfg).parameters())
-    n_pred = sum(p.numel() for p in ToyModality().build_predictor(cfg).parameters())
+    n_enc = sum(p.numel() for p in ToyModality(cfg).build_encoder().parameters())
+    n_pred = sum(p.numel() for p in ToyModality(cfg).build_predictor().parameters())
     text = " ".join(out.output.split())
     assert f"context encoder parameters │ {n_enc:,}" in text
     assert f"predictor parameters │ {n_pred:,}" in text

@@ -20,10 +20,10 @@ from torch.utils.checkpoint import checkpoint
 
 from jepa.interfaces import Encoder, MaskSampler, MaskSet, Modality, Predictor
 from jepa.model import gather_tokens
-from jepa.recipe import StrictModel
+from jepa.config import ModalityConfig
 
 
-class ToyConfig(StrictModel):
+class ToyConfig(ModalityConfig):
     """Toy sequence JEPA: transformer over L tokens, contiguous-span targets."""
 
     name: Literal["toy"] = "toy"
@@ -151,55 +151,56 @@ class ToyModality(Modality):
 
     name = "toy"
     config_model = ToyConfig
+    cfg: ToyConfig
 
-    def build_encoder(self, cfg: ToyConfig) -> ToyEncoder:
-        return ToyEncoder(cfg)
+    def build_encoder(self) -> ToyEncoder:
+        return ToyEncoder(self.cfg)
 
-    def build_predictor(self, cfg: ToyConfig) -> ToyPredictor:
-        return ToyPredictor(cfg)
+    def build_predictor(self) -> ToyPredictor:
+        return ToyPredictor(self.cfg)
 
-    def build_mask_sampler(self, cfg: ToyConfig) -> SpanMaskSampler:
-        return SpanMaskSampler(cfg)
+    def build_mask_sampler(self) -> SpanMaskSampler:
+        return SpanMaskSampler(self.cfg)
 
-    def decode(self, cfg: ToyConfig, sample: dict[str, Any]) -> Tensor:
+    def decode(self, sample: dict[str, Any]) -> Tensor:
         if "npy" not in sample:
             raise ValueError(f"toy sample has no 'npy' payload (keys: {sorted(sample)})")
         array = np.load(io.BytesIO(sample["npy"]), allow_pickle=False)
-        if array.shape != (cfg.in_chans, cfg.seq_len):
-            raise ValueError(f"toy sample has shape {array.shape}, expected {(cfg.in_chans, cfg.seq_len)}")
+        if array.shape != (self.cfg.in_chans, self.cfg.seq_len):
+            raise ValueError(f"toy sample has shape {array.shape}, expected {(self.cfg.in_chans, self.cfg.seq_len)}")
         return torch.from_numpy(array.astype(np.float32))
 
-    def train_batch(self, cfg: ToyConfig, items: list[Tensor], generator: torch.Generator) -> Tensor:
-        shifts = torch.randint(0, cfg.seq_len, (len(items),), generator=generator).tolist()
+    def train_batch(self, items: list[Tensor], generator: torch.Generator) -> Tensor:
+        shifts = torch.randint(0, self.cfg.seq_len, (len(items),), generator=generator).tolist()
         return torch.stack([item.roll(s, dims=-1) for item, s in zip(items, shifts)])
 
-    def eval_batch(self, cfg: ToyConfig, items: list[Tensor]) -> Tensor:
+    def eval_batch(self, items: list[Tensor]) -> Tensor:
         return torch.stack(items)
 
-    def example_input(self, cfg: ToyConfig, batch_size: int, generator: torch.Generator | None = None) -> Tensor:
-        return torch.randn(batch_size, cfg.in_chans, cfg.seq_len, generator=generator)
+    def example_input(self, batch_size: int, generator: torch.Generator | None = None) -> Tensor:
+        return torch.randn(batch_size, self.cfg.in_chans, self.cfg.seq_len, generator=generator)
 
-    def check(self, cfg: ToyConfig) -> list[tuple[str, str]]:
+    def check(self) -> list[tuple[str, str]]:
         problems = []
-        if cfg.num_targets * cfg.target_len > cfg.seq_len - cfg.min_context:
-            problems.append(("target_len", f"{cfg.num_targets} spans of {cfg.target_len} leave fewer than "
-                             f"min_context={cfg.min_context} of {cfg.seq_len} tokens; shorten the spans"))
+        if self.cfg.num_targets * self.cfg.target_len > self.cfg.seq_len - self.cfg.min_context:
+            problems.append(("target_len", f"{self.cfg.num_targets} spans of {self.cfg.target_len} leave fewer than "
+                             f"min_context={self.cfg.min_context} of {self.cfg.seq_len} tokens; shorten the spans"))
         for key in ("embed_dim", "predictor_dim"):
-            if getattr(cfg, key) % cfg.num_heads:
-                problems.append(("num_heads", f"{cfg.num_heads} heads do not divide {key}={getattr(cfg, key)}"))
+            if getattr(self.cfg, key) % self.cfg.num_heads:
+                problems.append(("num_heads", f"{self.cfg.num_heads} heads do not divide {key}={getattr(self.cfg, key)}"))
         return problems
 
-    def describe(self, cfg: ToyConfig) -> str:
-        return f"toy transformer D={cfg.embed_dim} x{cfg.depth} on {cfg.seq_len} tokens"
+    def describe(self) -> str:
+        return f"toy transformer D={self.cfg.embed_dim} x{self.cfg.depth} on {self.cfg.seq_len} tokens"
 
-    def train_flops_per_sample(self, cfg: ToyConfig) -> float:
+    def train_flops_per_sample(self) -> float:
         # Matmul FLOPs only: 2 per multiply-add, backward = 2x forward for the online networks.
         def block_flops(tokens: int, dim: int) -> float:
             return 2 * tokens * 12 * dim * dim + 4 * tokens * tokens * dim
 
-        n, m, t, d, p = cfg.seq_len, cfg.num_targets, cfg.target_len, cfg.embed_dim, cfg.predictor_dim
-        k = max(cfg.min_context, n - m * t)  # context length when spans do not overlap (lower bound)
-        target = cfg.depth * block_flops(n, d)
-        context = cfg.depth * block_flops(k, d)
-        predictor = m * (cfg.predictor_depth * block_flops(k + t, p) + 2 * (k + t) * d * p * 2)
+        n, m, t, d, p = self.cfg.seq_len, self.cfg.num_targets, self.cfg.target_len, self.cfg.embed_dim, self.cfg.predictor_dim
+        k = max(self.cfg.min_context, n - m * t)  # context length when spans do not overlap (lower bound)
+        target = self.cfg.depth * block_flops(n, d)
+        context = self.cfg.depth * block_flops(k, d)
+        predictor = m * (self.cfg.predictor_depth * block_flops(k + t, p) + 2 * (k + t) * d * p * 2)
         return float(target + 3 * (context + predictor))

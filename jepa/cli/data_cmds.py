@@ -125,9 +125,8 @@ def bench_data_pipeline(recipe: Any, batch_size: int, num_batches: int, repeats:
     from jepa import registry
     from jepa.data import build_train_loader, expand_shards, read_shard
 
-    plugin = registry.get(recipe.modality.name)
-    cfg = recipe.modality
-    sampler = plugin.build_mask_sampler(cfg)
+    plugin = registry.bind(recipe.modality)
+    sampler = plugin.build_mask_sampler()
     d = recipe.data
     rows: list[tuple[str, list[float]]] = []
     threads = torch.get_num_threads()
@@ -140,17 +139,17 @@ def bench_data_pipeline(recipe: Any, batch_size: int, num_batches: int, repeats:
             items: list[Any] = []
 
             def decode() -> int:
-                items[:] = [plugin.decode(cfg, s) for s in raw]
+                items[:] = [plugin.decode(s) for s in raw]
                 return len(raw)
 
             rows.append(("decode (1 worker)", _rates(decode, repeats)))
             chunks = [items[i:i + batch_size] for i in range(0, len(items), batch_size)]
             rows.append(("train view: crop + normalise (1 worker)", _rates(
-                lambda: sum(plugin.train_batch(cfg, c, gen).shape[0] for c in chunks), repeats)))
+                lambda: sum(plugin.train_batch(c, gen).shape[0] for c in chunks), repeats)))
         rows.append(("masks (1 worker)", _rates(
             lambda: sum(sampler(batch_size, gen).batch_size for _ in range(num_batches)), repeats)))
         one = d.model_copy(update={"num_workers": 0})
-        loader = iter(build_train_loader(one, plugin, cfg, sampler, seed=recipe.seed, rank=0, world_size=1,
+        loader = iter(build_train_loader(one, plugin, sampler, seed=recipe.seed, rank=0, world_size=1,
                                          micro_batch_size=batch_size))
         next(loader)  # fills the shuffle buffer
         rows.append(("whole pipeline, 1 worker", _rates(
@@ -158,7 +157,7 @@ def bench_data_pipeline(recipe: Any, batch_size: int, num_batches: int, repeats:
     finally:
         torch.set_num_threads(threads)
     if d.source == "shards" and d.num_workers > 0:
-        loader = iter(build_train_loader(d, plugin, cfg, sampler, seed=recipe.seed, rank=0, world_size=1,
+        loader = iter(build_train_loader(d, plugin, sampler, seed=recipe.seed, rank=0, world_size=1,
                                          micro_batch_size=batch_size))
         for _ in range(2 * d.num_workers):  # every worker started and its buffer filled
             next(loader)

@@ -39,8 +39,7 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
         """Validate recipes (types, unknown keys, semantic checks) without building anything."""
         for f in files:
             r = load_recipe(f, overrides or [])
-            plugin = registry.get(r.modality.name)  # type: ignore[attr-defined]
-            console.print(f"[green]ok[/] {f}: {plugin.describe(r.modality)}, {r.total_steps} steps "
+            console.print(f"[green]ok[/] {f}: {registry.bind(r.modality).describe()}, {r.total_steps} steps "
                           f"({r.optim.epochs:g} epochs x {r.steps_per_epoch} steps of {r.data.global_batch_size})",
                           highlight=False)
 

@@ -72,14 +72,14 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
     def info(recipe: Path = typer.Argument(..., help="Recipe YAML file"), overrides: Optional[list[str]] = SetOption) -> None:
         """Parameter counts and training FLOPs of a recipe's model (built on the meta device: instant, no memory)."""
         r = load_recipe(recipe, overrides or [])
-        modality = registry.get(r.modality.name)  # type: ignore[attr-defined]
+        modality = registry.bind(r.modality)
         with torch.device("meta"):
-            encoder, predictor = modality.build_encoder(r.modality), modality.build_predictor(r.modality)
+            encoder, predictor = modality.build_encoder(), modality.build_predictor()
         n_enc = sum(p.numel() for p in encoder.parameters())
         n_pred = sum(p.numel() for p in predictor.parameters())
         trainable = sum(p.numel() for m in (encoder, predictor) for p in m.parameters() if p.requires_grad)
-        flops = modality.train_flops_per_sample(r.modality)
-        table = Table(title=f"{r.name}: {modality.describe(r.modality)}", show_header=False)
+        flops = modality.train_flops_per_sample()
+        table = Table(title=f"{r.name}: {modality.describe()}", show_header=False)
         table.add_row("context encoder parameters", f"{n_enc:,}")
         table.add_row("target encoder parameters (EMA copy, not trained)", f"{n_enc:,}")
         table.add_row("predictor parameters", f"{n_pred:,}")
@@ -117,7 +117,7 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
         records = read_metrics(r.resolved_run_dir)[warmup:]
         step_time = statistics.median(rec["step_time_s"] for rec in records)
         samples_per_s = r.data.global_batch_size / step_time
-        flops = registry.get(r.modality.name).train_flops_per_sample(r.modality)  # type: ignore[attr-defined]
+        flops = registry.bind(r.modality).train_flops_per_sample()
         table = Table(title=f"bench train: {r.name} ({len(records)} timed steps after {warmup} warm-up)", show_header=False)
         table.add_row("median step time", f"{step_time * 1e3:.1f} ms")
         table.add_row("samples/s", f"{samples_per_s:.1f}")

@@ -192,7 +192,7 @@ def evaluate_shards(source: EncoderSource, train_shards: str, val_shards: str, s
     train_urls, val_urls = expand_shards(train_shards), expand_shards(val_shards)
 
     def batches(pattern: str):
-        return labelled_batches(pattern, source.modality, source.modality_cfg, settings.batch_size,
+        return labelled_batches(pattern, source.modality, settings.batch_size,
                                 num_workers=settings.num_workers)
 
     return evaluate(source, batches(train_shards), batches(val_shards), settings,

@@ -25,7 +25,6 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
-from pydantic import BaseModel
 from torch import Tensor, nn
 
 from jepa import registry
@@ -47,8 +46,7 @@ class EncoderSource:
     Attributes:
         encoder: the eager :class:`~jepa.interfaces.Encoder` (or the loaded TorchScript module
             for ``kind == "torchscript"``), in eval mode, gradients off.
-        modality_name: registered modality whose ``eval_batch`` feeds the encoder.
-        modality_cfg: that modality's validated config section.
+        modality: the bound modality whose ``eval_batch`` feeds the encoder.
         kind: what the source was (see module docstring).
         description: one line naming the model, e.g. ``ViT-H/14 @224``.
         which: ``target`` or ``context`` encoder.
@@ -60,8 +58,7 @@ class EncoderSource:
     """
 
     encoder: nn.Module
-    modality_name: str
-    modality_cfg: BaseModel
+    modality: Modality
     kind: SourceKind
     description: str
     which: WhichEncoder
@@ -78,8 +75,8 @@ class EncoderSource:
         return int(self.encoder.depth)
 
     @property
-    def modality(self) -> Modality:
-        return registry.get(self.modality_name)
+    def modality_name(self) -> str:
+        return self.modality.name
 
     def layers(self, x: Tensor, num_last: int) -> list[Tensor]:
         """Outputs of the last ``num_last`` layers, each (B, N, D), the last being the final output."""
@@ -129,12 +126,11 @@ def _random_source(spec: str, which: WhichEncoder) -> EncoderSource:
     if not path:
         raise ValueError(f"{spec!r}: name a recipe after 'random:', e.g. random:recipes/image_demo.yaml")
     recipe = load_recipe(path)
-    modality = registry.get(recipe.modality.name)  # type: ignore[attr-defined]
+    modality = registry.bind(recipe.modality)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(recipe.seed)
-        encoder = modality.build_encoder(recipe.modality)
-    return EncoderSource(_freeze(encoder), recipe.modality.name, recipe.modality, "random",  # type: ignore[attr-defined]
-                         modality.describe(recipe.modality), which, spec, None, recipe)
+        encoder = modality.build_encoder()
+    return EncoderSource(_freeze(encoder), modality, "random", modality.describe(), which, spec, None, recipe)
 
 
 def _trained_source(path: Path, which: WhichEncoder) -> EncoderSource:
@@ -142,15 +138,14 @@ def _trained_source(path: Path, which: WhichEncoder) -> EncoderSource:
 
     weights = load_model_weights(path)
     recipe = weights.recipe
-    modality = registry.get(recipe.modality.name)  # type: ignore[attr-defined]
-    encoder = modality.build_encoder(recipe.modality)
+    modality = registry.bind(recipe.modality)
+    encoder = modality.build_encoder()
     state = weights.target_encoder if which == "target" else weights.encoder
-    describe = modality.describe(recipe.modality)
+    describe = modality.describe()
     check_state_dict(encoder, state, f"{path} ({which} encoder)", f"{describe} (recipe {recipe.name!r})")
     encoder.load_state_dict(state)
     kind: SourceKind = "run" if path.is_dir() and not (path / "models.pt").exists() else "checkpoint"
-    return EncoderSource(_freeze(encoder), recipe.modality.name, recipe.modality, kind, describe,  # type: ignore[attr-defined]
-                         which, str(path), weights.step, recipe)
+    return EncoderSource(_freeze(encoder), modality, kind, describe, which, str(path), weights.step, recipe)
 
 
 def _read_torch_file(path: Path) -> Any:
@@ -198,10 +193,11 @@ def _released_source(path: Path, checkpoint: dict[str, Any], which: WhichEncoder
                               depth=kw["depth"], num_heads=kw["num_heads"], mlp_dim=kw["mlp_dim"]),
         input=InputConfig(crop_size=crop_size or native, in_chans=kw["in_chans"]),
     )
-    description = (registry.get("image").describe(cfg) if inferred["arch"]
+    modality = registry.bind(cfg)
+    description = (modality.describe() if inferred["arch"]
                    else f"ViT(D={kw['embed_dim']}, depth={kw['depth']})/{kw['patch_size']} @{crop_size or native}")
     step = meta.get("epoch")
-    return EncoderSource(_freeze(encoder), "image", cfg, "released", description, which, str(path),
+    return EncoderSource(_freeze(encoder), modality, "released", description, which, str(path),
                          None if step is None else int(step))
 
 
@@ -242,9 +238,9 @@ def _torchscript_source(path: Path, which: WhichEncoder | None) -> EncoderSource
     if which is not None and which != meta["encoder"]:
         raise ValueError(f"{path}: this export holds the {meta['encoder']} encoder, not the {which} one; "
                          f"drop --encoder or export the {which} encoder from the checkpoint")
-    modality = registry.get(meta["modality_name"])
-    cfg = modality.config_model.model_validate(meta["modality"])
-    return EncoderSource(module.eval(), meta["modality_name"], cfg, "torchscript", meta["model"],
+    modality_cls = registry.get(meta["modality_name"])
+    modality = modality_cls(modality_cls.config_model.model_validate(meta["modality"]))
+    return EncoderSource(module.eval(), modality, "torchscript", meta["model"],
                          meta["encoder"], str(path), meta.get("source_step"), None, meta)
 
 

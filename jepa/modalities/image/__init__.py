@@ -16,76 +16,77 @@ class ImageModality(Modality):
 
     name = "image"
     config_model = ImageConfig
+    cfg: ImageConfig
 
-    def build_encoder(self, cfg: ImageConfig):
+    def build_encoder(self):
         from jepa.modalities.image.vit import ViTEncoder
 
-        width, depth, heads, mlp = cfg.encoder.dims
+        width, depth, heads, mlp = self.cfg.encoder.dims
         return ViTEncoder(
-            img_size=cfg.input.crop_size, patch_size=cfg.encoder.patch_size, in_chans=cfg.input.in_chans,
-            embed_dim=width, depth=depth, num_heads=heads, mlp_dim=mlp, drop_path=cfg.encoder.drop_path,
+            img_size=self.cfg.input.crop_size, patch_size=self.cfg.encoder.patch_size, in_chans=self.cfg.input.in_chans,
+            embed_dim=width, depth=depth, num_heads=heads, mlp_dim=mlp, drop_path=self.cfg.encoder.drop_path,
         )
 
-    def build_predictor(self, cfg: ImageConfig):
+    def build_predictor(self):
         from jepa.modalities.image.vit import ViTPredictor
 
-        width, _, heads, _ = cfg.encoder.dims
-        p = cfg.predictor
+        width, _, heads, _ = self.cfg.encoder.dims
+        p = self.cfg.predictor
         return ViTPredictor(
-            grid_size=cfg.grid_size, embed_dim=width, predictor_dim=p.embed_dim, depth=p.depth,
+            grid_size=self.cfg.grid_size, embed_dim=width, predictor_dim=p.embed_dim, depth=p.depth,
             num_heads=p.num_heads or heads, mlp_ratio=p.mlp_ratio,
         )
 
-    def build_mask_sampler(self, cfg: ImageConfig):
+    def build_mask_sampler(self):
         from jepa.modalities.image.masks import MultiBlockMaskSampler
 
-        return MultiBlockMaskSampler(cfg.grid_size, cfg.mask)
+        return MultiBlockMaskSampler(self.cfg.grid_size, self.cfg.mask)
 
-    def decode(self, cfg: ImageConfig, sample: dict[str, Any]) -> Tensor:
+    def decode(self, sample: dict[str, Any]) -> Tensor:
         from jepa.modalities.image.transforms import decode_image
 
         return decode_image(sample)
 
-    def train_batch(self, cfg: ImageConfig, items: list[Tensor], generator: torch.Generator) -> Tensor:
+    def train_batch(self, items: list[Tensor], generator: torch.Generator) -> Tensor:
         from jepa.modalities.image.transforms import train_batch
 
-        return train_batch(items, cfg.input, generator)
+        return train_batch(items, self.cfg.input, generator)
 
-    def eval_batch(self, cfg: ImageConfig, items: list[Tensor]) -> Tensor:
+    def eval_batch(self, items: list[Tensor]) -> Tensor:
         from jepa.modalities.image.transforms import eval_batch
 
-        return eval_batch(items, cfg.input)
+        return eval_batch(items, self.cfg.input)
 
-    def example_input(self, cfg: ImageConfig, batch_size: int, generator: torch.Generator | None = None) -> Tensor:
-        s = cfg.input.crop_size
-        return torch.randn(batch_size, cfg.input.in_chans, s, s, generator=generator)
+    def example_input(self, batch_size: int, generator: torch.Generator | None = None) -> Tensor:
+        s = self.cfg.input.crop_size
+        return torch.randn(batch_size, self.cfg.input.in_chans, s, s, generator=generator)
 
-    def check(self, cfg: ImageConfig) -> list[tuple[str, str]]:
+    def check(self) -> list[tuple[str, str]]:
         from jepa.modalities.image.masks import check_mask_feasibility
 
         problems: list[tuple[str, str]] = []
-        s, p = cfg.input.crop_size, cfg.encoder.patch_size
+        s, p = self.cfg.input.crop_size, self.cfg.encoder.patch_size
         if s % p:
             problems.append(("input.crop_size", f"{s} is not divisible by encoder.patch_size={p}; use a multiple of {p} (e.g. {s // p * p or p})"))
-        width, _, heads, _ = cfg.encoder.dims
+        width, _, heads, _ = self.cfg.encoder.dims
         if width % heads:
             problems.append(("encoder.num_heads", f"{heads} heads do not divide the encoder width {width}"))
-        pheads = cfg.predictor.num_heads or heads
-        if cfg.predictor.embed_dim % pheads:
-            problems.append(("predictor.num_heads", f"{pheads} heads do not divide predictor.embed_dim={cfg.predictor.embed_dim}"
-                             + ("" if cfg.predictor.num_heads else " (defaulted to the encoder's head count; set predictor.num_heads)")))
+        pheads = self.cfg.predictor.num_heads or heads
+        if self.cfg.predictor.embed_dim % pheads:
+            problems.append(("predictor.num_heads", f"{pheads} heads do not divide predictor.embed_dim={self.cfg.predictor.embed_dim}"
+                             + ("" if self.cfg.predictor.num_heads else " (defaulted to the encoder's head count; set predictor.num_heads)")))
         if not problems and s // p < 2:
             problems.append(("input.crop_size", f"the patch grid is {s // p}x{s // p}; masking needs at least 2x2"))
         if not problems:
-            problems += [(f"mask.{k}" if k else "mask", m) for k, m in check_mask_feasibility(cfg.grid_size, cfg.mask)]
+            problems += [(f"mask.{k}" if k else "mask", m) for k, m in check_mask_feasibility(self.cfg.grid_size, self.cfg.mask)]
         return problems
 
-    def describe(self, cfg: ImageConfig) -> str:
+    def describe(self) -> str:
         short = {"vit_tiny": "ViT-Ti", "vit_small": "ViT-S", "vit_base": "ViT-B", "vit_large": "ViT-L",
-                 "vit_huge": "ViT-H", "vit_giant": "ViT-g"}[cfg.encoder.arch]
-        return f"{short}/{cfg.encoder.patch_size} @{cfg.input.crop_size}"
+                 "vit_huge": "ViT-H", "vit_giant": "ViT-g"}[self.cfg.encoder.arch]
+        return f"{short}/{self.cfg.encoder.patch_size} @{self.cfg.input.crop_size}"
 
-    def train_flops_per_sample(self, cfg: ImageConfig) -> float:
+    def train_flops_per_sample(self) -> float:
         from jepa.modalities.image.flops import train_flops_per_image
 
-        return train_flops_per_image(cfg)
+        return train_flops_per_image(self.cfg)

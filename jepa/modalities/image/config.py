@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from jepa.recipe import StrictModel
+from jepa.config import ModalityConfig, StrictModel
 
 # name -> (width, depth, heads, mlp hidden), from the I-JEPA spec.
 VIT_ARCHS: dict[str, tuple[int, int, int, int]] = {
@@ -84,7 +84,7 @@ class InputConfig(StrictModel):
     std: tuple[float, float, float] = (0.229, 0.224, 0.225)
 
 
-class ImageConfig(StrictModel):
+class ImageConfig(ModalityConfig):
     """Image I-JEPA: ViT encoders, ViT predictor, multi-block masks."""
 
     name: Literal["image"] = "image"

@@ -1,0 +1,124 @@
+"""The video modality's recipe section (``modality:`` with ``name: video``).
+
+Defaults are the V-JEPA ViT-L/16 pretraining setting (Bardes et al., 2024; the authors'
+``configs/pretrain/vitl16.yaml``): 16 frames at frame step 4, 224 px crops, tubelet 2, patch 16,
+predictor depth 12 and width 384, and two mask generators per clip (8 blocks at spatial scale
+0.15 and 2 blocks at 0.7, aspect ratio 0.75-1.5, each block spanning all time).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from jepa.config import ModalityConfig, StrictModel
+from jepa.modalities.image.config import ArchName
+from jepa.modalities.image.config import EncoderConfig as ImageEncoderConfig
+
+
+def _check_range(name: str, value: tuple[float, float], upper: float | None = None) -> None:
+    lo, hi = value
+    if not 0 < lo <= hi:
+        raise ValueError(f"{name} must satisfy 0 < low <= high, got {value}")
+    if upper is not None and hi > upper:
+        raise ValueError(f"{name} must be <= {upper}, got {value}")
+
+
+class VideoEncoderConfig(ImageEncoderConfig):
+    """Context/target video ViT: the image ViT's sizes (``arch`` and overrides) with a tubelet
+    patch embedding. ``embed_dim``/``depth``/``num_heads``/``mlp_dim`` override the arch's values."""
+
+    arch: ArchName = Field("vit_large", description="One of vit_tiny, vit_small, vit_base, vit_large, vit_huge, vit_giant")
+    patch_size: int = Field(16, gt=0, description="Patch side in pixels (16 in V-JEPA)")
+    tubelet_size: int = Field(2, gt=0, description="Frames per token (the temporal patch size, 2 in V-JEPA)")
+    uniform_power: bool = Field(
+        True, description="3-D sin-cos split: true gives time, height and width equal channel shares "
+        "(2*ceil(D/6) each, V-JEPA's setting); false gives time D/2 and height, width D/4 each")
+
+
+class VideoPredictorConfig(StrictModel):
+    """Narrow ViT predictor with one learned mask token per mask generator."""
+
+    embed_dim: int = Field(384, gt=0, description="Predictor width")
+    depth: int = Field(12, gt=0, description="Predictor blocks (12 in V-JEPA)")
+    num_heads: int | None = Field(None, gt=0, description="Default: the encoder's head count")
+    mlp_ratio: float = Field(4.0, gt=0)
+
+
+class MaskGeneratorConfig(StrictModel):
+    """One 3-D multi-block mask generator: ``num_blocks`` target blocks per clip whose union is
+    the target; the context is everything else."""
+
+    spatial_scale: tuple[float, float] = Field((0.15, 0.15), description="Block area as a fraction of the spatial patch grid")
+    temporal_scale: tuple[float, float] = Field((1.0, 1.0), description="Block length as a fraction of the token time steps")
+    aspect_ratio: tuple[float, float] = Field((0.75, 1.5), description="Block height / width, in patches")
+    num_blocks: int = Field(8, gt=0, description="Blocks per clip; the target is their union")
+    max_temporal_keep: float = Field(
+        1.0, gt=0, le=1, description="Fraction of the token time steps the context may use; later steps are targets")
+
+    @model_validator(mode="after")
+    def _ranges(self) -> "MaskGeneratorConfig":
+        _check_range("spatial_scale", self.spatial_scale, 1.0)
+        _check_range("temporal_scale", self.temporal_scale, 1.0)
+        _check_range("aspect_ratio", self.aspect_ratio)
+        return self
+
+
+def _vjepa_generators() -> list[MaskGeneratorConfig]:
+    return [MaskGeneratorConfig(spatial_scale=(0.15, 0.15), num_blocks=8),
+            MaskGeneratorConfig(spatial_scale=(0.7, 0.7), num_blocks=2)]
+
+
+class VideoMaskConfig(StrictModel):
+    """3-D multi-block masking: each generator gives its own (context, target) pair per clip."""
+
+    mode: Literal["faithful", "fixed"] = Field(
+        "faithful", description="How contexts and targets are cut to the batch's shortest row: 'faithful' keeps the "
+        "first tokens in raster order (the authors' collation, which drops the last time steps of longer rows); "
+        "'fixed' keeps a uniformly random subset of each row")
+    generators: list[MaskGeneratorConfig] = Field(
+        default_factory=_vjepa_generators, min_length=1,
+        description="Mask generators; V-JEPA: 8 blocks at spatial scale 0.15 and 2 blocks at 0.7")
+    min_keep: int = Field(1, gt=0, description="Fewest context tokens a clip may keep (V-JEPA: a non-empty context)")
+
+
+class VideoInputConfig(StrictModel):
+    """Clip sampling and the training view (one RandomResizedCrop per clip, optional flip)."""
+
+    num_frames: int = Field(16, gt=0, description="Frames per clip")
+    frame_step: int = Field(4, gt=0, description="Stride between sampled frames of the source video")
+    crop_size: int = Field(224, gt=0, description="Side of the square training crop in pixels")
+    crop_scale: tuple[float, float] = Field((0.3, 1.0), description="RandomResizedCrop area fraction")
+    crop_aspect: tuple[float, float] = Field((0.75, 1.35), description="RandomResizedCrop aspect ratio (w/h)")
+    horizontal_flip: bool = Field(True, description="Flip the whole clip left-right with probability 0.5 (V-JEPA)")
+    in_chans: int = Field(3, gt=0, description="Channels; videos decode to RGB, so 3")
+    mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
+    std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+
+    @model_validator(mode="after")
+    def _ranges(self) -> "VideoInputConfig":
+        _check_range("crop_scale", self.crop_scale, 1.0)
+        _check_range("crop_aspect", self.crop_aspect)
+        return self
+
+    @property
+    def clip_span(self) -> int:
+        """Source frames one clip covers: ``(num_frames - 1) * frame_step + 1``."""
+        return (self.num_frames - 1) * self.frame_step + 1
+
+
+class VideoConfig(ModalityConfig):
+    """Video V-JEPA: tubelet ViT encoders, ViT predictor, 3-D multi-block masks, clips from video files."""
+
+    name: Literal["video"] = "video"
+    encoder: VideoEncoderConfig = VideoEncoderConfig()
+    predictor: VideoPredictorConfig = VideoPredictorConfig()
+    mask: VideoMaskConfig = VideoMaskConfig()
+    input: VideoInputConfig = VideoInputConfig()
+
+    @property
+    def grid(self) -> tuple[int, int, int]:
+        """Token grid ``(T', H', W')`` of a training clip: frames / tubelet, crop / patch (twice)."""
+        side = self.input.crop_size // self.encoder.patch_size
+        return self.input.num_frames // self.encoder.tubelet_size, side, side
