@@ -3,18 +3,31 @@
 Layout of a run directory (the file names and ``models.pt`` keys are public API)::
 
     RUN_DIR/checkpoints/
-        latest                 "step_000123" (written atomically after the directory is complete)
+        latest                 "step_000123": the checkpoint written last (written atomically after it is complete)
         step_000123/
             models.pt          rank 0: {"format_version": 1, "encoder", "predictor", "target_encoder",
                                "step", "recipe"}: full fp32 state dicts (gathered under ZeRO-3)
             meta.json          step, world size, ZeRO stage, precision
-            rank_00000.pt      per rank: data-loader position and RNG states
+            rank_00000.pt      per rank: data-loader position and RNG states (tensors and plain types)
             deepspeed/         DeepSpeed's model / optimiser / ZeRO-shard files
+            digests.json       {"format_version": 1, "algorithm": "sha256", "files": {path: {"size", "sha256"}}}
+                               for every other file (written last; the ranks hash their shares in parallel)
 
 A checkpoint is written into ``step_000123.tmp/`` and renamed once every rank has finished
 (a barrier), so a directory without ``.tmp`` is complete by construction; a crash mid-write
 leaves only a ``.tmp`` directory, which resuming ignores and the next save removes. The run
 directory must be on a filesystem every node sees (the training loop checks this).
+
+Integrity: a checkpoint is *valid* when every file its ``digests.json`` lists is there with
+that size and SHA-256. Resuming verifies the checkpoint it loads (``--resume auto`` tries the one
+``latest`` names, then the others newest first, and says which it skipped and why); export and
+evaluation verify ``models.pt``. Pruning keeps the checkpoint just written (the newest valid one)
+and the newest older ones; checkpoints of a later step than the one just written (left behind
+when a run was resumed from an older checkpoint) are left alone until the run overwrites them.
+
+Safety: every file is read with ``torch.load(weights_only=True)`` (DeepSpeed's through
+:class:`~jepa.engine.Engine`), so a crafted file cannot run code; digests guard against
+corruption, not against someone who can write the run directory.
 
 A checkpoint that does not fit the recipe fails loudly, naming the mismatched keys, shapes and
 recipe fields; nothing is ever partially loaded or silently restarted from step 0.
@@ -22,28 +35,35 @@ recipe fields; nothing is ever partially loaded or silently restarted from step 
 
 from __future__ import annotations
 
+import hashlib
 import json
+import logging
 import os
 import random
 import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 import torch
 from torch import Tensor
 
 from jepa.recipe import Recipe, parse_recipe
+from jepa.weights import safe_load, state_problems
 
 if TYPE_CHECKING:  # the engine imports DeepSpeed; this module only talks to its object
     from jepa.engine import Engine
 
+log = logging.getLogger(__name__)
+
 FORMAT_VERSION = 1
+DIGESTS_VERSION = 1
 CHECKPOINTS = "checkpoints"
 MODELS_FILE = "models.pt"
 META_FILE = "meta.json"
+DIGESTS_FILE = "digests.json"
 LATEST_FILE = "latest"
 _STEP_DIR = re.compile(r"^step_(\d{6,})$")
 
@@ -52,8 +72,7 @@ _STEP_DIR = re.compile(r"^step_(\d{6,})$")
 # stage) would make the resumed run a different run, so it is refused.
 RESUMABLE_CHANGES = (
     "name", "run_dir", "max_steps", "checkpoint.", "log.", "engine.compile", "engine.activation_checkpointing",
-    "data.train_shards", "data.num_workers", "data.prefetch_factor", "data.max_skip_rate",
-    "data.min_samples_for_skip_check",
+    "data.prefetch_factor", "data.max_skip_rate", "data.min_samples_for_skip_check",
 )
 
 
@@ -78,6 +97,103 @@ def newest_checkpoint(run_dir: str | Path) -> Path | None:
     """The newest complete checkpoint of a run, or None."""
     found = complete_checkpoints(run_dir)
     return found[-1][1] if found else None
+
+
+def resume_candidates(run_dir: str | Path) -> list[Path]:
+    """Complete checkpoints in the order ``--resume auto`` tries them: the one ``latest`` names
+    (the last one written, also after a run resumed from an older checkpoint), then newest first."""
+    found = [path for _, path in reversed(complete_checkpoints(run_dir))]
+    latest = Path(run_dir) / CHECKPOINTS / LATEST_FILE
+    try:
+        named = latest.read_text().strip()
+    except (OSError, UnicodeDecodeError):
+        return found
+    first = [p for p in found if p.name == named]
+    return first + [p for p in found if p.name != named]
+
+
+# --------------------------------------------------------------------------- integrity
+
+
+def file_digest(path: Path) -> str:
+    """SHA-256 of a file, read in chunks."""
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def _checkpoint_files(directory: Path) -> list[str]:
+    """Paths (relative, '/'-separated, sorted) of every file of a checkpoint but its digests."""
+    return sorted(p.relative_to(directory).as_posix() for p in directory.rglob("*")
+                  if p.is_file() and p.name != DIGESTS_FILE)
+
+
+def _read_digests(directory: Path) -> dict[str, dict[str, Any]]:
+    """The ``files`` table of a checkpoint's digests.json.
+
+    Raises:
+        ValueError: it is missing or unreadable.
+    """
+    path = directory / DIGESTS_FILE
+    try:
+        table = json.loads(path.read_text())
+        files = table["files"]
+        if table.get("format_version") != DIGESTS_VERSION or table.get("algorithm") != "sha256" or not isinstance(files, dict):
+            raise ValueError(f"format_version {table.get('format_version')!r}, algorithm {table.get('algorithm')!r}")
+        return files
+    except FileNotFoundError:
+        raise ValueError(f"no {DIGESTS_FILE}, so its files cannot be verified (written by an older jepa, or copied "
+                         "incompletely)") from None
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ValueError(f"{DIGESTS_FILE} is unreadable ({type(exc).__name__}: {exc})") from None
+
+
+def _file_problem(directory: Path, name: str, expected: Any) -> str | None:
+    """Why ``directory/name`` does not match its digest entry, or None."""
+    path = directory / name
+    try:
+        size = path.stat().st_size
+    except OSError:
+        return f"{name} is missing"
+    if not isinstance(expected, dict) or size != expected.get("size"):
+        return f"{name} has {size} bytes, {DIGESTS_FILE} says {expected.get('size') if isinstance(expected, dict) else '?'}"
+    if file_digest(path) != expected.get("sha256"):
+        return f"{name} does not match its SHA-256 (the file changed after it was written)"
+    return None
+
+
+def verify_checkpoint(directory: Path, only: Callable[[int], bool] = lambda i: True) -> list[str]:
+    """Problems that make a checkpoint invalid (empty when every file matches its digest).
+
+    Args:
+        directory: a complete checkpoint directory.
+        only: which files (by index in the sorted digest table) to hash, so that ranks can share
+            the work; sizes and presence are checked for every file.
+    """
+    try:
+        files = _read_digests(directory)
+    except ValueError as exc:
+        return [str(exc)]
+    problems = [f"{name} is not listed in {DIGESTS_FILE}" for name in (MODELS_FILE, META_FILE) if name not in files]
+    for i, name in enumerate(sorted(files)):
+        expected = files[name]
+        if not only(i):
+            path = directory / name
+            if not path.is_file():
+                problems.append(f"{name} is missing")
+            elif not isinstance(expected, dict) or path.stat().st_size != expected.get("size"):
+                problems.append(f"{name} has another size than {DIGESTS_FILE} says")
+            continue
+        problem = _file_problem(directory, name, expected)
+        if problem:
+            problems.append(problem)
+    return problems
+
+
+def verify_collectively(engine: Engine, directory: Path) -> list[str]:
+    """:func:`verify_checkpoint` with the hashing shared by the ranks; every rank gets every problem."""
+    world, rank = engine.dist.world_size, engine.dist.rank
+    mine = verify_checkpoint(directory, only=lambda i: i % world == rank)
+    return sorted({p for problems in engine.all_gather_object(mine) for p in problems})
 
 
 # --------------------------------------------------------------------------- RNG states
@@ -146,6 +262,17 @@ def save_checkpoint(engine: Engine, run_dir: str | Path, step: int, recipe: Reci
         (tmp / META_FILE).write_text(json.dumps(meta, indent=1) + "\n")
     engine.barrier()
 
+    # Digests of every file, the hashing shared by the ranks (rank 0's listing, so all hash the same files).
+    [names] = engine.all_gather_object(_checkpoint_files(tmp) if engine.dist.is_main else None)[:1]
+    world = engine.dist.world_size
+    mine = {n: {"size": (tmp / n).stat().st_size, "sha256": file_digest(tmp / n)}
+            for i, n in enumerate(names) if i % world == rank}
+    digests = {k: v for part in engine.all_gather_object(mine) for k, v in part.items()}
+    if engine.dist.is_main:
+        table = {"format_version": DIGESTS_VERSION, "algorithm": "sha256", "files": dict(sorted(digests.items()))}
+        (tmp / DIGESTS_FILE).write_text(json.dumps(table, indent=1) + "\n")
+    engine.barrier()
+
     if engine.dist.is_main:
         replaced = None
         if final.exists():  # same step saved before (e.g. a run resumed at its last step): swap it out
@@ -157,15 +284,17 @@ def save_checkpoint(engine: Engine, run_dir: str | Path, step: int, recipe: Reci
         _write_atomic(root / LATEST_FILE, final.name + "\n")
         if replaced is not None:
             shutil.rmtree(replaced)
-        _prune(root, keep_last)
+        _prune(root, keep_last, step)
     engine.barrier()
     return final
 
 
-def _prune(root: Path, keep_last: int) -> None:
-    """Keep the newest ``keep_last`` complete checkpoints; remove leftovers of crashed saves."""
-    complete = complete_checkpoints(root.parent)
-    for _, path in complete[:-keep_last]:
+def _prune(root: Path, keep_last: int, written: int) -> None:
+    """Keep the checkpoint just written (step ``written``, valid by construction) and the newest
+    ``keep_last - 1`` older ones; leave later steps alone (see the module docstring); remove
+    leftovers of crashed saves."""
+    older = [path for step, path in complete_checkpoints(root.parent) if step < written]
+    for path in older[:max(0, len(older) - (keep_last - 1))]:
         doomed = path.with_name(path.name + ".deleting.tmp")  # rename first: a crash mid-delete leaves only *.tmp
         os.replace(path, doomed)
         shutil.rmtree(doomed)
@@ -177,24 +306,59 @@ def _prune(root: Path, keep_last: int) -> None:
 # --------------------------------------------------------------------------- resuming
 
 
-def resolve_resume(resume: str, run_dir: str | Path) -> Path | None:
-    """The checkpoint to resume from: ``"auto"`` (newest complete one in ``run_dir`` or None),
-    ``"none"`` (start fresh; refused when ``run_dir`` already holds checkpoints) or a path to a
-    checkpoint directory or run directory.
+def resolve_resume(resume: str, run_dir: str | Path,
+                   verify: Callable[[Path], list[str]] = verify_checkpoint) -> Path | None:
+    """The checkpoint to resume from.
+
+    Args:
+        resume: ``"auto"``: the first valid checkpoint of :func:`resume_candidates` in ``run_dir``
+            (None when there is none; invalid ones are skipped with a warning naming why);
+            ``"none"``: start fresh (refused when ``run_dir`` already holds checkpoints);
+            a path: that checkpoint directory, or the newest valid checkpoint of that run directory.
+        run_dir: the run directory of the recipe.
+        verify: problems of a checkpoint (default :func:`verify_checkpoint`; the training loop
+            shares the hashing between ranks with :func:`verify_collectively`).
 
     Raises:
-        ValueError: the path holds no complete checkpoint, or ``"none"`` would overwrite a run.
+        ValueError: the path holds no valid checkpoint, ``"auto"`` finds checkpoints but none is
+            valid, or ``"none"`` would overwrite a run.
     """
     run_dir = Path(run_dir)
-    if resume == "auto":
-        return newest_checkpoint(run_dir)
     if resume == "none":
         existing = newest_checkpoint(run_dir)
         if existing is not None:
             raise ValueError(f"{run_dir} already holds checkpoints (newest: {existing.name}) and --resume none would "
                              "overwrite them; pass --resume auto to continue that run, or set run_dir to a new directory")
         return None
-    return _checkpoint_dir(Path(resume), "--resume")
+    if resume == "auto":
+        return _first_valid(resume_candidates(run_dir), verify, f"--resume auto in {run_dir}")
+    path = Path(resume)
+    chosen = _checkpoint_dir(path, "--resume")
+    if chosen != path:  # a run directory: its first valid checkpoint
+        return _first_valid(resume_candidates(path), verify, f"--resume {path}")
+    problems = verify(chosen)
+    if problems:
+        raise ValueError(f"--resume {chosen}: the checkpoint is invalid: {'; '.join(problems)}; resume from another "
+                         "checkpoint (pass the run directory to take the newest valid one)")
+    return chosen
+
+
+def _first_valid(candidates: list[Path], verify: Callable[[Path], list[str]], what: str) -> Path | None:
+    """The first candidate without problems, warning about each one skipped (None if there are none)."""
+    skipped = []
+    for path in candidates:
+        problems = verify(path)
+        if not problems:
+            for line in skipped:
+                log.warning("%s: skipped %s", what, line)
+            if skipped:
+                log.warning("%s: resuming from %s", what, path)
+            return path
+        skipped.append(f"{path.name}: {'; '.join(problems)}")
+    if skipped:
+        raise ValueError(f"{what}: no valid checkpoint ({' | '.join(skipped)}); move the broken checkpoints out of "
+                         "the run directory to start over, or restore them")
+    return None
 
 
 def _checkpoint_dir(path: Path, what: str) -> Path:
@@ -234,32 +398,8 @@ def recipe_differences(saved: dict[str, Any], current: dict[str, Any]) -> list[t
     return diffs
 
 
-def state_mismatches(expected: dict[str, tuple[int, ...]], state: dict[str, Tensor]) -> list[str]:
-    """Human-readable differences between expected full shapes and a state dict (empty when it fits)."""
-    problems = []
-    missing = [k for k in expected if k not in state]
-    unexpected = [k for k in state if k not in expected]
-    if missing:
-        problems.append(f"missing keys {_short(missing)}")
-    if unexpected:
-        problems.append(f"unexpected keys {_short(unexpected)}")
-    shapes = [f"{k}: checkpoint {tuple(state[k].shape)} vs model {expected[k]}"
-              for k in expected if k in state and tuple(state[k].shape) != tuple(expected[k])]
-    if shapes:
-        problems.append(f"shape mismatches {_short(shapes)}")
-    return problems
-
-
-def _short(items: list[str], limit: int = 8) -> str:
-    more = f" (+{len(items) - limit} more)" if len(items) > limit else ""
-    return "[" + ", ".join(items[:limit]) + "]" + more
-
-
 def _read_models(path: Path) -> dict[str, Any]:
-    try:
-        models = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except Exception as exc:  # noqa: BLE001 - re-raised with the path and the fix
-        raise ValueError(f"{path}: cannot be read as a jepa weights file ({type(exc).__name__}: {exc})") from exc
+    models = safe_load(path, "a jepa weights file (models.pt of `jepa train`)")
     if not isinstance(models, dict) or models.get("format_version") != FORMAT_VERSION:
         version = models.get("format_version") if isinstance(models, dict) else None
         raise ValueError(f"{path}: not a jepa models.pt of format_version {FORMAT_VERSION} (got {version!r}); "
@@ -293,8 +433,8 @@ def load_checkpoint(engine: Engine, path: Path, recipe: Recipe) -> ResumePoint:
                          "and per-rank data positions belong to that world size: resume with the same number of processes")
     models = _read_models(path / MODELS_FILE)
     expected = engine.state_shapes()
-    problems = [f"{part}: {p}" for part in ("encoder", "predictor") for p in state_mismatches(expected[part], models[part])]
-    problems += [f"target_encoder: {p}" for p in state_mismatches(expected["encoder"], models["target_encoder"])]
+    problems = [f"{part}: {p}" for part in ("encoder", "predictor") for p in state_problems(expected[part], models[part])]
+    problems += [f"target_encoder: {p}" for p in state_problems(expected["encoder"], models["target_encoder"])]
     diffs = recipe_differences(models["recipe"], recipe.model_dump(mode="json"))
     recipe_note = "; ".join(f"{k}: {old!r} -> {new!r}" for k, old, new in diffs)
     if problems:
@@ -304,8 +444,8 @@ def load_checkpoint(engine: Engine, path: Path, recipe: Recipe) -> ResumePoint:
     if diffs:
         raise ValueError(f"{path}: the recipe differs from the one that wrote this checkpoint in fields that shape the "
                          f"model or the optimisation: {recipe_note}. Restore them, or start a new run (another run_dir)")
+    rank_state = safe_load(path / f"rank_{engine.dist.rank:05d}.pt", "a per-rank state file of `jepa train`", mmap=False)
     engine.load_state(path, models["target_encoder"])
-    rank_state = torch.load(path / f"rank_{engine.dist.rank:05d}.pt", map_location="cpu", weights_only=False)
     restore_rng(rank_state["rng"])
     return ResumePoint(step=int(models["step"]), loader_state=rank_state["loader"], path=path)
 
@@ -341,9 +481,36 @@ def load_model_weights(path: str | Path) -> LoadedWeights:
     path = Path(path)
     if path.is_file():
         file = path
+        if (path.parent / DIGESTS_FILE).is_file():  # a models.pt inside a checkpoint: verify it
+            _verify_models(path.parent)
     else:
-        file = _checkpoint_dir(path, "weights") / MODELS_FILE
+        chosen = _checkpoint_dir(path, "weights")
+        if chosen == path:
+            _verify_models(chosen)
+        else:
+            chosen = _first_valid(resume_candidates(path), _models_problems, f"weights of {path}")
+            assert chosen is not None  # _checkpoint_dir found a complete one
+        file = chosen / MODELS_FILE
     models = _read_models(file)
     recipe = parse_recipe(models["recipe"], source=f"{file} (recipe saved with the weights)")
     return LoadedWeights(recipe=recipe, step=int(models["step"]), encoder=models["encoder"],
                          predictor=models["predictor"], target_encoder=models["target_encoder"], path=file)
+
+
+def _models_problems(directory: Path) -> list[str]:
+    """Problems of a checkpoint's ``models.pt`` (what export and evaluation read)."""
+    try:
+        files = _read_digests(directory)
+    except ValueError as exc:
+        return [str(exc)]
+    if MODELS_FILE not in files:
+        return [f"{MODELS_FILE} is not listed in {DIGESTS_FILE}"]
+    problem = _file_problem(directory, MODELS_FILE, files[MODELS_FILE])
+    return [problem] if problem else []
+
+
+def _verify_models(directory: Path) -> None:
+    problems = _models_problems(directory)
+    if problems:
+        raise ValueError(f"{directory}: the checkpoint is invalid: {'; '.join(problems)}; use another checkpoint "
+                         "(pass the run directory to take the newest valid one)")

@@ -24,24 +24,57 @@ from __future__ import annotations
 
 import copy
 import os
+import pickle
 import socket
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import deepspeed
 import torch
 import torch.distributed as dist
+from deepspeed.runtime.checkpoint_engine import TorchCheckpointEngine
 from torch import Tensor, nn
 
 from jepa.interfaces import Encoder, Predictor, TargetUpdater
 from jepa.model import JEPA
+from jepa.param_groups import build_param_groups
 from jepa.recipe import EngineConfig, OptimConfig
 
-# The authors' optimiser layout (public: the released checkpoints' "opt" has these 4 groups, in this order).
-PARAM_GROUP_NAMES = ("encoder_decay", "predictor_decay", "encoder_no_decay", "predictor_no_decay")
 DEEPSPEED_TAG = "deepspeed"  # sub-directory of a checkpoint holding DeepSpeed's own files
+
+
+def _deepspeed_state_types() -> list[Any]:
+    """The only non-tensor types DeepSpeed 0.19's own checkpoint files hold (every ZeRO stage and
+    precision, measured with ``torch.serialization.get_unsafe_globals_in_checkpoint``): plain data
+    records, unpickled by setting attributes, never by running code of the file's choosing."""
+    from deepspeed.runtime.fp16.loss_scaler import DynamicLossScaler, LossScaler
+    from deepspeed.runtime.zero.config import ZeroStageEnum
+    from deepspeed.utils.tensor_fragment import fragment_address
+
+    return [LossScaler, DynamicLossScaler, ZeroStageEnum, fragment_address]
+
+
+class _WeightsOnlyCheckpointEngine(TorchCheckpointEngine):
+    """DeepSpeed's torch checkpoint engine, but loading with ``weights_only=True``.
+
+    DeepSpeed loads its model, optimiser and ZeRO-shard files with ``weights_only=False``, which
+    runs whatever a crafted pickle asks for. Here only tensors, plain containers and the few
+    DeepSpeed record types of :func:`_deepspeed_state_types` can be unpickled; anything else is
+    refused with a ``ValueError`` before it can run.
+    """
+
+    def load(self, path: str, map_location: Any = None) -> Any:
+        try:
+            with torch.serialization.safe_globals(_deepspeed_state_types()):
+                return torch.load(path, map_location=map_location, weights_only=True)
+        except pickle.UnpicklingError as exc:
+            raise ValueError(f"{path}: this DeepSpeed state file holds objects other than tensors and DeepSpeed's "
+                             "own records, so it is not loaded (it could run code); resume from a checkpoint "
+                             f"written by `jepa train`. Detail: {' '.join(str(exc).split())[:300]}") from None
+        except (RuntimeError, EOFError, OSError) as exc:
+            raise ValueError(f"{path}: cannot read this DeepSpeed state file ({type(exc).__name__}: {exc})") from None
 _LAUNCHER_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
 
 
@@ -114,25 +147,6 @@ def micro_batch_size(global_batch_size: int, world_size: int, grad_accum_steps: 
     return global_batch_size // per_step
 
 
-def is_no_decay(name: str, param: Tensor) -> bool:
-    """The authors' rule: biases and 1-D parameters get no weight decay (pos_embed, mask_token do)."""
-    return "bias" in name or param.ndim == 1
-
-
-def build_param_groups(encoder: nn.Module, predictor: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    """The 4 AdamW groups in the authors' order: encoder decay, predictor decay, encoder
-    no-decay, predictor no-decay. Each group carries its ``name`` and ``apply_weight_decay``;
-    empty groups are left out (ZeRO cannot flatten an empty group)."""
-    groups = []
-    for decay in (True, False):
-        for part, module in (("encoder", encoder), ("predictor", predictor)):
-            params = [p for n, p in module.named_parameters() if p.requires_grad and is_no_decay(n, p) != decay]
-            if params:
-                groups.append({"params": params, "name": f"{part}_{'decay' if decay else 'no_decay'}",
-                               "apply_weight_decay": decay, "weight_decay": weight_decay if decay else 0.0})
-    return groups
-
-
 def deepspeed_config(cfg: EngineConfig, optim: OptimConfig, global_batch_size: int, world_size: int) -> dict[str, Any]:
     """The DeepSpeed config dict for an engine section (no scheduler: the loop sets LR/WD per step).
 
@@ -203,11 +217,14 @@ class Engine:
         config = deepspeed_config(engine_cfg, optim_cfg, global_batch_size, self.dist.world_size)
         self.model, self.optimizer, _, _ = deepspeed.initialize(model=JEPA(encoder, predictor), optimizer=optimizer,
                                                                 config=config, dist_init_required=False)
+        assert type(self.model.checkpoint_engine) is TorchCheckpointEngine, type(self.model.checkpoint_engine)
+        self.model.checkpoint_engine = _WeightsOnlyCheckpointEngine(self.model._config)
         if engine_cfg.compile:  # in place: state-dict keys stay the same
             self.model.compile()
             self.target_encoder.compile()
-        # Host-side flags (preemption) are agreed on over gloo, so they never touch the GPU stream.
-        self._host_group = dist.new_group(backend="gloo") if dist.get_backend() != "gloo" else None
+        # Host-side flags (preemption) are agreed on over a gloo group of their own: they never touch the
+        # GPU stream, and an asynchronous vote never interleaves with DeepSpeed's collectives.
+        self._host_group = dist.new_group(backend="gloo") if self.dist.world_size > 1 else None
 
     # ------------------------------------------------------------------ the per-step API
 
@@ -313,13 +330,19 @@ class Engine:
         dist.all_gather_object(out, obj, group=self._host_group)
         return out
 
-    def any_rank(self, flag: bool) -> bool:
-        """True on every rank when ``flag`` is true on any rank (a host-side collective over gloo)."""
+    def any_rank_async(self, flag: bool) -> Callable[[], bool]:
+        """Start agreeing on ``flag`` (MAX over ranks over gloo) without waiting; the returned
+        function waits for the result: True on every rank when ``flag`` was true on any rank."""
         if self.dist.world_size == 1:
-            return flag
+            return lambda: flag
         t = torch.tensor([int(flag)])
-        dist.all_reduce(t, op=dist.ReduceOp.MAX, group=self._host_group)
-        return bool(t.item())
+        work = dist.all_reduce(t, op=dist.ReduceOp.MAX, group=self._host_group, async_op=True)
+
+        def result() -> bool:
+            work.wait()
+            return bool(t.item())
+
+        return result
 
     def close(self) -> None:
         """Release what the engine holds (the process group outlives it, see :func:`init_distributed`)."""

@@ -32,11 +32,15 @@ if TYPE_CHECKING:
 METRICS_FILE = "metrics.jsonl"
 
 
-class NonFiniteLossError(RuntimeError):
+class RunStoppedError(RuntimeError):
+    """The run stopped itself because a health check failed (the CLI exits 1 with the message)."""
+
+
+class NonFiniteLossError(RunStoppedError):
     """The loss became NaN or infinite; the message names the first such step."""
 
 
-class RepresentationCollapseError(RuntimeError):
+class RepresentationCollapseError(RunStoppedError):
     """The spread of the target representations fell below ``log.collapse_threshold``."""
 
 
@@ -114,8 +118,8 @@ class Monitor:
         self._run_start_step = start_step
         self._metrics = self._tb = self._progress = None
         if self.is_main:
+            self._tb = _tensorboard_writer(run_dir / "tensorboard") if cfg.tensorboard else None  # may refuse: first
             _truncate_metrics(run_dir / METRICS_FILE, start_step)
-            self._tb = _tensorboard_writer(run_dir / "tensorboard") if cfg.tensorboard else None
             self._metrics = open(run_dir / METRICS_FILE, "a")
             console = Console()
             if console.is_terminal:  # a bar with the step, and the latest metrics on the line below it

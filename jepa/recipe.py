@@ -13,17 +13,24 @@ Every problem is reported as ``FILE: field.path: problem (got VALUE)`` in one
 
 from __future__ import annotations
 
+import copy
 import math
+import reprlib
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import Field, SerializeAsAny, ValidationError
+from pydantic import Field, SerializeAsAny, ValidationError, field_validator
 
 from jepa import registry
 from jepa.config import ModalityConfig, StrictModel
+from jepa.recipe_yaml import MAX_BYTES, YAMLProblem, load_yaml
 
 __all__ = ["Recipe", "RecipeError", "StrictModel", "ModalityConfig", "load_recipe", "parse_recipe", "apply_overrides"]
+
+
+MAX_STEPS = 2**53
+"""Most optimiser steps a recipe may span (steps are counted exactly in float64 below this)."""
 
 
 class RecipeError(ValueError):
@@ -68,9 +75,16 @@ class OptimConfig(StrictModel):
     final_lr: float = Field(1e-6, ge=0)
     weight_decay: float = Field(0.04, ge=0, description="Weight decay at step 0 (cosine to final_weight_decay)")
     final_weight_decay: float = Field(0.4, ge=0)
-    betas: tuple[float, float] = (0.9, 0.999)
+    betas: tuple[float, float] = Field((0.9, 0.999), description="AdamW betas, each in [0, 1)")
     eps: float = Field(1e-8, gt=0)
     grad_clip: float | None = Field(None, gt=0, description="Clip the global gradient norm (None: no clipping)")
+
+    @field_validator("betas")
+    @classmethod
+    def _betas_in_range(cls, betas: tuple[float, float]) -> tuple[float, float]:
+        if not all(0.0 <= b < 1.0 for b in betas):
+            raise ValueError(f"each beta must be in [0, 1), got {betas}")
+        return betas
 
 
 class EMAConfig(StrictModel):
@@ -110,7 +124,7 @@ class LogConfig(StrictModel):
 class Recipe(StrictModel):
     """A complete training recipe."""
 
-    name: str = Field(description="Run name; the run directory defaults to runs/<name>")
+    name: str = Field(min_length=1, description="Run name; the run directory defaults to runs/<name>")
     seed: int = 0
     run_dir: str | None = Field(None, description="Where checkpoints, metrics and the resolved recipe go (default runs/<name>)")
     max_steps: int | None = Field(None, gt=0, description="Stop after this many steps (schedules still span the full run)")
@@ -147,8 +161,14 @@ class Recipe(StrictModel):
 # --------------------------------------------------------------------------- parsing
 
 
+_REPR = reprlib.Repr()
+_REPR.maxlevel, _REPR.maxdict, _REPR.maxlist, _REPR.maxtuple, _REPR.maxset = 2, 4, 4, 4, 4
+_REPR.maxstring, _REPR.maxother, _REPR.maxlong = 60, 60, 40
+
+
 def _format_value(value: Any) -> str:
-    text = repr(value)
+    """A short repr of a user's value (bounded work, whatever its size)."""
+    text = _REPR.repr(value)
     return text if len(text) <= 80 else text[:77] + "..."
 
 
@@ -160,6 +180,8 @@ def _problems_from(err: ValidationError, prefix: tuple[Any, ...] = ()) -> list[t
             msg = "unknown key (check the spelling; `jepa recipe schema` lists every key)"
         elif e["type"] == "missing":
             msg = "required key is missing"
+        elif e["type"] == "value_error":
+            msg = f"{e['msg'].removeprefix('Value error, ')} (got {_format_value(e.get('input'))})"
         else:
             msg = f"{e['msg']} (got {_format_value(e.get('input'))})"
         problems.append((loc, msg))
@@ -170,17 +192,22 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
     """Apply ``dotted.key=value`` overrides (values parsed as YAML) to a raw recipe dict.
 
     Raises:
-        RecipeError: an override is not of the form ``a.b=value`` or walks through a non-mapping.
+        RecipeError: the recipe is not a mapping, an override is not of the form ``a.b=value``,
+            its value is not valid YAML, or it walks through a non-mapping.
     """
-    out = yaml.safe_load(yaml.safe_dump(raw)) if raw else {}
+    if raw is not None and not isinstance(raw, dict):
+        raise RecipeError("--set", [("", f"the recipe is a YAML {type(raw).__name__}, not a mapping of sections, "
+                                         "so --set has nothing to override; a recipe is `key: value` lines")])
+    out = copy.deepcopy(raw) if raw else {}
     for item in overrides:
         key, sep, text = item.partition("=")
+        key = key.strip()
         if not sep or not key or any(not p for p in key.split(".")):
-            raise RecipeError("--set", [(key or item, f"expected dotted.key=value, got {item!r}")])
+            raise RecipeError("--set", [(key or item, f"expected dotted.key=value, got {_format_value(item)}")])
         try:
-            value = yaml.safe_load(text) if text != "" else None
-        except yaml.YAMLError as exc:
-            raise RecipeError("--set", [(key, f"value {text!r} is not valid YAML: {exc}")]) from None
+            value = load_yaml(text, f"--set {key}") if text.strip() != "" else None
+        except YAMLProblem as exc:
+            raise RecipeError("--set", [(key, str(exc))]) from None
         node = out
         parts = key.split(".")
         for i, part in enumerate(parts[:-1]):
@@ -247,12 +274,19 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
     """Read, override and validate a recipe file."""
     path = Path(path)
     source = str(path)
-    if not path.is_file():
+    if not path.exists():
         raise RecipeError(source, [("", "file not found")])
+    if not path.is_file():
+        raise RecipeError(source, [("", "not a file; pass a recipe YAML file")])
     try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        raise RecipeError(source, [("", f"not valid YAML: {exc}")]) from None
+        if path.stat().st_size > MAX_BYTES:
+            raise YAMLProblem(f"{path.stat().st_size:,} bytes, more than a recipe may have ({MAX_BYTES:,}); "
+                              "is this the right file?")
+        raw = load_yaml(path.read_bytes(), source)
+    except YAMLProblem as exc:
+        raise RecipeError(source, [("", str(exc).removeprefix(f"{source}: "))]) from None
+    except OSError as exc:
+        raise RecipeError(source, [("", f"cannot be read ({exc.strerror or exc})")]) from None
     if overrides:
         raw = apply_overrides(raw or {}, overrides)
         source = f"{source} (with --set {' '.join(overrides)})"
@@ -263,6 +297,12 @@ def check_recipe(recipe: Recipe) -> list[tuple[str, str]]:
     """Semantic checks of the core sections plus the modality's own ``check``."""
     problems: list[tuple[str, str]] = []
     o, d = recipe.optim, recipe.data
+    steps = o.epochs * max(1, d.samples_per_epoch // d.global_batch_size)
+    if not steps <= MAX_STEPS:
+        problems.append(("optim.epochs", f"{o.epochs:g} epochs of {d.samples_per_epoch} samples in batches of "
+                         f"{d.global_batch_size} make {steps:.3g} steps, more than {MAX_STEPS:.3g}; lower optim.epochs "
+                         "or data.samples_per_epoch"))
+        return problems  # the schedules below are undefined
     if o.warmup_epochs >= o.epochs:
         problems.append(("optim.warmup_epochs", f"must be shorter than optim.epochs={o.epochs} (got {o.warmup_epochs})"))
     if o.final_lr > o.lr or o.start_lr > o.lr:

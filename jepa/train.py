@@ -2,8 +2,13 @@
 
 Per optimiser step: schedules (pure functions of the step) -> for each micro batch: data,
 forward (target tokens without gradients, then context encoder + predictor), latent loss,
-backward, DeepSpeed step -> EMA of the target encoder -> log (every ``log.every_steps``) ->
-checkpoint (every ``checkpoint.every_steps``, at the end, and when preempted).
+backward, DeepSpeed step -> EMA of the target encoder -> stop vote (SIGTERM, see
+:mod:`jepa.preemption`) -> log (every ``log.every_steps``) -> checkpoint (every
+``checkpoint.every_steps``, at the end, and when preempted).
+
+Before the loop, rank 0 locks the run directory (:mod:`jepa.run_lock`) for the whole run, and
+every check that can refuse the run (checkpoint integrity and fit, recipe changes, the data
+stream's position) runs before anything in the run directory is written.
 
 The same code runs as one CPU process, under ``torchrun`` or the ``deepspeed`` launcher on many
 GPUs and nodes; :class:`~jepa.engine.Engine` hides the difference.
@@ -11,11 +16,10 @@ GPUs and nodes; :class:`~jepa.engine.Engine` hides the difference.
 
 from __future__ import annotations
 
-import signal
-import threading
 import time
 import warnings
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any, Literal
 
@@ -27,7 +31,9 @@ from jepa.engine import Engine
 from jepa.loss import latent_loss
 from jepa.model import target_tokens
 from jepa.monitor import Monitor
+from jepa.preemption import PreemptedError, Preemption, StopVote
 from jepa.recipe import Recipe
+from jepa.run_lock import RunLock
 from jepa.schedules import cosine, warmup_cosine
 from jepa.target import EMATargetUpdater
 
@@ -54,29 +60,23 @@ class RunResult:
     checkpoint: Path | None
 
 
-class Preemption:
-    """Turns SIGTERM into a request to checkpoint at the end of the current step and stop."""
-
-    def __init__(self) -> None:
-        self.requested = False
-        self._previous: Any = None
-        self._installed = threading.current_thread() is threading.main_thread()
-        if self._installed:
-            self._previous = signal.signal(signal.SIGTERM, self._handle)
-
-    def _handle(self, signum: int, frame: Any) -> None:
-        self.requested = True
-
-    def close(self) -> None:
-        if self._installed:
-            signal.signal(signal.SIGTERM, self._previous)
-            self._installed = False
+def _lock_run_dir(run_dir: Path, engine: Engine) -> RunLock | None:
+    """Rank 0 locks the run directory; every rank raises the same error when that is refused."""
+    lock, refusal = None, None
+    if engine.dist.is_main:
+        try:
+            lock = RunLock.acquire(run_dir)
+        except ValueError as exc:
+            refusal = str(exc)
+    refusal = engine.all_gather_object(refusal)[0]
+    if refusal is not None:
+        raise ValueError(refusal)
+    return lock
 
 
 def _prepare_run_dir(run_dir: Path, recipe: Recipe, engine: Engine) -> None:
     """Rank 0 writes the resolved recipe; every rank checks it can see it (shared filesystem)."""
     if engine.dist.is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / RECIPE_FILE).write_text(recipe.to_yaml())
     engine.barrier()
     if not (run_dir / RECIPE_FILE).is_file():
@@ -89,14 +89,16 @@ def train(recipe: Recipe, resume: str = "auto", *, save_checkpoints: bool = True
 
     Args:
         recipe: a validated recipe.
-        resume: ``"auto"`` continues from the newest complete checkpoint in the run directory
+        resume: ``"auto"`` continues from the newest valid checkpoint in the run directory
             (or starts fresh if there is none), ``"none"`` starts fresh (refused if the run
             directory holds checkpoints), a path names a checkpoint or run directory to continue.
         save_checkpoints: False for throughput benchmarks (nothing but metrics is written).
 
     Raises:
-        ValueError: the checkpoint does not fit the recipe, the batch does not divide, ...
-        jepa.monitor.NonFiniteLossError / RepresentationCollapseError: the run went bad.
+        ValueError: the run directory is in use, the checkpoint is invalid or does not fit the
+            recipe, the batch does not divide, ...
+        jepa.monitor.RunStoppedError: the run went bad (non-finite loss, collapse, ...).
+        jepa.preemption.PreemptedError: SIGTERM while waiting for data, or a second SIGTERM.
     """
     warnings.filterwarnings("ignore", message=r"`torch\.distributed\.\w+` is deprecated", category=FutureWarning)
     modality = registry.bind(recipe.modality)
@@ -112,10 +114,15 @@ def train(recipe: Recipe, resume: str = "auto", *, save_checkpoints: bool = True
                     target_updater=EMATargetUpdater(recipe.ema.momentum, recipe.ema.final_momentum, total_steps),
                     global_batch_size=recipe.data.global_batch_size)
     preemption = Preemption()
-    monitor = None
+    stop_vote = StopVote(engine)
+    monitor = lock = None
+    created_run_dir = not run_dir.exists()
+    started = False
     try:
+        lock = _lock_run_dir(run_dir, engine)
         start_step, loader_state = 0, None
-        resume_from = checkpoint.resolve_resume(resume, run_dir) if save_checkpoints else None
+        verify = partial(checkpoint.verify_collectively, engine)
+        resume_from = checkpoint.resolve_resume(resume, run_dir, verify) if save_checkpoints else None
         seen = engine.all_gather_object(str(resume_from))
         if len(set(seen)) > 1:
             raise ValueError(f"ranks disagree on the checkpoint to resume from ({seen}); run_dir must be on a "
@@ -123,10 +130,11 @@ def train(recipe: Recipe, resume: str = "auto", *, save_checkpoints: bool = True
         if resume_from is not None:
             point = checkpoint.load_checkpoint(engine, resume_from, recipe)
             start_step, loader_state = point.step, point.loader_state
-        _prepare_run_dir(run_dir, recipe, engine)
         loader = build_train_loader(recipe.data, modality, mask_sampler, seed=recipe.seed, rank=engine.dist.rank,
                                     world_size=engine.dist.world_size, micro_batch_size=engine.micro_batch_size,
                                     state=loader_state)
+        started = True  # every check passed: from here on the run writes into its directory
+        _prepare_run_dir(run_dir, recipe, engine)
         monitor = Monitor(recipe.log, run_dir, engine, start_step=start_step, last_step=last_step,
                           samples_per_step=recipe.data.global_batch_size,
                           flops_per_sample=modality.train_flops_per_sample())
@@ -142,7 +150,9 @@ def train(recipe: Recipe, resume: str = "auto", *, save_checkpoints: bool = True
 
             for _ in range(accum):
                 t0 = time.perf_counter()
-                batch = next(batches).to(device, non_blocking=True)
+                with preemption.waiting_for_data():
+                    batch = next(batches)
+                batch = batch.to(device, non_blocking=True)
                 monitor.data_wait(time.perf_counter() - t0)
                 with engine.autocast():
                     targets = target_tokens(engine.target_encoder, batch.inputs, batch.masks,
@@ -157,9 +167,8 @@ def train(recipe: Recipe, resume: str = "auto", *, save_checkpoints: bool = True
             monitor.end_step()
             done = step + 1
 
-            # All ranks must stop at the same step; agreeing costs a host collective, so only on log steps.
-            if done % recipe.log.every_steps == 0 or done == last_step:
-                preempted = engine.any_rank(preemption.requested)
+            # Every rank stops after the same step; the vote read here was started a step ago (no wait).
+            preempted = stop_vote.after_step(preemption.requested)
             if done % recipe.log.every_steps == 0 or done == last_step or preempted:
                 record = monitor.log(done, lr=lr, weight_decay=weight_decay, momentum=momentum, targets=targets)
             if save_checkpoints and (done % recipe.checkpoint.every_steps == 0 or done == last_step or preempted):
@@ -168,10 +177,21 @@ def train(recipe: Recipe, resume: str = "auto", *, save_checkpoints: bool = True
             if preempted:
                 break
 
+        stop_vote.close()
         return RunResult(run_dir=run_dir, step=done, stopped_by="preempted" if preempted else "finished",
                          last_record=record, checkpoint=saved)
+    except Exception as exc:
+        if preemption.requested and not isinstance(exc, PreemptedError):  # e.g. a collective with a rank that stopped
+            detail = (str(exc).splitlines() or [""])[0][:200]
+            raise PreemptedError(f"stopped by SIGTERM before a checkpoint could be saved ({type(exc).__name__}: {detail}); "
+                                 "the last complete checkpoint is intact (resume with --resume auto)") from exc
+        raise
     finally:
         preemption.close()
         if monitor is not None:
             monitor.close()
         engine.close()
+        if lock is not None:
+            lock.release()
+            if created_run_dir and not started and run_dir.is_dir() and not any(run_dir.iterdir()):
+                run_dir.rmdir()  # a refused run leaves no trace

@@ -14,14 +14,15 @@ import torch
 from PIL import Image
 
 from jepa import data as data_mod
-from jepa.data import Batch, build_train_loader, expand_shards, labelled_batches, read_shard
-from jepa.demo_data import write_demo_dataset
+from jepa.data import Batch, ShardSample, build_train_loader, expand_shards, read_shard, write_shard_set
+from jepa.data import stream as stream_mod
+from jepa.eval.reader import labelled_batches
 from jepa.interfaces import MaskSampler, MaskSet, Modality
 from jepa.modalities.image import ImageModality
 from jepa.modalities.image.config import ImageConfig
+from jepa.modalities.image.demo_data import write_demo_dataset
 from jepa.modalities.image.transforms import decode_image
 from jepa.recipe import DataConfig
-from jepa.shards import ShardSample, write_shard_set
 
 # --------------------------------------------------------------------------- test doubles
 
@@ -210,8 +211,8 @@ def test_resume_skips_shards_without_buffered_samples(id_shards, monkeypatch):
     state = head.state_dict()
     expected = next(it)
     opened: list[str] = []
-    real = data_mod.read_shard
-    monkeypatch.setattr(data_mod, "read_shard", lambda url, limit=None: opened.append(url) or real(url, limit))
+    real = stream_mod.read_shard
+    monkeypatch.setattr(stream_mod, "read_shard", lambda url, limit=None: opened.append(url) or real(url, limit))
     _assert_same([next(iter(_loader(cfg, state=state)))], [expected])
     finished = state["workers"][0]["shard_counts"]
     assert finished == [20] * 6

@@ -6,7 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from jepa.engine import PARAM_GROUP_NAMES, Engine, build_param_groups, deepspeed_config, micro_batch_size
+from jepa.engine import Engine, deepspeed_config, micro_batch_size
+from jepa.param_groups import PARAM_GROUP_NAMES, build_param_groups
 from jepa.loss import latent_loss
 from jepa.model import target_tokens
 from jepa.monitor import read_metrics

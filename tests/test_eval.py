@@ -17,7 +17,7 @@ from jepa.eval.evaluate import EvalSettings, evaluate, evaluate_features, evalua
 from jepa.eval.features import Features, extract_features
 from jepa.eval.probes import (attentive_probe_scores, knn_scores, linear_probe_scores, low_shot_indices,
                               topk_accuracy)
-from jepa.eval.sources import load_source
+from jepa.sources import load_source
 from jepa.export import export
 from tiny_recipes import tiny_image_recipe
 
@@ -145,7 +145,7 @@ def tiny_recipe(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def demo_shards(tmp_path_factory) -> Path:
-    from jepa.demo_data import write_demo_dataset
+    from jepa.modalities.image.demo_data import write_demo_dataset
 
     root = tmp_path_factory.mktemp("demo")
     write_demo_dataset(root, num_images=100, num_val=60, size=32, max_count=50, show_progress=False)
@@ -188,7 +188,7 @@ def test_eval_on_shards_random_checkpoint_and_export_agree(tiny_recipe, demo_sha
     ckpt_src = load_source(str(models))
     assert ckpt_src.kind == "checkpoint" and ckpt_src.step == 5 and ckpt_src.which == "target"
     export(ckpt_src, tmp_path / "enc.pt", log=_quiet)
-    ts_src = load_source(str(tmp_path / "enc.pt"))
+    ts_src = load_source(str(tmp_path / "enc.pt"), trust_torchscript=True)
     assert ts_src.kind == "torchscript" and ts_src.step == 5 and ts_src.depth == 2
 
     for src in (ckpt_src, ts_src):
@@ -197,7 +197,7 @@ def test_eval_on_shards_random_checkpoint_and_export_agree(tiny_recipe, demo_sha
     context = load_source(str(models), which="context")
     assert not torch.equal(context.encoder.blocks[0].attn.qkv.weight, ckpt_src.encoder.blocks[0].attn.qkv.weight)
     with pytest.raises(ValueError, match="holds the target encoder, not the context one"):
-        load_source(str(tmp_path / "enc.pt"), which="context")
+        load_source(str(tmp_path / "enc.pt"), which="context", trust_torchscript=True)
 
 
 def test_features_are_extracted_once_per_sample_in_order(tiny_recipe):
@@ -247,7 +247,7 @@ def test_bad_inputs_give_one_clear_message(tiny_recipe, demo_shards, tmp_path):
     narrow_path.write_text(yaml.safe_dump(narrow))
     narrow_state = load_source(f"random:{narrow_path}").encoder.state_dict()
     models = _write_models_pt(tmp_path / "bad" / "models.pt", _recipe_dict(tiny_recipe), narrow_state, narrow_state)
-    with pytest.raises(ValueError, match=r"not those of a ViT-Ti/8 @32 \(recipe 'tiny'\): shape mismatches"):
+    with pytest.raises(ValueError, match=r"vs ViT-Ti/8 @32 \(recipe 'tiny'\): the weights do not fit the model: shape mismatches"):
         load_source(str(models))
 
     unlabelled = _unlabelled_shard(tmp_path / "unlabelled" / "u-000000.tar")
@@ -258,7 +258,7 @@ def test_bad_inputs_give_one_clear_message(tiny_recipe, demo_shards, tmp_path):
 
     export(src, tmp_path / "pooled.pt", pooled=True, log=_quiet)
     with pytest.raises(ValueError, match="pooled export"):
-        load_source(str(tmp_path / "pooled.pt"))
+        load_source(str(tmp_path / "pooled.pt"), trust_torchscript=True)
 
     runner = CliRunner()
     res = runner.invoke(app, ["eval", str(tmp_path / "no_run"), "--train-shards", train_pat, "--val-shards", val_pat])

@@ -20,10 +20,11 @@ from torch import nn
 from typer.testing import CliRunner
 
 import jepa.export as export_mod
+import jepa.modalities.image.export_timm as timm_mod
 from jepa.cli import app
-from jepa.eval.sources import EXPORT_METADATA_NAME, load_source, read_export_metadata
-from jepa.export import (EXPORT_FORMAT_VERSION, EXPORT_TOLERANCE, ExportVerificationError, check_resolutions, export,
-                         load_timm_export)
+from jepa.export import EXPORT_FORMAT_VERSION, EXPORT_TOLERANCE, ExportVerificationError, export
+from jepa.modalities.image.export_timm import check_resolutions, load_timm_export
+from jepa.sources import EXPORT_METADATA_NAME, load_source, quiet_jit_deprecation, read_export_metadata
 from tiny_recipes import tiny_image_recipe
 
 
@@ -137,12 +138,12 @@ def test_export_refuses_to_write_when_the_scripted_model_differs(tiny_source, tm
 
 
 def test_export_refuses_when_timm_differs(tiny_source, tmp_path, monkeypatch):
-    real = export_mod.build_timm_model
+    real = timm_mod.build_timm_model
 
     def skewed(name, kwargs, state):
         return real(name, kwargs, {**state, "norm.bias": state["norm.bias"] + 1e-2})
 
-    monkeypatch.setattr(export_mod, "build_timm_model", skewed)
+    monkeypatch.setattr(timm_mod, "build_timm_model", skewed)
     out = tmp_path / "enc.safetensors"
     with pytest.raises(ExportVerificationError, match="timm"):
         export(tiny_source, out, fmt="safetensors-timm", log=_quiet)
@@ -198,12 +199,12 @@ def _released(tmp_path: Path) -> tuple[Path, nn.Module]:
 def test_export_from_released_checkpoint(tmp_path):
     path, target = _released(tmp_path)
     src = load_source(str(path))
-    assert src.kind == "released" and src.step == 7
+    assert src.kind == "foreign" and src.step == 7
     out = tmp_path / "released.pt"
     export(src, out, log=_quiet)
     meta = read_export_metadata(out)
-    assert meta["train_resolution"] == 32 and meta["source_kind"] == "released" and meta["recipe"] is None
-    with export_mod.quiet_jit_deprecation():
+    assert meta["train_resolution"] == 32 and meta["source_kind"] == "foreign" and meta["recipe"] is None
+    with quiet_jit_deprecation():
         model = torch.jit.load(str(out))
     x = torch.randn(2, 3, 40, 24)
     with torch.no_grad():
@@ -215,7 +216,7 @@ def test_export_from_released_checkpoint(tmp_path):
     export(src48, out48, log=_quiet)
     assert read_export_metadata(out48)["train_resolution"] == 48
     x48 = torch.randn(2, 3, 48, 48)
-    with torch.no_grad(), export_mod.quiet_jit_deprecation():
+    with torch.no_grad(), quiet_jit_deprecation():
         assert (torch.jit.load(str(out48))(x48) - target(x48)).abs().max().item() <= EXPORT_TOLERANCE
 
 

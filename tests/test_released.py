@@ -103,11 +103,11 @@ def test_corrupted_checkpoint_names_every_problem_and_loads_nothing(trained, tmp
     with pytest.raises(ValueError) as info:
         load_released(path, fresh_enc, fresh_pred)
     msg = str(info.value)
-    assert "broken.pth.tar" in msg and "4 problems" in msg
-    assert "missing key 'blocks.1.mlp.fc2.bias'" in msg
-    assert "unexpected key 'cls_token' (file shape [1, 1, 64])" in msg
-    assert "'blocks.0.attn.qkv.weight': file [96, 64] vs model [192, 64]" in msg
-    assert "predictor: shape mismatch for 'predictor_proj.weight': file [64, 48] vs model [64, 32]" in msg
+    assert "broken.pth.tar" in msg
+    assert "target_encoder: missing keys [blocks.1.mlp.fc2.bias]" in msg
+    assert "target_encoder: unexpected keys [cls_token (file shape [1, 1, 64])]" in msg
+    assert "target_encoder: shape mismatches [blocks.0.attn.qkv.weight: file [96, 64] vs model [192, 64]]" in msg
+    assert "predictor: shape mismatches [predictor_proj.weight: file [64, 48] vs model [64, 32]]" in msg
     # all or nothing: the encoder section's valid tensors were not copied either
     for module, saved in zip((fresh_enc, fresh_pred), before):
         for k, v in module.state_dict().items():
@@ -120,7 +120,7 @@ def test_missing_section_and_missing_file(trained, tmp_path):
     del ckpt["target_encoder"]
     with pytest.raises(ValueError, match="no 'target_encoder' entry"):
         load_released(ckpt, ViTEncoder(**ENC))
-    with pytest.raises(ValueError, match="does not exist"):
+    with pytest.raises(ValueError, match="no such file"):
         load_released(tmp_path / "nope.pth.tar", ViTEncoder(**ENC))
 
 

@@ -132,7 +132,10 @@ def test_keep_last_latest_pointer_and_checkpoint_contents(toy_recipe):
     assert sorted(p.name for p in root.iterdir()) == ["latest", "step_000004", "step_000005"]
     assert (root / "latest").read_text() == "step_000005\n"
     step5 = root / "step_000005"
-    assert {p.name for p in step5.iterdir()} == {"models.pt", "meta.json", "rank_00000.pt", "deepspeed"}
+    assert {p.name for p in step5.iterdir()} == {"models.pt", "meta.json", "rank_00000.pt", "deepspeed", "digests.json"}
+    digests = json.loads((step5 / "digests.json").read_text())
+    assert digests["algorithm"] == "sha256" and {"models.pt", "meta.json", "rank_00000.pt"} <= set(digests["files"])
+    assert checkpoint.verify_checkpoint(step5) == []
     models = torch.load(step5 / "models.pt", weights_only=True)
     assert set(models) == {"format_version", "encoder", "predictor", "target_encoder", "step", "recipe"}
     assert models["format_version"] == 1 and models["step"] == 5 and models["recipe"]["modality"]["name"] == "toy"
@@ -151,7 +154,7 @@ def test_checkpoint_of_another_architecture_fails_naming_keys(toy_recipe):
     message = str(info.value)
     assert "does not fit the model" in message
     assert "encoder: missing keys [blocks.2.norm1.weight" in message
-    assert "pos_embed: checkpoint (1, 32, 32) vs model (1, 32, 48)" in message
+    assert "pos_embed: file [1, 32, 32] vs model [1, 32, 48]" in message
     assert "modality.depth: 2 -> 3" in message and "modality.embed_dim: 32 -> 48" in message
     assert not (deeper.resolved_run_dir / "checkpoints").exists(), "nothing may be trained after a failed load"
 
@@ -206,7 +209,7 @@ def test_resolve_resume_modes(tmp_path):
 
 def test_image_modality_on_shards_with_workers_resumes_bitwise(tmp_path):
     """The real modality and loader: tiny ViT on JPEG shards read by 2 loader workers (prefetching)."""
-    from jepa.demo_data import write_demo_dataset
+    from jepa.modalities.image.demo_data import write_demo_dataset
     from jepa.recipe import parse_recipe
 
     write_demo_dataset(tmp_path / "data", num_images=160, num_val=0, size=32, max_count=40, show_progress=False)

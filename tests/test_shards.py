@@ -1,4 +1,5 @@
-"""Shard writing (jepa.shards, `jepa shards`) and the generated demo dataset (jepa.demo_data)."""
+"""Shard writing from an image folder (jepa.data.folder, `jepa shards`) and the image demo dataset
+(jepa.modalities.image.demo_data, `jepa demo-data`)."""
 
 from __future__ import annotations
 
@@ -13,10 +14,14 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from jepa.cli import app
-from jepa.data import read_shard
-from jepa.demo_data import CLASS_NAMES, write_demo_dataset
+from jepa.data import MANIFEST_NAME, Manifest, read_manifest, read_shard, sample_keys, shard_folder
+from jepa.modalities.image import ImageModality
+from jepa.modalities.image.demo_data import CLASS_NAMES, write_demo_dataset
 from jepa.modalities.image.transforms import decode_image
-from jepa.shards import MANIFEST_NAME, Manifest, read_manifest, sample_keys, shard_image_folder
+
+
+def shard_image_folder(src: Path, out: Path, **kw) -> Manifest:
+    return shard_folder(src, out, ImageModality(), **kw)
 
 
 def _image_bytes(seed: int, fmt: str, size: tuple[int, int] = (12, 16)) -> bytes:
@@ -119,7 +124,7 @@ def test_folder_errors(tmp_path, class_folder):
     with pytest.raises(ValueError, match="already holds"):
         shard_image_folder(src, tmp_path / "o2", show_progress=False)
     (tmp_path / "empty").mkdir()
-    with pytest.raises(ValueError, match="no images"):
+    with pytest.raises(ValueError, match="no files of modality 'image'"):
         shard_image_folder(tmp_path / "empty", tmp_path / "o3", show_progress=False)
 
 

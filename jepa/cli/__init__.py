@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from jepa.cli.errors import user_error
-from jepa.recipe import RecipeError
+from jepa.cli.errors import exit_code_for, user_error
 
 app = typer.Typer(
     name="jepa", help="Train Joint-Embedding Predictive Architectures (I-JEPA and more).",
@@ -22,8 +21,11 @@ for _module in (recipe_cmds, train_cmds, data_cmds, export_cmds, eval_cmds):
 
 
 def main() -> None:
-    """Console-script entry point: user errors print one clear message and exit 2."""
+    """Console-script entry point: expected failures print one clear message (see :mod:`jepa.cli.errors`)."""
     try:
         app()
-    except RecipeError as exc:
-        raise SystemExit(user_error(exc).exit_code) from None
+    except Exception as exc:  # noqa: BLE001 - re-raised unless it is an expected failure
+        code = exit_code_for(exc)
+        if code is None:
+            raise
+        raise SystemExit(user_error(exc, code).exit_code) from None

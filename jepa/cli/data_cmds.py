@@ -6,75 +6,105 @@ import os
 import statistics
 import time
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import TYPE_CHECKING, Any, Callable, Optional
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
-from jepa.cli.errors import err_console, user_error
-from jepa.cli.recipe_cmds import SetOption
+from jepa.cli.errors import cli_errors, err_console, user_error
+from jepa.cli.options import SetOption
+from jepa.interfaces import DemoDataSpec
+
+if TYPE_CHECKING:
+    from jepa.interfaces import Modality
 
 console = Console()
+_SPEC = DemoDataSpec()  # the defaults of `jepa demo-data`
+ModalityOption = typer.Option(None, "--modality", help="Modality plugin (`jepa modalities` lists them); default: "
+                              "the --recipe's, else image")
 
+
+def _bind_modality(name: str | None, recipe_file: Path | None) -> "Modality":
+    """The modality ``name`` with its default config, or the ``--recipe``'s modality section.
+
+    Raises:
+        ValueError: unknown modality, bad recipe, or ``name`` contradicts the recipe.
+    """
+    from jepa import registry
+    from jepa.recipe import load_recipe
+
+    if recipe_file is None:
+        return registry.get(name or "image")()
+    cfg = load_recipe(recipe_file).modality
+    if name is not None and name != cfg.name:
+        raise ValueError(f"--modality {name} contradicts modality.name={cfg.name} of {recipe_file}; pass one of them")
+    return registry.bind(cfg)
 
 
 def register(app: typer.Typer, bench: typer.Typer) -> None:
     @app.command("shards")
     def shards_cmd(
-        src: Path = typer.Argument(..., help="Image folder: class sub-folders (labelled) or images directly (unlabelled)"),
+        src: Path = typer.Argument(..., help="Folder of sample files: class sub-folders (labelled) or the files "
+                                   "directly (unlabelled)"),
         out: Path = typer.Argument(..., help="Output folder for the shards and manifest.json"),
-        max_count: int = typer.Option(1000, "--max-count", help="Most images per shard"),
+        modality: Optional[str] = ModalityOption,
+        recipe: Optional[Path] = typer.Option(None, "--recipe", help="Take the modality section from this recipe "
+                                              "(its settings decide how samples are checked)"),
+        max_count: int = typer.Option(1000, "--max-count", help="Most samples per shard"),
         max_size: float = typer.Option(1024, "--max-size", help="Most megabytes per shard"),
         workers: int = typer.Option(os.cpu_count() or 1, "--workers", help="Parallel writer processes"),
         prefix: str = typer.Option("shard", "--prefix", help="Shard file name prefix: PREFIX-000000.tar, ..."),
     ) -> None:
-        """Write an image folder as WebDataset shards plus manifest.json.
+        """Write a folder of a modality's sample files as WebDataset shards plus manifest.json.
 
-        Original image bytes are stored (never re-encoded), with 'cls' labels from the sorted class
-        folder names. Every image is decoded once as a check; unreadable files are reported and skipped.
+        The modality names its files (by suffix). Original bytes are stored (never re-encoded), with 'cls' labels
+        from the sorted class folder names. Every file is decoded once as a check; unreadable files are reported
+        and skipped.
         """
-        from jepa.shards import shard_image_folder
+        from jepa.data import shard_folder
 
-        try:
-            manifest = shard_image_folder(src, out, prefix=prefix, max_count=max_count,
-                                          max_bytes=int(max_size * 2**20), workers=workers)
-        except ValueError as exc:
-            raise user_error(exc) from None
+        with cli_errors():
+            plugin = _bind_modality(modality, recipe)
+            manifest = shard_folder(src, out, plugin, prefix=prefix, max_count=max_count,
+                                    max_bytes=int(max_size * 2**20), workers=workers)
         for skipped in manifest.skipped[:20]:
             err_console.print(f"[yellow]skipped[/] {skipped.path}: {skipped.error}", highlight=False, soft_wrap=True)
         if len(manifest.skipped) > 20:
             err_console.print(f"[yellow]... and {len(manifest.skipped) - 20} more skipped files (see manifest.json)[/]")
         if manifest.total == 0:
-            raise user_error(ValueError(f"none of the images in {src} could be read ({len(manifest.skipped)} skipped); "
-                                         "nothing to train on"))
+            raise user_error(ValueError(f"none of the {plugin.name} files in {src} could be read "
+                                        f"({len(manifest.skipped)} skipped); nothing to train on"))
         labels = f", {len(manifest.classes)} classes" if manifest.classes else ", unlabelled"
-        console.print(f"[green]wrote[/] {manifest.total} images in {len(manifest.shards)} shards{labels}: "
+        console.print(f"[green]wrote[/] {manifest.total} samples in {len(manifest.shards)} shards{labels}: "
                       f"{out / manifest.pattern} ({len(manifest.skipped)} skipped, {manifest.ignored_files} "
-                      "non-image files ignored)", highlight=False)
+                      "other files ignored)", highlight=False)
 
     @app.command("demo-data")
     def demo_data_cmd(
         out: Path = typer.Argument(..., help="Output folder (gets train/ and val/ shard sets)"),
-        num_images: int = typer.Option(5000, "--num-images", help="Training images"),
-        num_val: int = typer.Option(1000, "--num-val", help="Held-out validation images"),
-        size: int = typer.Option(64, "--size", help="Image side in pixels"),
-        classes: int = typer.Option(10, "--classes", help="Number of classes (2..10)"),
-        seed: int = typer.Option(0, "--seed", help="Everything is a function of the seed"),
-        max_count: int = typer.Option(500, "--max-count", help="Images per shard"),
+        modality: str = typer.Option("image", "--modality", help="Modality plugin whose demo data to generate "
+                                     "(`jepa modalities` lists them)"),
+        num_train: int = typer.Option(_SPEC.num_train, "--num-train", help="Training samples"),
+        num_images: Optional[int] = typer.Option(None, "--num-images", hidden=True, help="Old name of --num-train"),
+        num_val: int = typer.Option(_SPEC.num_val, "--num-val", help="Held-out validation samples"),
+        size: Optional[int] = typer.Option(None, "--size", help="Sample size in the modality's terms (image side in "
+                                           "pixels, ...); default: the modality's"),
+        classes: int = typer.Option(_SPEC.num_classes, "--classes", help="Number of classes"),
+        seed: int = typer.Option(_SPEC.seed, "--seed", help="Everything is a function of the seed"),
+        max_count: int = typer.Option(_SPEC.max_count, "--max-count", help="Samples per shard"),
         workers: int = typer.Option(os.cpu_count() or 1, "--workers", help="Parallel writer processes"),
     ) -> None:
-        """Generate a labelled toy dataset of shapes and textures (no download) for the CPU demo."""
-        from jepa.demo_data import write_demo_dataset
+        """Generate a labelled toy dataset (no download) for a demo, e.g. images of shapes and textures."""
+        from jepa import registry
 
-        try:
-            manifests = write_demo_dataset(out, num_images=num_images, num_val=num_val, size=size, num_classes=classes,
-                                           seed=seed, max_count=max_count, workers=workers)
-        except ValueError as exc:
-            raise user_error(exc) from None
+        spec = DemoDataSpec(num_train=num_train if num_images is None else num_images, num_val=num_val,
+                            num_classes=classes, size=size, seed=seed, max_count=max_count, workers=workers)
+        with cli_errors():
+            manifests = registry.get(modality)().write_demo_data(out, spec)
         for split, m in manifests.items():
-            console.print(f"[green]{split}[/]: {m.total} images, {len(m.shards)} shards: {out / split / m.pattern}",
-                          highlight=False)
+            console.print(f"[green]{split}[/]: wrote {m.total} samples in {len(m.shards)} shards: "
+                          f"{out / split / m.pattern}", highlight=False)
 
     @bench.command("data")
     def bench_data(
@@ -94,10 +124,8 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
 
         recipe = load_recipe(recipe_file, overrides or [])
         mb = batch_size or min(128, recipe.data.global_batch_size // recipe.engine.grad_accum_steps)
-        try:
+        with cli_errors():
             rows = bench_data_pipeline(recipe, mb, batches, repeats)
-        except ValueError as exc:
-            raise user_error(exc) from None
         table = Table(title=f"data pipeline: {recipe.name}, batch {mb}, median of {repeats}")
         for col in ("what", "images/s", "range"):
             table.add_column(col, justify="left" if col == "what" else "right")

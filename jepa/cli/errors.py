@@ -1,14 +1,83 @@
-"""How the CLI shows a user mistake: one red line on stderr, exit status 2, no traceback."""
+"""How the CLI ends on an error: the one place that maps exceptions to exit codes.
+
+Every expected failure prints one red ``error:`` line on stderr (a recipe with several problems:
+one line each) and no traceback:
+
+* exit 2: a user mistake or the environment (bad recipe, bad path, a checkpoint that does not fit
+  or fails its checksums, an unsupported modality hook, a run directory in use: every
+  ``ValueError``, ``MissingHookError`` included; and operating-system errors such as a full disk
+  or a missing permission, shown with their path);
+* exit 1: a run stopped by its own health checks (non-finite loss, representation collapse,
+  too many undecodable samples);
+* exit 143 (128 + SIGTERM): a run stopped by SIGTERM before it could save a checkpoint (while
+  waiting for data, or on a second SIGTERM); the last complete checkpoint is intact.
+
+Anything else is a bug and keeps its traceback.
+"""
 
 from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Iterator
 
 import typer
 from rich.console import Console
 
+from jepa.interfaces import MissingHookError
+
 err_console = Console(stderr=True)
 
+USER_ERROR = 2
+RUN_STOPPED = 1
 
-def user_error(exc: Exception) -> typer.Exit:
-    """Print ``exc`` as one clear message; raise the returned Exit to leave with status 2."""
-    err_console.print(f"[bold red]error:[/] {exc}", markup=True, highlight=False, soft_wrap=True)
-    return typer.Exit(2)
+
+PREEMPTED = 143
+_WORKER_TRACEBACK = "Original Traceback (most recent call last):"
+
+
+def exit_code_for(exc: BaseException) -> int | None:
+    """The exit code for ``exc``, or None when it is not an expected failure (a bug)."""
+    from jepa.monitor import RunStoppedError
+    from jepa.preemption import PreemptedError
+
+    if isinstance(exc, PreemptedError):
+        return PREEMPTED
+    if isinstance(exc, RunStoppedError):
+        return RUN_STOPPED
+    if isinstance(exc, (ValueError, MissingHookError, OSError)):
+        return USER_ERROR
+    return None
+
+
+def message_of(exc: BaseException) -> str:
+    """What the user reads for ``exc``: operating-system errors with their path and a hint; an
+    error re-raised from a data-loader worker without the worker's traceback."""
+    if isinstance(exc, OSError) and not isinstance(exc, ValueError):
+        where = f"{exc.filename}: " if exc.filename else ""
+        hint = {28: "; free some space or point run_dir / the output elsewhere",
+                122: "; free some space or point run_dir / the output elsewhere",
+                13: "; check the permissions", 30: "; the filesystem is read-only, write elsewhere",
+                21: "; a directory stands where a file is expected", 20: "; a file stands where a directory is expected"}
+        return f"{where}{exc.strerror or exc}{hint.get(exc.errno or 0, '')}"
+    text = str(exc)
+    if _WORKER_TRACEBACK in text:  # torch's DataLoader puts the worker's traceback into the message
+        text = text.rstrip().splitlines()[-1].split(": ", 1)[-1]
+    return text
+
+
+def user_error(exc: BaseException, code: int = USER_ERROR) -> typer.Exit:
+    """Print ``exc`` as one clear message; raise the returned Exit to leave with ``code``."""
+    err_console.print(f"[bold red]error:[/] {message_of(exc)}", markup=True, highlight=False, soft_wrap=True)
+    return typer.Exit(code)
+
+
+@contextmanager
+def cli_errors() -> Iterator[None]:
+    """Turn expected failures inside a command into one line and their exit code."""
+    try:
+        yield
+    except Exception as exc:  # noqa: BLE001 - re-raised unless it is an expected failure
+        code = exit_code_for(exc)
+        if code is None:
+            raise
+        raise user_error(exc, code) from None

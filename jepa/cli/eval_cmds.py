@@ -8,7 +8,7 @@ from typing import Optional
 import typer
 from rich.console import Console
 
-from jepa.cli.errors import user_error
+from jepa.cli.errors import cli_errors
 
 console = Console()
 
@@ -17,7 +17,8 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
     @app.command("eval")
     def eval_cmd(
         source: str = typer.Argument(..., help="Run dir, checkpoint (dir or models.pt), released .pth.tar, file from "
-                                               "`jepa export`, or random:RECIPE (random-init baseline)"),
+                                               "`jepa export` (with --trust-torchscript), or random:RECIPE (random-init "
+                                               "baseline)"),
         train_shards: str = typer.Option(..., "--train-shards", help="Labelled shards the probes are fitted on"),
         val_shards: str = typer.Option(..., "--val-shards", help="Labelled shards the probes are scored on"),
         protocol: str = typer.Option("linear,knn", "--protocol", help="Comma-separated: linear, linear4, knn, attentive"),
@@ -36,20 +37,22 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
         crop_size: Optional[int] = typer.Option(None, "--crop-size", help="Released checkpoints: evaluation resolution"),
         arch: Optional[str] = typer.Option(None, "--arch", help="Released checkpoints: expected arch; a mismatch is an error"),
         json_out: Optional[str] = typer.Option(None, "--json", help="Write the report as JSON to this file ('-': stdout)"),
+        trust_torchscript: bool = typer.Option(False, "--trust-torchscript", help="Allow a TorchScript SOURCE (from "
+                                               "`jepa export`). Loading TorchScript RUNS THE CODE stored in the file: "
+                                               "use only files from a source you trust"),
     ) -> None:
         """Evaluate frozen features: top-1 (top-5 with >= 10 classes) of each probe, as a table and JSON."""
         from jepa.eval.evaluate import EvalSettings, evaluate_shards, parse_protocols
-        from jepa.eval.sources import load_source
+        from jepa.sources import load_source
 
-        try:
+        with cli_errors():
             settings = EvalSettings(
                 protocols=parse_protocols(protocol), k=k, temperature=temperature, low_shot=low_shot, epochs=epochs,
                 batch_size=batch_size, lr=lr, seed=seed, num_workers=num_workers, device=device,
             )
-            src = load_source(source, which=encoder, crop_size=crop_size, arch=arch)  # type: ignore[arg-type]
+            src = load_source(source, which=encoder, trust_torchscript=trust_torchscript,  # type: ignore[arg-type]
+                              crop_size=crop_size, arch=arch)
             report = evaluate_shards(src, train_shards, val_shards, settings)
-        except ValueError as exc:
-            raise user_error(exc) from None
         if json_out == "-":
             print(json.dumps(report.to_dict(), indent=2))
             return

@@ -1,4 +1,4 @@
-"""``jepa export``: a frozen encoder as TorchScript or timm-named safetensors."""
+"""``jepa export``: a frozen encoder as TorchScript, or in a format its modality adds (image: timm safetensors)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from typing import Optional
 import typer
 from rich.console import Console
 
-from jepa.cli.errors import user_error
+from jepa.cli.errors import cli_errors
 
 console = Console()
 
@@ -21,7 +21,7 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
         out: Path = typer.Option(..., "--out", "-o", help="File to write (nothing is written if verification fails)"),
         encoder: str = typer.Option("target", "--encoder", help="'target' (EMA; what the paper evaluates) or 'context'"),
         pooled: bool = typer.Option(False, "--pooled", help="Output the mean over tokens (B, D) instead of tokens (B, N, D)"),
-        fmt: str = typer.Option("torchscript", "--format", help="'torchscript' or 'safetensors-timm'"),
+        fmt: str = typer.Option("torchscript", "--format", help="'torchscript' (any modality) or a format of the modality (image: 'safetensors-timm')"),
         crop_size: Optional[int] = typer.Option(None, "--crop-size", help="Released checkpoints: training resolution "
                                                 "to record (default: inferred from pos_embed)"),
         arch: Optional[str] = typer.Option(None, "--arch", help="Released checkpoints: expected arch (e.g. vit_huge); "
@@ -29,17 +29,16 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
     ) -> None:
         """Export the target (or context) encoder, verified against eager PyTorch before writing.
 
-        TorchScript files load with plain `torch.jit.load` (no jepa needed): images (B, 3, H, W), any H, W divisible by the patch, normalised with the mean/std in the file's metadata.
+        TorchScript files load with plain `torch.jit.load` (no jepa needed); the file's metadata says how to feed
+        them (images: (B, 3, H, W), any H, W divisible by the patch, normalised with the stored mean/std).
         """
-        from jepa.eval.sources import load_source
         from jepa.export import EXPORT_TOLERANCE, export
+        from jepa.sources import load_source
 
-        try:
+        with cli_errors():
             src = load_source(source, which=encoder, crop_size=crop_size, arch=arch)  # type: ignore[arg-type]
             console.print(f"exporting the {src.which} encoder of {src.description} ({src.kind}"
                           + ("" if src.step is None else f", step {src.step}") + f") as {fmt}", highlight=False)
             result = export(src, out, fmt=fmt, pooled=pooled, tolerance=EXPORT_TOLERANCE,
                             log=lambda line: console.print(line, highlight=False))
-        except ValueError as exc:
-            raise user_error(exc) from None
         console.print(f"[green]wrote[/] {result.path} ({result.path.stat().st_size / 2**20:.1f} MiB)", highlight=False)

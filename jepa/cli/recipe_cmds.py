@@ -11,11 +11,11 @@ from rich.console import Console
 from rich.table import Table
 
 from jepa import registry
+from jepa.cli.options import SetOption
 from jepa.recipe import load_recipe, recipe_json_schema
 
 console = Console()
 
-SetOption = typer.Option(None, "--set", help="Override a recipe field: dotted.key=value (YAML value); repeatable")
 
 
 def register(app: typer.Typer, bench: typer.Typer) -> None:

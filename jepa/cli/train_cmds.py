@@ -13,24 +13,16 @@ from rich.console import Console
 from rich.table import Table
 
 from jepa import registry
-from jepa.cli.errors import err_console
+from jepa.cli.errors import cli_errors
+from jepa.cli.options import ResumeOption, SetOption
 from jepa.recipe import RecipeError, load_recipe
 
 console = Console()
 
-SetOption = typer.Option(None, "--set", help="Override a recipe field: dotted.key=value (YAML value); repeatable")
-ResumeOption = typer.Option(
-    "auto", "--resume", help="'auto': continue from the newest complete checkpoint of the run dir (or start fresh); "
-    "'none': start fresh (refused if the run dir has checkpoints); PATH: a checkpoint or run dir to continue from")
 
 
 def _is_rank0() -> bool:
     return os.environ.get("RANK", "0") == "0"
-
-
-def _run_stopped(exc: Exception, code: int) -> typer.Exit:
-    err_console.print(f"[bold red]error:[/] {exc}", markup=True, highlight=False)
-    return typer.Exit(code)
 
 
 def _fmt_count(n: float) -> str:
@@ -51,18 +43,10 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
         `deepspeed --no_local_rank --hostfile HOSTS --module jepa.cli train R`. The run dir must be on a filesystem
         all nodes share. SIGTERM saves a checkpoint at the end of the current step and exits 0.
         """
-        from jepa.monitor import NonFiniteLossError, RepresentationCollapseError
         from jepa.train import train
 
-        r = load_recipe(recipe, overrides or [])
-        try:
-            result = train(r, resume=resume)
-        except RecipeError:
-            raise
-        except (NonFiniteLossError, RepresentationCollapseError) as exc:
-            raise _run_stopped(exc, 1) from None
-        except ValueError as exc:
-            raise _run_stopped(exc, 2) from None
+        with cli_errors():
+            result = train(load_recipe(recipe, overrides or []), resume=resume)
         if _is_rank0():
             how = "preempted (SIGTERM): checkpoint saved" if result.stopped_by == "preempted" else "finished"
             console.print(f"{how} at step {result.step}; run dir {result.run_dir}"

@@ -1,7 +1,7 @@
 """Frozen-feature evaluation of trained encoders (``jepa eval``).
 
-* :mod:`jepa.eval.sources`: run dir / checkpoint / released file / export / ``random:RECIPE``
-  -> a frozen encoder and its evaluation view;
+* :mod:`jepa.sources` (below both evaluation and export): run dir / checkpoint / foreign
+  file / export / ``random:RECIPE`` -> a frozen encoder and its evaluation view;
 * :mod:`jepa.eval.features`: encode a labelled split once, cache pooled features and tokens;
 * :mod:`jepa.eval.probes`: linear (L-BFGS), k-NN, attentive probes, low-shot subsets, top-k;
 * :mod:`jepa.eval.evaluate`: run the requested protocols;
@@ -10,7 +10,7 @@
 
 from jepa.eval.evaluate import PROTOCOLS, EvalSettings, evaluate, evaluate_features, evaluate_shards
 from jepa.eval.report import EvalReport, ProbeResult
-from jepa.eval.sources import EncoderSource, load_source
+from jepa.sources import EncoderSource, load_source
 
 __all__ = [
     "PROTOCOLS", "EvalReport", "EvalSettings", "EncoderSource", "ProbeResult", "evaluate", "evaluate_features",

@@ -25,7 +25,7 @@ from torch import Tensor
 from jepa.eval.features import Features, extract_features, progress_bar
 from jepa.eval.probes import attentive_probe_scores, knn_scores, linear_probe_scores, low_shot_indices, topk_accuracy
 from jepa.eval.report import EvalReport, ProbeResult
-from jepa.eval.sources import EncoderSource
+from jepa.sources import EncoderSource
 
 PROTOCOLS: tuple[str, ...] = ("linear", "linear4", "knn", "attentive")
 DEFAULT_EPOCHS = {"linear": 100, "linear4": 100, "attentive": 20}
@@ -185,9 +185,10 @@ def evaluate_shards(source: EncoderSource, train_shards: str, val_shards: str, s
     Both shard specs are checked before any feature is computed.
 
     Raises:
-        ValueError: the shards do not exist or carry no labels (from :mod:`jepa.data`).
+        ValueError: the shards do not exist or carry no labels (from :mod:`jepa.data`, :mod:`jepa.eval.reader`).
     """
-    from jepa.data import expand_shards, labelled_batches
+    from jepa.data import expand_shards, shards_total
+    from jepa.eval.reader import labelled_batches
 
     train_urls, val_urls = expand_shards(train_shards), expand_shards(val_shards)
 
@@ -196,26 +197,4 @@ def evaluate_shards(source: EncoderSource, train_shards: str, val_shards: str, s
                                 num_workers=settings.num_workers)
 
     return evaluate(source, batches(train_shards), batches(val_shards), settings,
-                    train_total=_sample_count(train_urls), val_total=_sample_count(val_urls))
-
-
-def _sample_count(urls: list[str]) -> int | None:
-    """Samples in the local shards ``urls``, from their folders' manifests (sizes the progress bars)."""
-    from pathlib import Path
-
-    from jepa.shards import read_manifest
-
-    counts: dict[Path, dict[str, int] | None] = {}
-    total = 0
-    for url in urls:
-        path = Path(url.removeprefix("file://").removeprefix("file:"))
-        if ":" in url.split("/")[0] and not url.startswith("file:"):
-            return None  # remote shards
-        if path.parent not in counts:
-            manifest = read_manifest(path.parent)
-            counts[path.parent] = None if manifest is None else manifest.counts()
-        folder = counts[path.parent]
-        if folder is None or path.name not in folder:
-            return None
-        total += folder[path.name]
-    return total
+                    train_total=shards_total(train_urls), val_total=shards_total(val_urls))

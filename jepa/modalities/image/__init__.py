@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any
+from pathlib import Path
+from typing import Any, Mapping
 
 import torch
 from torch import Tensor
 
-from jepa.interfaces import Modality
+from jepa.interfaces import DemoDataSpec, Encoder, ForeignEncoder, Modality
 from jepa.modalities.image.config import ImageConfig
 
 
@@ -90,3 +91,46 @@ class ImageModality(Modality):
         from jepa.modalities.image.flops import train_flops_per_image
 
         return train_flops_per_image(self.cfg)
+
+    # ------------------------------------------------------------------ data
+
+    def file_suffixes(self) -> dict[str, str]:
+        from jepa.modalities.image.transforms import IMAGE_SUFFIXES
+
+        return dict(IMAGE_SUFFIXES)
+
+    def write_demo_data(self, out: Path, spec: DemoDataSpec) -> dict[str, Any]:
+        """Shapes and textures (see :mod:`jepa.modalities.image.demo_data`); ``spec.size`` is the
+        image side in pixels (default 64)."""
+        from jepa.modalities.image.demo_data import write_demo_dataset
+
+        return write_demo_dataset(out, num_images=spec.num_train, num_val=spec.num_val,
+                                  size=64 if spec.size is None else spec.size, num_classes=spec.num_classes,
+                                  seed=spec.seed, max_count=spec.max_count, workers=spec.workers)
+
+    # ------------------------------------------------------------------ export and foreign weights
+
+    def export_inputs(self, encoder: Encoder, generator: torch.Generator) -> list[Tensor]:
+        """The training resolution and a second, non-square multiple of the patch."""
+        from jepa.modalities.image.export_timm import check_resolutions
+
+        sizes = check_resolutions(encoder.img_size, encoder.patch_size)  # type: ignore[attr-defined]
+        return [torch.randn(2, encoder.in_chans, h, w, generator=generator) for h, w in sizes]  # type: ignore[attr-defined]
+
+    def export_metadata(self, encoder: Encoder) -> dict[str, Any]:
+        from jepa.modalities.image.export_timm import image_export_metadata
+
+        return image_export_metadata(encoder, self.cfg)
+
+    def export_formats(self) -> dict[str, Any]:
+        from jepa.modalities.image.export_timm import export_safetensors_timm
+
+        return {"safetensors-timm": export_safetensors_timm}
+
+    @classmethod
+    def load_foreign(cls, checkpoint: Mapping[str, Any], path: Path, which: str,
+                     options: Mapping[str, Any]) -> ForeignEncoder | None:
+        """The authors' released I-JEPA ``.pth.tar`` layout (see :mod:`jepa.modalities.image.released`)."""
+        from jepa.modalities.image.released import released_encoder
+
+        return released_encoder(checkpoint, path, which, options)

@@ -55,7 +55,7 @@ class MaskConfig(StrictModel):
     mode: Literal["faithful", "fixed"] = Field(
         "faithful", description="'faithful' reproduces the authors' sampler; 'fixed' lets blocks touch the last "
         "row/column and collates contexts by random subsampling instead of raster-order truncation")
-    num_targets: int = Field(4, gt=0)
+    num_targets: int = Field(4, gt=0, le=16, description="Target blocks per image (4 in the paper; at most 16)")
     target_scale: tuple[float, float] = (0.15, 0.2)
     target_aspect_ratio: tuple[float, float] = (0.75, 1.5)
     context_scale: tuple[float, float] = (0.85, 1.0)

@@ -57,6 +57,12 @@ MIN_VALID_PROBABILITY = 0.5
 MIN_VALID_PROBABILITY_PER_SIZE = 0.25
 """... or where some drawable block size makes a row valid less often than this (after
 MAX_POSITION_ROUNDS - CONTEXT_ONLY_ROUNDS joint re-draws at 0.25, a row fails with p ~ 1e-11)."""
+MAX_CHECKED_PAIRS = 256
+"""check_mask_feasibility tries every (target size, context size) pair up to this many pairs; beyond
+(large grids) it draws rows as the sampler does and tries the largest targets with the smallest contexts."""
+_EXTREME_SIDES = 8
+_DRAWN_ROWS = 4096
+_CHECK_ELEMENTS = 1 << 24  # booleans per chunk of the rectangle arithmetic (bounded memory)
 
 
 class MultiBlockMaskSampler(MaskSampler):
@@ -333,26 +339,73 @@ def _count(mask_RN: Tensor) -> Tensor:
     return mask_RN.sum(-1, dtype=torch.int32)
 
 
-def _context_counts(sampler: MultiBlockMaskSampler, target_sides: Tensor, context_sides: Tensor,
-                    generator: torch.Generator, rows_per_pair: int) -> Tensor:
-    """Monte-Carlo context sizes, without re-draws, for every (target size, context size) pair.
+def _kept_counts(t_top: Tensor, t_left: Tensor, th: Tensor, tw: Tensor, c_top: Tensor, c_left: Tensor,
+                 ch: Tensor, cw: Tensor) -> Tensor:
+    """Patches each row's context block keeps after removing its target blocks, by rectangle
+    arithmetic: the same numbers as ``context_mask(...).sum(-1)`` at a cost independent of the grid
+    (for large grids, where the masks would be large).
+
+    The targets are clipped to the context; their union is measured on the cells that the
+    rectangles' edges cut the plane into (a 2-D difference array over the sorted edges, summed up:
+    a cell is covered when its count is positive).
+
+    Args:
+        t_top, t_left: (R, M) target corners; th, tw: (R, 1) or (R, M) target sides.
+        c_top, c_left: (R,) context corners; ch, cw: (R,) context sides.
 
     Returns:
-        (P, R) int32: for pair p (target-major order) and row r, the patches the context keeps
-        after removing the row's targets.
+        (R,) int64 kept patches.
     """
-    num_t, num_c = target_sides.shape[0], context_sides.shape[0]
-    pair_t = torch.arange(num_t).repeat_interleave(num_c * rows_per_pair)  # (P*R,)
-    pair_c = torch.arange(num_c).repeat_interleave(rows_per_pair).repeat(num_t)
-    th, tw = target_sides[pair_t, :, None].unbind(1)  # (P*R, 1) each
-    ch, cw = context_sides[pair_c].unbind(1)  # (P*R,) each
+    top = torch.maximum(t_top, c_top[:, None])
+    bottom = torch.minimum(t_top + th, (c_top + ch)[:, None])
+    left = torch.maximum(t_left, c_left[:, None])
+    right = torch.minimum(t_left + tw, (c_left + cw)[:, None])
+    empty = (bottom <= top) | (right <= left)
+    bottom, right = torch.where(empty, top, bottom), torch.where(empty, left, right)  # zero-area rectangles
+    ys = torch.cat([top, bottom], 1).sort(1).values  # (R, 2M) edges; cell k spans [ys_k, ys_k+1)
+    xs = torch.cat([left, right], 1).sort(1).values
+    rows, edges = ys.shape
+    y0, y1 = torch.searchsorted(ys, top), torch.searchsorted(ys, bottom)  # (R, M) cell index ranges
+    x0, x1 = torch.searchsorted(xs, left), torch.searchsorted(xs, right)
+    corners = torch.stack([y0 * edges + x0, y0 * edges + x1, y1 * edges + x0, y1 * edges + x1], -1).flatten(1)
+    signs = torch.tensor([1, -1, -1, 1], dtype=torch.int32).repeat(t_top.shape[1]).expand(rows, -1)
+    diff = torch.zeros(rows, edges * edges, dtype=torch.int32).scatter_add_(1, corners, signs)
+    covered = diff.view(rows, edges, edges).cumsum(1).cumsum(2)[:, :-1, :-1] > 0  # (R, 2M-1, 2M-1)
+    cell_area = ys.diff(dim=1)[:, :, None] * xs.diff(dim=1)[:, None, :]
+    return ch * cw - (covered * cell_area).sum((1, 2))
+
+
+def _context_counts(sampler: MultiBlockMaskSampler, pair_t: Tensor, pair_c: Tensor, target_sides: Tensor,
+                    context_sides: Tensor, generator: torch.Generator) -> Tensor:
+    """Monte-Carlo context sizes, without re-draws, one row per (target size, context size) index pair.
+
+    Args:
+        pair_t, pair_c: (R,) int64 indices into ``target_sides`` / ``context_sides``.
+
+    Returns:
+        (R,) int64: the patches each row's context keeps after removing the row's targets.
+    """
+    th, tw = target_sides[pair_t, :, None].unbind(1)  # (R, 1) each
+    ch, cw = context_sides[pair_c].unbind(1)  # (R,) each
     rows, m = pair_t.numel(), sampler.cfg.num_targets
     t_top = sampler.corners(th, (rows, m), generator)
     t_left = sampler.corners(tw, (rows, m), generator)
     c_top = sampler.corners(ch, (rows,), generator)
     c_left = sampler.corners(cw, (rows,), generator)
-    context = sampler.context_mask(t_top, t_left, (th, tw), c_top, c_left, (ch, cw))
-    return _count(context).view(num_t * num_c, rows_per_pair)
+    # Per row, masks cost M x G^2 and rectangle arithmetic (2M)^2: take the cheaper, in bounded chunks.
+    by_masks = m * sampler.num_tokens <= (2 * m) ** 2
+    chunk = max(1, _CHECK_ELEMENTS // min(m * sampler.num_tokens, (2 * m) ** 2))
+    out = []
+    for i in range(0, rows, chunk):
+        part = slice(i, i + chunk)
+        if by_masks:
+            kept = _count(sampler.context_mask(t_top[part], t_left[part], (th[part], tw[part]), c_top[part],
+                                               c_left[part], (ch[part], cw[part]))).long()
+        else:
+            kept = _kept_counts(t_top[part], t_left[part], th[part], tw[part], c_top[part], c_left[part],
+                                ch[part], cw[part])
+        out.append(kept)
+    return torch.cat(out)
 
 
 def check_mask_feasibility(grid_size: int, cfg: MaskConfig) -> list[tuple[str, str]]:
@@ -401,23 +454,45 @@ def check_mask_feasibility(grid_size: int, cfg: MaskConfig) -> list[tuple[str, s
     if problems:
         return problems
 
-    num_pairs = t_sides.shape[0] * c_sides.shape[0]
-    rows_per_pair = max(32, min(128, 4096 // num_pairs))
-    counts = _context_counts(sampler, t_sides, c_sides, torch.Generator().manual_seed(0), rows_per_pair)
-    pair_prob = (t_prob[:, None] * c_prob[None, :]).flatten()  # (P,)
-    thresholds = torch.arange(1, mk + 1)  # (L,) candidate min_keep values, the configured one last
-    per_pair = (counts[None] >= thresholds[:, None, None]).double().mean(-1)  # (L, P)
-    overall, worst = (per_pair * pair_prob).sum(-1), per_pair.min(-1).values  # (L,)
-    safe = (overall >= MIN_VALID_PROBABILITY) & (worst >= MIN_VALID_PROBABILITY_PER_SIZE)
-    if bool(safe[-1]):
+    gen = torch.Generator().manual_seed(0)
+    num_t, num_c = t_sides.shape[0], c_sides.shape[0]
+    if num_t * num_c <= MAX_CHECKED_PAIRS:  # every pair of block sizes, weighted by its probability
+        rows_per_pair = max(32, min(128, 4096 // (num_t * num_c)))
+        pair_t = torch.arange(num_t).repeat_interleave(num_c * rows_per_pair)
+        pair_c = torch.arange(num_c).repeat_interleave(rows_per_pair).repeat(num_t)
+        counts = _context_counts(sampler, pair_t, pair_c, t_sides, c_sides, gen).view(num_t * num_c, rows_per_pair)
+        pair_prob = (t_prob[:, None] * c_prob[None, :]).flatten()  # (P,)
+
+        def valid_share(k: int) -> tuple[float, float]:
+            per_pair = (counts >= k).double().mean(-1)
+            return float((per_pair * pair_prob).sum()), float(per_pair.min())
+    else:  # large grids: rows drawn as the sampler draws them, plus the largest targets with the smallest contexts
+        k_t, k_c = min(num_t, _EXTREME_SIDES), min(num_c, _EXTREME_SIDES)
+        drawn = _context_counts(sampler, torch.multinomial(t_prob, _DRAWN_ROWS, True, generator=gen),
+                                torch.multinomial(c_prob, _DRAWN_ROWS, True, generator=gen), t_sides, c_sides, gen)
+        big_t, small_c = t_area.topk(k_t).indices, c_area.topk(k_c, largest=False).indices
+        extreme = _context_counts(sampler, big_t.repeat_interleave(k_c * 32), small_c.repeat_interleave(32).repeat(k_t),
+                                  t_sides, c_sides, gen).view(k_t * k_c, 32)
+
+        def valid_share(k: int) -> tuple[float, float]:
+            return float((drawn >= k).double().mean()), float((extreme >= k).double().mean(-1).min())
+
+    def safe(k: int) -> bool:
+        overall, worst = valid_share(k)
+        return overall >= MIN_VALID_PROBABILITY and worst >= MIN_VALID_PROBABILITY_PER_SIZE
+
+    if safe(mk):
         return []
-    fix = ""
-    if bool(safe.any()):
-        fix = f"set min_keep to {int(thresholds[safe].max())} or less, or "
+    lo, hi = 0, mk - 1  # the largest safe min_keep (validity only falls as min_keep grows): binary search
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        lo, hi = (mid, hi) if safe(mid) else (lo, mid - 1)
+    fix = f"set min_keep to {lo} or less, or " if lo >= 1 else ""
+    overall, worst = valid_share(mk)
     return [("min_keep", (
         f"on a {g}x{g} grid (mode '{cfg.mode}', {cfg.num_targets} targets, target_scale={cfg.target_scale}, "
         f"context_scale={cfg.context_scale}) a context keeps >= min_keep={mk} patches after removing the targets "
-        f"in only {float(overall[-1]):.0%} of draws ({float(worst[-1]):.0%} for the worst block size). Allowed: "
+        f"in only {overall:.0%} of draws ({worst:.0%} for the worst block size). Allowed: "
         f">= {MIN_VALID_PROBABILITY:.0%} overall and >= {MIN_VALID_PROBABILITY_PER_SIZE:.0%} for every block "
         f"size, so that the sampler's bounded re-draws always succeed. Fix: {fix}lower num_targets or "
         "target_scale, or raise context_scale"))]

@@ -13,7 +13,6 @@ Loading is strict: every key and every shape must match the model, otherwise one
 
 from __future__ import annotations
 
-import pickle
 import warnings
 from pathlib import Path
 from typing import Any, Literal, Mapping
@@ -21,9 +20,12 @@ from typing import Any, Literal, Mapping
 import torch
 from torch import Tensor, nn
 
+from jepa.interfaces import ForeignEncoder
 from jepa.modalities.image.config import VIT_ARCHS
 from jepa.modalities.image.pos_embed import sincos_2d
 from jepa.modalities.image.vit import ViTEncoder, ViTPredictor
+from jepa.param_groups import is_no_decay
+from jepa.weights import safe_load, state_problems
 
 RELEASED_KEYS = ("encoder", "predictor", "target_encoder", "opt", "scaler", "epoch", "loss", "batch_size",
                  "world_size", "lr")
@@ -46,13 +48,7 @@ def _read(src: str | Path | Mapping[str, Any]) -> tuple[Mapping[str, Any], str]:
     if isinstance(src, Mapping):
         return src, "<checkpoint dict>"
     path = Path(src)
-    if not path.is_file():
-        raise ValueError(f"released checkpoint {path} does not exist; pass the path of a .pth.tar file")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        raise ValueError(f"{path} holds objects other than tensors and plain containers, so it cannot be read "
-                         f"safely (weights_only=True); re-save its state dicts with torch.save. Detail: {e}") from e
+    ckpt = safe_load(path, "a released checkpoint (.pth.tar)", mmap=False)
     if not isinstance(ckpt, Mapping):
         raise ValueError(f"{path} holds a {type(ckpt).__name__}, not a checkpoint dict")
     return ckpt, str(path)
@@ -66,18 +62,6 @@ def _section(ckpt: Mapping[str, Any], key: str, name: str) -> dict[str, Tensor]:
     if not isinstance(section, Mapping):
         raise ValueError(f"{name}: '{key}' is a {type(section).__name__}, expected a state dict")
     return strip_ddp_prefix(section)
-
-
-def _problems(section: str, state: Mapping[str, Tensor], module: nn.Module) -> list[str]:
-    """Every missing, unexpected and shape-mismatched key of ``state`` against ``module``."""
-    expected = module.state_dict()
-    problems = [f"{section}: missing key '{k}' (model shape {list(expected[k].shape)})"
-                for k in expected if k not in state]
-    problems += [f"{section}: unexpected key '{k}' (file shape {list(v.shape)})"
-                 for k, v in state.items() if k not in expected]
-    problems += [f"{section}: shape mismatch for '{k}': file {list(state[k].shape)} vs model {list(v.shape)}"
-                 for k, v in expected.items() if k in state and tuple(state[k].shape) != tuple(v.shape)]
-    return problems
 
 
 def _warn_if_not_sincos(table: Tensor, grid_size: int, what: str, name: str) -> None:
@@ -113,10 +97,10 @@ def load_released(src: str | Path | Mapping[str, Any], encoder: ViTEncoder, pred
     if predictor is not None:
         targets.append(("predictor", predictor))
     states = {key: _section(ckpt, key, name) for key, _ in targets}
-    problems = [p for key, module in targets for p in _problems(key, states[key], module)]
+    problems = [f"{key}: {p}" for key, module in targets for p in state_problems(module.state_dict(), states[key])]
     if problems:
-        raise ValueError(f"{name} does not match the model ({len(problems)} problems; build the model with the "
-                         "architecture of the file, see infer_released_arch):\n  " + "\n  ".join(problems))
+        raise ValueError(f"{name} does not match the model (build the model with the architecture of the file, "
+                         "see infer_released_arch):\n  " + "\n  ".join(problems))
     for key, module in targets:
         module.load_state_dict(states[key], strict=True)
     _warn_if_not_sincos(states[which]["pos_embed"], encoder.grid_size, f"{which}.pos_embed", name)
@@ -138,10 +122,6 @@ def _released_param_names(encoder: ViTEncoder, predictor: ViTPredictor) -> tuple
     return enc, pred
 
 
-def _no_decay(name: str, tensor: Tensor) -> bool:
-    return "bias" in name or tensor.ndim == 1
-
-
 def released_optimizer_state(encoder: ViTEncoder, predictor: ViTPredictor, lr: float,
                              weight_decay: float = 0.04) -> dict[str, Any]:
     """An AdamW state dict with no moments, in the released four-group layout.
@@ -154,10 +134,10 @@ def released_optimizer_state(encoder: ViTEncoder, predictor: ViTPredictor, lr: f
     enc, pred = _released_param_names(encoder, predictor)
     # Placeholders stand for the parameters: only the group structure and indices are stored.
     groups = [
-        {"params": [torch.empty(0) for n, t in enc if not _no_decay(n, t)]},
-        {"params": [torch.empty(0) for n, t in pred if not _no_decay(n, t)]},
-        {"params": [torch.empty(0) for n, t in enc if _no_decay(n, t)], "WD_exclude": True, "weight_decay": 0.0},
-        {"params": [torch.empty(0) for n, t in pred if _no_decay(n, t)], "WD_exclude": True, "weight_decay": 0.0},
+        {"params": [torch.empty(0) for n, t in enc if not is_no_decay(n, t)]},
+        {"params": [torch.empty(0) for n, t in pred if not is_no_decay(n, t)]},
+        {"params": [torch.empty(0) for n, t in enc if is_no_decay(n, t)], "WD_exclude": True, "weight_decay": 0.0},
+        {"params": [torch.empty(0) for n, t in pred if is_no_decay(n, t)], "WD_exclude": True, "weight_decay": 0.0},
     ]
     return torch.optim.AdamW(groups, lr=lr, weight_decay=weight_decay).state_dict()
 
@@ -250,3 +230,57 @@ def infer_released_arch(state: Mapping[str, Any], num_heads: int | None = None) 
             num_heads=num_heads, mlp_ratio=pred["predictor_blocks.0.mlp.fc1.weight"].shape[0] / predictor_dim,
         )
     return {"arch": arch, "encoder": encoder_kwargs, "predictor": predictor_kwargs}
+
+
+def is_released_layout(obj: Any) -> bool:
+    """A dict whose ``target_encoder`` carries DistributedDataParallel's ``module.`` prefixes."""
+    state = obj.get("target_encoder") if isinstance(obj, Mapping) else None
+    return isinstance(state, Mapping) and any(k.startswith(DDP_PREFIX) for k in state)
+
+
+def released_encoder(checkpoint: Mapping[str, Any], path: Path, which: str,
+                     options: Mapping[str, Any]) -> ForeignEncoder | None:
+    """The image modality's ``load_foreign``: an encoder from the authors' released layout.
+
+    Options: ``crop_size`` (evaluation resolution; default the one implied by the stored
+    position table) and ``arch`` (expected architecture; a mismatch is an error).
+
+    Returns:
+        None when ``checkpoint`` is not in the released layout.
+    """
+    from jepa.modalities.image import ImageModality
+    from jepa.modalities.image.config import EncoderConfig, ImageConfig, InputConfig
+
+    if not is_released_layout(checkpoint):
+        return None
+    unknown = set(options) - {"crop_size", "arch"}
+    if unknown:
+        raise ValueError(f"{path}: released I-JEPA checkpoints take the options crop_size and arch, not {sorted(unknown)}")
+    crop_size, arch = options.get("crop_size"), options.get("arch")
+    inferred = infer_released_arch(checkpoint)
+    kw = inferred["encoder"]
+    if arch is not None and arch != inferred["arch"]:
+        raise ValueError(f"{path}: the weights are a {inferred['arch'] or 'non-standard ViT'} (width {kw['embed_dim']}, "
+                         f"depth {kw['depth']}), not the {arch} given with --arch; drop --arch or pass the matching one")
+    encoder = ViTEncoder(**kw)
+    meta = load_released(checkpoint, encoder, which="target_encoder" if which == "target" else "encoder")
+    native = kw["img_size"]
+    if crop_size is not None and crop_size != native:
+        if crop_size % kw["patch_size"]:
+            raise ValueError(f"--crop-size {crop_size} is not a multiple of the patch size {kw['patch_size']}")
+        # Same weights at another training grid: only the fixed sin-cos table changes.
+        state = encoder.state_dict()
+        grid = crop_size // kw["patch_size"]
+        state["pos_embed"] = sincos_2d(kw["embed_dim"], grid, grid).unsqueeze(0)
+        encoder = ViTEncoder(**{**kw, "img_size": crop_size})
+        encoder.load_state_dict(state)
+    cfg = ImageConfig(
+        encoder=EncoderConfig(arch=inferred["arch"] or "vit_base", patch_size=kw["patch_size"], embed_dim=kw["embed_dim"],
+                              depth=kw["depth"], num_heads=kw["num_heads"], mlp_dim=kw["mlp_dim"]),
+        input=InputConfig(crop_size=crop_size or native, in_chans=kw["in_chans"]),
+    )
+    modality = ImageModality(cfg)
+    description = (modality.describe() if inferred["arch"]
+                   else f"ViT(D={kw['embed_dim']}, depth={kw['depth']})/{kw['patch_size']} @{crop_size or native}")
+    step = meta.get("epoch")
+    return ForeignEncoder(modality, encoder, description, None if step is None else int(step))

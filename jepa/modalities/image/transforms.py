@@ -22,6 +22,10 @@ from jepa.modalities.image.config import InputConfig
 
 #: Sample keys that may hold an encoded image, in the order they are looked for.
 IMAGE_KEYS: tuple[str, ...] = ("jpg", "jpeg", "png", "webp", "ppm", "bmp")
+#: Image file suffix (lower case) -> sample key its bytes are stored under (``ImageModality.file_suffixes``).
+IMAGE_SUFFIXES: dict[str, str] = {
+    ".jpg": "jpg", ".jpeg": "jpeg", ".png": "png", ".webp": "webp", ".ppm": "ppm", ".bmp": "bmp",
+}
 #: Aspect-ratio (w/h) range of the training crop, as in RandomResizedCrop.
 CROP_RATIO: tuple[float, float] = (3 / 4, 4 / 3)
 #: Attempts at a crop box per image before falling back to a centre crop (as in torchvision).

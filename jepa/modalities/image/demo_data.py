@@ -1,4 +1,5 @@
-"""A procedurally generated, labelled image dataset for the CPU demo (no downloads).
+"""A procedurally generated, labelled image dataset for the CPU demo (no downloads): the image
+modality's ``write_demo_data`` (``jepa demo-data``).
 
 Ten classes of shapes and textures: disc, square, triangle, ring, cross (randomly rotated,
 scaled and placed) and horizontal / vertical / diagonal stripes, checkerboard and dots (inside a
@@ -21,8 +22,7 @@ import torch
 import torch.nn.functional as F
 import torchvision.io
 
-from jepa.data import derive_seed
-from jepa.shards import Manifest, ShardSample, write_shard_set
+from jepa.data import Manifest, ShardSample, derive_seed, write_shard_set
 
 CLASS_NAMES: tuple[str, ...] = (
     "disc", "square", "triangle", "ring", "cross",
@@ -109,7 +109,7 @@ def render_images(labels: torch.Tensor, size: int, generator: torch.Generator) -
 
 @dataclass(frozen=True)
 class _DemoChunk:
-    """Chunk job for :func:`jepa.shards.write_shard_set`: images ``start .. start+count`` of a split."""
+    """Chunk job for :func:`jepa.data.write_shard_set`: images ``start .. start+count`` of a split."""
 
     seed: int
     split: str

@@ -1,0 +1,43 @@
+"""The training loader of one rank, picked by the recipe's ``data.source``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from jepa.data.loader import TrainLoader
+from jepa.data.reading import expand_shards
+from jepa.data.shard_loader import ShardTrainLoader
+from jepa.data.synthetic import SyntheticTrainLoader
+from jepa.interfaces import MaskSampler, Modality
+from jepa.recipe import DataConfig
+
+
+def build_train_loader(data_cfg: DataConfig, modality: Modality, mask_sampler: MaskSampler, *,
+                       seed: int, rank: int, world_size: int, micro_batch_size: int,
+                       state: dict[str, Any] | None = None) -> TrainLoader:
+    """The training stream of one rank.
+
+    Args:
+        data_cfg: the recipe's ``data`` section.
+        modality: the bound modality; decodes samples and builds batches (``decode``, ``train_batch``, ``example_input``).
+        mask_sampler: masks for each batch (runs in the loader workers).
+        seed: the run seed.
+        rank: this process's rank in ``[0, world_size)``.
+        world_size: number of data-parallel processes.
+        micro_batch_size: rows per batch on this rank.
+        state: a previous loader's ``state_dict()`` to continue from exactly.
+
+    Raises:
+        ValueError: bad rank/batch size, missing shards, or a state from other data settings.
+    """
+    if not 0 <= rank < world_size:
+        raise ValueError(f"rank must be in [0, world_size={world_size}) (got {rank})")
+    if micro_batch_size < 1:
+        raise ValueError(f"micro_batch_size must be >= 1 (got {micro_batch_size})")
+    if data_cfg.source == "synthetic":
+        return SyntheticTrainLoader(modality, mask_sampler, seed=seed, rank=rank, world_size=world_size,
+                                    micro_batch_size=micro_batch_size, state=state)
+    if not data_cfg.train_shards:
+        raise ValueError("data.train_shards is required when data.source is 'shards'")
+    return ShardTrainLoader(expand_shards(data_cfg.train_shards), data_cfg, modality, mask_sampler,
+                            seed=seed, rank=rank, world_size=world_size, micro_batch_size=micro_batch_size, state=state)

@@ -1,0 +1,191 @@
+"""The WebDataset training loader of one rank: per-worker decoding and batching over
+:class:`~jepa.data.stream.WorkerStream`, and the position of every worker.
+
+In each loader worker, after the shuffle buffer (:mod:`jepa.data.stream`), each sample is
+decoded (``modality.decode``); a ``ValueError`` skips it and is counted. Every
+``micro_batch_size`` decoded items make a batch: one ``torch.Generator`` seeded by
+(seed, rank, w, batch index) drives ``modality.train_batch`` and the mask sampler.
+
+So a worker's batches are a pure function of its *position* (the stream's, plus batches made
+and cumulative counts). Each batch carries its worker's position; :class:`ShardTrainLoader`
+keeps the last one handed out per worker plus whose turn is next (torch's DataLoader takes
+batches from its workers round-robin), and a loader built from that state rotates the logical
+worker ids so that the first batch comes from the right worker. With the stream's replay of its
+shuffle buffer, a resumed loader yields bitwise the batches the uninterrupted run would have.
+
+A broken shard is warned about once with its URL; skipped samples are warned about at 1, 2, 4,
+... skips, and a skip rate above ``data.max_skip_rate`` stops training.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from typing import Any, Iterator
+
+import torch
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+from jepa.data.loader import STATE_VERSION, Batch, TrainLoader, collate_as_is
+from jepa.data.manifest import shards_total
+from jepa.data.stream import WorkerStream, derive_seed, initial_position
+from jepa.interfaces import MaskSampler, Modality
+from jepa.recipe import DataConfig
+
+log = logging.getLogger(__name__)
+
+
+class _ShardBatches(IterableDataset):
+    """The per-worker pipeline: raw stream -> decode -> batch -> augment + masks. Yields
+    ``(Batch, report)`` where the report carries the worker's position and new problems."""
+
+    def __init__(self, urls: list[str], data_cfg: DataConfig, modality: Modality,
+                 mask_sampler: MaskSampler, *, seed: int, rank: int, world_size: int, batch_size: int,
+                 positions: list[dict[str, Any]], rotation: int):
+        self.urls, self.data_cfg, self.modality = urls, data_cfg, modality
+        self.mask_sampler, self.seed, self.rank, self.world_size = mask_sampler, seed, rank, world_size
+        self.batch_size, self.positions, self.rotation = batch_size, positions, rotation
+        self.num_logical = max(1, data_cfg.num_workers)
+
+    def __iter__(self) -> Iterator[tuple[Batch, dict[str, Any]]]:
+        info = get_worker_info()
+        worker = ((info.id if info is not None else 0) + self.rotation) % self.num_logical
+        pos = self.positions[worker]
+        stream = WorkerStream(self.urls, seed=self.seed, rank=self.rank, worker=worker, num_workers=self.num_logical,
+                              world_size=self.world_size, buffer_size=self.data_cfg.shuffle_buffer, position=pos)
+        batches, seen, skipped = pos["batches"], pos["seen"], pos["skipped"]
+        window_seen = window_skipped = 0
+        last_error: str | None = None
+        items: list[Any] = []
+        for sample in stream:
+            seen += 1
+            window_seen += 1
+            try:
+                if "__error__" in sample:
+                    raise ValueError(sample["__error__"])
+                items.append(self.modality.decode(sample))
+            except ValueError as exc:
+                skipped += 1
+                window_skipped += 1
+                last_error = f"{sample['__url__']} sample {sample['__key__']!r}: {exc}"
+                self._check_window(window_seen, window_skipped, last_error)
+                continue
+            if len(items) < self.batch_size:
+                continue
+            gen = torch.Generator().manual_seed(derive_seed(self.seed, self.rank, worker, batches))
+            inputs = self.modality.train_batch(items, gen)
+            masks = self.mask_sampler(len(items), gen)
+            items = []
+            batches += 1
+            report = {
+                "worker": worker,
+                "position": {**stream.position(), "batches": batches, "seen": seen, "skipped": skipped},
+                "last_error": last_error,
+                "broken_shards": stream.take_new_broken(),
+            }
+            yield Batch(inputs, masks), report
+            window_seen = window_skipped = 0
+            last_error = None
+
+    def _check_window(self, seen: int, skipped: int, last_error: str) -> None:
+        """A worker that decodes almost nothing never reaches a batch boundary, where the main
+        process checks the skip rate; it applies the same rule to the samples since its last batch."""
+        d = self.data_cfg
+        if seen >= d.min_samples_for_skip_check and skipped / seen > d.max_skip_rate:
+            raise RuntimeError(_skip_rate_message(self.rank, seen, skipped, d.max_skip_rate, last_error))
+
+
+def _skip_rate_message(rank: int, seen: int, skipped: int, max_rate: float, last_error: str | None) -> str:
+    return (f"rank {rank}: {skipped} of {seen} samples ({skipped / seen:.2%}) could not be decoded, more than "
+            f"data.max_skip_rate={max_rate:g}; last: {last_error}. Rebuild the shards with `jepa shards` (it checks "
+            "every sample) or raise data.max_skip_rate")
+
+
+class ShardTrainLoader(TrainLoader):
+    """The WebDataset training stream of one rank (see the module docstring and :mod:`jepa.data.stream`)."""
+
+    def __init__(self, urls: list[str], data_cfg: DataConfig, modality: Modality,
+                 mask_sampler: MaskSampler, *, seed: int, rank: int, world_size: int, micro_batch_size: int,
+                 state: dict[str, Any] | None = None):
+        self.urls, self.data_cfg, self.modality = urls, data_cfg, modality
+        self.mask_sampler, self.seed, self.rank, self.world_size = mask_sampler, seed, rank, world_size
+        self.micro_batch_size = micro_batch_size
+        self.num_logical = max(1, data_cfg.num_workers)
+        self._fingerprint = {
+            "source": "shards", "seed": seed, "rank": rank, "world_size": world_size,
+            "num_workers": data_cfg.num_workers, "micro_batch_size": micro_batch_size,
+            "shuffle_buffer": data_cfg.shuffle_buffer, "num_shards": len(urls),
+            "shards_digest": hashlib.sha1("\n".join(urls).encode()).hexdigest()[:16],
+        }
+        self._positions = [initial_position() for _ in range(self.num_logical)]
+        self._next_worker = 0
+        self._warned_urls: set[str] = set()
+        self._warned_skips = 0
+        if state is not None:
+            self._load(state)
+        total = shards_total(urls)
+        if rank == 0 and total is not None and abs(total - data_cfg.samples_per_epoch) > 0.01 * total:
+            log.warning("the shards hold %d samples but data.samples_per_epoch is %d (it sets the length of an "
+                        "epoch for the schedules); set data.samples_per_epoch=%d if one pass over these shards "
+                        "should be an epoch", total, data_cfg.samples_per_epoch, total)
+        if len(urls) < world_size * self.num_logical:
+            log.warning("rank %d: only %d shards for %d loader workers (world_size x data.num_workers): each worker "
+                        "draws shards at random, so ranks overlap; write more, smaller shards (jepa shards --max-count)",
+                        rank, len(urls), world_size * self.num_logical)
+
+    def _load(self, state: dict[str, Any]) -> None:
+        if state.get("version") != STATE_VERSION:
+            raise ValueError(f"data-loader state has version {state.get('version')!r}, this jepa reads version "
+                             f"{STATE_VERSION}; resume with the jepa version that wrote the checkpoint")
+        hints = {"num_workers": "data.num_workers", "micro_batch_size": "the micro-batch size",
+                 "shuffle_buffer": "data.shuffle_buffer", "num_shards": "data.train_shards",
+                 "shards_digest": "data.train_shards", "world_size": "the number of processes", "seed": "seed",
+                 "rank": "the rank (each rank loads its own loader state)", "source": "data.source"}
+        for key, value in self._fingerprint.items():
+            if state.get(key) != value:
+                raise ValueError(f"cannot resume the data stream exactly: {key} was {state.get(key)!r} when the "
+                                 f"checkpoint was written, now {value!r}; restore {hints[key]}")
+        self._positions = [dict(p) for p in state["workers"]]
+        self._next_worker = state["next_worker"]
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"version": STATE_VERSION, **self._fingerprint, "next_worker": self._next_worker,
+                "workers": [dict(p, shard_counts=list(p["shard_counts"])) for p in self._positions]}
+
+    @property
+    def stats(self) -> dict[str, float]:
+        seen = sum(p["seen"] for p in self._positions)
+        skipped = sum(p["skipped"] for p in self._positions)
+        return {"seen": seen, "skipped": skipped, "skip_rate": skipped / seen if seen else 0.0,
+                "broken_shards": sum(p["broken"] for p in self._positions),
+                "batches": sum(p["batches"] for p in self._positions)}
+
+    def __iter__(self) -> Iterator[Batch]:
+        d = self.data_cfg
+        dataset = _ShardBatches(self.urls, d, self.modality, self.mask_sampler, seed=self.seed,
+                                rank=self.rank, world_size=self.world_size, batch_size=self.micro_batch_size,
+                                positions=[dict(p) for p in self._positions], rotation=self._next_worker)
+        extra = {"prefetch_factor": d.prefetch_factor, "persistent_workers": True} if d.num_workers else {}
+        loader = DataLoader(dataset, batch_size=None, num_workers=d.num_workers, collate_fn=collate_as_is,
+                            pin_memory=torch.cuda.is_available(), **extra)
+        for batch, report in loader:
+            worker = report["worker"]
+            assert worker == self._next_worker, (worker, self._next_worker)  # DataLoader round-robin order
+            self._positions[worker] = report["position"]
+            self._next_worker = (worker + 1) % self.num_logical
+            self._account(report)
+            yield batch
+
+    def _account(self, report: dict[str, Any]) -> None:
+        for url, error in report["broken_shards"]:
+            if url not in self._warned_urls:
+                self._warned_urls.add(url)
+                log.warning("rank %d: shard %s is broken (%s); skipped the rest of it", self.rank, url, error)
+        s = self.stats
+        if s["skipped"] > self._warned_skips and s["skipped"] >= 2 * self._warned_skips:  # 1, 2, 4, 8, ... skips
+            self._warned_skips = s["skipped"]
+            log.warning("rank %d: %d of %d samples (%.3f%%) skipped as corrupt; last: %s", self.rank,
+                        s["skipped"], s["seen"], 100 * s["skip_rate"], report["last_error"])
+        d = self.data_cfg
+        if s["seen"] >= d.min_samples_for_skip_check and s["skip_rate"] > d.max_skip_rate:
+            raise RuntimeError(_skip_rate_message(self.rank, s["seen"], s["skipped"], d.max_skip_rate, report["last_error"]))

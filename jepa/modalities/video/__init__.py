@@ -1,0 +1,155 @@
+"""The video modality: V-JEPA (Bardes et al., 2024, "Revisiting Feature Prediction for Learning
+Visual Representations from Video").
+
+Clips ``(B, 3, F, S, S)`` from video files (mp4 / webm / avi, decoded with PyAV), a tubelet ViT
+encoder with 3-D sin-cos positions, a narrow predictor with one mask token per mask generator, and
+3-D multi-block masks from several generators per clip (:class:`~.masks.MultiMaskSampler` returns
+one :class:`~jepa.interfaces.MaskSet` per generator).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from jepa.interfaces import Encoder, Modality
+from jepa.modalities.video.config import VideoConfig
+
+_SHORT_ARCH = {"vit_tiny": "ViT-Ti", "vit_small": "ViT-S", "vit_base": "ViT-B", "vit_large": "ViT-L",
+               "vit_huge": "ViT-H", "vit_giant": "ViT-g"}
+
+
+class VideoModality(Modality):
+    """Tubelet ViT encoders, ViT predictor, 3-D multi-block masks, clips with one RandomResizedCrop each."""
+
+    name = "video"
+    config_model = VideoConfig
+    cfg: VideoConfig
+
+    # ------------------------------------------------------------------ builders
+    def build_encoder(self):
+        from jepa.modalities.video.vit import VideoViTEncoder
+
+        c = self.cfg
+        width, depth, heads, mlp = c.encoder.dims
+        return VideoViTEncoder(
+            num_frames=c.input.num_frames, img_size=c.input.crop_size, patch_size=c.encoder.patch_size,
+            tubelet_size=c.encoder.tubelet_size, in_chans=c.input.in_chans, embed_dim=width, depth=depth,
+            num_heads=heads, mlp_dim=mlp, drop_path=c.encoder.drop_path, uniform_power=c.encoder.uniform_power,
+        )
+
+    def build_predictor(self):
+        from jepa.modalities.video.vit import VideoViTPredictor
+
+        c = self.cfg
+        width, _, heads, _ = c.encoder.dims
+        grid_t, side, _ = c.grid
+        return VideoViTPredictor(
+            grid_t=grid_t, grid_size=side, embed_dim=width, predictor_dim=c.predictor.embed_dim,
+            depth=c.predictor.depth, num_heads=c.predictor.num_heads or heads, mlp_ratio=c.predictor.mlp_ratio,
+            num_mask_tokens=len(c.mask.generators), uniform_power=c.encoder.uniform_power,
+        )
+
+    def build_mask_sampler(self):
+        from jepa.modalities.video.masks import MultiMaskSampler
+
+        return MultiMaskSampler(self.cfg.grid, self.cfg.mask)
+
+    # ------------------------------------------------------------------ data
+    def decode(self, sample: dict[str, Any]):
+        from jepa.modalities.video.decode import probe_video
+
+        return probe_video(sample, self.cfg.input.clip_span)
+
+    def train_batch(self, items: list[Any], generator: torch.Generator) -> Tensor:
+        from jepa.modalities.video.transforms import train_batch
+
+        return train_batch(items, self.cfg.input, generator)
+
+    def eval_batch(self, items: list[Any]) -> Tensor:
+        from jepa.modalities.video.transforms import eval_batch
+
+        return eval_batch(items, self.cfg.input)
+
+    def example_input(self, batch_size: int, generator: torch.Generator | None = None) -> Tensor:
+        i = self.cfg.input
+        return torch.randn(batch_size, i.in_chans, i.num_frames, i.crop_size, i.crop_size, generator=generator)
+
+    def file_suffixes(self) -> dict[str, str]:
+        return {".mp4": "mp4", ".webm": "webm", ".avi": "avi"}
+
+    # ------------------------------------------------------------------ description
+    def check(self) -> list[tuple[str, str]]:
+        from jepa.modalities.video.masks import check_mask_feasibility
+        from jepa.modalities.video.pos_embed import axis_widths
+
+        c, problems = self.cfg, []
+        f, t = c.input.num_frames, c.encoder.tubelet_size
+        s, p = c.input.crop_size, c.encoder.patch_size
+        if f % t:
+            problems.append(("input.num_frames", f"{f} is not divisible by encoder.tubelet_size={t}; use a multiple "
+                             f"of {t} (e.g. {f // t * t or t})"))
+        if s % p:
+            problems.append(("input.crop_size", f"{s} is not divisible by encoder.patch_size={p}; use a multiple of "
+                             f"{p} (e.g. {s // p * p or p})"))
+        if c.input.in_chans != 3:
+            problems.append(("input.in_chans", f"videos decode to RGB, so in_chans must be 3, got {c.input.in_chans}"))
+        width, _, heads, _ = c.encoder.dims
+        pheads = c.predictor.num_heads or heads
+        for field, dim, h in (("encoder", width, heads), ("predictor", c.predictor.embed_dim, pheads)):
+            if dim % h:
+                problems.append((f"{field}.num_heads", f"{h} heads do not divide the {field} width {dim}"
+                                 + (" (defaulted to the encoder's head count; set predictor.num_heads)"
+                                    if field == "predictor" and not c.predictor.num_heads else "")))
+            try:
+                axis_widths(dim, c.encoder.uniform_power)
+            except ValueError as exc:
+                problems.append(("encoder.uniform_power", f"{field} width {dim}: {exc}"))
+        if not problems and (f // t < 1 or s // p < 1):
+            problems.append(("input", f"the token grid {c.grid} is empty; use more frames or a larger crop"))
+        if not problems:
+            problems += [(f"mask.{k}", m) for k, m in check_mask_feasibility(c.grid, c.mask)]
+        return problems
+
+    def describe(self) -> str:
+        c = self.cfg
+        return (f"{_SHORT_ARCH[c.encoder.arch]}/{c.encoder.patch_size} {c.input.num_frames}x{c.input.crop_size} "
+                f"t{c.encoder.tubelet_size}")
+
+    def train_flops_per_sample(self) -> float:
+        from jepa.modalities.video.flops import train_flops_per_clip
+
+        return train_flops_per_clip(self.cfg)
+
+    # ------------------------------------------------------------------ export
+    def export_inputs(self, encoder: Encoder, generator: torch.Generator) -> list[Tensor]:
+        """The training shape, and one clip with another frame count and a non-square size."""
+        i, t, p = self.cfg.input, self.cfg.encoder.tubelet_size, self.cfg.encoder.patch_size
+        frames = i.num_frames - t if i.num_frames > t else i.num_frames + t
+        width = i.crop_size - p if i.crop_size > p else i.crop_size + p
+        other = torch.randn(1, i.in_chans, frames, i.crop_size, width, generator=generator)
+        return [self.example_input(2, generator), other]
+
+    def export_metadata(self, encoder: Encoder) -> dict[str, Any]:
+        c = self.cfg
+        width, depth, heads, mlp = c.encoder.dims
+        return {
+            "arch": {"embed_dim": width, "depth": depth, "num_heads": heads, "mlp_dim": mlp,
+                     "patch_size": c.encoder.patch_size, "tubelet_size": c.encoder.tubelet_size,
+                     "in_chans": c.input.in_chans, "class_token": False,
+                     "pos_embed": "sincos-3d-uniform" if c.encoder.uniform_power else "sincos-3d"},
+            "patch_size": c.encoder.patch_size,
+            "tubelet_size": c.encoder.tubelet_size,
+            "num_frames": c.input.num_frames,
+            "frame_step": c.input.frame_step,
+            "train_resolution": c.input.crop_size,
+            "in_chans": c.input.in_chans,
+            "mean": list(c.input.mean),
+            "std": list(c.input.std),
+            "input": "(B, C, T, H, W) float32 clips scaled to [0, 1] then normalised with mean/std per channel; "
+                     "T a multiple of tubelet_size, H and W multiples of patch_size",
+            "output": "(B, N, D) final-normed tokens in raster order (time slowest), "
+                      "N = (T / tubelet_size) * (H / patch_size) * (W / patch_size)",
+        }

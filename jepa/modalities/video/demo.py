@@ -1,0 +1,152 @@
+"""Generated demo clips whose label is the motion, so that no single frame tells the class.
+
+Each clip shows one regular polygon (3, 4 or 5 sides) that translates and rotates over a static,
+softly textured background. The **label** is the motion: the direction of travel (right, left,
+down, up; ``num_classes=4``) or the direction and the rotation sense (``num_classes=8``, label
+``2 * direction + sense``, sense 0 counter-clockwise on screen, 1 clockwise). Everything else is
+random and independent of the label: shape, size, colours, background texture, start position,
+start angle, speed (within ranges) and a heading jitter of up to +-20 degrees.
+
+The shape moves on a torus (it leaves one edge and re-enters at the opposite one) and its start
+position and angle are uniform, so **every frame, taken alone, has the same distribution in
+every class**: only the change between frames carries the label.
+
+Clips are encoded as H.264 in MP4 (yuv420p, CRF 10, one encoder thread, so the bytes are a pure
+function of the arguments), i.e. the same kind of file as real training data.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from dataclasses import dataclass
+
+import av
+import numpy as np
+
+DIRECTIONS: tuple[str, ...] = ("right", "left", "down", "up")
+_HEADING = {"right": 0.0, "left": math.pi, "down": math.pi / 2, "up": -math.pi / 2}  # image coords, y down
+NUM_CLASSES_CHOICES = (4, 8)
+FPS = 25
+_SUPERSAMPLE = 2
+
+
+@dataclass(frozen=True)
+class ClipParams:
+    """What a clip shows (for tests and inspection)."""
+
+    label: int
+    direction: str
+    clockwise: bool
+    num_sides: int
+    radius: float
+    speed: float  # pixels per frame
+    angular_speed: float  # radians per frame, > 0
+    foreground: tuple[int, int, int]
+    background: tuple[int, int, int]
+
+
+def class_names(num_classes: int = 4) -> list[str]:
+    """Label -> name, e.g. ``right`` or ``right-ccw``."""
+    _check_classes(num_classes)
+    if num_classes == 4:
+        return list(DIRECTIONS)
+    return [f"{d}-{s}" for d in DIRECTIONS for s in ("ccw", "cw")]
+
+
+def _check_classes(num_classes: int) -> None:
+    if num_classes not in NUM_CLASSES_CHOICES:
+        raise ValueError(f"the video demo has 4 (direction) or 8 (direction x rotation sense) classes, got {num_classes}")
+
+
+def _colours(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Foreground and background colours at least 120 apart (Euclidean, 0..255)."""
+    while True:
+        fg, bg = rng.integers(0, 256, 3), rng.integers(0, 256, 3)
+        if np.linalg.norm(fg - bg) >= 120:
+            return fg.astype(np.float64), bg.astype(np.float64)
+
+
+def _texture(size: int, freqs: np.ndarray, phases: np.ndarray, amplitudes: np.ndarray) -> np.ndarray:
+    """(size, size, 3) static background texture: three periodic plane waves (one per row of
+    ``freqs`` (3, 2) in cycles per frame side), mixed into the channels by ``amplitudes`` (3, 3)."""
+    y, x = np.meshgrid(np.arange(size), np.arange(size), indexing="ij")
+    waves = np.sin(2 * math.pi * (freqs[:, 0, None, None] * y + freqs[:, 1, None, None] * x) / size + phases[:, None, None])
+    return np.einsum("kyx,kc->yxc", waves, amplitudes) / 3
+
+
+def render_clip(index: int, seed: int, size: int = 64, num_frames: int = 16,
+                num_classes: int = 4) -> tuple[np.ndarray, ClipParams]:
+    """Render clip ``index`` of the demo set ``seed``.
+
+    Args:
+        index: clip number; the label is ``index % num_classes`` (balanced classes).
+        seed: demo-set seed; the clip is a pure function of ``(seed, index)`` and the sizes.
+        size: frame side in pixels (even, for yuv420p).
+        num_frames: frames in the clip.
+        num_classes: 4 (direction) or 8 (direction x rotation sense).
+
+    Returns:
+        frames: (F, size, size, 3) uint8 RGB.
+        params: the clip's label and nuisance parameters.
+    """
+    _check_classes(num_classes)
+    if size < 8 or size % 2 or num_frames < 2:
+        raise ValueError(f"demo clips need an even size >= 8 and >= 2 frames, got size={size}, num_frames={num_frames}")
+    rng = np.random.default_rng([seed, index])
+    label = index % num_classes
+    direction = DIRECTIONS[label if num_classes == 4 else label // 2]
+    clockwise = bool(rng.integers(0, 2)) if num_classes == 4 else bool(label % 2)
+    fg, bg = _colours(rng)
+    num_sides = int(rng.integers(3, 6))
+    radius = rng.uniform(0.12, 0.2) * size
+    speed = rng.uniform(0.6, 1.2) * size / 32
+    angular_speed = math.radians(rng.uniform(4.0, 8.0))
+    heading = _HEADING[direction] + math.radians(rng.uniform(-20.0, 20.0))
+    start, angle0 = rng.uniform(0, size, 2), rng.uniform(0, 2 * math.pi)
+    waves = rng.integers(-2, 3, (3, 2)), rng.uniform(0, 2 * math.pi, 3), rng.uniform(-1, 1, (3, 3))
+
+    f = np.arange(num_frames)[:, None]
+    centres = (start + f * speed * np.array([math.sin(heading), math.cos(heading)])) % size  # (F, 2) as (y, x)
+    # Image coordinates have y pointing down, so a clockwise turn on screen increases the angle.
+    angles = angle0 + (1.0 if clockwise else -1.0) * angular_speed * np.arange(num_frames)  # (F,)
+
+    n = size * _SUPERSAMPLE
+    coords = (np.arange(n) + 0.5) / _SUPERSAMPLE  # sub-pixel centres
+    dy = (coords[None, :, None] - centres[:, 0, None, None] + size / 2) % size - size / 2  # (F, n, 1), torus
+    dx = (coords[None, None, :] - centres[:, 1, None, None] + size / 2) % size - size / 2  # (F, 1, n)
+    normals = angles[:, None] + math.pi / num_sides + 2 * math.pi * np.arange(num_sides) / num_sides  # (F, k)
+    apothem = radius * math.cos(math.pi / num_sides)
+    dist = dy[..., None] * np.sin(normals)[:, None, None, :] + dx[..., None] * np.cos(normals)[:, None, None, :]
+    inside = (dist <= apothem).all(-1)  # (F, n, n)
+    cover = inside.reshape(num_frames, size, _SUPERSAMPLE, size, _SUPERSAMPLE).mean((2, 4))[..., None]
+
+    background = np.clip(bg + 16.0 * _texture(size, *waves), 0, 255)
+    frames = (1 - cover) * background[None] + cover * fg
+    params = ClipParams(label, direction, clockwise, num_sides, float(radius), float(speed), float(angular_speed),
+                        tuple(int(c) for c in fg), tuple(int(c) for c in bg))  # type: ignore[arg-type]
+    return np.rint(frames).astype(np.uint8), params
+
+
+def encode_mp4(frames: np.ndarray, fps: int = FPS, crf: int = 10) -> bytes:
+    """(F, H, W, 3) uint8 RGB frames -> H.264 MP4 bytes (yuv420p; H and W even), deterministic."""
+    if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
+        raise ValueError(f"expected (F, H, W, 3) uint8 frames, got {frames.shape} {frames.dtype}")
+    buf = io.BytesIO()
+    with av.open(buf, mode="w", format="mp4") as container:
+        stream = container.add_stream("libx264", rate=fps)
+        stream.width, stream.height = frames.shape[2], frames.shape[1]
+        stream.pix_fmt = "yuv420p"
+        stream.options = {"crf": str(crf), "threads": "1", "preset": "medium"}
+        for frame in frames:
+            for packet in stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return buf.getvalue()
+
+
+def demo_clip(index: int, seed: int, size: int = 64, num_frames: int = 16, num_classes: int = 4) -> tuple[bytes, int]:
+    """Clip ``index`` of the demo set ``seed`` as MP4 bytes, with its label (see :func:`render_clip`)."""
+    frames, params = render_clip(index, seed, size, num_frames, num_classes)
+    return encode_mp4(frames), params.label

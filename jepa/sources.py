@@ -1,0 +1,233 @@
+"""Resolve what ``jepa eval`` / ``jepa export`` were pointed at into a frozen encoder.
+
+This is the reading side that both export and evaluation sit on. A *source* is one of:
+
+* a run directory, a checkpoint directory or a ``models.pt`` written by ``jepa train``
+  (read by :func:`jepa.checkpoint.load_model_weights`, recipe included);
+* a checkpoint in another project's layout (e.g. the authors' released I-JEPA ``.pth.tar``):
+  read with ``weights_only=True``, then offered to every registered modality's
+  :meth:`~jepa.interfaces.Modality.load_foreign` until one recognises it;
+* a TorchScript file written by ``jepa export`` (its metadata says how to feed it), only when
+  the caller passes ``trust_torchscript=True`` (``jepa eval --trust-torchscript``): loading
+  TorchScript runs the code stored in the file, so a crafted file can do anything the user can;
+* ``random:RECIPE``: the recipe's architecture at random initialisation (the baseline).
+
+Every other file is read with ``torch.load(weights_only=True)`` (:func:`jepa.weights.safe_load`),
+which cannot run code.
+
+Whatever the source, the result is an :class:`EncoderSource`: the encoder in eval mode plus
+the bound modality whose evaluation view feeds it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import warnings
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from torch import Tensor, nn
+
+from jepa import registry
+from jepa.interfaces import Modality
+from jepa.recipe import Recipe
+from jepa.weights import check_state_dict, safe_load
+
+RANDOM_PREFIX = "random:"
+EXPORT_METADATA_NAME = "jepa_export.json"
+"""Name of the JSON metadata entry (``_extra_files``) inside TorchScript files from ``jepa export``."""
+
+SourceKind = Literal["run", "checkpoint", "foreign", "torchscript", "random"]
+WhichEncoder = Literal["target", "context"]
+
+
+@dataclass
+class EncoderSource:
+    """A frozen encoder ready for feature extraction or export.
+
+    Attributes:
+        encoder: the eager :class:`~jepa.interfaces.Encoder` (or the loaded TorchScript module
+            for ``kind == "torchscript"``), in eval mode, gradients off.
+        modality: the bound modality whose ``eval_batch`` feeds the encoder.
+        kind: what the source was (see module docstring).
+        description: one line naming the model, e.g. ``ViT-H/14 @224``.
+        which: ``target`` or ``context`` encoder.
+        source: the string the user passed.
+        step: optimiser step of the weights (foreign checkpoints: what they store, e.g. the
+            epoch; exports: the step of what they were exported from; None for random init).
+        recipe: the training recipe of run / checkpoint / random sources.
+        metadata: the export metadata of TorchScript sources, else None.
+    """
+
+    encoder: nn.Module
+    modality: Modality
+    kind: SourceKind
+    description: str
+    which: WhichEncoder
+    source: str
+    step: int | None = None
+    recipe: Recipe | None = None
+    metadata: dict[str, Any] | None = None
+
+    @property
+    def depth(self) -> int:
+        """Number of layers ``layers`` can return from (1 when the encoder does not say)."""
+        if self.metadata is not None:
+            return int(self.metadata.get("num_layers", 1))
+        return int(getattr(self.encoder, "depth", 1))
+
+    @property
+    def modality_name(self) -> str:
+        return self.modality.name
+
+    def layers(self, x: Tensor, num_last: int) -> list[Tensor]:
+        """Outputs of the last ``num_last`` layers, each (B, N, D), the last being the final output."""
+        return list(self.encoder.forward_layers(x, num_last))
+
+
+@contextlib.contextmanager
+def quiet_jit_deprecation():
+    """Hide torch's FutureWarning that TorchScript is deprecated: exporting to it is deliberate."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=FutureWarning, message=r".*torch\.jit\.")
+        yield
+
+
+def _freeze(module: nn.Module) -> nn.Module:
+    module.eval()
+    for p in module.parameters():
+        p.requires_grad_(False)
+    return module
+
+
+def _random_source(spec: str, which: WhichEncoder) -> EncoderSource:
+    from jepa.recipe import load_recipe
+
+    path = spec[len(RANDOM_PREFIX):]
+    if not path:
+        raise ValueError(f"{spec!r}: name a recipe after 'random:', e.g. random:recipes/image_demo.yaml")
+    recipe = load_recipe(path)
+    modality = registry.bind(recipe.modality)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(recipe.seed)
+        encoder = modality.build_encoder()
+    return EncoderSource(_freeze(encoder), modality, "random", modality.describe(), which, spec, None, recipe)
+
+
+def _trained_source(path: Path, which: WhichEncoder) -> EncoderSource:
+    from jepa.checkpoint import load_model_weights
+
+    weights = load_model_weights(path)
+    recipe = weights.recipe
+    modality = registry.bind(recipe.modality)
+    encoder = modality.build_encoder()
+    state = weights.target_encoder if which == "target" else weights.encoder
+    describe = modality.describe()
+    check_state_dict(encoder, state, f"{path} ({which} encoder) vs {describe} (recipe {recipe.name!r})",
+                     "The checkpoint holds another architecture than its recipe says; evaluate it with the recipe "
+                     "that trained it")
+    encoder.load_state_dict(state)
+    kind: SourceKind = "run" if path.is_dir() and not (path / "models.pt").exists() else "checkpoint"
+    return EncoderSource(_freeze(encoder), modality, kind, describe, which, str(path), weights.step, recipe)
+
+
+def _foreign_source(path: Path, which: WhichEncoder, options: dict[str, Any]) -> EncoderSource:
+    """A checkpoint in another project's layout: the first modality whose ``load_foreign`` knows it."""
+    checkpoint = safe_load(path, "a run dir, a checkpoint (dir or models.pt), a foreign checkpoint such as the "
+                           "authors' released .pth.tar, or a file from `jepa export`")
+    if isinstance(checkpoint, dict):
+        for info in registry.available():
+            found = registry.get(info.name).load_foreign(checkpoint, path, which, options)
+            if found is not None:
+                return EncoderSource(_freeze(found.encoder), found.modality, "foreign", found.description, which,
+                                     str(path), found.step)
+    keys = sorted(checkpoint)[:10] if isinstance(checkpoint, dict) else type(checkpoint).__name__
+    raise ValueError(f"{path}: no installed modality recognises this checkpoint (top level: {keys}); pass a run dir, "
+                     "a checkpoint of `jepa train`, the authors' released .pth.tar, or a file from `jepa export`")
+
+
+def _is_torchscript(path: Path) -> bool:
+    if not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as zf:
+        return any(n.endswith("/constants.pkl") or n.endswith("/code/__torch__.py") or "/code/__torch__/" in n
+                   for n in zf.namelist())
+
+
+def read_export_metadata(path: str | Path) -> dict[str, Any]:
+    """The JSON metadata stored in a TorchScript file by ``jepa export``, read from the zip archive
+    as data: no model is built and none of the file's code runs.
+
+    Raises:
+        ValueError: the file has no readable ``jepa export`` metadata.
+    """
+    try:
+        with zipfile.ZipFile(path) as zf:
+            name = next((n for n in zf.namelist() if n.split("/", 1)[-1] == f"extra/{EXPORT_METADATA_NAME}"), None)
+            if name is None or zf.getinfo(name).file_size > 1 << 20:
+                raise ValueError("missing or oversized")
+            return json.loads(zf.read(name))
+    except (OSError, zipfile.BadZipFile, ValueError) as exc:
+        raise ValueError(f"{path}: a TorchScript file without readable {EXPORT_METADATA_NAME} metadata ({exc}); "
+                         "only files written by `jepa export` can be evaluated") from None
+
+
+def _torchscript_source(path: Path, which: WhichEncoder | None) -> EncoderSource:
+    meta = read_export_metadata(path)  # checked before any of the file's code runs
+    if meta.get("pooled"):
+        raise ValueError(f"{path}: a pooled export (B, D) cannot feed the probes, which need tokens; "
+                         "export again without --pooled")
+    if which is not None and which != meta["encoder"]:
+        raise ValueError(f"{path}: this export holds the {meta['encoder']} encoder, not the {which} one; "
+                         f"drop --encoder or export the {which} encoder from the checkpoint")
+    modality_cls = registry.get(meta["modality_name"])
+    modality = modality_cls(modality_cls.config_model.model_validate(meta["modality"]))
+    with quiet_jit_deprecation():
+        module = torch.jit.load(str(path), map_location="cpu")  # runs the file's code: the caller trusts it
+    return EncoderSource(module.eval(), modality, "torchscript", meta["model"],
+                         meta["encoder"], str(path), meta.get("source_step"), None, meta)
+
+
+def load_source(source: str, *, which: WhichEncoder | None = None, trust_torchscript: bool = False,
+                **options: Any) -> EncoderSource:
+    """Resolve ``source`` (see module docstring) into a frozen encoder.
+
+    Args:
+        source: run dir, checkpoint dir, models.pt, foreign checkpoint (e.g. a released
+            .pth.tar), exported TorchScript file, or ``random:RECIPE``.
+        which: ``target`` (what the paper evaluates; the default) or ``context`` encoder. An
+            exported file holds one of them; asking it for the other is an error.
+        trust_torchscript: load a TorchScript file, which runs the code stored in it (only for
+            files from a trusted source); otherwise such a file is refused before anything runs.
+        options: for foreign checkpoints only, passed to the modality's ``load_foreign``
+            (image: ``crop_size``, ``arch``); None values are dropped.
+
+    Raises:
+        ValueError: the source does not exist, is of an unknown kind, is TorchScript and not
+            trusted, or its weights do not match the architecture it claims.
+    """
+    if which not in (None, "target", "context"):
+        raise ValueError(f"--encoder must be 'target' or 'context', got {which!r}")
+    if source.startswith(RANDOM_PREFIX):
+        return _random_source(source, which or "target")
+    path = Path(source)
+    if not path.exists():
+        raise ValueError(f"{source}: no such run directory, checkpoint or file; pass a run dir, a checkpoint "
+                         "(dir or models.pt), a released .pth.tar, a file from `jepa export`, or random:RECIPE")
+    if path.is_file() and _is_torchscript(path):
+        if not trust_torchscript:
+            raise ValueError(f"{source}: a TorchScript file; loading it runs the code stored in it, so it is refused "
+                             "unless you trust who made it: `jepa eval --trust-torchscript` evaluates it; `jepa export` "
+                             "takes the checkpoint it was exported from instead")
+        return _torchscript_source(path, which)
+    options = {k: v for k, v in options.items() if v is not None}
+    if path.is_file() and path.name != "models.pt":
+        return _foreign_source(path, which or "target", options)
+    if options:
+        raise ValueError(f"{', '.join('--' + k.replace('_', '-') for k in options)}: these apply to foreign "
+                         "checkpoints (e.g. released .pth.tar) only; a run or checkpoint of `jepa train` carries its recipe")
+    return _trained_source(path, which or "target")
