@@ -1,6 +1,10 @@
 """Export a frozen encoder for use outside ``jepa``: TorchScript for every modality, plus the
-formats a modality adds (:meth:`~jepa.interfaces.Modality.export_formats`, e.g. the image
-modality's ``safetensors-timm``).
+formats a modality adds (:meth:`~jepa.interfaces.Modality.export_formats`; image:
+``torch-export``, ``timm``, ``hf``, ``official``, ``safetensors-timm``).
+
+Folder formats (``timm``, ``hf``) and files alike are written into a hidden scratch location
+next to ``out``, loaded back from there the way a user would load them, compared with the eager
+encoder, and only then moved into place (:func:`atomic_write`).
 
 ``torchscript``
     ``torch.jit.load(path)`` gives a module mapping the modality's normalised inputs (batch
@@ -227,6 +231,8 @@ def export_torchscript(
     log("scripted vs eager max abs difference: " + ", ".join(f"{k}: {v:.2e}" for k, v in diffs.items())
         + f" (tolerance {tolerance:g})")
     check_differences(diffs, tolerance, "the TorchScript export")
+    log("note: TorchScript is deprecated in PyTorch (torch.jit.load warns when the file is loaded); "
+        "--format torch-export writes its successor")
     meta = build_metadata(source, "torchscript", pooled)
     meta["verification"] = {"tolerance": tolerance, "max_abs_diff": diffs}
     extra = {EXPORT_METADATA_NAME: json.dumps(meta, indent=1)}

@@ -63,6 +63,20 @@ class MaskSet:
         return MaskSet(self.context_idx_BK[rows], self.target_idx_BMT[rows])
 
 
+def as_mask_pairs(masks: "MaskSet | Sequence[MaskSet]") -> tuple[MaskSet, ...]:
+    """A sampler's output as a tuple of (context, target) pairs: one :class:`MaskSet` becomes ``(masks,)``.
+
+    Raises:
+        TypeError: ``masks`` is neither a MaskSet nor a non-empty sequence of MaskSets of one batch size.
+    """
+    pairs = (masks,) if isinstance(masks, MaskSet) else tuple(masks)
+    if not pairs or not all(isinstance(m, MaskSet) for m in pairs):
+        raise TypeError(f"a mask sampler must return a MaskSet or a non-empty tuple of MaskSets, got {type(masks).__name__}")
+    if len({m.batch_size for m in pairs}) != 1:
+        raise TypeError(f"the mask pairs disagree on the batch size: {[m.batch_size for m in pairs]}")
+    return pairs
+
+
 class Encoder(nn.Module, ABC):
     """Maps an input to a sequence of token representations.
 
@@ -97,13 +111,15 @@ class Predictor(nn.Module, ABC):
     """Predicts target-token representations from context tokens and target positions."""
 
     @abstractmethod
-    def forward(self, context_BKD: Tensor, context_idx_BK: Tensor, target_idx_BT: Tensor) -> Tensor:
+    def forward(self, context_BKD: Tensor, context_idx_BK: Tensor, target_idx_BT: Tensor, mask_index: int = 0) -> Tensor:
         """Predict one target block per row.
 
         Args:
             context_BKD: (B, K, D) context-encoder outputs.
             context_idx_BK: (B, K) token positions of the context.
             target_idx_BT: (B, T) token positions to predict.
+            mask_index: which of the sampler's (context, target) pairs these masks come from
+                (V-JEPA: one mask token per mask generator); predictors with one pair ignore it.
 
         Returns:
             (B, T, D) predicted target representations.
@@ -112,12 +128,17 @@ class Predictor(nn.Module, ABC):
 
 class MaskSampler(ABC):
     """Samples context/target token indices for a batch. Runs in data-loader workers, so it
-    must be cheap, free of per-token Python loops and deterministic given the generator."""
+    must be cheap, free of per-token Python loops and deterministic given the generator.
+
+    A sampler returns one (context, target) pair as a :class:`MaskSet` (I-JEPA), or several as a
+    tuple of MaskSets (V-JEPA: one per mask generator); the core runs the context encoder and the
+    predictor once per pair (``mask_index`` = its position), the target encoder once, and averages
+    the pairs' losses. :func:`as_mask_pairs` normalises both forms."""
 
     num_tokens: int
 
     @abstractmethod
-    def __call__(self, batch_size: int, generator: torch.Generator) -> MaskSet:
+    def __call__(self, batch_size: int, generator: torch.Generator) -> "MaskSet | tuple[MaskSet, ...]":
         """Sample masks for ``batch_size`` inputs using only ``generator`` for randomness."""
 
 
@@ -199,6 +220,8 @@ class Modality(ABC):
 
     name: ClassVar[str]
     config_model: ClassVar[type[ModalityConfig]]
+    #: What ``jepa demo-data`` generates when an option is not given (modalities override it).
+    demo_defaults: ClassVar[DemoDataSpec] = DemoDataSpec()
 
     def __init__(self, cfg: ModalityConfig | None = None) -> None:
         if cfg is None:

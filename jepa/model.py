@@ -21,9 +21,10 @@ def gather_tokens(tokens_BND: Tensor, idx_BK: Tensor) -> Tensor:
 class JEPA(nn.Module):
     """The trained (online) part: context encoder + predictor.
 
-    ``forward`` encodes the context once and predicts every target block; with M blocks the
-    context is repeated along the batch, so predictions are (B*M, T, D) in row order
-    (b0m0, b0m1, ..., b1m0, ...), the same order as :func:`target_tokens`.
+    ``forward`` handles one (context, target) pair: it encodes the context once and predicts every
+    target block; with M blocks the context is repeated along the batch, so predictions are
+    (B*M, T, D) in row order (b0m0, b0m1, ..., b1m0, ...), the same order as :func:`cut_targets`.
+    A sampler with several pairs calls it once per pair with ``mask_index`` the pair's position.
     """
 
     def __init__(self, encoder: Encoder, predictor: Predictor):
@@ -31,27 +32,37 @@ class JEPA(nn.Module):
         self.encoder = encoder
         self.predictor = predictor
 
-    def forward(self, x: Tensor, masks: MaskSet) -> Tensor:
+    def forward(self, x: Tensor, masks: MaskSet, mask_index: int = 0) -> Tensor:
         m = masks.num_targets
         context_BKD = self.encoder(x, masks.context_idx_BK)
         context = context_BKD.repeat_interleave(m, dim=0)
         context_idx = masks.context_idx_BK.repeat_interleave(m, dim=0)
         target_idx = masks.target_idx_BMT.flatten(0, 1)
-        return self.predictor(context, context_idx, target_idx)
+        return self.predictor(context, context_idx, target_idx, mask_index=mask_index)
 
 
 @torch.no_grad()
-def target_tokens(target_encoder: Encoder, x: Tensor, masks: MaskSet, normalize: bool = True) -> Tensor:
-    """Target representations (B*M, T, D): encode the whole input, (layer-norm), then cut the blocks.
+def target_representations(target_encoder: Encoder, x: Tensor, normalize: bool = True) -> Tensor:
+    """(B, N, D) target-encoder tokens of the whole input, (layer-normed); computed once per batch
+    and cut by every (context, target) pair with :func:`cut_targets`."""
+    h_BND = target_encoder(x)
+    return normalize_targets(h_BND) if normalize else h_BND
+
+
+@torch.no_grad()
+def cut_targets(h_BND: Tensor, masks: MaskSet) -> Tensor:
+    """The target blocks of one pair, (B*M, T, D) in the row order of :class:`JEPA` predictions.
 
     Masking happens after the target encoder, as in I-JEPA.
     """
-    h_BND = target_encoder(x)
-    if normalize:
-        h_BND = normalize_targets(h_BND)
     b, m, t = masks.target_idx_BMT.shape
     h = h_BND.repeat_interleave(m, dim=0)
     return gather_tokens(h, masks.target_idx_BMT.reshape(b * m, t))
+
+
+def target_tokens(target_encoder: Encoder, x: Tensor, masks: MaskSet, normalize: bool = True) -> Tensor:
+    """Target representations (B*M, T, D) of one pair: encode the whole input, (layer-norm), cut the blocks."""
+    return cut_targets(target_representations(target_encoder, x, normalize), masks)
 
 
 def representation_spread(tokens_BND: Tensor) -> Tensor:

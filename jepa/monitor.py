@@ -102,13 +102,16 @@ class Monitor:
         last_step: the step this run stops at (progress and ETA).
         samples_per_step: global batch size (throughput).
         flops_per_sample: training FLOPs per sample, or None when unknown.
+        peak_flops_per_s: peak FLOP/s of one device (:func:`jepa.mfu.peak_flops`), or None; with
+            ``flops_per_sample`` it adds ``mfu`` (all ranks' FLOP/s over world size x peak) to each record.
     """
 
     def __init__(self, cfg: LogConfig, run_dir: Path, engine: Engine, *, start_step: int, last_step: int,
-                 samples_per_step: int, flops_per_sample: float | None):
+                 samples_per_step: int, flops_per_sample: float | None, peak_flops_per_s: float | None = None):
         self.cfg, self.engine = cfg, engine
         self.is_main = engine.dist.is_main
         self.last_step, self.samples_per_step, self.flops_per_sample = last_step, samples_per_step, flops_per_sample
+        self.peak_flops_per_s = peak_flops_per_s
         device = engine.dist.device
         self._loss_sum = torch.zeros((), dtype=torch.float64, device=device)
         self._first_bad = torch.full((), math.inf, dtype=torch.float64, device=device)
@@ -180,6 +183,8 @@ class Monitor:
         }
         if self.flops_per_sample:
             record["flops_per_s"] = samples_per_s * self.flops_per_sample
+            if self.peak_flops_per_s:
+                record["mfu"] = record["flops_per_s"] / (world * self.peak_flops_per_s)
         if self.is_main:
             self._write(record)
         self._loss_sum.zero_()
@@ -207,7 +212,7 @@ class Monitor:
             self._tb.flush()
         line = (f"loss {record['loss']:.4f}  lr {record['lr']:.2e}  ema {record['ema_momentum']:.4f}  "
                 f"spread {record['target_spread']:.3f}  {record['samples_per_s']:.1f} samples/s  "
-                f"data {100 * record['data_wait_frac']:.0f}%")
+                f"data {100 * record['data_wait_frac']:.0f}%" + (f"  mfu {100 * record['mfu']:.1f}%" if "mfu" in record else ""))
         eta = _fmt_duration(record["eta_s"])
         if self._progress is not None:
             self._progress.update(self._task, completed=record["step"], eta=eta)

@@ -5,12 +5,16 @@ Schedulers stop jobs with SIGTERM, then SIGKILL after a grace period (Slurm's ``
 process group, data-loader workers included; ``torchrun`` forwards the signal to its workers.
 
 * :class:`Preemption` (main process): the first SIGTERM sets ``requested``; the training loop
-  looks at it after every step and saves a checkpoint before stopping. While the loop waits for
-  data (:meth:`Preemption.waiting_for_data`), or on a second SIGTERM, there is no step end to
-  wait for: the handler raises :class:`PreemptedError` at once, so the process ends within a
-  bounded time; the last complete checkpoint stays intact (checkpoints are written atomically).
-* :func:`ignore_sigterm` is the data-loader workers' ``worker_init_fn``: a worker killed by the
-  group's SIGTERM would end the run with a traceback before the main process could save.
+  looks at it after every step and saves a checkpoint before stopping. A second SIGTERM raises
+  :class:`PreemptedError` at once. While the loop waits for data
+  (:meth:`Preemption.waiting_for_data`) after a SIGTERM, the data has :data:`DATA_WAIT_GRACE_S`
+  seconds to come (a normal wait is far shorter); a loader that stays stalled raises
+  :class:`PreemptedError` then. Either way the process ends within a bounded time and the last
+  complete checkpoint stays intact (checkpoints are written atomically).
+* :func:`ignore_sigterm_until` runs in each data-loader worker (``worker_init_fn``): a worker
+  killed by the group's SIGTERM would end the run with a traceback before the main process could
+  save. Once the main process shuts its workers down (it sets the event first), SIGTERM ends a
+  worker as usual, so even a worker stuck in a stalled read can be stopped.
 * :class:`StopVote`: ranks agree without a per-step wait. After every step each rank starts an
   asynchronous all-reduce (MAX) of its flag and reads the one it started a step earlier, which
   has long completed; every rank reads the same vote, so all stop after the same step (one step
@@ -19,6 +23,7 @@ process group, data-loader workers included; ``torchrun`` forwards the signal to
 
 from __future__ import annotations
 
+import os
 import signal
 import threading
 from contextlib import contextmanager
@@ -28,17 +33,24 @@ if TYPE_CHECKING:
     from jepa.engine import Engine
 
 
+DATA_WAIT_GRACE_S = 10.0
+"""After a SIGTERM, how long the loop may still wait for a batch before it gives up."""
+
+
 class PreemptedError(Exception):
     """SIGTERM stopped the run before it could save a checkpoint (the CLI exits 143)."""
 
 
-def ignore_sigterm(worker_id: int = 0) -> None:
-    """``worker_init_fn`` of data-loader workers: SIGTERM is for the main process to act on.
+def ignore_sigterm_until(stop: Any) -> None:
+    """In a data-loader worker: ignore SIGTERM until ``stop`` (a multiprocessing event shared with
+    the main process) is set; after that SIGTERM ends the worker as it would by default."""
 
-    Workers still end with the main process (torch's DataLoader shuts them down, and they exit
-    on their own when the main process is gone).
-    """
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    def handle(signum: int, frame: Any) -> None:
+        if stop.is_set():
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    signal.signal(signal.SIGTERM, handle)
 
 
 class Preemption:
@@ -52,34 +64,45 @@ class Preemption:
         self.requested = False
         self._waiting = False
         self._previous: Any = None
+        self._previous_alarm: Any = None
         self._installed = threading.current_thread() is threading.main_thread()
         if self._installed:
             self._previous = signal.signal(signal.SIGTERM, self._handle)
+            self._previous_alarm = signal.signal(signal.SIGALRM, self._data_wait_expired)
 
     def _handle(self, signum: int, frame: Any) -> None:
-        if self._waiting:
-            raise PreemptedError("stopped by SIGTERM while waiting for data; no new checkpoint was written, "
-                                 "the last complete one is intact (resume with --resume auto)")
         if self.requested:
             raise PreemptedError("stopped by a second SIGTERM before the checkpoint was complete; the last "
                                  "complete one is intact (resume with --resume auto)")
         self.requested = True
+        if self._waiting:
+            signal.setitimer(signal.ITIMER_REAL, DATA_WAIT_GRACE_S)
+
+    def _data_wait_expired(self, signum: int, frame: Any) -> None:
+        if self._waiting:
+            raise PreemptedError(f"stopped by SIGTERM while waiting for data (none came within {DATA_WAIT_GRACE_S:g} s); "
+                                 "no new checkpoint was written, the last complete one is intact (resume with "
+                                 "--resume auto)")
 
     @contextmanager
     def waiting_for_data(self) -> Iterator[None]:
-        """While inside, a SIGTERM raises :class:`PreemptedError` at once (no step end to wait for)."""
-        if self.requested:
-            raise PreemptedError("stopped by SIGTERM while waiting for data; no new checkpoint was written, "
-                                 "the last complete one is intact (resume with --resume auto)")
+        """Wrap the wait for a batch: after a SIGTERM the batch has ``DATA_WAIT_GRACE_S`` seconds to come,
+        then :class:`PreemptedError` is raised (a stalled loader cannot hold the process)."""
         self._waiting = True
+        if self.requested and self._installed:  # asked to stop, but the ranks agree only after this step
+            signal.setitimer(signal.ITIMER_REAL, DATA_WAIT_GRACE_S)
         try:
             yield
         finally:
             self._waiting = False
+            if self._installed:
+                signal.setitimer(signal.ITIMER_REAL, 0)
 
     def close(self) -> None:
         if self._installed:
+            signal.setitimer(signal.ITIMER_REAL, 0)
             signal.signal(signal.SIGTERM, self._previous)
+            signal.signal(signal.SIGALRM, self._previous_alarm)
             self._installed = False
 
 

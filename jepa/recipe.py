@@ -24,6 +24,7 @@ from pydantic import Field, SerializeAsAny, ValidationError, field_validator
 
 from jepa import registry
 from jepa.config import ModalityConfig, StrictModel
+from jepa.init_from import InitFromConfig
 from jepa.recipe_yaml import MAX_BYTES, YAMLProblem, load_yaml
 
 __all__ = ["Recipe", "RecipeError", "StrictModel", "ModalityConfig", "load_recipe", "parse_recipe", "apply_overrides"]
@@ -95,7 +96,8 @@ class EMAConfig(StrictModel):
 
 
 class LossConfig(StrictModel):
-    kind: Literal["l2", "smooth_l1"] = Field("l2", description="'l2' (paper) or 'smooth_l1' with beta 1 (authors' code)")
+    kind: Literal["l2", "smooth_l1", "l1"] = Field(
+        "l2", description="'l2' (I-JEPA paper), 'smooth_l1' with beta 1 (I-JEPA authors' code) or 'l1' (V-JEPA)")
     normalize_targets: bool = Field(True, description="Layer-norm target features (no affine) before the loss")
 
 
@@ -136,6 +138,8 @@ class Recipe(StrictModel):
     engine: EngineConfig = EngineConfig()
     checkpoint: CheckpointConfig = CheckpointConfig()
     log: LogConfig = LogConfig()
+    init_from: InitFromConfig | None = Field(
+        None, description="Start a new run from these weights instead of random init (see jepa.init_from)")
 
     @property
     def steps_per_epoch(self) -> int:
@@ -228,6 +232,9 @@ def parse_recipe(raw: Any, source: str = "<recipe>") -> Recipe:
     Raises:
         RecipeError: naming ``source``, every bad field path, the bad value and what is allowed.
     """
+    if raw is None:
+        raise RecipeError(source, [("", "the recipe is empty; it needs at least `name:` and a `modality:` section "
+                                        "(e.g. `modality: {name: image}`)")])
     if not isinstance(raw, dict):
         raise RecipeError(source, [("", f"a recipe must be a YAML mapping, got {type(raw).__name__}")])
     raw = dict(raw)

@@ -186,8 +186,8 @@ def _torchscript_source(path: Path, which: WhichEncoder | None) -> EncoderSource
                          f"drop --encoder or export the {which} encoder from the checkpoint")
     modality_cls = registry.get(meta["modality_name"])
     modality = modality_cls(modality_cls.config_model.model_validate(meta["modality"]))
-    with quiet_jit_deprecation():
-        module = torch.jit.load(str(path), map_location="cpu")  # runs the file's code: the caller trusts it
+    # torch's FutureWarning that TorchScript is deprecated stays visible: the user chose this format.
+    module = torch.jit.load(str(path), map_location="cpu")  # runs the file's code: the caller trusts it
     return EncoderSource(module.eval(), modality, "torchscript", meta["model"],
                          meta["encoder"], str(path), meta.get("source_step"), None, meta)
 

@@ -1,8 +1,8 @@
 """The training loop: one flat function, readable top to bottom.
 
 Per optimiser step: schedules (pure functions of the step) -> for each micro batch: data,
-forward (target tokens without gradients, then context encoder + predictor), latent loss,
-backward, DeepSpeed step -> EMA of the target encoder -> stop vote (SIGTERM, see
+forward (target tokens without gradients, then context encoder + predictor per mask pair), latent
+loss averaged over the pairs, backward, DeepSpeed step -> EMA of the target encoder -> stop vote (SIGTERM, see
 :mod:`jepa.preemption`) -> log (every ``log.every_steps``) -> checkpoint (every
 ``checkpoint.every_steps``, at the end, and when preempted).
 
@@ -17,6 +17,7 @@ GPUs and nodes; :class:`~jepa.engine.Engine` hides the difference.
 from __future__ import annotations
 
 import time
+from contextlib import nullcontext
 import warnings
 from dataclasses import dataclass
 from functools import partial
@@ -25,11 +26,12 @@ from typing import Any, Literal
 
 import torch
 
-from jepa import checkpoint, registry
+from jepa import checkpoint, init_from, registry
 from jepa.data import build_train_loader
 from jepa.engine import Engine
-from jepa.loss import latent_loss
-from jepa.model import target_tokens
+from jepa.loss import latent_loss, mean_over_pairs
+from jepa.model import cut_targets, target_representations
+from jepa.mfu import flops_per_sample, peak_flops
 from jepa.monitor import Monitor
 from jepa.preemption import PreemptedError, Preemption, StopVote
 from jepa.recipe import Recipe
@@ -109,13 +111,17 @@ def train(recipe: Recipe, resume: str = "auto", *, save_checkpoints: bool = True
 
     torch.manual_seed(recipe.seed)  # identical initial weights on every rank
     encoder, predictor = modality.build_encoder(), modality.build_predictor()
+    init_states, init_dir = init_from.read_init_states(recipe.init_from) if recipe.init_from else ({}, None)
+    if recipe.init_from:  # checked now, before anything runs; loaded only if the run does not resume
+        init_from.check_init_states(recipe.init_from, init_states, encoder, predictor, modality.describe())
+        init_from.load_into_modules(init_states, encoder, predictor)
     mask_sampler = modality.build_mask_sampler()
     engine = Engine(encoder, predictor, engine_cfg=recipe.engine, optim_cfg=o,
                     target_updater=EMATargetUpdater(recipe.ema.momentum, recipe.ema.final_momentum, total_steps),
                     global_batch_size=recipe.data.global_batch_size)
     preemption = Preemption()
     stop_vote = StopVote(engine)
-    monitor = lock = None
+    monitor = lock = loader = batches = None
     created_run_dir = not run_dir.exists()
     started = False
     try:
@@ -130,6 +136,8 @@ def train(recipe: Recipe, resume: str = "auto", *, save_checkpoints: bool = True
         if resume_from is not None:
             point = checkpoint.load_checkpoint(engine, resume_from, recipe)
             start_step, loader_state = point.step, point.loader_state
+        elif recipe.init_from:
+            init_from.load_into_engine(recipe.init_from, init_states, init_dir, engine)
         loader = build_train_loader(recipe.data, modality, mask_sampler, seed=recipe.seed, rank=engine.dist.rank,
                                     world_size=engine.dist.world_size, micro_batch_size=engine.micro_batch_size,
                                     state=loader_state)
@@ -137,7 +145,8 @@ def train(recipe: Recipe, resume: str = "auto", *, save_checkpoints: bool = True
         _prepare_run_dir(run_dir, recipe, engine)
         monitor = Monitor(recipe.log, run_dir, engine, start_step=start_step, last_step=last_step,
                           samples_per_step=recipe.data.global_batch_size,
-                          flops_per_sample=modality.train_flops_per_sample())
+                          flops_per_sample=flops_per_sample(modality, engine.micro_batch_size),
+                          peak_flops_per_s=peak_flops(engine.dist.device, recipe.engine.precision)[0])
         device, accum = engine.dist.device, engine.grad_accum_steps
         batches = iter(loader)
         record, saved, preempted, done = None, None, False, start_step
@@ -150,15 +159,19 @@ def train(recipe: Recipe, resume: str = "auto", *, save_checkpoints: bool = True
 
             for _ in range(accum):
                 t0 = time.perf_counter()
-                with preemption.waiting_for_data():
+                # In-process loading (num_workers=0) is bounded work, not a wait: a SIGTERM then lets the step
+                # finish and save. Only a wait on loader worker processes is cut short.
+                with preemption.waiting_for_data() if recipe.data.num_workers > 0 else nullcontext():
                     batch = next(batches)
                 batch = batch.to(device, non_blocking=True)
                 monitor.data_wait(time.perf_counter() - t0)
-                with engine.autocast():
-                    targets = target_tokens(engine.target_encoder, batch.inputs, batch.masks,
-                                            normalize=recipe.loss.normalize_targets)
-                    predictions = engine.model(batch.inputs, batch.masks)
-                loss = latent_loss(predictions, targets, recipe.loss.kind)
+                with engine.autocast():  # target encoder once; context encoder + predictor once per mask pair
+                    h_BND = target_representations(engine.target_encoder, batch.inputs,
+                                                   normalize=recipe.loss.normalize_targets)
+                    pairs = [(engine.model(batch.inputs, masks, mask_index=i), cut_targets(h_BND, masks))
+                             for i, masks in enumerate(batch.masks)]
+                loss = mean_over_pairs([latent_loss(pred, tgt, recipe.loss.kind) for pred, tgt in pairs])
+                targets = pairs[0][1]
                 engine.backward(loss)
                 engine.step()
                 monitor.accumulate(loss, step + 1, weight=1.0 / accum)
@@ -188,6 +201,10 @@ def train(recipe: Recipe, resume: str = "auto", *, save_checkpoints: bool = True
         raise
     finally:
         preemption.close()
+        if loader is not None:  # workers ignore SIGTERM until closed, so a stalled one can be stopped
+            loader.close()
+        if hasattr(batches, "close"):  # a generator: ends the iteration and its workers now
+            batches.close()
         if monitor is not None:
             monitor.close()
         engine.close()

@@ -120,8 +120,10 @@ def _assert_same(a: list[Batch], b: list[Batch]) -> None:
     assert len(a) == len(b)
     for x, y in zip(a, b):
         assert torch.equal(x.inputs, y.inputs)
-        assert torch.equal(x.masks.context_idx_BK, y.masks.context_idx_BK)
-        assert torch.equal(x.masks.target_idx_BMT, y.masks.target_idx_BMT)
+        assert len(x.masks) == len(y.masks)
+        for mx, my in zip(x.masks, y.masks):
+            assert torch.equal(mx.context_idx_BK, my.context_idx_BK)
+            assert torch.equal(mx.target_idx_BMT, my.target_idx_BMT)
 
 
 # --------------------------------------------------------------------------- stream semantics
@@ -250,7 +252,7 @@ def test_exact_resume_with_real_mask_sampler(image_shards):
     it = iter(head)
     _take(it, 6)
     _assert_same(_take(iter(make(head.state_dict())), 4), full[6:])
-    assert full[0].inputs.shape == (8, 3, 32, 32) and full[0].masks.batch_size == 8
+    assert full[0].inputs.shape == (8, 3, 32, 32) and full[0].masks[0].batch_size == 8
 
 
 def test_state_from_other_settings_is_rejected(id_shards):
@@ -343,8 +345,8 @@ def test_synthetic_global_batch_is_the_same_for_any_world_size():
         assert one[step].inputs.shape == (4, 3, 32, 32)
         assert torch.equal(one[step].inputs, torch.cat([two[0][step].inputs, two[1][step].inputs]))
         for field in ("context_idx_BK", "target_idx_BMT"):
-            joined = torch.cat([getattr(two[r][step].masks, field) for r in range(2)])
-            assert torch.equal(getattr(one[step].masks, field), joined)
+            joined = torch.cat([getattr(two[r][step].masks[0], field) for r in range(2)])
+            assert torch.equal(getattr(one[step].masks[0], field), joined)
     loader = build_train_loader(cfg, modality, TinySampler(), seed=3, rank=0, world_size=1, micro_batch_size=4)
     it = iter(loader)
     _take(it, 1)
@@ -376,7 +378,7 @@ def test_labelled_batches_without_labels(tmp_path):
 def test_batch_to_and_pin_memory_protocol():
     b = Batch(torch.zeros(2, 3), MaskSet(torch.zeros(2, 1, dtype=torch.long), torch.zeros(2, 1, 1, dtype=torch.long)))
     moved = b.to("cpu")
-    assert torch.equal(moved.inputs, b.inputs) and moved.masks.batch_size == 2
+    assert torch.equal(moved.inputs, b.inputs) and moved.masks[0].batch_size == 2
     if torch.cuda.is_available():
         assert b.pin_memory().inputs.is_pinned()
 

@@ -223,15 +223,17 @@ def test_export_from_released_checkpoint(tmp_path):
 def test_bad_inputs_give_one_clear_message(tiny_source, tmp_path):
     with pytest.raises(ValueError, match="no such run directory"):
         load_source(str(tmp_path / "missing"))
-    with pytest.raises(ValueError, match="--format must be one of torchscript, safetensors-timm"):
+    with pytest.raises(ValueError, match="--format must be one of torchscript, torch-export, timm, hf, official, safetensors-timm"):
         export(tiny_source, tmp_path / "x", fmt="onnx", log=_quiet)
     path, _ = _released(tmp_path)
     with pytest.raises(ValueError, match="not the vit_huge given with --arch"):
         load_source(str(path), arch="vit_huge")
     exported = tmp_path / "e.pt"
     export(tiny_source, exported, log=_quiet)
+    with pytest.raises(ValueError, match="a TorchScript file; loading it runs the code stored in it"):
+        load_source(str(exported))  # refused before any of its code runs
     with pytest.raises(ValueError, match="already an exported file"):
-        export(load_source(str(exported)), tmp_path / "again.pt", log=_quiet)
+        export(load_source(str(exported), trust_torchscript=True), tmp_path / "again.pt", log=_quiet)
 
     runner = CliRunner()
     res = runner.invoke(app, ["export", str(tmp_path / "missing"), "--out", str(tmp_path / "o.pt")])

@@ -21,8 +21,8 @@ def test_image_registers_through_entry_point():
 
 
 def test_unknown_name_lists_known():
-    with pytest.raises(ValueError, match=r"unknown modality 'video'; known modalities: .*image"):
-        registry.get("video")
+    with pytest.raises(ValueError, match=r"unknown modality 'audio_not_installed'; known modalities: .*image.*video"):
+        registry.get("audio_not_installed")
 
 
 def test_duplicate_name_is_an_error():

@@ -24,15 +24,8 @@ TINY = {"encoder": {"arch": "vit_tiny", "patch_size": 8, "embed_dim": 48, "depth
 
 @pytest.fixture
 def video_modality():
-    """VideoModality registered in-process as 'video' (the pyproject entry point is added later)."""
-    if "video" in {i.name for i in registry.available()}:
-        yield registry.get("video")
-        return
-    registry.register("video", VideoModality)
-    try:
-        yield registry.get("video")
-    finally:
-        registry.unregister("video")
+    """VideoModality as the registry finds it: through the ``jepa.modalities`` entry point."""
+    return registry.get("video")
 
 
 def encode(frames: np.ndarray, fmt: str = "mp4", codec: str = "libx264", options: dict | None = None,
@@ -191,8 +184,9 @@ def test_demo_clips_are_deterministic_and_balanced():
     assert demo_clip(5, seed=4, size=32, num_frames=8)[0] != a[0]
     assert [demo_clip(i, 0, 16, 2, num_classes=8)[1] for i in range(16)] == list(range(8)) * 2
     assert class_names(8)[3] == "left-cw" and class_names(4) == ["right", "left", "down", "up"]
-    with pytest.raises(ValueError, match="4 .* or 8"):
-        demo_clip(0, 0, num_classes=5)
+    assert class_names(2) == ["right", "left"] and class_names(5)[-1] == "down-ccw"
+    with pytest.raises(ValueError, match="2..4 .* or 5..8"):
+        demo_clip(0, 0, num_classes=9)
 
 
 def _pooled(frames: np.ndarray) -> np.ndarray:

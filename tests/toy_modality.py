@@ -4,12 +4,18 @@ It exists to prove the core (model wiring, loss, EMA, engine, loop, checkpoints)
 assumptions. Inputs are ``(B, C, L)`` sequences: L tokens of C channels. The encoder is a tiny
 pre-norm transformer over the L tokens, the predictor a narrower one, and the mask sampler cuts
 M contiguous target spans of T tokens; the context is every token outside the spans.
+
+It also provides the optional hooks the contract suite (``test_modality_contract.py``) exercises:
+``file_suffixes`` (``.npy``), ``write_demo_data`` (sinusoids labelled by frequency band) and
+``export_metadata``; its encoder is TorchScript-scriptable.
 """
 
-from __future__ import annotations
-
+# No ``from __future__ import annotations``: TorchScript needs ToyEncoder's class-level annotations
+# as real types (inherited string annotations of jepa.interfaces.Encoder do not script).
 import io
-from typing import Any, Literal
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator, List, Literal, Optional
 
 import numpy as np
 import torch
@@ -18,7 +24,7 @@ from pydantic import Field
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from jepa.interfaces import Encoder, MaskSampler, MaskSet, Modality, Predictor
+from jepa.interfaces import DemoDataSpec, Encoder, MaskSampler, MaskSet, Modality, Predictor
 from jepa.model import gather_tokens
 from jepa.config import ModalityConfig
 
@@ -54,7 +60,7 @@ class ToyBlock(nn.Module):
 
     def forward(self, x_BND: Tensor) -> Tensor:
         b, n, d = x_BND.shape
-        q, k, v = self.qkv(self.norm1(x_BND)).reshape(b, n, 3, self.num_heads, d // self.num_heads).permute(2, 0, 3, 1, 4)
+        q, k, v = self.qkv(self.norm1(x_BND)).reshape(b, n, 3, self.num_heads, d // self.num_heads).permute(2, 0, 3, 1, 4).unbind(0)
         attn = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, n, d)
         x_BND = x_BND + self.proj(attn)
         return x_BND + self.fc2(F.gelu(self.fc1(self.norm2(x_BND))))
@@ -77,9 +83,16 @@ def _init_weights(module: nn.Module) -> None:
 
 
 class ToyEncoder(Encoder):
+    """Tiny transformer over the L tokens; TorchScript-scriptable (``jepa export``)."""
+
+    embed_dim: int
+    depth: int
+    grad_checkpointing: bool
+
     def __init__(self, cfg: ToyConfig):
         super().__init__()
         self.embed_dim = cfg.embed_dim
+        self.depth = cfg.depth
         self.grad_checkpointing = False
         self.embed = nn.Linear(cfg.in_chans, cfg.embed_dim)
         self.pos_embed = nn.Parameter(torch.zeros(1, cfg.seq_len, cfg.embed_dim))  # learned; ndim 3 -> decay group
@@ -91,11 +104,35 @@ class ToyEncoder(Encoder):
     def set_grad_checkpointing(self, enabled: bool = True) -> None:
         self.grad_checkpointing = enabled
 
-    def forward(self, x: Tensor, keep_idx_BK: Tensor | None = None) -> Tensor:
+    @torch.jit.unused
+    def _blocks_checkpointed(self, x: Tensor) -> Tensor:
+        return _run_blocks(self.blocks, x, True)
+
+    def _run_blocks(self, x: Tensor) -> Tensor:
+        if self.grad_checkpointing and torch.is_grad_enabled():
+            return self._blocks_checkpointed(x)
+        for block in self.blocks:
+            x = block(x)
+        return x
+
+    def forward(self, x: Tensor, keep_idx_BK: Optional[Tensor] = None) -> Tensor:
         tokens_BND = self.embed(x.transpose(1, 2)) + self.pos_embed
         if keep_idx_BK is not None:
             tokens_BND = gather_tokens(tokens_BND, keep_idx_BK)
-        return self.norm(_run_blocks(self.blocks, tokens_BND, self.grad_checkpointing))
+        return self.norm(self._run_blocks(tokens_BND))
+
+    @torch.jit.export
+    def forward_layers(self, x: Tensor, num_last: int = 1) -> List[Tensor]:
+        """The last ``num_last`` blocks' outputs (B, L, D), each normed with the final norm."""
+        if num_last < 1 or num_last > self.depth:
+            raise ValueError("num_last=" + str(num_last) + " must be in 1.." + str(self.depth))
+        tokens_BND = self.embed(x.transpose(1, 2)) + self.pos_embed
+        outputs: List[Tensor] = []
+        for i, block in enumerate(self.blocks):
+            tokens_BND = block(tokens_BND)
+            if i >= self.depth - num_last:
+                outputs.append(self.norm(tokens_BND))
+        return outputs
 
 
 class ToyPredictor(Predictor):
@@ -116,7 +153,8 @@ class ToyPredictor(Predictor):
     def set_grad_checkpointing(self, enabled: bool = True) -> None:
         self.grad_checkpointing = enabled
 
-    def forward(self, context_BKD: Tensor, context_idx_BK: Tensor, target_idx_BT: Tensor) -> Tensor:
+    def forward(self, context_BKD: Tensor, context_idx_BK: Tensor, target_idx_BT: Tensor,
+                mask_index: int = 0) -> Tensor:  # one mask pair: mask_index unused
         b, t = target_idx_BT.shape
         pos = self.predictor_pos_embed.expand(b, -1, -1)
         context = self.predictor_embed(context_BKD) + gather_tokens(pos, context_idx_BK)
@@ -144,6 +182,33 @@ class SpanMaskSampler(MaskSampler):
         order_key = torch.where(covered_BN, positions + n, positions)  # free positions first, in order
         context_idx_BK = order_key.argsort(dim=1)[:, :k]
         return MaskSet(context_idx_BK, target_idx_BMT)
+
+
+@dataclass(frozen=True)
+class ToyDemoChunk:
+    """Chunk job for ``write_shard_set``: ``count`` sinusoids (C, L) from index ``start``; label = frequency band."""
+
+    seed: int
+    split: int
+    start: int
+    count: int
+    num_classes: int
+    in_chans: int
+    seq_len: int
+
+    def __call__(self) -> Iterator[Any]:
+        from jepa.data import ShardSample
+
+        rng = np.random.default_rng([self.seed, self.split, self.start])
+        labels = np.arange(self.start, self.start + self.count) % self.num_classes
+        cycles = (labels[:, None, None] + rng.uniform(0.2, 0.8, (self.count, 1, 1))) * self.seq_len / (4 * self.num_classes)
+        phase = rng.uniform(0, 2 * np.pi, (self.count, self.in_chans, 1))
+        t = np.arange(self.seq_len) / self.seq_len
+        x = np.sin(2 * np.pi * cycles * t + phase) + 0.1 * rng.standard_normal((self.count, self.in_chans, self.seq_len))
+        for i, (label, array) in enumerate(zip(labels.tolist(), x.astype(np.float32))):
+            buffer = io.BytesIO()
+            np.save(buffer, array, allow_pickle=False)
+            yield ShardSample(f"{self.split}_{self.start + i:06d}", "npy", buffer.getvalue(), label)
 
 
 class ToyModality(Modality):
@@ -179,6 +244,28 @@ class ToyModality(Modality):
 
     def example_input(self, batch_size: int, generator: torch.Generator | None = None) -> Tensor:
         return torch.randn(batch_size, self.cfg.in_chans, self.cfg.seq_len, generator=generator)
+
+    def file_suffixes(self) -> dict[str, str]:
+        return {".npy": "npy"}
+
+    def write_demo_data(self, out: Path, spec: DemoDataSpec) -> dict[str, Any]:
+        from jepa.data import write_shard_set
+
+        if spec.size not in (None, self.cfg.seq_len):
+            raise ValueError(f"toy demo sequences have seq_len={self.cfg.seq_len} steps; got size={spec.size}")
+        manifests = {}
+        for split, n in enumerate((spec.num_train, spec.num_val)):
+            jobs = [ToyDemoChunk(spec.seed, split, start, min(spec.max_count, n - start), spec.num_classes,
+                                 self.cfg.in_chans, self.cfg.seq_len) for start in range(0, n, spec.max_count)]
+            name = ("train", "val")[split]
+            manifests[name] = write_shard_set(jobs, Path(out) / name, prefix=name, max_count=spec.max_count,
+                                              max_bytes=1 << 40, workers=spec.workers, total_items=n, show_progress=False,
+                                              classes=[f"band{c}" for c in range(spec.num_classes)])
+        return manifests
+
+    def export_metadata(self, encoder: Encoder) -> dict[str, Any]:
+        return {"input": {"layout": "(B, C, L)", "in_chans": self.cfg.in_chans, "seq_len": self.cfg.seq_len},
+                "arch": {"embed_dim": self.cfg.embed_dim, "depth": self.cfg.depth, "num_heads": self.cfg.num_heads}}
 
     def check(self) -> list[tuple[str, str]]:
         problems = []

@@ -19,6 +19,7 @@ if [ ! -f "$_stamp" ] || [ "$(cat "$_stamp")" != "$_want" ]; then
   "$_venv/bin/python" -m pip install -q -e "$_root[dev]"
   echo "$_want" > "$_stamp"
 fi
+"$_venv/bin/python" -c "import importlib.metadata as m; m.distribution('jepa-timeseries')" 2>/dev/null || "$_venv/bin/python" -m pip install -q --disable-pip-version-check --no-deps --no-build-isolation --no-index -e "$_root/examples/jepa-timeseries"  # example modality plugin: the contract suite collects it
 export PATH="$_venv/bin:$PATH"
 export VIRTUAL_ENV="$_venv"
 cd "$_root"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import statistics
 import time
@@ -14,7 +15,7 @@ from rich.table import Table
 
 from jepa.cli.errors import cli_errors, err_console, user_error
 from jepa.cli.options import SetOption
-from jepa.interfaces import DemoDataSpec
+from jepa.interfaces import DemoDataSpec, as_mask_pairs
 
 if TYPE_CHECKING:
     from jepa.interfaces import Modality
@@ -85,23 +86,28 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
         out: Path = typer.Argument(..., help="Output folder (gets train/ and val/ shard sets)"),
         modality: str = typer.Option("image", "--modality", help="Modality plugin whose demo data to generate "
                                      "(`jepa modalities` lists them)"),
-        num_train: int = typer.Option(_SPEC.num_train, "--num-train", help="Training samples"),
+        num_train: Optional[int] = typer.Option(None, "--num-train", help="Training samples (default: the "
+                                                "modality's, image 5000, video 2000)"),
         num_images: Optional[int] = typer.Option(None, "--num-images", hidden=True, help="Old name of --num-train"),
-        num_val: int = typer.Option(_SPEC.num_val, "--num-val", help="Held-out validation samples"),
+        num_val: Optional[int] = typer.Option(None, "--num-val", help="Held-out validation samples (default: the "
+                                              "modality's, image 1000, video 500)"),
         size: Optional[int] = typer.Option(None, "--size", help="Sample size in the modality's terms (image side in "
                                            "pixels, ...); default: the modality's"),
-        classes: int = typer.Option(_SPEC.num_classes, "--classes", help="Number of classes"),
+        classes: Optional[int] = typer.Option(None, "--classes", help="Number of classes (default: the modality's, "
+                                              "image 10, video 4)"),
         seed: int = typer.Option(_SPEC.seed, "--seed", help="Everything is a function of the seed"),
-        max_count: int = typer.Option(_SPEC.max_count, "--max-count", help="Samples per shard"),
+        max_count: Optional[int] = typer.Option(None, "--max-count", help="Samples per shard (default: the modality's)"),
         workers: int = typer.Option(os.cpu_count() or 1, "--workers", help="Parallel writer processes"),
     ) -> None:
         """Generate a labelled toy dataset (no download) for a demo, e.g. images of shapes and textures."""
         from jepa import registry
 
-        spec = DemoDataSpec(num_train=num_train if num_images is None else num_images, num_val=num_val,
-                            num_classes=classes, size=size, seed=seed, max_count=max_count, workers=workers)
+        given = {"num_train": num_train if num_images is None else num_images, "num_val": num_val,
+                 "num_classes": classes, "size": size, "seed": seed, "max_count": max_count, "workers": workers}
         with cli_errors():
-            manifests = registry.get(modality)().write_demo_data(out, spec)
+            cls = registry.get(modality)
+            spec = dataclasses.replace(cls.demo_defaults, **{k: v for k, v in given.items() if v is not None})
+            manifests = cls().write_demo_data(out, spec)
         for split, m in manifests.items():
             console.print(f"[green]{split}[/]: wrote {m.total} samples in {len(m.shards)} shards: "
                           f"{out / split / m.pattern}", highlight=False)
@@ -122,9 +128,9 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
         """
         from jepa.recipe import load_recipe
 
-        recipe = load_recipe(recipe_file, overrides or [])
-        mb = batch_size or min(128, recipe.data.global_batch_size // recipe.engine.grad_accum_steps)
         with cli_errors():
+            recipe = load_recipe(recipe_file, overrides or [])
+            mb = batch_size or min(128, recipe.data.global_batch_size // recipe.engine.grad_accum_steps)
             rows = bench_data_pipeline(recipe, mb, batches, repeats)
         table = Table(title=f"data pipeline: {recipe.name}, batch {mb}, median of {repeats}")
         for col in ("what", "images/s", "range"):
@@ -175,7 +181,7 @@ def bench_data_pipeline(recipe: Any, batch_size: int, num_batches: int, repeats:
             rows.append(("train view: crop + normalise (1 worker)", _rates(
                 lambda: sum(plugin.train_batch(c, gen).shape[0] for c in chunks), repeats)))
         rows.append(("masks (1 worker)", _rates(
-            lambda: sum(sampler(batch_size, gen).batch_size for _ in range(num_batches)), repeats)))
+            lambda: sum(as_mask_pairs(sampler(batch_size, gen))[0].batch_size for _ in range(num_batches)), repeats)))
         one = d.model_copy(update={"num_workers": 0})
         loader = iter(build_train_loader(one, plugin, sampler, seed=recipe.seed, rank=0, world_size=1,
                                          micro_batch_size=batch_size))

@@ -21,7 +21,10 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
         out: Path = typer.Option(..., "--out", "-o", help="File to write (nothing is written if verification fails)"),
         encoder: str = typer.Option("target", "--encoder", help="'target' (EMA; what the paper evaluates) or 'context'"),
         pooled: bool = typer.Option(False, "--pooled", help="Output the mean over tokens (B, D) instead of tokens (B, N, D)"),
-        fmt: str = typer.Option("torchscript", "--format", help="'torchscript' (any modality) or a format of the modality (image: 'safetensors-timm')"),
+        fmt: str = typer.Option("torchscript", "--format", help="'torchscript' (any modality; deprecated by PyTorch) or a format of the modality (image: 'torch-export' "
+                                  "(.pt2, dynamic batch and resolution), 'timm' (folder for timm.create_model('local-dir:PATH', "
+                                  "pretrained=True)), 'hf' (transformers IJepaModel folder), 'official' (authors' .pth.tar; "
+                                  "needs a run or checkpoint), 'safetensors-timm')"),
         crop_size: Optional[int] = typer.Option(None, "--crop-size", help="Released checkpoints: training resolution "
                                                 "to record (default: inferred from pos_embed)"),
         arch: Optional[str] = typer.Option(None, "--arch", help="Released checkpoints: expected arch (e.g. vit_huge); "
@@ -41,4 +44,6 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
                           + ("" if src.step is None else f", step {src.step}") + f") as {fmt}", highlight=False)
             result = export(src, out, fmt=fmt, pooled=pooled, tolerance=EXPORT_TOLERANCE,
                             log=lambda line: console.print(line, highlight=False))
-        console.print(f"[green]wrote[/] {result.path} ({result.path.stat().st_size / 2**20:.1f} MiB)", highlight=False)
+        files = [p for p in result.path.rglob("*") if p.is_file()] if result.path.is_dir() else [result.path]
+        size = sum(p.stat().st_size for p in files)
+        console.print(f"[green]wrote[/] {result.path} ({size / 2**20:.1f} MiB)", highlight=False)

@@ -11,6 +11,7 @@ from rich.console import Console
 from rich.table import Table
 
 from jepa import registry
+from jepa.cli.errors import cli_errors
 from jepa.cli.options import SetOption
 from jepa.recipe import load_recipe, recipe_json_schema
 
@@ -38,7 +39,8 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
               overrides: Optional[list[str]] = SetOption) -> None:
         """Validate recipes (types, unknown keys, semantic checks) without building anything."""
         for f in files:
-            r = load_recipe(f, overrides or [])
+            with cli_errors():
+                r = load_recipe(f, overrides or [])
             console.print(f"[green]ok[/] {f}: {registry.bind(r.modality).describe()}, {r.total_steps} steps "
                           f"({r.optim.epochs:g} epochs x {r.steps_per_epoch} steps of {r.data.global_batch_size})",
                           highlight=False)
@@ -46,7 +48,9 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
     @recipe.command("show")
     def show(file: Path, overrides: Optional[list[str]] = SetOption) -> None:
         """Print the fully resolved recipe (defaults included) as YAML."""
-        print(load_recipe(file, overrides or []).to_yaml(), end="")
+        with cli_errors():
+            text = load_recipe(file, overrides or []).to_yaml()
+        print(text, end="")
 
     @recipe.command("schema")
     def schema() -> None:

@@ -41,7 +41,9 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
         One process: `jepa train R`. One node: `torchrun --nproc_per_node=8 -m jepa.cli train R`.
         Many nodes: torchrun with --nnodes/--rdzv-endpoint on each node, or
         `deepspeed --no_local_rank --hostfile HOSTS --module jepa.cli train R`. The run dir must be on a filesystem
-        all nodes share. SIGTERM saves a checkpoint at the end of the current step and exits 0.
+        all nodes share; one run at a time may use it (a lock). SIGTERM saves a checkpoint at the end of the
+        current step (several processes: of the next one, which all agree on) and exits 0; SIGTERM while waiting
+        for data, or a second SIGTERM, exits 143 at once, leaving the last complete checkpoint.
         """
         from jepa.train import train
 
@@ -55,10 +57,11 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
     @app.command("info")
     def info(recipe: Path = typer.Argument(..., help="Recipe YAML file"), overrides: Optional[list[str]] = SetOption) -> None:
         """Parameter counts and training FLOPs of a recipe's model (built on the meta device: instant, no memory)."""
-        r = load_recipe(recipe, overrides or [])
-        modality = registry.bind(r.modality)
-        with torch.device("meta"):
-            encoder, predictor = modality.build_encoder(), modality.build_predictor()
+        with cli_errors():
+            r = load_recipe(recipe, overrides or [])
+            modality = registry.bind(r.modality)
+            with torch.device("meta"):
+                encoder, predictor = modality.build_encoder(), modality.build_predictor()
         n_enc = sum(p.numel() for p in encoder.parameters())
         n_pred = sum(p.numel() for p in predictor.parameters())
         trainable = sum(p.numel() for m in (encoder, predictor) for p in m.parameters() if p.requires_grad)
@@ -68,7 +71,7 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
         table.add_row("target encoder parameters (EMA copy, not trained)", f"{n_enc:,}")
         table.add_row("predictor parameters", f"{n_pred:,}")
         table.add_row("total trainable parameters", f"{trainable:,}")
-        table.add_row("training FLOPs per sample", _fmt_count(flops) + "FLOP" if flops else "unknown")
+        table.add_row("training FLOPs per sample (expectation, docs/flops.md)", _fmt_count(flops) + "FLOP" if flops else "unknown")
         if flops:
             table.add_row(f"training FLOPs per step (batch {r.data.global_batch_size})",
                           _fmt_count(flops * r.data.global_batch_size) + "FLOP")
@@ -80,28 +83,51 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
     def bench_train(recipe: Path = typer.Argument(..., help="Recipe YAML file"),
                     overrides: Optional[list[str]] = SetOption,
                     steps: int = typer.Option(20, "--steps", min=1, help="Training steps to time"),
-                    warmup: int = typer.Option(3, "--warmup", min=0, help="Untimed steps first (allocation, compilation)")) -> None:
-        """Time training steps on the synthetic source: median step time, samples/s, achieved FLOP/s.
+                    warmup: int = typer.Option(3, "--warmup", min=0, help="Untimed steps first (allocation, compilation)"),
+                    json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the results as JSON here")) -> None:
+        """Time training steps on the synthetic source: median step time, samples/s, achieved FLOP/s and MFU.
 
+        MFU is the achieved FLOP/s (FLOPs counted as in docs/flops.md, on the tokens the collated masks
+        actually run) over world size x the device peak: the GPU's dense peak from jepa.mfu's table, or
+        on CPU a GEMM measured in this process before and after the timed steps (median of both).
         Runs under torchrun too (same code as `jepa train`); writes only metrics, into RUN_DIR-bench.
         """
+        import json
+
+        from jepa import mfu
+        from jepa.engine import micro_batch_size
         from jepa.monitor import read_metrics
         from jepa.train import train
 
-        base = load_recipe(recipe, overrides or [])
-        bench_overrides = [*(overrides or []), "data.source=synthetic", f"max_steps={warmup + steps}",
-                           "log.every_steps=1", f"run_dir={base.resolved_run_dir}-bench"]
-        r = load_recipe(recipe, bench_overrides)
-        if r.total_steps < warmup + steps:
-            raise RecipeError(str(recipe), [("optim.epochs", f"the schedules span {r.total_steps} steps, fewer than the "
-                                             f"{warmup + steps} to run; raise optim.epochs or lower --steps")])
-        train(r, resume="none", save_checkpoints=False)
+        with cli_errors():
+            base = load_recipe(recipe, overrides or [])
+            bench_overrides = [*(overrides or []), "data.source=synthetic", f"max_steps={warmup + steps}",
+                               "log.every_steps=1", f"run_dir={base.resolved_run_dir}-bench"]
+            r = load_recipe(recipe, bench_overrides)
+            if r.total_steps < warmup + steps:
+                raise RecipeError(str(recipe), [("optim.epochs", f"the schedules span {r.total_steps} steps, fewer than "
+                                                 f"the {warmup + steps} to run; raise optim.epochs or lower --steps")])
+            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0"))) if torch.cuda.is_available() else torch.device("cpu")
+            dtype = mfu.compute_dtype(r.engine.precision)
+            gemm = [mfu.measure_gemm_flops(device, dtype)] if device.type == "cpu" else []
+            if device.type == "cuda":
+                torch.cuda.reset_peak_memory_stats(device)
+            train(r, resume="none", save_checkpoints=False)
+            gemm += [mfu.measure_gemm_flops(device, dtype)] if device.type == "cpu" else []
         if not _is_rank0():
             return
+        world = int(os.environ.get("WORLD_SIZE", "1"))
         records = read_metrics(r.resolved_run_dir)[warmup:]
         step_time = statistics.median(rec["step_time_s"] for rec in records)
         samples_per_s = r.data.global_batch_size / step_time
-        flops = registry.bind(r.modality).train_flops_per_sample()
+        micro = micro_batch_size(r.data.global_batch_size, world, r.engine.grad_accum_steps)
+        flops = mfu.flops_per_sample(registry.bind(r.modality), micro)
+        if gemm:
+            peak, peak_source = statistics.median(gemm), f"measured: cpu {r.engine.precision} GEMM {mfu.CPU_GEMM_SIZE}^3, this run"
+        else:
+            peak, peak_source = mfu.peak_flops(device, r.engine.precision)
+        utilisation = mfu.mfu(flops * samples_per_s, peak, world) if flops else None
+        peak_mem = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
         table = Table(title=f"bench train: {r.name} ({len(records)} timed steps after {warmup} warm-up)", show_header=False)
         table.add_row("median step time", f"{step_time * 1e3:.1f} ms")
         table.add_row("samples/s", f"{samples_per_s:.1f}")
@@ -110,4 +136,18 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
         if flops:
             table.add_row("training FLOPs per sample", _fmt_count(flops) + "FLOP")
             table.add_row("achieved FLOP/s (all ranks)", _fmt_count(flops * samples_per_s) + "FLOP/s")
+        table.add_row("peak FLOP/s per device", (_fmt_count(peak) + "FLOP/s" if peak else "unknown") + f" ({peak_source})")
+        table.add_row("MFU", f"{100 * utilisation:.1f} %" if utilisation is not None else "unknown")
+        if peak_mem is not None:
+            table.add_row("peak memory (rank 0)", f"{peak_mem / 2**30:.2f} GiB")
         console.print(table)
+        if json_out is not None:
+            json_out.write_text(json.dumps({
+                "recipe": r.name, "model": registry.bind(r.modality).describe(), "world_size": world,
+                "global_batch": r.data.global_batch_size, "micro_batch": micro, "precision": r.engine.precision,
+                "zero_stage": r.engine.zero_stage, "compile": r.engine.compile,
+                "activation_checkpointing": r.engine.activation_checkpointing, "device": str(device),
+                "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+                "step_time_s": step_time, "samples_per_s": samples_per_s, "flops_per_sample": flops,
+                "peak_flops_per_s": peak, "peak_source": peak_source, "mfu": utilisation,
+                "peak_memory_bytes": peak_mem}, indent=1) + "\n")

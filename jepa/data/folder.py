@@ -3,8 +3,9 @@
 The modality names the files that are its samples (:meth:`Modality.file_suffixes`: suffix ->
 the key its bytes are stored under). A folder of class sub-folders gives labelled samples
 (label = index of the sorted class names); a folder of files directly gives unlabelled ones.
-Files are stored as they are and each is checked once with :meth:`Modality.decode` in the
-writer processes; a file that does not decode is skipped and listed in the manifest.
+Files are stored as they are and each is checked once with :meth:`Modality.decode`, in a child
+process of the writer (:mod:`jepa.data.screening`), so a file that crashes or hangs the decoder is
+skipped like one that does not decode; skipped files are listed in the manifest.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from pathlib import Path
 from typing import Iterator, Mapping, Sequence
 
 from jepa.data.manifest import Manifest, SkippedFile
+from jepa.data.screening import DecodeScreen
 from jepa.data.writer import ChunkJob, ShardSample, write_shard_set
 from jepa.interfaces import Modality
 
@@ -116,14 +118,18 @@ class _FolderChunk:
     labels: tuple[int, ...] | None
 
     def __call__(self) -> Iterator[ShardSample | SkippedFile]:
-        for i, (rel, ext, key) in enumerate(zip(self.files, self.exts, self.keys)):
-            try:
-                data = Path(self.root, rel).read_bytes()
-                self.modality.decode({"__key__": key, ext: data})  # the training decoder must be able to read it
-            except (OSError, ValueError) as exc:
-                yield SkippedFile(rel, f"{type(exc).__name__}: {exc}")
-                continue
-            yield ShardSample(key, ext, data, None if self.labels is None else self.labels[i])
+        with DecodeScreen(self.modality) as screen:  # the training decoder must read it, and may crash on it
+            for i, (rel, ext, key) in enumerate(zip(self.files, self.exts, self.keys)):
+                try:
+                    data = Path(self.root, rel).read_bytes()
+                except OSError as exc:
+                    yield SkippedFile(rel, f"{type(exc).__name__}: {exc.strerror or exc}")
+                    continue
+                problem = screen.check({"__key__": key, ext: data})
+                if problem is not None:
+                    yield SkippedFile(rel, problem)
+                    continue
+                yield ShardSample(key, ext, data, None if self.labels is None else self.labels[i])
 
 
 def shard_folder(src: str | Path, out_dir: str | Path, modality: Modality, *, prefix: str = "shard",

@@ -9,10 +9,17 @@ from typing import Any, Iterator
 import torch
 from torch import Tensor
 
-from jepa.interfaces import MaskSet
+from jepa.monitor import RunStoppedError
+
+from jepa.interfaces import MaskSet, as_mask_pairs
 
 #: Version of :meth:`TrainLoader.state_dict` (stored in checkpoints: public API).
 STATE_VERSION = 1
+
+
+class DataStreamError(RunStoppedError):
+    """The training stream cannot go on: too many samples fail to decode, or no shard gives any
+    sample (the run stops; the CLI exits 1 with the message)."""
 
 
 @dataclass
@@ -21,18 +28,28 @@ class Batch:
 
     Attributes:
         inputs: (B, ...) from ``modality.train_batch`` (images: (B, 3, S, S) float32).
-        masks: context/target indices for the B rows.
+        masks: the (context, target) pairs for the B rows, one :class:`MaskSet` per pair (a single
+            MaskSet passed in is stored as a 1-tuple; see :func:`~jepa.interfaces.as_mask_pairs`).
     """
 
     inputs: Tensor
-    masks: MaskSet
+    masks: tuple[MaskSet, ...]
+
+    def __post_init__(self) -> None:
+        self.masks = as_mask_pairs(self.masks)
+        assert self.masks[0].batch_size == self.inputs.shape[0], (self.masks[0].batch_size, self.inputs.shape)
 
     def to(self, device: torch.device | str, non_blocking: bool = True) -> "Batch":
-        return Batch(self.inputs.to(device, non_blocking=non_blocking), self.masks.to(device, non_blocking=non_blocking))
+        return Batch(self.inputs.to(device, non_blocking=non_blocking),
+                     tuple(m.to(device, non_blocking=non_blocking) for m in self.masks))
 
     def pin_memory(self) -> "Batch":
         """Called by the DataLoader's pinning thread when CUDA is available."""
-        return Batch(self.inputs.pin_memory(), self.masks.pin_memory())
+        return Batch(self.inputs.pin_memory(), tuple(m.pin_memory() for m in self.masks))
+
+    def __getitem__(self, rows: slice) -> "Batch":
+        """Rows ``rows`` of the inputs and of every mask pair."""
+        return Batch(self.inputs[rows], tuple(m[rows] for m in self.masks))
 
 
 class TrainLoader(ABC):
@@ -51,6 +68,9 @@ class TrainLoader(ABC):
     @abstractmethod
     def stats(self) -> dict[str, float]:
         """Counters: ``seen``, ``skipped``, ``skip_rate``, ``broken_shards``, ``batches``."""
+
+    def close(self) -> None:
+        """Let worker processes stop (call before closing the iteration; a no-op without workers)."""
 
 
 def collate_as_is(x: Any) -> Any:

@@ -3,6 +3,15 @@
 A shard that fails inside the tar reader (truncated, unreadable, failing pipe) raises one of
 :data:`SHARD_ERRORS`; the samples yielded before it are complete. Python's stream reader alone
 would end quietly on a file cut at a member boundary, so the end-of-archive marker is checked.
+
+Sizes are bounded whatever a shard claims: a member larger than :data:`MAX_MEMBER_BYTES` is not
+read into memory (its sample is marked as an error, so the loader skips and counts it), and a
+shard whose stream (decompressed, for ``.tar.gz`` and the like) passes :data:`MAX_SHARD_BYTES`
+is broken off as a broken shard, so a small compressed bomb cannot run on without end.
+
+``pipe:`` URLs run their text as a shell command (webdataset's convention); a recipe or shard
+spec from someone else must be read before it is used (see the README's "Security"), or such
+URLs refused altogether with the environment variable ``JEPA_NO_PIPE=1``.
 """
 
 from __future__ import annotations
@@ -19,6 +28,30 @@ from jepa.data.manifest import is_local, local_path, read_manifest
 
 #: Errors of the tar reader / stream that mark a shard as broken (counted, warned, skipped).
 SHARD_ERRORS: tuple[type[BaseException], ...] = (tarfile.TarError, OSError, EOFError)
+#: Set this environment variable (to anything but "" or "0") to refuse ``pipe:`` shard URLs.
+NO_PIPE_ENV = "JEPA_NO_PIPE"
+#: Largest tar member read into memory (a sample's file); larger members are skipped unread.
+MAX_MEMBER_BYTES = 1 << 30
+#: Most bytes read from one shard's stream (after decompression) before it counts as broken.
+MAX_SHARD_BYTES = 1 << 40
+
+
+class _BoundedStream:
+    """A read-only stream that raises ``tarfile.ReadError`` once more than ``limit`` bytes were read."""
+
+    def __init__(self, raw: Any, limit: int):
+        self.raw, self.limit, self.read_bytes = raw, limit, 0
+
+    def read(self, size: int = -1) -> bytes:
+        data = self.raw.read(size)
+        self.read_bytes += len(data)
+        if self.read_bytes > self.limit:
+            raise tarfile.ReadError(f"the shard streams more than {self.limit:,} bytes (MAX_SHARD_BYTES); a "
+                                    "decompression bomb or a runaway pipe")
+        return data
+
+    def close(self) -> None:
+        self.raw.close()
 
 
 def expand_shards(spec: str) -> list[str]:
@@ -37,6 +70,10 @@ def expand_shards(spec: str) -> list[str]:
             urls += _folder_shards(part)
         else:
             urls += braceexpand.braceexpand(part)
+    pipes = [u for u in urls if u.startswith("pipe:")]
+    if pipes and os.environ.get(NO_PIPE_ENV, "") not in ("", "0"):
+        raise ValueError(f"{pipes[0]!r}: pipe: shard URLs run shell commands and {NO_PIPE_ENV} is set; use local "
+                         "paths, shard folders or http(s):// URLs, or unset it if you trust this shard spec")
     missing = [u for u in urls if is_local(u) and not os.path.isfile(local_path(u))]
     if missing:
         raise ValueError(f"{len(missing)} of {len(urls)} shards do not exist (first: {missing[0]}); "
@@ -54,15 +91,57 @@ def _folder_shards(folder: str) -> list[str]:
     return [os.path.join(folder, n) for n in names]
 
 
-def _tar_members(fileobj: Any) -> Iterator[tuple[str, bytes]]:
-    """(name, bytes) of the regular files of a tar stream, checking that nothing is cut short.
+class _Prefixed:
+    """A stream with bytes already read from it put back in front."""
+
+    def __init__(self, head: bytes, raw: Any):
+        self.head, self.raw = head, raw
+
+    def read(self, size: int = -1) -> bytes:
+        if not self.head:
+            return self.raw.read(size)
+        if size is None or size < 0:
+            out, self.head = self.head + self.raw.read(), b""
+            return out
+        out, self.head = self.head[:size], self.head[size:]
+        return out if len(out) == size else out + self.raw.read(size - len(out))
+
+    def close(self) -> None:
+        self.raw.close()
+
+
+def _decompressed(fileobj: Any) -> Any:
+    """The tar stream inside ``fileobj``: gzip, bzip2 and xz are decompressed here (not by tarfile),
+    so that :data:`MAX_SHARD_BYTES` bounds the bytes *after* decompression."""
+    import bz2
+    import gzip
+    import lzma
+
+    head = fileobj.read(6)
+    stream = _Prefixed(head, fileobj)
+    if head.startswith(b"\x1f\x8b"):
+        return gzip.GzipFile(fileobj=stream, mode="rb")
+    if head.startswith(b"BZh"):
+        return bz2.BZ2File(stream, mode="rb")
+    if head.startswith(b"\xfd7zXZ\x00"):
+        return lzma.LZMAFile(stream, mode="rb")
+    return stream
+
+
+def _tar_members(fileobj: Any) -> Iterator[tuple[str, bytes | None]]:
+    """(name, bytes) of the regular files of a tar stream, checking that nothing is cut short;
+    (name, None) for a member larger than :data:`MAX_MEMBER_BYTES` (skipped without reading it).
 
     Python's stream reader ends quietly on a file cut at a member boundary and returns short
     data for a member cut in the middle; both are raised here as ``tarfile.ReadError``.
     """
-    tar = tarfile.open(fileobj=fileobj, mode="r|*")
+    tar = tarfile.open(fileobj=_BoundedStream(_decompressed(fileobj), MAX_SHARD_BYTES), mode="r|")
     for info in tar:
         if not info.isreg() or info.name.startswith("__"):
+            continue
+        if info.size > MAX_MEMBER_BYTES:
+            tar.members = []
+            yield info.name, None  # the reader skips its data when it moves on
             continue
         data = tar.extractfile(info).read()
         if len(data) != info.size:
@@ -109,6 +188,9 @@ def read_shard(url: str, limit: int | None = None) -> Iterator[dict[str, Any]]:
                 current = {"__key__": key, "__url__": url}
             if ext in current:
                 current["__error__"] = f"two members named {key}.{ext}"
+            if data is None:
+                current["__error__"] = f"member {name} is larger than {MAX_MEMBER_BYTES:,} bytes (MAX_MEMBER_BYTES)"
+                data = b""
             current[ext] = data
         if current is not None:
             yield current

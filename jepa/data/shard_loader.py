@@ -14,22 +14,27 @@ worker ids so that the first batch comes from the right worker. With the stream'
 shuffle buffer, a resumed loader yields bitwise the batches the uninterrupted run would have.
 
 A broken shard is warned about once with its URL; skipped samples are warned about at 1, 2, 4,
-... skips, and a skip rate above ``data.max_skip_rate`` stops training.
+... skips, and a skip rate above ``data.max_skip_rate`` stops training (:class:`DataStreamError`).
+Loader workers ignore SIGTERM until the loader is closed (:func:`jepa.preemption.ignore_sigterm_until`):
+the main process saves a checkpoint first, then :meth:`ShardTrainLoader.close` lets them stop.
 """
 
 from __future__ import annotations
 
+import atexit
 import hashlib
 import logging
+import multiprocessing
 from typing import Any, Iterator
 
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from jepa.data.loader import STATE_VERSION, Batch, TrainLoader, collate_as_is
+from jepa.data.loader import STATE_VERSION, Batch, DataStreamError, TrainLoader, collate_as_is
 from jepa.data.manifest import shards_total
 from jepa.data.stream import WorkerStream, derive_seed, initial_position
 from jepa.interfaces import MaskSampler, Modality
+from jepa.preemption import ignore_sigterm_until
 from jepa.recipe import DataConfig
 
 log = logging.getLogger(__name__)
@@ -46,6 +51,7 @@ class _ShardBatches(IterableDataset):
         self.mask_sampler, self.seed, self.rank, self.world_size = mask_sampler, seed, rank, world_size
         self.batch_size, self.positions, self.rotation = batch_size, positions, rotation
         self.num_logical = max(1, data_cfg.num_workers)
+        self.stop = multiprocessing.get_context("fork").Event()  # set when the workers are to shut down
 
     def __iter__(self) -> Iterator[tuple[Batch, dict[str, Any]]]:
         info = get_worker_info()
@@ -92,7 +98,13 @@ class _ShardBatches(IterableDataset):
         process checks the skip rate; it applies the same rule to the samples since its last batch."""
         d = self.data_cfg
         if seen >= d.min_samples_for_skip_check and skipped / seen > d.max_skip_rate:
-            raise RuntimeError(_skip_rate_message(self.rank, seen, skipped, d.max_skip_rate, last_error))
+            raise DataStreamError(_skip_rate_message(self.rank, seen, skipped, d.max_skip_rate, last_error))
+
+
+def _init_worker(worker_id: int) -> None:
+    info = get_worker_info()
+    assert info is not None
+    ignore_sigterm_until(info.dataset.stop)
 
 
 def _skip_rate_message(rank: int, seen: int, skipped: int, max_rate: float, last_error: str | None) -> str:
@@ -121,6 +133,7 @@ class ShardTrainLoader(TrainLoader):
         self._next_worker = 0
         self._warned_urls: set[str] = set()
         self._warned_skips = 0
+        self._stops: list[Any] = []
         if state is not None:
             self._load(state)
         total = shards_total(urls)
@@ -165,9 +178,12 @@ class ShardTrainLoader(TrainLoader):
         dataset = _ShardBatches(self.urls, d, self.modality, self.mask_sampler, seed=self.seed,
                                 rank=self.rank, world_size=self.world_size, batch_size=self.micro_batch_size,
                                 positions=[dict(p) for p in self._positions], rotation=self._next_worker)
-        extra = {"prefetch_factor": d.prefetch_factor, "persistent_workers": True} if d.num_workers else {}
+        extra = {"prefetch_factor": d.prefetch_factor, "persistent_workers": True,
+                 "multiprocessing_context": "fork", "worker_init_fn": _init_worker} if d.num_workers else {}
         loader = DataLoader(dataset, batch_size=None, num_workers=d.num_workers, collate_fn=collate_as_is,
                             pin_memory=torch.cuda.is_available(), **extra)
+        self._stops.append(dataset.stop)
+        atexit.register(dataset.stop.set)  # before multiprocessing's own exit handler stops the workers
         for batch, report in loader:
             worker = report["worker"]
             assert worker == self._next_worker, (worker, self._next_worker)  # DataLoader round-robin order
@@ -175,6 +191,13 @@ class ShardTrainLoader(TrainLoader):
             self._next_worker = (worker + 1) % self.num_logical
             self._account(report)
             yield batch
+
+    def close(self) -> None:
+        """Let the workers stop (SIGTERM ends them again); they shut down when the iteration is closed."""
+        for stop in self._stops:
+            stop.set()
+            atexit.unregister(stop.set)
+        self._stops = []
 
     def _account(self, report: dict[str, Any]) -> None:
         for url, error in report["broken_shards"]:
@@ -188,4 +211,4 @@ class ShardTrainLoader(TrainLoader):
                         s["skipped"], s["seen"], 100 * s["skip_rate"], report["last_error"])
         d = self.data_cfg
         if s["seen"] >= d.min_samples_for_skip_check and s["skip_rate"] > d.max_skip_rate:
-            raise RuntimeError(_skip_rate_message(self.rank, s["seen"], s["skipped"], d.max_skip_rate, report["last_error"]))
+            raise DataStreamError(_skip_rate_message(self.rank, s["seen"], s["skipped"], d.max_skip_rate, report["last_error"]))

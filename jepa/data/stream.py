@@ -27,6 +27,7 @@ import hashlib
 import random
 from typing import Any, Iterator
 
+from jepa.data.loader import DataStreamError
 from jepa.data.reading import SHARD_ERRORS, read_shard
 
 #: Consecutive shard-epochs without a single sample before a worker gives up.
@@ -102,8 +103,9 @@ class WorkerStream:
             yield from self._epoch()
             empty = empty + 1 if self.emitted == before == 0 else 0
             if empty >= _MAX_EMPTY_EPOCHS:
-                raise RuntimeError(f"rank {self.rank} loader worker {self.worker}: {empty} shard-epochs in a row gave no "
-                                   f"sample (shards empty or unreadable, e.g. {self.epoch_shards(self.epoch)[0]})")
+                raise DataStreamError(f"rank {self.rank} loader worker {self.worker}: {empty} shard-epochs in a row gave "
+                                      f"no sample (shards empty or unreadable, e.g. {self.epoch_shards(self.epoch)[0]}); "
+                                      "check data.train_shards, or rebuild the shards with `jepa shards`")
             self.epoch, self.consumed, self.emitted, self.shard_counts = self.epoch + 1, 0, 0, []
 
     def _epoch(self) -> Iterator[dict[str, Any]]:
@@ -152,11 +154,11 @@ class WorkerStream:
                                 buf[slot_of[idx + got]] = sample
                             got += 1
                     except SHARD_ERRORS as exc:
-                        raise RuntimeError(f"cannot resume the data stream exactly: {url} failed after {got} samples "
-                                           f"({type(exc).__name__}: {exc}) but gave {count} before the checkpoint") from exc
+                        raise ValueError(f"cannot resume the data stream exactly: {url} failed after {got} samples "
+                                         f"({type(exc).__name__}: {exc}) but gave {count} before the checkpoint") from exc
                     if got != count:
-                        raise RuntimeError(f"cannot resume the data stream exactly: {url} now holds {got} samples, "
-                                           f"{count} before the checkpoint; the shards changed")
+                        raise ValueError(f"cannot resume the data stream exactly: {url} now holds {got} samples, "
+                                         f"{count} before the checkpoint; the shards changed")
                 idx += count
                 continue
             count = 0
@@ -174,8 +176,8 @@ class WorkerStream:
                 self.broken += 1
                 self.new_broken.append((url, f"{type(exc).__name__}: {exc}"))
             if idx < resumed_at:
-                raise RuntimeError(f"cannot resume the data stream exactly: {url} ended after {count} samples, "
-                                   "fewer than before the checkpoint; the shards changed")
+                raise ValueError(f"cannot resume the data stream exactly: {url} ended after {count} samples, "
+                                 "fewer than before the checkpoint; the shards changed")
             self.shard_counts.append(count)
 
     def take_new_broken(self) -> list[tuple[str, str]]:

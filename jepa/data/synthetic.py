@@ -9,7 +9,7 @@ import torch
 
 from jepa.data.loader import STATE_VERSION, Batch, TrainLoader
 from jepa.data.stream import derive_seed
-from jepa.interfaces import MaskSampler, Modality
+from jepa.interfaces import MaskSampler, Modality, as_mask_pairs
 
 
 class SyntheticTrainLoader(TrainLoader):
@@ -44,7 +44,7 @@ class SyntheticTrainLoader(TrainLoader):
         masks = self.mask_sampler(n, torch.Generator().manual_seed(derive_seed(self.seed, step)))
         inputs = torch.cat([self.modality.example_input(
             1, torch.Generator().manual_seed(derive_seed(self.seed, step, r))) for r in rows])
-        return Batch(inputs, masks[rows.start:rows.stop])
+        return Batch(inputs, tuple(m[rows.start:rows.stop] for m in as_mask_pairs(masks)))
 
     def __iter__(self) -> Iterator[Batch]:
         while True:

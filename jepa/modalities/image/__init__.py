@@ -12,6 +12,10 @@ from jepa.interfaces import DemoDataSpec, Encoder, ForeignEncoder, Modality
 from jepa.modalities.image.config import ImageConfig
 
 
+MAX_TOKENS = 1 << 18
+"""Most patches (tokens) per image: a 512 x 512 patch grid (e.g. 8192 px at patch 16)."""
+
+
 class ImageModality(Modality):
     """ViT context/target encoders, narrow ViT predictor, multi-block masks, RandomResizedCrop."""
 
@@ -78,6 +82,10 @@ class ImageModality(Modality):
                              + ("" if self.cfg.predictor.num_heads else " (defaulted to the encoder's head count; set predictor.num_heads)")))
         if not problems and s // p < 2:
             problems.append(("input.crop_size", f"the patch grid is {s // p}x{s // p}; masking needs at least 2x2"))
+        if not problems and (s // p) ** 2 > MAX_TOKENS:
+            problems.append(("input.crop_size", f"crop_size={s} with encoder.patch_size={p} gives a {s // p}x{s // p} "
+                             f"patch grid = {(s // p) ** 2:,} tokens, more than the {MAX_TOKENS:,} a ViT here takes; "
+                             "lower crop_size or raise patch_size"))
         if not problems:
             problems += [(f"mask.{k}" if k else "mask", m) for k, m in check_mask_feasibility(self.cfg.grid_size, self.cfg.mask)]
         return problems
@@ -87,10 +95,26 @@ class ImageModality(Modality):
                  "vit_huge": "ViT-H", "vit_giant": "ViT-g"}[self.cfg.encoder.arch]
         return f"{short}/{self.cfg.encoder.patch_size} @{self.cfg.input.crop_size}"
 
-    def train_flops_per_sample(self) -> float:
+    def train_flops_per_sample(self, batch_size: int | None = None) -> float:
+        """Expected FLOPs of one image (``docs/flops.md``); with ``batch_size``, counted on the mean
+        context / target tokens of collated batches of that size (what actually runs)."""
         from jepa.modalities.image.flops import train_flops_per_image
 
-        return train_flops_per_image(self.cfg)
+        if batch_size is None:
+            return train_flops_per_image(self.cfg)
+        from jepa.mfu import collated_mask_tokens
+
+        (k, t), = collated_mask_tokens(self.build_mask_sampler(), batch_size)
+        return train_flops_per_image(self.cfg, context_tokens=k, target_tokens=t)
+
+    def activation_bytes_per_sample(self, batch_size: int, *, act_bytes: int, checkpointing: bool):
+        """Bytes autograd keeps per image at this micro batch (``jepa plan``; see :mod:`.memory`)."""
+        from jepa.mfu import collated_mask_tokens
+        from jepa.modalities.image.memory import activation_bytes_per_sample
+
+        (k, t), = collated_mask_tokens(self.build_mask_sampler(), batch_size)
+        return activation_bytes_per_sample(self.cfg, act_bytes=act_bytes, checkpointing=checkpointing,
+                                           context_tokens=k, target_tokens=t)
 
     # ------------------------------------------------------------------ data
 
@@ -123,9 +147,13 @@ class ImageModality(Modality):
         return image_export_metadata(encoder, self.cfg)
 
     def export_formats(self) -> dict[str, Any]:
-        from jepa.modalities.image.export_timm import export_safetensors_timm
+        from jepa.modalities.image.export_hf import export_hf
+        from jepa.modalities.image.export_official import export_official
+        from jepa.modalities.image.export_program import export_torch_program
+        from jepa.modalities.image.export_timm import export_safetensors_timm, export_timm_folder
 
-        return {"safetensors-timm": export_safetensors_timm}
+        return {"torch-export": export_torch_program, "timm": export_timm_folder, "hf": export_hf,
+                "official": export_official, "safetensors-timm": export_safetensors_timm}
 
     @classmethod
     def load_foreign(cls, checkpoint: Mapping[str, Any], path: Path, which: str,

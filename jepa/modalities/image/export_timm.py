@@ -1,5 +1,11 @@
-"""Image export formats beyond the core's TorchScript: timm-named safetensors, and the image
-entries of every export's metadata.
+"""Image export formats for timm: a ``timm.create_model("local-dir:PATH")`` folder, the older
+single-file timm-named safetensors, and the image entries of every export's metadata.
+
+``timm`` is a folder holding ``config.json`` (timm's hub layout: ``architecture``,
+``num_features``, ``pretrained_cfg`` with our evaluation view, ``model_args`` rebuilding the
+encoder) and ``model.safetensors``, so ``timm.create_model("local-dir:PATH", pretrained=True)``
+loads it with no other argument. It is verified by loading it exactly that way from the
+scratch folder before the folder is moved into place.
 
 ``safetensors-timm`` is a state dict in the naming of timm's ``VisionTransformer`` (no class
 token, average pooling, final norm on the tokens, ``pos_embed`` holding the fixed sin-cos table
@@ -152,6 +158,73 @@ def export_safetensors_timm(
               "format_version": str(EXPORT_FORMAT_VERSION)}
     atomic_write(out, lambda tmp: save_file(state, tmp, metadata=header))
     return ExportResult(out, "safetensors-timm", meta, diffs, tolerance)
+
+
+TIMM_CONFIG_NAME = "config.json"
+TIMM_WEIGHTS_NAME = "model.safetensors"
+
+
+def timm_folder_config(name: str, kwargs: dict[str, Any], meta: dict[str, Any]) -> dict[str, Any]:
+    """timm's ``config.json`` for ``local-dir:`` loading (``_parse_model_cfg`` layout) plus our metadata."""
+    overlay = dict(kwargs["pretrained_cfg_overlay"])
+    for key in ("url", "hf_hub_id"):
+        overlay.pop(key, None)
+    pretrained_cfg = {**overlay, "fixed_input_size": False, "first_conv": "patch_embed.proj", "classifier": "head",
+                      "custom_load": False}
+    model_args = {k: v for k, v in kwargs.items() if k != "pretrained_cfg_overlay"}
+    return {"architecture": name, "num_features": kwargs["embed_dim"], "num_classes": 0,
+            "pretrained_cfg": pretrained_cfg, "model_args": model_args, "jepa_export": meta}
+
+
+def load_timm_folder(path: str | Path) -> nn.Module:
+    """``timm.create_model("local-dir:PATH", pretrained=True)`` in eval mode: what a user of the folder does."""
+    import timm
+
+    return timm.create_model(f"local-dir:{Path(path)}", pretrained=True).eval()
+
+
+def export_timm_folder(
+    source: EncoderSource, out: str | Path, *, pooled: bool = False, tolerance: float = EXPORT_TOLERANCE,
+    log: Callable[[str], None] = print,
+) -> ExportResult:
+    """Write a timm ``local-dir`` folder, verified by loading it back through ``timm.create_model``.
+
+    Raises:
+        ExportVerificationError: timm's features differ by more than ``tolerance`` (nothing is written).
+    """
+    from safetensors.torch import save_file
+
+    out = Path(out)
+    if out.exists():
+        raise ValueError(f"{out} exists; the timm export writes a new folder, choose another --out or remove it")
+    encoder = source.encoder
+    cfg = source.modality.cfg
+    kwargs = timm_kwargs(encoder, list(cfg.input.mean), list(cfg.input.std))
+    name = timm_model_name(cfg.encoder.arch, encoder.patch_size, encoder.img_size)
+    state = to_timm_state_dict(encoder)
+    inputs = source.modality.export_inputs(encoder, torch.Generator().manual_seed(0))[:1]  # timm: training size only
+    meta = build_metadata(source, "timm", pooled)
+    result: dict[str, float] = {}
+
+    def write(tmp: str) -> None:
+        folder = Path(tmp)
+        folder.mkdir()
+        save_file(state, str(folder / TIMM_WEIGHTS_NAME), metadata={"format": "pt"})
+        config = timm_folder_config(name, kwargs, meta)
+        (folder / TIMM_CONFIG_NAME).write_text(json.dumps(config, indent=1))
+        model = load_timm_folder(folder)
+        diffs = max_abs_differences(encoder, model.forward_features, inputs)
+        pooled_diffs = max_abs_differences(lambda x: encoder(x).mean(dim=1), model, inputs)
+        diffs.update({f"{k} pooled": v for k, v in pooled_diffs.items()})
+        log("timm local-dir vs eager max abs difference: " + ", ".join(f"{k}: {v:.2e}" for k, v in diffs.items())
+            + f" (tolerance {tolerance:g})")
+        check_differences(diffs, tolerance, f"the timm folder ({name})")
+        meta["verification"] = {"tolerance": tolerance, "max_abs_diff": diffs}
+        (folder / TIMM_CONFIG_NAME).write_text(json.dumps(timm_folder_config(name, kwargs, meta), indent=1))
+        result.update(diffs)
+
+    atomic_write(out, write)
+    return ExportResult(out, "timm", meta, result, tolerance)
 
 
 def load_timm_export(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:

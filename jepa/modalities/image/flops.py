@@ -1,4 +1,4 @@
-"""Analytic training FLOPs of image I-JEPA.
+"""Analytic training FLOPs of image I-JEPA (the counting rules for every modality: ``docs/flops.md``).
 
 Counting rules: a matmul of (m x k) by (k x n) costs ``2 m n k``; per transformer block on
 ``n`` tokens of width ``D`` with MLP width ``H`` that is the qkv, output and MLP projections

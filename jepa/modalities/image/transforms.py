@@ -11,8 +11,11 @@ from __future__ import annotations
 
 import io
 import math
+import struct
+import warnings
 from typing import Any
 
+import numpy as np
 import torch
 import torchvision.io
 import torchvision.transforms.v2.functional as TF
@@ -26,6 +29,9 @@ IMAGE_KEYS: tuple[str, ...] = ("jpg", "jpeg", "png", "webp", "ppm", "bmp")
 IMAGE_SUFFIXES: dict[str, str] = {
     ".jpg": "jpg", ".jpeg": "jpeg", ".png": "png", ".webp": "webp", ".ppm": "ppm", ".bmp": "bmp",
 }
+#: Most pixels (width x height) an image may declare; larger ones are refused before decoding
+#: (Pillow's own default, ``PIL.Image.MAX_IMAGE_PIXELS``: about 9459 x 9459).
+MAX_PIXELS = 89_478_485
 #: Aspect-ratio (w/h) range of the training crop, as in RandomResizedCrop.
 CROP_RATIO: tuple[float, float] = (3 / 4, 4 / 3)
 #: Attempts at a crop box per image before falling back to a centre crop (as in torchvision).
@@ -36,7 +42,14 @@ _CROP_ATTEMPTS = 10
 
 
 def decode_image(sample: dict[str, Any]) -> Tensor:
-    """Decode the image of one shard sample to RGB.
+    """Decode the image of one shard sample to RGB, safely whatever its bytes.
+
+    The header is read first (Pillow reads only the header when it opens a file) and the image
+    is refused before any pixel is decoded when it declares more than :data:`MAX_PIXELS` pixels
+    (a decompression bomb). JPEG is decoded by torchvision (libjpeg-turbo); every other format by
+    Pillow: torchvision 0.29's PNG decoder crashes the process (SIGSEGV) on a PNG whose image data
+    stops early, where Pillow raises an error. The format comes from the bytes, not the key, so a
+    PNG stored as ``.jpg`` decodes too.
 
     Args:
         sample: webdataset sample, extension -> bytes (plus ``__key__``/``__url__``).
@@ -46,7 +59,8 @@ def decode_image(sample: dict[str, Any]) -> Tensor:
         16-bit images are scaled to 8 bits; EXIF orientation is applied.
 
     Raises:
-        ValueError: the sample has no image key, or its bytes are not a readable image.
+        ValueError: the sample has no image key, or its bytes are not a readable image (corrupt,
+            truncated, not an image, or too large): the loader skips and counts such samples.
     """
     key = next((k for k in IMAGE_KEYS if k in sample), None)
     where = f"sample {sample.get('__key__', '?')!r}" + (f" of {sample['__url__']}" if "__url__" in sample else "")
@@ -56,28 +70,46 @@ def decode_image(sample: dict[str, Any]) -> Tensor:
     data = sample[key]
     if not isinstance(data, (bytes, bytearray, memoryview)) or len(data) == 0:
         raise ValueError(f"{where}: '{key}' is empty or not bytes")
-    try:
-        image = torchvision.io.decode_image(
-            torch.frombuffer(bytearray(data), dtype=torch.uint8),
-            mode=torchvision.io.ImageReadMode.RGB, apply_exif_orientation=True,
-        )
-    except RuntimeError:
-        image = _decode_with_pil(data, where, key)  # formats torchvision cannot read (ppm, bmp, ...)
-    if image.dtype != torch.uint8:  # 16-bit PNG
-        image = TF.to_dtype(image, torch.uint8, scale=True)
-    return image
-
-
-def _decode_with_pil(data: bytes | bytearray | memoryview, where: str, key: str) -> Tensor:
     from PIL import Image, ImageOps, UnidentifiedImageError
 
     try:
-        with Image.open(io.BytesIO(data)) as pil:
-            pil = ImageOps.exif_transpose(pil).convert("RGB")
-            array = torch.frombuffer(bytearray(pil.tobytes()), dtype=torch.uint8)
-            return array.view(pil.height, pil.width, 3).permute(2, 0, 1).contiguous()
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
-        raise ValueError(f"{where}: '{key}' is not a readable image ({type(exc).__name__}: {exc})") from exc
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data)) as pil:  # the header only
+                width, height = pil.size
+                if width * height > MAX_PIXELS:
+                    raise ValueError(f"{width}x{height} = {width * height:,} pixels, more than the {MAX_PIXELS:,} "
+                                     "allowed (a decompression bomb?)")
+                if pil.format == "JPEG":
+                    image = _decode_jpeg(data)
+                    if image is not None:
+                        return image
+                pil = ImageOps.exif_transpose(pil)
+                return _pil_to_rgb(pil)
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, EOFError, struct.error,
+            Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise ValueError(f"{where}: '{key}' is not a readable image ({type(exc).__name__}: {exc})") from None
+
+
+def _decode_jpeg(data: bytes | bytearray | memoryview) -> Tensor | None:
+    """torchvision's JPEG decoder (fast), or None when it cannot read the file (Pillow tries next)."""
+    try:
+        image = torchvision.io.decode_jpeg(torch.frombuffer(bytearray(data), dtype=torch.uint8),
+                                           mode=torchvision.io.ImageReadMode.RGB, apply_exif_orientation=True)
+    except RuntimeError:
+        return None
+    return image
+
+
+def _pil_to_rgb(pil: Any) -> Tensor:
+    """(3, H, W) uint8 of a Pillow image (decodes it; 16-bit values are scaled by >> 8, as torchvision does)."""
+    if pil.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):
+        array = np.asarray(pil).astype(np.int64).clip(0, 65535) >> 8
+        gray = torch.from_numpy(array.astype(np.uint8))
+        return gray.expand(3, *gray.shape).contiguous()
+    pil = pil.convert("RGB")
+    array = torch.frombuffer(bytearray(pil.tobytes()), dtype=torch.uint8)
+    return array.view(pil.height, pil.width, 3).permute(2, 0, 1).contiguous()
 
 
 # --------------------------------------------------------------------------- training view

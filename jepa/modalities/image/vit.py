@@ -62,14 +62,189 @@ def init_weights(module: nn.Module) -> None:
         nn.init.zeros_(module.bias)
 
 
-def _check_heads(where: str, dim: int, num_heads: int) -> None:
+def checkpoint_blocks(blocks: nn.ModuleList, x: Tensor) -> Tensor:
+    """Run ``blocks`` in order, each recomputed in the backward pass (non-reentrant checkpoint)."""
+    for blk in blocks:
+        x = checkpoint(blk, x, use_reentrant=False)
+    return x
+
+
+def check_heads(where: str, dim: int, num_heads: int) -> None:
+    """Raise unless ``num_heads`` divides the token width ``dim``."""
     if num_heads <= 0 or dim % num_heads:
         raise ValueError(f"{where}: num_heads={num_heads} must divide the width {dim}; pick a divisor of {dim}")
+
+
+def _check_heads(where: str, dim: int, num_heads: int) -> None:
+    check_heads(where, dim, num_heads)
     if dim % 4:
         raise ValueError(f"{where}: width {dim} must be a multiple of 4 for the 2-D sin-cos positions")
 
 
-class ViTEncoder(Encoder):
+def check_encoder_args(where: str, img_size: int, patch_size: int, depth: int, drop_path: float) -> None:
+    """Raise for a patch that does not tile the training size, an empty stack or a bad drop-path rate."""
+    if patch_size <= 0 or img_size % patch_size or img_size < patch_size:
+        raise ValueError(f"{where}: img_size={img_size} must be a positive multiple of patch_size={patch_size}")
+    if depth <= 0:
+        raise ValueError(f"{where}: depth must be positive, got {depth}")
+    if not 0.0 <= drop_path < 1.0:
+        raise ValueError(f"{where}: drop_path must be in [0, 1), got {drop_path}")
+
+
+class TransformerEncoder(Encoder):
+    """What the image and video ViT encoders share: blocks and final norm over embedded tokens.
+
+    A subclass registers its patch embedding and ``pos_embed`` table, then calls
+    :meth:`_build_blocks` (so parameters are created, and the RNG drawn, in the layout order),
+    applies its initialisation, and implements ``_tokens``: input -> (B, N, D) tokens with
+    positions, N in raster order.
+    """
+
+    embed_dim: int
+    patch_size: int
+    img_size: int
+    in_chans: int
+    depth: int
+    num_heads: int
+    grid_size: int
+    num_patches: int
+    grad_checkpointing: bool
+
+    def _build_blocks(self, embed_dim: int, depth: int, num_heads: int, mlp_dim: int, drop_path: float) -> None:
+        """Register ``blocks`` (drop-path rising linearly to ``drop_path``) and the final ``norm``."""
+        rates = torch.linspace(0, drop_path, depth, device="cpu").tolist() if depth > 1 else [drop_path]
+        self.blocks = nn.ModuleList([_block(embed_dim, num_heads, mlp_dim, r) for r in rates])
+        self.norm = nn.LayerNorm(embed_dim, eps=LAYER_NORM_EPS)
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Recompute each block in the backward pass (non-reentrant) while training.
+
+        Eager only: a TorchScript copy raises if run in training mode with it enabled.
+        """
+        self.grad_checkpointing = enable
+
+    def _tokens(self, x: Tensor) -> Tensor:
+        raise NotImplementedError("TransformerEncoder subclasses embed their input in _tokens")
+
+    @torch.jit.unused
+    def _blocks_checkpointed(self, x: Tensor) -> Tensor:
+        return checkpoint_blocks(self.blocks, x)
+
+    def _run_blocks(self, x: Tensor) -> Tensor:
+        if self.grad_checkpointing and self.training:
+            return self._blocks_checkpointed(x)
+        for blk in self.blocks:
+            x = blk(x)
+        return x
+
+    def forward(self, x: Tensor, keep_idx_BK: Optional[Tensor] = None) -> Tensor:
+        """Encode inputs, optionally only the kept (context) tokens.
+
+        Args:
+            x: the modality's input: images (B, C, H, W) or clips (B, C, T, H, W), sides
+                multiples of the patch (and frames of the tubelet).
+            keep_idx_BK: (B, K) int64 raster indices of the tokens to keep; None keeps all.
+
+        Returns:
+            (B, K, D) or (B, N, D) final-normed tokens, N the tokens of ``x``'s grid.
+        """
+        tokens = self._tokens(x)
+        if keep_idx_BK is not None:
+            tokens = gather_tokens(tokens, keep_idx_BK)
+        return self.norm(self._run_blocks(tokens))
+
+    @torch.jit.export
+    def forward_layers(self, x: Tensor, num_last: int = 1) -> List[Tensor]:
+        """Outputs of the last ``num_last`` blocks on all tokens, each normed with the final norm.
+
+        Args:
+            x: the modality's input, as for ``forward``.
+            num_last: how many of the last blocks to return (1 .. depth).
+
+        Returns:
+            ``num_last`` tensors (B, N, D), shallowest first; the last equals ``forward(x)``.
+        """
+        if num_last < 1 or num_last > self.depth:
+            raise ValueError("forward_layers: num_last=" + str(num_last) + " must be in 1.."
+                             + str(self.depth) + " (the encoder depth)")
+        tokens = self._tokens(x)
+        outputs: List[Tensor] = []
+        first = self.depth - num_last
+        for i, blk in enumerate(self.blocks):
+            tokens = blk(tokens)
+            if i >= first:
+                outputs.append(self.norm(tokens))
+        return outputs
+
+
+class TransformerPredictor(Predictor):
+    """What the image and video predictors share: embed context, append mask-token queries, run
+    the narrow blocks, project the queries back to the encoder width.
+
+    A subclass registers its mask token(s) and ``predictor_pos_embed`` table (P wide, raster
+    order), calls :meth:`_build_layers`, applies its initialisation, and implements
+    ``_mask_token``: the learned query of a mask generator.
+    """
+
+    grid_size: int
+    num_patches: int
+    embed_dim: int
+    predictor_dim: int
+    depth: int
+    num_heads: int
+    grad_checkpointing: bool
+
+    def _build_layers(self, embed_dim: int, predictor_dim: int, depth: int, num_heads: int,
+                      mlp_ratio: float) -> None:
+        """Register ``predictor_embed``, ``predictor_blocks``, ``predictor_norm``, ``predictor_proj``."""
+        self.predictor_embed = nn.Linear(embed_dim, predictor_dim)
+        mlp_dim = int(predictor_dim * mlp_ratio)
+        self.predictor_blocks = nn.ModuleList([_block(predictor_dim, num_heads, mlp_dim, 0.0) for _ in range(depth)])
+        self.predictor_norm = nn.LayerNorm(predictor_dim, eps=LAYER_NORM_EPS)
+        self.predictor_proj = nn.Linear(predictor_dim, embed_dim)
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """As :meth:`TransformerEncoder.set_grad_checkpointing`, for the predictor blocks."""
+        self.grad_checkpointing = enable
+
+    @torch.jit.unused
+    def _blocks_checkpointed(self, x: Tensor) -> Tensor:
+        return checkpoint_blocks(self.predictor_blocks, x)
+
+    def _mask_token(self, mask_index: int) -> Tensor:
+        """The (1, 1, P) or (1, P) learned query for masks of generator ``mask_index``."""
+        raise NotImplementedError("TransformerPredictor subclasses give their mask token in _mask_token")
+
+    def forward(self, context_BKD: Tensor, context_idx_BK: Tensor, target_idx_BT: Tensor,
+                mask_index: int = 0) -> Tensor:
+        """Predict the target tokens of one target set per row.
+
+        Args:
+            context_BKD: (B, K, D) context-encoder outputs.
+            context_idx_BK: (B, K) int64 raster positions of the context tokens.
+            target_idx_BT: (B, T) int64 raster positions to predict.
+            mask_index: which mask generator produced the masks; selects its mask token
+                (the image predictor has one and ignores it).
+
+        Returns:
+            (B, T, D) predictions, in the order of ``target_idx_BT``.
+        """
+        mask_token = self._mask_token(mask_index)
+        b, k = context_idx_BK.shape
+        pos_BNP = self.predictor_pos_embed.expand(b, -1, -1)
+        context = self.predictor_embed(context_BKD) + gather_tokens(pos_BNP, context_idx_BK)
+        queries = mask_token + gather_tokens(pos_BNP, target_idx_BT)  # (B, T, P)
+        x = torch.cat([context, queries], dim=1)
+        if self.grad_checkpointing and self.training:
+            x = self._blocks_checkpointed(x)
+        else:
+            for blk in self.predictor_blocks:
+                x = blk(x)
+        # The norm is per token, so dropping the context outputs first changes nothing.
+        return self.predictor_proj(self.predictor_norm(x[:, k:]))
+
+
+class ViTEncoder(TransformerEncoder):
     """ViT without class token: the context encoder (with ``keep_idx_BK``) and the target encoder.
 
     The stored ``pos_embed`` buffer (1, N, D) is the sin-cos table of the training grid; any
@@ -92,26 +267,11 @@ class ViTEncoder(Encoder):
         num_patches: N = grid_size ** 2.
     """
 
-    embed_dim: int
-    patch_size: int
-    img_size: int
-    in_chans: int
-    depth: int
-    num_heads: int
-    grid_size: int
-    num_patches: int
-    grad_checkpointing: bool
-
     def __init__(self, img_size: int, patch_size: int, in_chans: int, embed_dim: int, depth: int,
                  num_heads: int, mlp_dim: int, drop_path: float = 0.0):
         super().__init__()
-        if patch_size <= 0 or img_size % patch_size or img_size < patch_size:
-            raise ValueError(f"ViTEncoder: img_size={img_size} must be a positive multiple of patch_size={patch_size}")
+        check_encoder_args("ViTEncoder", img_size, patch_size, depth, drop_path)
         _check_heads("ViTEncoder", embed_dim, num_heads)
-        if depth <= 0:
-            raise ValueError(f"ViTEncoder: depth must be positive, got {depth}")
-        if not 0.0 <= drop_path < 1.0:
-            raise ValueError(f"ViTEncoder: drop_path must be in [0, 1), got {drop_path}")
         self.embed_dim = embed_dim
         self.patch_size = patch_size
         self.img_size = img_size
@@ -124,17 +284,8 @@ class ViTEncoder(Encoder):
 
         self.patch_embed = PatchEmbed(img_size, patch_size, in_chans, embed_dim, strict_img_size=False)
         self.register_buffer("pos_embed", sincos_2d(embed_dim, self.grid_size, self.grid_size).unsqueeze(0))
-        rates = torch.linspace(0, drop_path, depth, device="cpu").tolist() if depth > 1 else [drop_path]
-        self.blocks = nn.ModuleList([_block(embed_dim, num_heads, mlp_dim, r) for r in rates])
-        self.norm = nn.LayerNorm(embed_dim, eps=LAYER_NORM_EPS)
+        self._build_blocks(embed_dim, depth, num_heads, mlp_dim, drop_path)
         self.apply(init_weights)
-
-    def set_grad_checkpointing(self, enable: bool = True) -> None:
-        """Recompute each block in the backward pass (non-reentrant) while training.
-
-        Eager only: a TorchScript copy raises if run in training mode with it enabled.
-        """
-        self.grad_checkpointing = enable
 
     def _tokens(self, x: Tensor) -> Tensor:
         """(B, C, H, W) -> (B, N, D) patch embeddings plus positions of the actual grid."""
@@ -152,59 +303,8 @@ class ViTEncoder(Encoder):
         # stays float32, as with the stored table.
         return tokens + pos
 
-    @torch.jit.unused
-    def _blocks_checkpointed(self, x: Tensor) -> Tensor:
-        for blk in self.blocks:
-            x = checkpoint(blk, x, use_reentrant=False)
-        return x
 
-    def _run_blocks(self, x: Tensor) -> Tensor:
-        if self.grad_checkpointing and self.training:
-            return self._blocks_checkpointed(x)
-        for blk in self.blocks:
-            x = blk(x)
-        return x
-
-    def forward(self, x: Tensor, keep_idx_BK: Optional[Tensor] = None) -> Tensor:
-        """Encode images, optionally only the kept (context) patches.
-
-        Args:
-            x: (B, C, H, W) images, H and W multiples of the patch size.
-            keep_idx_BK: (B, K) int64 raster indices of the patches to keep; None keeps all.
-
-        Returns:
-            (B, K, D) or (B, N, D) final-normed tokens, N = (H / p) * (W / p).
-        """
-        tokens = self._tokens(x)
-        if keep_idx_BK is not None:
-            tokens = gather_tokens(tokens, keep_idx_BK)
-        return self.norm(self._run_blocks(tokens))
-
-    @torch.jit.export
-    def forward_layers(self, x: Tensor, num_last: int = 1) -> List[Tensor]:
-        """Outputs of the last ``num_last`` blocks on all patches, each normed with the final norm.
-
-        Args:
-            x: (B, C, H, W) images.
-            num_last: how many of the last blocks to return (1 .. depth).
-
-        Returns:
-            ``num_last`` tensors (B, N, D), shallowest first; the last equals ``forward(x)``.
-        """
-        if num_last < 1 or num_last > self.depth:
-            raise ValueError("ViTEncoder.forward_layers: num_last=" + str(num_last) + " must be in 1.."
-                             + str(self.depth) + " (the encoder depth)")
-        tokens = self._tokens(x)
-        outputs: List[Tensor] = []
-        first = self.depth - num_last
-        for i, blk in enumerate(self.blocks):
-            tokens = blk(tokens)
-            if i >= first:
-                outputs.append(self.norm(tokens))
-        return outputs
-
-
-class ViTPredictor(Predictor):
+class ViTPredictor(TransformerPredictor):
     """The narrow I-JEPA predictor: context tokens + one mask token per target patch -> targets.
 
     Args:
@@ -215,14 +315,6 @@ class ViTPredictor(Predictor):
         num_heads: attention heads (I-JEPA: the encoder's head count); must divide P.
         mlp_ratio: MLP hidden width as a multiple of P.
     """
-
-    grid_size: int
-    num_patches: int
-    embed_dim: int
-    predictor_dim: int
-    depth: int
-    num_heads: int
-    grad_checkpointing: bool
 
     def __init__(self, grid_size: int, embed_dim: int, predictor_dim: int = 384, depth: int = 12,
                  num_heads: int = 12, mlp_ratio: float = 4.0):
@@ -240,50 +332,12 @@ class ViTPredictor(Predictor):
         self.num_heads = num_heads
         self.grad_checkpointing = False
 
-        self.predictor_embed = nn.Linear(embed_dim, predictor_dim)
         self.mask_token = nn.Parameter(torch.zeros(1, 1, predictor_dim))
         self.register_buffer("predictor_pos_embed", sincos_2d(predictor_dim, grid_size, grid_size).unsqueeze(0))
-        mlp_dim = int(predictor_dim * mlp_ratio)
-        self.predictor_blocks = nn.ModuleList([_block(predictor_dim, num_heads, mlp_dim, 0.0) for _ in range(depth)])
-        self.predictor_norm = nn.LayerNorm(predictor_dim, eps=LAYER_NORM_EPS)
-        self.predictor_proj = nn.Linear(predictor_dim, embed_dim)
+        self._build_layers(embed_dim, predictor_dim, depth, num_heads, mlp_ratio)
         self.apply(init_weights)
         nn.init.trunc_normal_(self.mask_token, std=INIT_STD)
 
-    def set_grad_checkpointing(self, enable: bool = True) -> None:
-        """Recompute each block in the backward pass (non-reentrant) while training.
-
-        Eager only: a TorchScript copy raises if run in training mode with it enabled.
-        """
-        self.grad_checkpointing = enable
-
-    @torch.jit.unused
-    def _blocks_checkpointed(self, x: Tensor) -> Tensor:
-        for blk in self.predictor_blocks:
-            x = checkpoint(blk, x, use_reentrant=False)
-        return x
-
-    def forward(self, context_BKD: Tensor, context_idx_BK: Tensor, target_idx_BT: Tensor) -> Tensor:
-        """Predict the target tokens of one block per row.
-
-        Args:
-            context_BKD: (B, K, D) context-encoder outputs.
-            context_idx_BK: (B, K) int64 raster positions of the context tokens.
-            target_idx_BT: (B, T) int64 raster positions to predict.
-
-        Returns:
-            (B, T, D) predictions, in the order of ``target_idx_BT``.
-        """
-        b, k = context_idx_BK.shape
-        pos_BNP = self.predictor_pos_embed.expand(b, -1, -1)
-        context = self.predictor_embed(context_BKD)
-        context = context + gather_tokens(pos_BNP, context_idx_BK)
-        queries = self.mask_token + gather_tokens(pos_BNP, target_idx_BT)  # (B, T, P)
-        x = torch.cat([context, queries], dim=1)
-        if self.grad_checkpointing and self.training:
-            x = self._blocks_checkpointed(x)
-        else:
-            for blk in self.predictor_blocks:
-                x = blk(x)
-        # The norm is per token, so dropping the context outputs first changes nothing.
-        return self.predictor_proj(self.predictor_norm(x[:, k:]))
+    def _mask_token(self, mask_index: int) -> Tensor:
+        """The one mask token (I-JEPA has one (context, target) pair): ``mask_index`` is unused."""
+        return self.mask_token

@@ -9,12 +9,13 @@ one :class:`~jepa.interfaces.MaskSet` per generator).
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from jepa.interfaces import Encoder, Modality
+from jepa.interfaces import DemoDataSpec, Encoder, Modality
 from jepa.modalities.video.config import VideoConfig
 
 _SHORT_ARCH = {"vit_tiny": "ViT-Ti", "vit_small": "ViT-S", "vit_base": "ViT-B", "vit_large": "ViT-L",
@@ -26,6 +27,7 @@ class VideoModality(Modality):
 
     name = "video"
     config_model = VideoConfig
+    demo_defaults = DemoDataSpec(num_train=2000, num_val=500, num_classes=4, max_count=250)
     cfg: VideoConfig
 
     # ------------------------------------------------------------------ builders
@@ -79,6 +81,18 @@ class VideoModality(Modality):
 
     def file_suffixes(self) -> dict[str, str]:
         return {".mp4": "mp4", ".webm": "webm", ".avi": "avi"}
+
+    def write_demo_data(self, out: Path, spec: DemoDataSpec) -> dict[str, Any]:
+        """MP4 clips of a moving, rotating polygon labelled by its motion (see :mod:`.demo`);
+        ``spec.size`` is the frame side in pixels (default 64); clips have ``DEMO_NUM_FRAMES`` (32)
+        frames, enough for clip spans up to 32 (``recipes/video_demo.yaml``: 15)."""
+        from jepa.modalities.video.demo import DEMO_NUM_FRAMES, write_demo_dataset
+
+        return write_demo_dataset(out, num_train=spec.num_train, num_val=spec.num_val,
+                                  size=64 if spec.size is None else spec.size,
+                                  num_frames=DEMO_NUM_FRAMES,
+                                  num_classes=spec.num_classes, seed=spec.seed, max_count=spec.max_count,
+                                  workers=spec.workers)
 
     # ------------------------------------------------------------------ description
     def check(self) -> list[tuple[str, str]]:

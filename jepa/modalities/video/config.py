@@ -15,6 +15,7 @@ from pydantic import Field, model_validator
 from jepa.config import ModalityConfig, StrictModel
 from jepa.modalities.image.config import ArchName
 from jepa.modalities.image.config import EncoderConfig as ImageEncoderConfig
+from jepa.modalities.image.config import PredictorConfig as ImagePredictorConfig
 
 
 def _check_range(name: str, value: tuple[float, float], upper: float | None = None) -> None:
@@ -37,13 +38,10 @@ class VideoEncoderConfig(ImageEncoderConfig):
         "(2*ceil(D/6) each, V-JEPA's setting); false gives time D/2 and height, width D/4 each")
 
 
-class VideoPredictorConfig(StrictModel):
-    """Narrow ViT predictor with one learned mask token per mask generator."""
+class VideoPredictorConfig(ImagePredictorConfig):
+    """Narrow ViT predictor (the image predictor's fields) with one learned mask token per mask generator."""
 
-    embed_dim: int = Field(384, gt=0, description="Predictor width")
     depth: int = Field(12, gt=0, description="Predictor blocks (12 in V-JEPA)")
-    num_heads: int | None = Field(None, gt=0, description="Default: the encoder's head count")
-    mlp_ratio: float = Field(4.0, gt=0)
 
 
 class MaskGeneratorConfig(StrictModel):
@@ -95,6 +93,9 @@ class VideoInputConfig(StrictModel):
     in_chans: int = Field(3, gt=0, description="Channels; videos decode to RGB, so 3")
     mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
     std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+    eval_view: Literal["clip", "middle_frame"] = Field(
+        "clip", description="Evaluation view: the centre clip, or its middle frame repeated over num_frames (a "
+                            "static clip: the single-frame baseline, how V-JEPA applies a video encoder to images)")
 
     @model_validator(mode="after")
     def _ranges(self) -> "VideoInputConfig":
@@ -112,10 +113,10 @@ class VideoConfig(ModalityConfig):
     """Video V-JEPA: tubelet ViT encoders, ViT predictor, 3-D multi-block masks, clips from video files."""
 
     name: Literal["video"] = "video"
-    encoder: VideoEncoderConfig = VideoEncoderConfig()
-    predictor: VideoPredictorConfig = VideoPredictorConfig()
-    mask: VideoMaskConfig = VideoMaskConfig()
-    input: VideoInputConfig = VideoInputConfig()
+    encoder: VideoEncoderConfig = Field(default_factory=VideoEncoderConfig, description="Context/target tubelet ViT")
+    predictor: VideoPredictorConfig = Field(default_factory=VideoPredictorConfig, description="Narrow ViT predictor")
+    mask: VideoMaskConfig = Field(default_factory=VideoMaskConfig, description="3-D multi-block mask generators")
+    input: VideoInputConfig = Field(default_factory=VideoInputConfig, description="Clip sampling, crop and normalisation")
 
     @property
     def grid(self) -> tuple[int, int, int]:

@@ -2,8 +2,9 @@
 
 Each clip shows one regular polygon (3, 4 or 5 sides) that translates and rotates over a static,
 softly textured background. The **label** is the motion: the direction of travel (right, left,
-down, up; ``num_classes=4``) or the direction and the rotation sense (``num_classes=8``, label
-``2 * direction + sense``, sense 0 counter-clockwise on screen, 1 clockwise). Everything else is
+down, up; ``num_classes`` 2..4 uses the first directions) or the direction and the rotation sense
+(``num_classes`` 5..8, label ``2 * direction + sense``, sense 0 counter-clockwise on screen, 1
+clockwise). Everything else is
 random and independent of the label: shape, size, colours, background texture, start position,
 start angle, speed (within ranges) and a heading jitter of up to +-20 degrees.
 
@@ -21,12 +22,17 @@ import io
 import math
 from dataclasses import dataclass
 
+from pathlib import Path
+from typing import Iterator
+
 import av
 import numpy as np
 
+from jepa.data import Manifest, ShardSample, derive_seed, write_shard_set
+
 DIRECTIONS: tuple[str, ...] = ("right", "left", "down", "up")
 _HEADING = {"right": 0.0, "left": math.pi, "down": math.pi / 2, "up": -math.pi / 2}  # image coords, y down
-NUM_CLASSES_CHOICES = (4, 8)
+NUM_CLASSES_CHOICES = range(2, 9)
 FPS = 25
 _SUPERSAMPLE = 2
 
@@ -49,14 +55,15 @@ class ClipParams:
 def class_names(num_classes: int = 4) -> list[str]:
     """Label -> name, e.g. ``right`` or ``right-ccw``."""
     _check_classes(num_classes)
-    if num_classes == 4:
-        return list(DIRECTIONS)
-    return [f"{d}-{s}" for d in DIRECTIONS for s in ("ccw", "cw")]
+    if num_classes <= len(DIRECTIONS):
+        return list(DIRECTIONS[:num_classes])
+    return [f"{d}-{s}" for d in DIRECTIONS for s in ("ccw", "cw")][:num_classes]
 
 
 def _check_classes(num_classes: int) -> None:
     if num_classes not in NUM_CLASSES_CHOICES:
-        raise ValueError(f"the video demo has 4 (direction) or 8 (direction x rotation sense) classes, got {num_classes}")
+        raise ValueError(f"the video demo has 2..4 (direction) or 5..8 (direction x rotation sense) classes, "
+                         f"got {num_classes}; pass e.g. --classes 4")
 
 
 def _colours(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
@@ -84,7 +91,7 @@ def render_clip(index: int, seed: int, size: int = 64, num_frames: int = 16,
         seed: demo-set seed; the clip is a pure function of ``(seed, index)`` and the sizes.
         size: frame side in pixels (even, for yuv420p).
         num_frames: frames in the clip.
-        num_classes: 4 (direction) or 8 (direction x rotation sense).
+        num_classes: 2..4 (direction) or 5..8 (direction x rotation sense).
 
     Returns:
         frames: (F, size, size, 3) uint8 RGB.
@@ -95,8 +102,9 @@ def render_clip(index: int, seed: int, size: int = 64, num_frames: int = 16,
         raise ValueError(f"demo clips need an even size >= 8 and >= 2 frames, got size={size}, num_frames={num_frames}")
     rng = np.random.default_rng([seed, index])
     label = index % num_classes
-    direction = DIRECTIONS[label if num_classes == 4 else label // 2]
-    clockwise = bool(rng.integers(0, 2)) if num_classes == 4 else bool(label % 2)
+    by_direction = num_classes <= len(DIRECTIONS)
+    direction = DIRECTIONS[label if by_direction else label // 2]
+    clockwise = bool(rng.integers(0, 2)) if by_direction else bool(label % 2)
     fg, bg = _colours(rng)
     num_sides = int(rng.integers(3, 6))
     radius = rng.uniform(0.12, 0.2) * size
@@ -150,3 +158,52 @@ def demo_clip(index: int, seed: int, size: int = 64, num_frames: int = 16, num_c
     """Clip ``index`` of the demo set ``seed`` as MP4 bytes, with its label (see :func:`render_clip`)."""
     frames, params = render_clip(index, seed, size, num_frames, num_classes)
     return encode_mp4(frames), params.label
+
+
+#: Frames per generated clip: enough for the demo recipe's clip span with room for random starts.
+DEMO_NUM_FRAMES = 32
+_SPLITS = {"train": 0, "val": 1}
+
+
+@dataclass(frozen=True)
+class _DemoChunk:
+    """Chunk job for :func:`jepa.data.write_shard_set`: clips ``start .. start+count`` of a split."""
+
+    seed: int
+    split: str
+    start: int
+    count: int
+    num_classes: int
+    size: int
+    num_frames: int
+
+    def __call__(self) -> Iterator[ShardSample]:
+        split_seed = derive_seed(self.seed, _SPLITS[self.split])  # val clips are independent of train clips
+        for i in range(self.start, self.start + self.count):
+            data, label = demo_clip(i, split_seed, self.size, self.num_frames, self.num_classes)
+            yield ShardSample(f"{self.split}_{i:07d}", "mp4", data, label)
+
+
+def write_demo_dataset(out_dir: str | Path, *, num_train: int, num_val: int, size: int = 64,
+                       num_frames: int = DEMO_NUM_FRAMES, num_classes: int = 4, seed: int = 0,
+                       max_count: int = 250, workers: int = 1, show_progress: bool = True) -> dict[str, Manifest]:
+    """Write ``out_dir/train`` and ``out_dir/val`` shard sets of labelled MP4 clips (``cls`` = motion class).
+
+    Raises:
+        ValueError: bad counts, size, frame count or class count.
+    """
+    _check_classes(num_classes)
+    if num_train < 1 or num_val < 0:
+        raise ValueError(f"need num_train >= 1 and num_val >= 0 (got {num_train}, {num_val})")
+    if size < 16 or size % 2 or num_frames < 2:
+        raise ValueError(f"demo clips need an even size >= 16 and >= 2 frames, got size={size}, num_frames={num_frames}")
+    manifests = {}
+    for split, n in (("train", num_train), ("val", num_val)):
+        if n == 0:
+            continue
+        jobs = [_DemoChunk(seed, split, start, min(max_count, n - start), num_classes, size, num_frames)
+                for start in range(0, n, max_count)]
+        manifests[split] = write_shard_set(
+            jobs, Path(out_dir) / split, prefix=split, max_count=max_count, max_bytes=1 << 40, workers=workers,
+            classes=class_names(num_classes), total_items=n, show_progress=show_progress)
+    return manifests

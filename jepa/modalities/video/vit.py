@@ -18,16 +18,12 @@ that the predictor's per-generator mask tokens are one ``(G, 1, P)`` parameter `
 """
 
 # No ``from __future__ import annotations``: TorchScript needs the class attribute annotations.
-from typing import List, Optional
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.utils.checkpoint import checkpoint
 
-from jepa.interfaces import Encoder, Predictor
-from jepa.model import gather_tokens
-from jepa.modalities.image.vit import INIT_STD, LAYER_NORM_EPS, _block, init_weights
+from jepa.modalities.image.vit import (INIT_STD, TransformerEncoder, TransformerPredictor, check_encoder_args,
+                                       check_heads, init_weights)
 from jepa.modalities.video.pos_embed import axis_widths, sincos_3d
 
 
@@ -41,8 +37,7 @@ def _init_video_weights(module: nn.Module) -> None:
 
 
 def _check_width(where: str, dim: int, num_heads: int, uniform_power: bool) -> None:
-    if num_heads <= 0 or dim % num_heads:
-        raise ValueError(f"{where}: num_heads={num_heads} must divide the width {dim}; pick a divisor of {dim}")
+    check_heads(where, dim, num_heads)
     axis_widths(dim, uniform_power)  # raises for widths the sin-cos split cannot use
 
 
@@ -73,7 +68,7 @@ class TubeletEmbed(nn.Module):
         return F.linear(x, self.proj.weight.reshape(self.proj.weight.shape[0], -1), self.proj.bias)
 
 
-class VideoViTEncoder(Encoder):
+class VideoViTEncoder(TransformerEncoder):
     """Video ViT without class token: the context encoder (with ``keep_idx_BK``) and the target encoder.
 
     The stored ``pos_embed`` buffer (1, N, D) is the table of the training grid; a clip with
@@ -98,34 +93,20 @@ class VideoViTEncoder(Encoder):
         num_patches: N = grid_t * grid_size ** 2.
     """
 
-    embed_dim: int
-    patch_size: int
     tubelet_size: int
     num_frames: int
-    img_size: int
-    in_chans: int
-    depth: int
-    num_heads: int
     grid_t: int
-    grid_size: int
-    num_patches: int
     uniform_power: bool
-    grad_checkpointing: bool
 
     def __init__(self, num_frames: int, img_size: int, patch_size: int, tubelet_size: int, in_chans: int,
                  embed_dim: int, depth: int, num_heads: int, mlp_dim: int, drop_path: float = 0.0,
                  uniform_power: bool = True):
         super().__init__()
-        if patch_size <= 0 or img_size % patch_size or img_size < patch_size:
-            raise ValueError(f"VideoViTEncoder: img_size={img_size} must be a positive multiple of patch_size={patch_size}")
+        check_encoder_args("VideoViTEncoder", img_size, patch_size, depth, drop_path)
         if tubelet_size <= 0 or num_frames % tubelet_size or num_frames < tubelet_size:
             raise ValueError(f"VideoViTEncoder: num_frames={num_frames} must be a positive multiple of "
                              f"tubelet_size={tubelet_size}")
         _check_width("VideoViTEncoder", embed_dim, num_heads, uniform_power)
-        if depth <= 0:
-            raise ValueError(f"VideoViTEncoder: depth must be positive, got {depth}")
-        if not 0.0 <= drop_path < 1.0:
-            raise ValueError(f"VideoViTEncoder: drop_path must be in [0, 1), got {drop_path}")
         self.embed_dim, self.depth, self.num_heads = embed_dim, depth, num_heads
         self.patch_size, self.tubelet_size, self.in_chans = patch_size, tubelet_size, in_chans
         self.num_frames, self.img_size, self.uniform_power = num_frames, img_size, uniform_power
@@ -136,14 +117,8 @@ class VideoViTEncoder(Encoder):
         self.patch_embed = TubeletEmbed(in_chans, embed_dim, tubelet_size, patch_size)
         table = sincos_3d(embed_dim, self.grid_t, self.grid_size, self.grid_size, uniform_power)
         self.register_buffer("pos_embed", table.unsqueeze(0))
-        rates = torch.linspace(0, drop_path, depth, device="cpu").tolist() if depth > 1 else [drop_path]
-        self.blocks = nn.ModuleList([_block(embed_dim, num_heads, mlp_dim, r) for r in rates])
-        self.norm = nn.LayerNorm(embed_dim, eps=LAYER_NORM_EPS)
+        self._build_blocks(embed_dim, depth, num_heads, mlp_dim, drop_path)
         self.apply(_init_video_weights)
-
-    def set_grad_checkpointing(self, enable: bool = True) -> None:
-        """Recompute each block in the backward pass (non-reentrant) while training; eager only."""
-        self.grad_checkpointing = enable
 
     def _tokens(self, x: Tensor) -> Tensor:
         """(B, C, T, H, W) -> (B, N, D) tubelet embeddings plus positions of the actual grid."""
@@ -164,52 +139,8 @@ class VideoViTEncoder(Encoder):
                             device=tokens.device).to(self.pos_embed.dtype).unsqueeze(0)
         return tokens + pos  # float32 under autocast, as with the stored table
 
-    @torch.jit.unused
-    def _blocks_checkpointed(self, x: Tensor) -> Tensor:
-        for blk in self.blocks:
-            x = checkpoint(blk, x, use_reentrant=False)
-        return x
 
-    def _run_blocks(self, x: Tensor) -> Tensor:
-        if self.grad_checkpointing and self.training:
-            return self._blocks_checkpointed(x)
-        for blk in self.blocks:
-            x = blk(x)
-        return x
-
-    def forward(self, x: Tensor, keep_idx_BK: Optional[Tensor] = None) -> Tensor:
-        """Encode clips, optionally only the kept (context) tokens.
-
-        Args:
-            x: (B, C, T, H, W) clips; T a multiple of the tubelet, H and W of the patch.
-            keep_idx_BK: (B, K) int64 raster indices of the tokens to keep; None keeps all.
-
-        Returns:
-            (B, K, D) or (B, N, D) final-normed tokens, N = (T / t) * (H / p) * (W / p).
-        """
-        tokens = self._tokens(x)
-        if keep_idx_BK is not None:
-            tokens = gather_tokens(tokens, keep_idx_BK)
-        return self.norm(self._run_blocks(tokens))
-
-    @torch.jit.export
-    def forward_layers(self, x: Tensor, num_last: int = 1) -> List[Tensor]:
-        """Outputs of the last ``num_last`` blocks on all tokens, each (B, N, D), normed with the
-        final norm, shallowest first; the last equals ``forward(x)``."""
-        if num_last < 1 or num_last > self.depth:
-            raise ValueError("VideoViTEncoder.forward_layers: num_last=" + str(num_last) + " must be in 1.."
-                             + str(self.depth) + " (the encoder depth)")
-        tokens = self._tokens(x)
-        outputs: List[Tensor] = []
-        first = self.depth - num_last
-        for i, blk in enumerate(self.blocks):
-            tokens = blk(tokens)
-            if i >= first:
-                outputs.append(self.norm(tokens))
-        return outputs
-
-
-class VideoViTPredictor(Predictor):
+class VideoViTPredictor(TransformerPredictor):
     """The narrow V-JEPA predictor: context tokens + one mask token per target token -> targets.
 
     Args:
@@ -225,14 +156,7 @@ class VideoViTPredictor(Predictor):
     """
 
     grid_t: int
-    grid_size: int
-    num_patches: int
-    embed_dim: int
-    predictor_dim: int
-    depth: int
-    num_heads: int
     num_mask_tokens: int
-    grad_checkpointing: bool
 
     def __init__(self, grid_t: int, grid_size: int, embed_dim: int, predictor_dim: int = 384, depth: int = 12,
                  num_heads: int = 16, mlp_ratio: float = 4.0, num_mask_tokens: int = 2, uniform_power: bool = True):
@@ -248,50 +172,15 @@ class VideoViTPredictor(Predictor):
         self.num_mask_tokens = num_mask_tokens
         self.grad_checkpointing = False
 
-        self.predictor_embed = nn.Linear(embed_dim, predictor_dim)
         self.mask_tokens = nn.Parameter(torch.zeros(num_mask_tokens, 1, predictor_dim))
         table = sincos_3d(predictor_dim, grid_t, grid_size, grid_size, uniform_power)
         self.register_buffer("predictor_pos_embed", table.unsqueeze(0))
-        mlp_dim = int(predictor_dim * mlp_ratio)
-        self.predictor_blocks = nn.ModuleList([_block(predictor_dim, num_heads, mlp_dim, 0.0) for _ in range(depth)])
-        self.predictor_norm = nn.LayerNorm(predictor_dim, eps=LAYER_NORM_EPS)
-        self.predictor_proj = nn.Linear(predictor_dim, embed_dim)
+        self._build_layers(embed_dim, predictor_dim, depth, num_heads, mlp_ratio)
         self.apply(_init_video_weights)  # mask tokens stay zero
 
-    def set_grad_checkpointing(self, enable: bool = True) -> None:
-        """Recompute each block in the backward pass (non-reentrant) while training; eager only."""
-        self.grad_checkpointing = enable
-
-    @torch.jit.unused
-    def _blocks_checkpointed(self, x: Tensor) -> Tensor:
-        for blk in self.predictor_blocks:
-            x = checkpoint(blk, x, use_reentrant=False)
-        return x
-
-    def forward(self, context_BKD: Tensor, context_idx_BK: Tensor, target_idx_BT: Tensor,
-                mask_index: int = 0) -> Tensor:
-        """Predict the target tokens of one target set per row.
-
-        Args:
-            context_BKD: (B, K, D) context-encoder outputs.
-            context_idx_BK: (B, K) int64 raster positions of the context tokens.
-            target_idx_BT: (B, T) int64 raster positions to predict.
-            mask_index: which mask generator produced the masks; selects its mask token.
-
-        Returns:
-            (B, T, D) predictions, in the order of ``target_idx_BT``.
-        """
+    def _mask_token(self, mask_index: int) -> Tensor:
+        """The (1, P) mask token of generator ``mask_index``."""
         if mask_index < 0 or mask_index >= self.num_mask_tokens:
             raise ValueError("VideoViTPredictor: mask_index=" + str(mask_index) + " must be in 0.."
                              + str(self.num_mask_tokens - 1) + " (one mask token per mask generator)")
-        b, k = context_idx_BK.shape
-        pos_BNP = self.predictor_pos_embed.expand(b, -1, -1)
-        context = self.predictor_embed(context_BKD) + gather_tokens(pos_BNP, context_idx_BK)
-        queries = self.mask_tokens[mask_index] + gather_tokens(pos_BNP, target_idx_BT)  # (B, T, P)
-        x = torch.cat([context, queries], dim=1)
-        if self.grad_checkpointing and self.training:
-            x = self._blocks_checkpointed(x)
-        else:
-            for blk in self.predictor_blocks:
-                x = blk(x)
-        return self.predictor_proj(self.predictor_norm(x[:, k:]))  # the norm is per token
+        return self.mask_tokens[mask_index]

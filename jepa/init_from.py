@@ -1,0 +1,129 @@
+"""``init_from:``: start pretraining from other weights (a released ``.pth.tar``, a run directory,
+a checkpoint) instead of random initialisation.
+
+A new run only: a run that resumes continues its own checkpoint and ignores ``init_from``.
+The recipe section is written into the run's ``recipe.yaml`` like every other field, so the
+run records where it started. Weights are checked strictly against the recipe's model (every
+missing, unexpected and mis-shaped key named, :mod:`jepa.weights`) before anything is loaded.
+
+What happens to each part:
+
+* ``encoder`` (context encoder) and ``predictor``: loaded into the freshly built modules before
+  the engine wraps them (so every ZeRO stage sees them).
+* ``target``: loaded into the engine's target encoder; when not chosen the target starts as a
+  copy of the context encoder, as in a fresh run.
+* ``optimizer: true``: the optimiser moments of a ``jepa train`` checkpoint, restored through
+  the engine (same world size and parameter groups; ``parts`` must then be all three, since the
+  engine restores the modules with them). Released files carry optimiser state in the authors'
+  layout, which is not restored.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal, Mapping
+
+from pydantic import Field, field_validator
+from torch import Tensor, nn
+
+from jepa.config import StrictModel
+
+Part = Literal["encoder", "predictor", "target"]
+ALL_PARTS: tuple[Part, ...] = ("encoder", "predictor", "target")
+_SECTION = {"encoder": "encoder", "predictor": "predictor", "target": "target_encoder"}
+
+
+class InitFromConfig(StrictModel):
+    """Where a new run takes its initial weights from."""
+
+    path: str = Field(min_length=1, description="A released I-JEPA .pth.tar, a run directory (its newest complete "
+                                                "checkpoint), a checkpoint directory or a models.pt of `jepa train`")
+    parts: list[Part] = Field(list(ALL_PARTS), min_length=1,
+                              description="Which models to take: encoder (context), predictor, target (EMA)")
+    optimizer: bool = Field(False, description="Also restore the optimiser moments (checkpoints of `jepa train` only)")
+
+    @field_validator("parts")
+    @classmethod
+    def _unique(cls, parts: list[Part]) -> list[Part]:
+        if len(set(parts)) != len(parts):
+            raise ValueError(f"parts {parts} names a part twice")
+        return parts
+
+
+def _is_jepa_weights(path: Path) -> bool:
+    return path.is_dir() or path.name == "models.pt"
+
+
+def read_init_states(cfg: InitFromConfig) -> tuple[dict[str, dict[str, Tensor]], Path | None]:
+    """The chosen parts' state dicts (keys ``encoder``, ``predictor``, ``target``) and, for
+    ``jepa train`` checkpoints, the checkpoint directory they came from.
+
+    Raises:
+        ValueError: the path is missing or not a known layout, a part is absent, or
+            ``optimizer`` is asked of a file that cannot provide it.
+    """
+    from jepa.checkpoint import load_model_weights
+
+    path = Path(cfg.path)
+    if not path.exists():
+        raise ValueError(f"init_from.path: {path} does not exist; name a released .pth.tar, a run directory, a "
+                         "checkpoint directory or a models.pt")
+    if _is_jepa_weights(path):
+        weights = load_model_weights(path)
+        sections = {"encoder": weights.encoder, "predictor": weights.predictor, "target_encoder": weights.target_encoder}
+        source_dir: Path | None = weights.path.parent
+    else:
+        from jepa.modalities.image.released import is_released_layout, strip_ddp_prefix
+        from jepa.weights import safe_load
+
+        ckpt = safe_load(path, "a released I-JEPA .pth.tar (init_from.path)", mmap=False)
+        if not is_released_layout(ckpt):
+            top = sorted(ckpt)[:10] if isinstance(ckpt, dict) else type(ckpt).__name__
+            raise ValueError(f"init_from.path: {path} is neither a checkpoint of `jepa train` nor in the authors' released "
+                             f"layout (top level: {top})")
+        sections = {k: strip_ddp_prefix(ckpt[k]) for k in _SECTION.values() if isinstance(ckpt.get(k), Mapping)}
+        source_dir = None
+    if cfg.optimizer and (source_dir is None or set(cfg.parts) != set(ALL_PARTS)):
+        raise ValueError("init_from.optimizer: optimiser state is restored only from a checkpoint of `jepa train` and "
+                         "together with all three parts (parts: [encoder, predictor, target]); set optimizer: false")
+    missing = [p for p in cfg.parts if _SECTION[p] not in sections or not sections[_SECTION[p]]]
+    if missing:
+        raise ValueError(f"init_from.parts: {path} holds no {', '.join(missing)} weights; drop "
+                         f"{'it' if len(missing) == 1 else 'them'} from init_from.parts")
+    return {p: dict(sections[_SECTION[p]]) for p in cfg.parts}, source_dir
+
+
+def check_init_states(cfg: InitFromConfig, states: Mapping[str, Mapping[str, Tensor]], encoder: nn.Module,
+                      predictor: nn.Module, describe: str) -> None:
+    """Strict fit check of every chosen part at once.
+
+    Raises:
+        ValueError: naming the file and every missing, unexpected and mis-shaped key per part.
+    """
+    from jepa.weights import state_problems
+
+    expected = {"encoder": encoder.state_dict(), "predictor": predictor.state_dict(), "target": encoder.state_dict()}
+    problems = [f"{part}: {p}" for part, state in states.items() for p in state_problems(expected[part], state)]
+    if problems:
+        raise ValueError(f"init_from.path: {cfg.path} does not fit the model of this recipe ({describe}):\n  "
+                         + "\n  ".join(problems) + "\nSet the recipe's architecture to the one of the weights, or "
+                         "drop the parts that differ from init_from.parts")
+
+
+def load_into_modules(states: Mapping[str, Mapping[str, Tensor]], encoder: nn.Module, predictor: nn.Module) -> None:
+    """Load the checked ``encoder`` / ``predictor`` parts into the modules before the engine wraps them."""
+    if "encoder" in states:
+        encoder.load_state_dict(states["encoder"], strict=True)
+    if "predictor" in states:
+        predictor.load_state_dict(states["predictor"], strict=True)
+
+
+def load_into_engine(cfg: InitFromConfig, states: Mapping[str, Mapping[str, Tensor]], source_dir: Path | None,
+                     engine) -> None:
+    """After the engine is built, on a run that does not resume: the ``target`` part and, when
+    asked, the optimiser state (the engine restores modules and moments of the checkpoint)."""
+    if cfg.optimizer:
+        assert source_dir is not None  # read_init_states refused otherwise
+        engine.load_state(source_dir, dict(states["target"]))
+    elif "target" in states:
+        engine.target_encoder.load_state_dict(states["target"], strict=True)

@@ -1,0 +1,156 @@
+"""Model-FLOP utilisation (MFU): achieved training FLOP/s over the device's peak.
+
+The FLOPs of a step come from the modality (``Modality.train_flops_per_sample``, counting rules
+in ``docs/flops.md``); this module supplies the other half, the peak:
+
+* on a GPU, the vendor's dense (no sparsity) peak for the precision the matmuls run in, from
+  :data:`GPU_PEAK_TFLOPS`, keyed by a substring of ``torch.cuda.get_device_name()``;
+* on the CPU, a square GEMM (``torch.mm``) timed in the same process, because a CPU's peak
+  depends on its cores, clocks and on who else is using them (the median of a few repeats).
+
+``mfu = samples/s x FLOPs per sample / (world size x peak per device)``.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import statistics
+import time
+from typing import TYPE_CHECKING
+
+import torch
+
+if TYPE_CHECKING:
+    from jepa.interfaces import MaskSampler, Modality
+
+#: Dense peak TFLOP/s per GPU: (bf16/fp16 tensor cores, fp32 without tensor cores). First match of
+#: the lower-cased substring in the device name wins, so the more specific names come first.
+#: Sources: NVIDIA data sheets (SXM parts unless named; numbers without sparsity).
+GPU_PEAK_TFLOPS: tuple[tuple[str, float, float], ...] = (
+    ("gb200", 2500.0, 80.0),
+    ("b200", 2250.0, 80.0),
+    ("h200", 989.4, 66.9),          # H200 SXM (also matches GH200: same H100-class die and clocks)
+    ("h100 pcie", 756.0, 51.2),
+    ("h100 nvl", 835.0, 60.0),
+    ("h100", 989.4, 66.9),          # H100 SXM / HBM3
+    ("h800", 989.4, 66.9),
+    ("a100", 312.0, 19.5),          # A100 SXM and PCIe (same dense peak)
+    ("a800", 312.0, 19.5),
+    ("l40s", 362.1, 91.6),
+    ("l40", 181.0, 90.5),
+    ("l4", 121.0, 30.3),
+    ("a10g", 70.0, 31.2),           # AWS A10G
+    ("a10", 125.0, 31.2),
+    ("a40", 149.7, 37.4),
+    ("a6000", 154.8, 38.7),         # RTX A6000
+    ("v100", 125.0, 15.7),          # no bf16: the fp16 tensor-core peak (V100 SXM2)
+    ("t4", 65.0, 8.1),              # no bf16: fp16 tensor-core peak
+)
+
+CPU_GEMM_SIZE = 2048
+"""Side of the square matrices of the CPU peak GEMM (2 x 2048^3 = 17.2 GFLOP per product)."""
+
+
+def gpu_peak_flops(device_name: str, precision: str) -> float | None:
+    """Dense peak FLOP/s of a GPU for the engine precision, or None for a GPU not in the table.
+
+    Args:
+        device_name: as ``torch.cuda.get_device_name()`` reports it, e.g. ``"NVIDIA H100 80GB HBM3"``.
+        precision: ``bf16`` / ``fp16`` (tensor cores) or ``fp32`` (no TF32).
+    """
+    name = device_name.lower()
+    for key, half, single in GPU_PEAK_TFLOPS:
+        if key in name:
+            return 1e12 * (single if precision == "fp32" else half)
+    return None
+
+
+def measure_gemm_flops(device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,
+                       size: int = CPU_GEMM_SIZE, repeats: int = 3) -> float:
+    """FLOP/s of ``size``-square ``torch.mm`` on ``device``: the median of ``repeats`` timed products
+    after one warm-up product (``2 size^3`` FLOPs each)."""
+    device = torch.device(device)
+    g = torch.Generator(device="cpu").manual_seed(0)
+    a = torch.randn(size, size, generator=g).to(device, dtype)
+    b = torch.randn(size, size, generator=g).to(device, dtype)
+    out = torch.empty(size, size, device=device, dtype=dtype)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    torch.mm(a, b, out=out)
+    sync()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        torch.mm(a, b, out=out)
+        sync()
+        times.append(time.perf_counter() - t0)
+    return 2.0 * size ** 3 / statistics.median(times)
+
+
+@functools.lru_cache(maxsize=None)
+def _cpu_peak(dtype: torch.dtype) -> float:
+    return measure_gemm_flops("cpu", dtype)
+
+
+def compute_dtype(precision: str) -> torch.dtype:
+    """The dtype matmuls run in for an engine precision (autocast for bf16 / fp16)."""
+    return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+
+
+def peak_flops(device: torch.device, precision: str) -> tuple[float | None, str]:
+    """Peak FLOP/s of one device and where the number comes from.
+
+    On CPU the GEMM is measured once per process (cached); call :func:`measure_gemm_flops` for a
+    fresh measurement next to a benchmark.
+
+    Returns:
+        (peak, source): source is e.g. ``"table: NVIDIA H100 80GB HBM3 bf16"`` or
+        ``"measured: cpu fp32 GEMM 2048^3"``; peak is None for a GPU not in the table.
+    """
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+        return gpu_peak_flops(name, precision), f"table: {name} {precision}"
+    dtype = compute_dtype(precision)
+    return _cpu_peak(dtype), f"measured: {device.type} {precision} GEMM {CPU_GEMM_SIZE}^3"
+
+
+def mfu(flops_per_s: float, peak_per_device: float | None, world_size: int = 1) -> float | None:
+    """Achieved FLOP/s (all ranks) over the peak of ``world_size`` devices; None when the peak is unknown."""
+    if not peak_per_device:
+        return None
+    return flops_per_s / (peak_per_device * world_size)
+
+
+def collated_mask_tokens(sampler: "MaskSampler", batch_size: int, num_batches: int = 8,
+                         seed: int = 0) -> list[tuple[float, float]]:
+    """Mean context tokens K and tokens per target block T that actually run, per mask pair.
+
+    Samplers collate the context to one length per batch (I-JEPA's faithful mode: the batch
+    minimum), so the tokens that run depend on the batch size; this draws ``num_batches``
+    batches from a fixed seed and averages.
+
+    Returns:
+        ``[(K, T), ...]``, one per (context, target) pair of the sampler.
+    """
+    from jepa.interfaces import as_mask_pairs
+
+    g = torch.Generator().manual_seed(seed)
+    sums: list[list[float]] | None = None
+    for _ in range(num_batches):
+        pairs = as_mask_pairs(sampler(batch_size, g))
+        if sums is None:
+            sums = [[0.0, 0.0] for _ in pairs]
+        for acc, m in zip(sums, pairs):
+            acc[0] += m.context_idx_BK.shape[1]
+            acc[1] += m.target_idx_BMT.shape[2]
+    assert sums is not None
+    return [(k / num_batches, t / num_batches) for k, t in sums]
+
+
+def flops_per_sample(modality: "Modality", micro_batch_size: int | None = None) -> float | None:
+    """The modality's training FLOPs per sample, counted on the tokens that run at this micro batch
+    when the modality can (its ``train_flops_per_sample`` takes ``batch_size``), else its expectation."""
+    fn = modality.train_flops_per_sample
+    if micro_batch_size is not None and "batch_size" in inspect.signature(fn).parameters:
+        return fn(batch_size=micro_batch_size)  # type: ignore[call-arg]
+    return fn()

@@ -1,0 +1,98 @@
+"""The ``official`` export: a run or checkpoint written in the authors' released ``.pth.tar``
+layout (context encoder, predictor, target encoder; see :mod:`jepa.modalities.image.released`),
+so the authors' code (and ``jepa``'s released-checkpoint reader) can continue from it.
+
+The file needs the predictor, so only sources that carry one qualify: a run directory, a
+checkpoint directory or a ``models.pt``. ``epoch`` is the number of whole epochs done
+(``step // steps_per_epoch`` of the recipe), ``lr`` the recipe's peak learning rate,
+``batch_size`` the global batch (as if on one GPU, ``world_size`` 1); ``opt`` holds the
+released four-group AdamW structure without moments (the authors' resume code finds the
+groups it expects; the moments restart from zero).
+
+Verification: the scratch file is read back with :func:`~jepa.modalities.image.released.load_released`
+into fresh models; every tensor must equal the source and the reloaded encoder and predictor
+must reproduce the eager ones on the modality's export inputs.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Callable
+
+import torch
+
+from jepa.export import (EXPORT_TOLERANCE, ExportResult, atomic_write, build_metadata, check_differences,
+                         max_abs_differences)
+
+if TYPE_CHECKING:
+    from jepa.sources import EncoderSource
+
+
+def export_official(
+    source: EncoderSource, out: str | Path, *, pooled: bool = False, tolerance: float = EXPORT_TOLERANCE,
+    log: Callable[[str], None] = print,
+) -> ExportResult:
+    """Write the source's three models in the released layout, verified by reading them back.
+
+    Raises:
+        ValueError: the source has no predictor (not a run or checkpoint of ``jepa train``), or
+            ``pooled`` was asked for (the file holds whole models).
+        ExportVerificationError: the file does not read back to the same models (nothing is written).
+    """
+    from jepa.checkpoint import load_model_weights
+    from jepa.modalities.image.released import load_released, save_released
+
+    out = Path(out)
+    if source.kind not in ("run", "checkpoint"):
+        raise ValueError(f"{source.source}: --format official writes encoder, predictor and target encoder, so it "
+                         f"needs a run directory or checkpoint of `jepa train` (this source is {source.kind!r})")
+    if pooled:
+        raise ValueError("--pooled does not apply to --format official: the file holds whole models")
+    weights = load_model_weights(source.source)
+    modality, recipe = source.modality, weights.recipe
+    models = {"encoder": modality.build_encoder(), "predictor": modality.build_predictor(),
+              "target_encoder": modality.build_encoder()}
+    for key, module in models.items():
+        module.load_state_dict(getattr(weights, key))
+        module.eval()
+    epoch = weights.step // recipe.steps_per_epoch
+    meta = build_metadata(source, "official", False)
+    gen = torch.Generator().manual_seed(0)
+    inputs = modality.export_inputs(models["target_encoder"], gen)[:1]
+    grid = models["encoder"].num_patches
+    perm = torch.randperm(grid, generator=gen)
+    ctx_idx, tgt_idx = perm[: grid // 2].sort().values, perm[grid // 2:].sort().values
+    result: dict[str, float] = {}
+
+    def write(tmp: str) -> None:
+        save_released(tmp, models["encoder"], models["predictor"], models["target_encoder"], epoch=epoch,
+                      loss=0.0, batch_size=recipe.data.global_batch_size, world_size=1, lr=recipe.optim.lr)
+        back = {"encoder": modality.build_encoder(), "predictor": modality.build_predictor(),
+                "target_encoder": modality.build_encoder()}
+        load_released(tmp, back["target_encoder"], back["predictor"], which="target_encoder")
+        load_released(tmp, back["encoder"], which="encoder")
+        diffs: dict[str, float] = {}
+        for key in models:
+            ref, got = models[key].state_dict(), back[key].eval().state_dict()
+            diffs[f"{key} weights"] = max((got[k].float() - v.float()).abs().max().item() for k, v in ref.items())
+        for key in ("encoder", "target_encoder"):
+            one = max_abs_differences(models[key], back[key], inputs)
+            diffs.update({f"{key} {k}": v for k, v in one.items()})
+
+        def predict(pred):
+            def run(x):
+                ctx = models["encoder"](x, ctx_idx.expand(x.shape[0], -1))
+                return pred(ctx, ctx_idx.expand(x.shape[0], -1), tgt_idx.expand(x.shape[0], -1))
+            return run
+
+        one = max_abs_differences(predict(models["predictor"]), predict(back["predictor"]), inputs)
+        diffs.update({f"predictor {k}": v for k, v in one.items()})
+        log("released layout read back vs eager max abs difference: "
+            + ", ".join(f"{k}: {v:.2e}" for k, v in diffs.items()) + f" (tolerance {tolerance:g})")
+        check_differences(diffs, tolerance, "the released-layout file")
+        result.update(diffs)
+
+    atomic_write(out, write)
+    meta["verification"] = {"tolerance": tolerance, "max_abs_diff": result}
+    meta["released"] = {"epoch": epoch, "batch_size": recipe.data.global_batch_size, "lr": recipe.optim.lr}
+    return ExportResult(out, "official", meta, result, tolerance)

@@ -1,0 +1,54 @@
+"""MFU: the GPU peak table, the measured CPU GEMM peak, and MFU in the training log."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from jepa import mfu
+
+
+@pytest.mark.parametrize("name, precision, tflops", [
+    ("NVIDIA H100 80GB HBM3", "bf16", 989.4), ("NVIDIA H100 PCIe", "bf16", 756.0), ("NVIDIA H200", "bf16", 989.4),
+    ("NVIDIA A100-SXM4-80GB", "bf16", 312.0), ("NVIDIA A100-SXM4-40GB", "fp32", 19.5), ("NVIDIA L4", "bf16", 121.0),
+    ("NVIDIA L40S", "bf16", 362.1), ("NVIDIA A10G", "bf16", 70.0), ("NVIDIA A10", "bf16", 125.0),
+    ("Tesla V100-SXM2-32GB", "fp16", 125.0),
+])
+def test_gpu_peak_table(name, precision, tflops):
+    assert mfu.gpu_peak_flops(name, precision) == pytest.approx(tflops * 1e12)
+
+
+def test_unknown_gpu_has_no_peak_and_no_mfu():
+    assert mfu.gpu_peak_flops("Some Future GPU", "bf16") is None
+    assert mfu.mfu(1e12, None) is None
+    assert mfu.mfu(1e12, 1e12, world_size=4) == pytest.approx(0.25)
+
+
+def test_cpu_gemm_peak_is_measured():
+    peak, source = mfu.peak_flops(torch.device("cpu"), "fp32")
+    assert peak is not None and 1e8 < peak < 1e14
+    assert source.startswith("measured")
+    assert mfu.measure_gemm_flops(size=256, repeats=2) > 0
+
+
+def test_training_log_and_bench_report_mfu(toy_recipe, toy_recipe_file, tmp_path):
+    import json
+
+    from typer.testing import CliRunner
+
+    from jepa.cli import app
+    from jepa.monitor import read_metrics
+    from jepa.train import train
+
+    result = train(toy_recipe("run", "max_steps=2", "log.every_steps=1"))
+    records = read_metrics(result.run_dir)
+    assert all(0 < r["mfu"] == pytest.approx(r["flops_per_s"] / mfu.peak_flops(torch.device("cpu"), "fp32")[0])
+               for r in records)
+
+    out_json = tmp_path / "bench.json"
+    out = CliRunner().invoke(app, ["bench", "train", str(toy_recipe_file("b")), "--steps", "2", "--warmup", "1",
+                                   "--json", str(out_json)])
+    assert out.exit_code == 0, out.output
+    assert "MFU" in out.output and "measured: cpu" in out.output
+    data = json.loads(out_json.read_text())
+    assert data["mfu"] == pytest.approx(data["samples_per_s"] * data["flops_per_sample"] / data["peak_flops_per_s"])
