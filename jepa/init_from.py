@@ -27,6 +27,7 @@ from pydantic import Field, field_validator
 from torch import Tensor, nn
 
 from jepa.config import StrictModel
+from jepa.interfaces import Modality
 
 Part = Literal["encoder", "predictor", "target"]
 ALL_PARTS: tuple[Part, ...] = ("encoder", "predictor", "target")
@@ -54,9 +55,10 @@ def _is_jepa_weights(path: Path) -> bool:
     return path.is_dir() or path.name == "models.pt"
 
 
-def read_init_states(cfg: InitFromConfig) -> tuple[dict[str, dict[str, Tensor]], Path | None]:
+def read_init_states(cfg: InitFromConfig, modality: Modality) -> tuple[dict[str, dict[str, Tensor]], Path | None]:
     """The chosen parts' state dicts (keys ``encoder``, ``predictor``, ``target``) and, for
-    ``jepa train`` checkpoints, the checkpoint directory they came from.
+    ``jepa train`` checkpoints, the checkpoint directory they came from. Files in another
+    project's layout are read by the recipe's modality (``Modality.foreign_state_dicts``).
 
     Raises:
         ValueError: the path is missing or not a known layout, a part is absent, or
@@ -73,15 +75,16 @@ def read_init_states(cfg: InitFromConfig) -> tuple[dict[str, dict[str, Tensor]],
         sections = {"encoder": weights.encoder, "predictor": weights.predictor, "target_encoder": weights.target_encoder}
         source_dir: Path | None = weights.path.parent
     else:
-        from jepa.modalities.image.released import is_released_layout, strip_ddp_prefix
         from jepa.weights import safe_load
 
-        ckpt = safe_load(path, "a released I-JEPA .pth.tar (init_from.path)", mmap=False)
-        if not is_released_layout(ckpt):
+        ckpt = safe_load(path, "a checkpoint in another project's layout, e.g. a released I-JEPA .pth.tar "
+                         "(init_from.path)", mmap=False)
+        found = modality.foreign_state_dicts(ckpt, path) if isinstance(ckpt, dict) else None
+        if found is None:
             top = sorted(ckpt)[:10] if isinstance(ckpt, dict) else type(ckpt).__name__
-            raise ValueError(f"init_from.path: {path} is neither a checkpoint of `jepa train` nor in the authors' released "
-                             f"layout (top level: {top})")
-        sections = {k: strip_ddp_prefix(ckpt[k]) for k in _SECTION.values() if isinstance(ckpt.get(k), Mapping)}
+            raise ValueError(f"init_from.path: {path} is neither a checkpoint of `jepa train` nor in a layout the "
+                             f"{modality.name} modality reads (top level: {top})")
+        sections = {k: v for k, v in found.items() if k in _SECTION.values()}
         source_dir = None
     if cfg.optimizer and (source_dir is None or set(cfg.parts) != set(ALL_PARTS)):
         raise ValueError("init_from.optimizer: optimiser state is restored only from a checkpoint of `jepa train` and "

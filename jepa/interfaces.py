@@ -328,3 +328,9 @@ class Modality(ABC):
                 raises ``ValueError`` on options it does not understand.
         """
         return None
+
+    def foreign_state_dicts(self, checkpoint: Mapping[str, Any], path: Path) -> dict[str, dict[str, Tensor]] | None:
+        """``encoder`` / ``predictor`` / ``target_encoder`` state dicts (in this modality's naming) of a
+        checkpoint in another project's layout, for a recipe's ``init_from``; None when the
+        layout is not one this modality reads."""
+        return None

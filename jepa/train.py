@@ -111,7 +111,7 @@ def train(recipe: Recipe, resume: str = "auto", *, save_checkpoints: bool = True
 
     torch.manual_seed(recipe.seed)  # identical initial weights on every rank
     encoder, predictor = modality.build_encoder(), modality.build_predictor()
-    init_states, init_dir = init_from.read_init_states(recipe.init_from) if recipe.init_from else ({}, None)
+    init_states, init_dir = init_from.read_init_states(recipe.init_from, modality) if recipe.init_from else ({}, None)
     if recipe.init_from:  # checked now, before anything runs; loaded only if the run does not resume
         init_from.check_init_states(recipe.init_from, init_states, encoder, predictor, modality.describe())
         init_from.load_into_modules(init_states, encoder, predictor)

@@ -196,3 +196,24 @@ def read_shard(url: str, limit: int | None = None) -> Iterator[dict[str, Any]]:
             yield current
     finally:
         stream.close()
+
+
+def sample_where(sample: dict[str, Any]) -> str:
+    """Names a raw sample in messages: its key and, when known, its shard."""
+    return f"sample {sample.get('__key__', '?')!r}" + (f" of {sample['__url__']}" if "__url__" in sample else "")
+
+
+def sample_payload(sample: dict[str, Any], keys: tuple[str, ...], what: str) -> tuple[str, bytes | bytearray | memoryview]:
+    """The first of ``keys`` present in a raw sample, and its non-empty bytes (decoders start here).
+
+    Raises:
+        ValueError: none of ``keys`` is present, or its value is empty or not bytes.
+    """
+    key = next((k for k in keys if k in sample), None)
+    if key is None:
+        found = sorted(k for k in sample if not k.startswith("__"))
+        raise ValueError(f"{sample_where(sample)} has no {what} (looked for {', '.join(keys)}; found {found})")
+    data = sample[key]
+    if not isinstance(data, (bytes, bytearray, memoryview)) or len(data) == 0:
+        raise ValueError(f"{sample_where(sample)}: '{key}' is empty or not bytes")
+    return key, data

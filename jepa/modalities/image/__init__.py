@@ -155,6 +155,15 @@ class ImageModality(Modality):
         return {"torch-export": export_torch_program, "timm": export_timm_folder, "hf": export_hf,
                 "official": export_official, "safetensors-timm": export_safetensors_timm}
 
+    def foreign_state_dicts(self, checkpoint: Mapping[str, Any], path: Path) -> dict[str, dict[str, Tensor]] | None:
+        """The three state dicts of the authors' released layout, ``module.`` prefixes removed."""
+        from jepa.modalities.image.released import is_released_layout, strip_ddp_prefix
+
+        if not is_released_layout(checkpoint):
+            return None
+        return {k: strip_ddp_prefix(checkpoint[k]) for k in ("encoder", "predictor", "target_encoder")
+                if isinstance(checkpoint.get(k), Mapping)}
+
     @classmethod
     def load_foreign(cls, checkpoint: Mapping[str, Any], path: Path, which: str,
                      options: Mapping[str, Any]) -> ForeignEncoder | None:

@@ -62,14 +62,10 @@ def decode_image(sample: dict[str, Any]) -> Tensor:
         ValueError: the sample has no image key, or its bytes are not a readable image (corrupt,
             truncated, not an image, or too large): the loader skips and counts such samples.
     """
-    key = next((k for k in IMAGE_KEYS if k in sample), None)
-    where = f"sample {sample.get('__key__', '?')!r}" + (f" of {sample['__url__']}" if "__url__" in sample else "")
-    if key is None:
-        found = sorted(k for k in sample if not k.startswith("__"))
-        raise ValueError(f"{where} has no image (looked for {', '.join(IMAGE_KEYS)}; found {found})")
-    data = sample[key]
-    if not isinstance(data, (bytes, bytearray, memoryview)) or len(data) == 0:
-        raise ValueError(f"{where}: '{key}' is empty or not bytes")
+    from jepa.data.reading import sample_payload, sample_where
+
+    key, data = sample_payload(sample, IMAGE_KEYS, "image")
+    where = sample_where(sample)
     from PIL import Image, ImageOps, UnidentifiedImageError
 
     try:

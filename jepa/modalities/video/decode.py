@@ -24,9 +24,11 @@ from typing import Any, Sequence
 
 import av
 import numpy as np
-from av.video.reformatter import VideoReformatter
 import torch
+from av.video.reformatter import VideoReformatter
 from torch import Tensor
+
+from jepa.data.reading import sample_payload, sample_where
 
 #: Sample keys that may hold an encoded video, in the order they are looked for.
 VIDEO_KEYS: tuple[str, ...] = ("mp4", "webm", "avi", "mkv", "mov")
@@ -55,8 +57,7 @@ class VideoItem:
     where: str
 
 
-def _where(sample: dict[str, Any]) -> str:
-    return f"sample {sample.get('__key__', '?')!r}" + (f" of {sample['__url__']}" if "__url__" in sample else "")
+_where = sample_where
 
 
 def _open(data: bytes) -> Any:
@@ -85,13 +86,7 @@ def probe_video(sample: dict[str, Any], min_frames: int) -> VideoItem:
             ``min_frames`` frames.
     """
     where = _where(sample)
-    key = next((k for k in VIDEO_KEYS if k in sample), None)
-    if key is None:
-        found = sorted(k for k in sample if not k.startswith("__"))
-        raise ValueError(f"{where} has no video (looked for {', '.join(VIDEO_KEYS)}; found {found})")
-    data = sample[key]
-    if not isinstance(data, (bytes, bytearray, memoryview)) or len(data) == 0:
-        raise ValueError(f"{where}: '{key}' is empty or not bytes")
+    key, data = sample_payload(sample, VIDEO_KEYS, "video")
     data = bytes(data)
     pts: list[int | None] = []
     size: tuple[int, int] | None = None
