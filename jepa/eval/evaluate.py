@@ -5,7 +5,7 @@ Protocols (the paper evaluates the target encoder):
 ``linear``     linear classifier (multinomial logistic regression, L-BFGS, L2 strength picked
                on a hold-out of the training split) on the standardised, average-pooled last layer;
 ``linear4``    the same on the last 4 layers (all layers of shallower encoders), each
-               average-pooled, concatenated (the paper's protocol);
+               average-pooled, concatenated (the paper's layers and pooling, not its training protocol);
 ``knn``        weighted k-nearest neighbours under cosine similarity (k, temperature);
 ``attentive``  one learned query cross-attending over the frozen patch tokens + linear head.
 
