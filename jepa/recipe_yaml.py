@@ -20,7 +20,7 @@ import re
 from typing import Any
 
 import yaml
-from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
+from yaml.nodes import MappingNode, Node, ScalarNode
 
 MAX_BYTES = 1 << 20
 """Longest recipe text read (1 MiB; real recipes are a few KiB)."""

@@ -21,15 +21,18 @@ DECODE_TIMEOUT_S = 120.0
 """Longest one file may take to decode before it counts as a hanging decoder."""
 
 
-def _serve(modality: Modality, conn: Connection) -> None:
-    """Child process: decode each sample received; answer None (readable) or the error text."""
+def _serve(modality: Modality, conn: Connection, parent_end: Connection) -> None:
+    """Child process: decode each sample received; answer None (readable) or the error text; stop at None."""
     import torch
 
+    parent_end.close()  # the forked copy of the parent's end: EOF must reach us when the parent goes
     torch.set_num_threads(1)
     while True:
         try:
             sample = conn.recv()
         except EOFError:
+            return
+        if sample is None:
             return
         try:
             modality.decode(sample)
@@ -53,7 +56,7 @@ class DecodeScreen:
 
     def _start(self) -> Connection:
         parent, child = self._ctx.Pipe()
-        self._child = self._ctx.Process(target=_serve, args=(self.modality, child), daemon=True)
+        self._child = self._ctx.Process(target=_serve, args=(self.modality, child, parent), daemon=True)
         self._child.start()
         child.close()
         self._conn = parent
@@ -78,6 +81,11 @@ class DecodeScreen:
 
     def _stop(self, kill: bool = False) -> None:
         if self._conn is not None:
+            if not kill:
+                try:
+                    self._conn.send(None)
+                except OSError:
+                    pass
             self._conn.close()
             self._conn = None
         if self._child is not None and self._child.pid is not None:
