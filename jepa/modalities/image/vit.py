@@ -75,7 +75,8 @@ def check_heads(where: str, dim: int, num_heads: int) -> None:
         raise ValueError(f"{where}: num_heads={num_heads} must divide the width {dim}; pick a divisor of {dim}")
 
 
-def _check_heads(where: str, dim: int, num_heads: int) -> None:
+def _check_sincos_width(where: str, dim: int, num_heads: int) -> None:
+    """Heads divide the width, and the width splits into the 2-D sin-cos table (a multiple of 4)."""
     check_heads(where, dim, num_heads)
     if dim % 4:
         raise ValueError(f"{where}: width {dim} must be a multiple of 4 for the 2-D sin-cos positions")
@@ -271,7 +272,7 @@ class ViTEncoder(TransformerEncoder):
                  num_heads: int, mlp_dim: int, drop_path: float = 0.0):
         super().__init__()
         check_encoder_args("ViTEncoder", img_size, patch_size, depth, drop_path)
-        _check_heads("ViTEncoder", embed_dim, num_heads)
+        _check_sincos_width("ViTEncoder", embed_dim, num_heads)
         self.embed_dim = embed_dim
         self.patch_size = patch_size
         self.img_size = img_size
@@ -323,7 +324,7 @@ class ViTPredictor(TransformerPredictor):
             raise ValueError(f"ViTPredictor: grid_size must be positive, got {grid_size}")
         if depth <= 0:
             raise ValueError(f"ViTPredictor: depth must be positive, got {depth}")
-        _check_heads("ViTPredictor", predictor_dim, num_heads)
+        _check_sincos_width("ViTPredictor", predictor_dim, num_heads)
         self.grid_size = grid_size
         self.num_patches = grid_size ** 2
         self.embed_dim = embed_dim
