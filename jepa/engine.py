@@ -16,17 +16,27 @@ Precision: parameters, gradients, optimiser state and gradient communication sta
 weights fp32 makes the EMA and the consolidated checkpoint exact.
 
 Process group: under ``torchrun`` / the ``deepspeed`` launcher (also multi-node with a hostfile)
-the launcher's environment is used; a plain ``python`` process creates a world of one itself
-(gloo on CPU, nccl on GPU) and keeps it for later engines in the same process.
+or ``mpirun`` the launcher's environment is used; under Slurm's ``srun`` the ranks and the
+rendezvous come from the ``SLURM_*`` variables (:mod:`jepa.launch`); a plain ``python`` process
+creates a world of one itself (gloo on CPU, nccl on GPU) and keeps it for later engines in the
+same process.
+
+Another world size: a checkpoint written by N ranks is loaded by M through DeepSpeed's
+universal checkpoint (:meth:`Engine.load_state` with ``reshard_dir``): rank 0 converts the
+ZeRO shards with ``deepspeed.checkpoint.ds_to_universal`` (per-parameter fp32 weights and Adam
+moments) and every rank loads its new partition of them. Every file DeepSpeed reads on the way
+is unpickled with ``weights_only=True`` (:func:`_weights_only_torch_load`).
 """
 
 from __future__ import annotations
 
+import argparse
 import copy
+import io
 import os
 import pickle
-import socket
-from contextlib import AbstractContextManager, contextmanager, nullcontext
+import shutil
+from contextlib import AbstractContextManager, contextmanager, nullcontext, redirect_stderr, redirect_stdout
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -34,13 +44,15 @@ from typing import Any, Callable, Iterator
 import deepspeed
 import torch
 import torch.distributed as dist
+from deepspeed.checkpoint import ds_to_universal
 from deepspeed.runtime.checkpoint_engine import TorchCheckpointEngine
 from torch import Tensor, nn
 
 from jepa.interfaces import Encoder, Predictor, TargetUpdater
+from jepa.launch import detect as detect_launch, free_port
 from jepa.model import JEPA
 from jepa.param_groups import build_param_groups
-from jepa.recipe import EngineConfig, OptimConfig
+from jepa.recipe import EngineConfig, OptimConfig, split_global_batch
 
 DEEPSPEED_TAG = "deepspeed"  # sub-directory of a checkpoint holding DeepSpeed's own files
 
@@ -75,6 +87,27 @@ class _WeightsOnlyCheckpointEngine(TorchCheckpointEngine):
                              f"written by `jepa train`. Detail: {' '.join(str(exc).split())[:300]}") from None
         except (RuntimeError, EOFError, OSError) as exc:
             raise ValueError(f"{path}: cannot read this DeepSpeed state file ({type(exc).__name__}: {exc})") from None
+
+
+@contextmanager
+def _weights_only_torch_load() -> Iterator[None]:
+    """``torch.load`` forced to ``weights_only=True`` (DeepSpeed's record types allowed) for as long
+    as the context lasts: DeepSpeed's universal-checkpoint code (conversion and loading) calls
+    ``torch.load(..., weights_only=False)`` itself instead of going through the checkpoint engine."""
+    original = torch.load
+
+    def load(f: Any, *args: Any, **kwargs: Any) -> Any:
+        kwargs["weights_only"] = True
+        with torch.serialization.safe_globals(_deepspeed_state_types()):
+            return original(f, *args, **kwargs)
+
+    torch.load = load
+    try:
+        yield
+    finally:
+        torch.load = original
+
+
 _LAUNCHER_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
 
 
@@ -90,21 +123,24 @@ class DistInfo:
         return self.rank == 0
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @contextmanager
 def _launcher_env() -> Iterator[None]:
-    """In a plain process (no launcher), the variables a launcher would set, for the duration of
-    DeepSpeed's setup (it reads LOCAL_RANK); restored afterwards so child processes do not inherit them."""
-    if "RANK" in os.environ or "OMPI_COMM_WORLD_RANK" in os.environ:
+    """The variables a launcher would set, where no launcher set them (DeepSpeed reads them).
+
+    Under ``srun`` (ranks from ``SLURM_*``) they are set for the rest of the process, as torchrun's
+    would be (ZeRO-3 reads LOCAL_RANK while training). In a plain process (a world of one) they are
+    set for the duration of DeepSpeed's setup and restored afterwards but LOCAL_RANK=0 (read while
+    training), so that child processes do not take this world's rendezvous for theirs. torchrun's
+    and MPI's own variables are used as they are.
+    """
+    launch = detect_launch()
+    if launch.source == "slurm":
+        os.environ.update(launch.env)
+    if launch.source != "none":
         yield
         return
-    saved = {k: os.environ.get(k) for k in _LAUNCHER_ENV}
-    os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()))
+    saved = {k: os.environ.get(k) for k in _LAUNCHER_ENV if k != "LOCAL_RANK"}
+    os.environ.update(launch.env, MASTER_PORT=str(free_port()))
     try:
         yield
     finally:
@@ -124,7 +160,9 @@ def init_distributed() -> DistInfo:
     """
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     if torch.cuda.is_available():
-        torch.cuda.set_device(local_rank)  # before NCCL starts, so every rank talks from its own GPU
+        # before NCCL starts, so every rank talks from its own GPU (one visible GPU per task: srun --gpus-per-task)
+        local_rank %= torch.cuda.device_count()
+        torch.cuda.set_device(local_rank)
     if not dist.is_initialized():
         backend = "nccl" if torch.cuda.is_available() else "gloo"
         mpi = "OMPI_COMM_WORLD_RANK" in os.environ and "RANK" not in os.environ
@@ -160,10 +198,11 @@ def deepspeed_config(cfg: EngineConfig, optim: OptimConfig, global_batch_size: i
             f"engine.precision=fp16 with optim.grad_clip={optim.grad_clip} under engine.zero_stage={cfg.zero_stage}: "
             "DeepSpeed clips the loss-scaled fp16 gradients of its ZeRO optimisers, which gives wrong updates; "
             "use engine.precision=bf16, engine.zero_stage=0, or drop optim.grad_clip")
+    micro, accum = split_global_batch(global_batch_size, world_size, cfg.grad_accum_steps)
     config: dict[str, Any] = {
         "train_batch_size": global_batch_size,
-        "train_micro_batch_size_per_gpu": micro_batch_size(global_batch_size, world_size, cfg.grad_accum_steps),
-        "gradient_accumulation_steps": cfg.grad_accum_steps,
+        "train_micro_batch_size_per_gpu": micro,
+        "gradient_accumulation_steps": accum,
         "gradient_clipping": optim.grad_clip or 0.0,
         "zero_optimization": {"stage": cfg.zero_stage},
         "steps_per_print": 2**62,
@@ -188,16 +227,18 @@ class Engine:
     """
 
     def __init__(self, encoder: Encoder, predictor: Predictor, *, engine_cfg: EngineConfig, optim_cfg: OptimConfig,
-                 target_updater: TargetUpdater, global_batch_size: int):
+                 target_updater: TargetUpdater, global_batch_size: int, micro_batch_size: int | None = None):
         with _launcher_env():
-            self._setup(encoder, predictor, engine_cfg, optim_cfg, target_updater, global_batch_size)
+            self._setup(encoder, predictor, engine_cfg, optim_cfg, target_updater, global_batch_size, micro_batch_size)
 
     def _setup(self, encoder: Encoder, predictor: Predictor, engine_cfg: EngineConfig, optim_cfg: OptimConfig,
-               target_updater: TargetUpdater, global_batch_size: int) -> None:
+               target_updater: TargetUpdater, global_batch_size: int, micro_batch_size: int | None) -> None:
         self.dist = init_distributed()
+        # data.micro_batch_size (if set) and engine.grad_accum_steps -> this world's split (jepa.recipe).
+        self.micro_batch_size, self.grad_accum_steps = split_global_batch(
+            global_batch_size, self.dist.world_size, engine_cfg.grad_accum_steps, micro_batch_size)
+        engine_cfg = engine_cfg.model_copy(update={"grad_accum_steps": self.grad_accum_steps})
         self.cfg = engine_cfg
-        self.grad_accum_steps = engine_cfg.grad_accum_steps
-        self.micro_batch_size = micro_batch_size(global_batch_size, self.dist.world_size, engine_cfg.grad_accum_steps)
         self.target_updater = target_updater
 
         # The target is copied before DeepSpeed moves or partitions the online weights (and before
@@ -305,13 +346,76 @@ class Engine:
         """DeepSpeed's model/optimiser/ZeRO-shard files into ``directory/deepspeed`` (collective)."""
         self.model.save_checkpoint(str(directory), tag=DEEPSPEED_TAG, save_latest=False)
 
-    def load_state(self, directory: Path, target_encoder_state: dict[str, Tensor]) -> None:
-        """Restore what :meth:`save_state` wrote, plus the target encoder (strict: every key must fit)."""
+    def load_state(self, directory: Path, target_encoder_state: dict[str, Tensor], *,
+                   reshard_dir: Path | None = None) -> None:
+        """Restore what :meth:`save_state` wrote, plus the target encoder (strict: every key must fit).
+
+        Args:
+            directory: the checkpoint directory (its ``deepspeed/`` sub-directory is read).
+            target_encoder_state: the EMA encoder's state dict.
+            reshard_dir: set when ``directory`` was written by another number of ranks (collective:
+                every rank passes the same path on the shared filesystem). Under ZeRO 1-3 rank 0
+                converts the shards there into DeepSpeed's universal checkpoint (per-parameter fp32
+                weights, Adam moments and step), every rank loads its new partition, and the
+                directory is removed again. ZeRO-0 state is not sharded and loads as it is.
+
+        Raises:
+            ValueError: the state is missing, holds more than tensors and DeepSpeed's records, or
+                cannot be converted.
+        """
         self.target_encoder.load_state_dict(target_encoder_state, strict=True)
-        load_path, _ = self.model.load_checkpoint(str(directory), tag=DEEPSPEED_TAG, load_module_strict=True,
-                                                  load_optimizer_states=True, load_lr_scheduler_states=False)
-        if load_path is None:
-            raise ValueError(f"{directory}: no DeepSpeed state under {DEEPSPEED_TAG}/; the checkpoint is incomplete")
+        universal = reshard_dir is not None and self.cfg.zero_stage > 0
+        if universal:
+            self._convert_to_universal(directory / DEEPSPEED_TAG, reshard_dir / DEEPSPEED_TAG)
+        error = None
+        # DeepSpeed 0.19's universal load under ZeRO-3 gives every param group the hyperparameters of
+        # the first (weight decay on the no-decay groups), and one shared Adam step tensor to all of
+        # them (each group's step then advances it: wrong bias correction). Both are undone after it.
+        groups = [{k: v for k, v in g.items() if k != "params"} for g in self.optimizer.param_groups]
+        try:
+            self.model._config.load_universal_checkpoint = universal
+            with _weights_only_torch_load() if universal else nullcontext():
+                load_path, _ = self.model.load_checkpoint(str(reshard_dir if universal else directory), tag=DEEPSPEED_TAG,
+                                                          load_module_strict=True, load_optimizer_states=True,
+                                                          load_lr_scheduler_states=False)
+            if universal:
+                for group, own in zip(self.optimizer.param_groups, groups):
+                    group.update(own)
+                for state in getattr(self.optimizer, "optimizer", self.optimizer).state.values():
+                    if torch.is_tensor(state.get("step")):
+                        state["step"] = state["step"].clone()
+            if load_path is None:
+                error = f"{directory}: no DeepSpeed state under {DEEPSPEED_TAG}/; the checkpoint is incomplete"
+        finally:
+            self.model._config.load_universal_checkpoint = False
+            if universal:
+                self.all_gather_object(None)  # every rank has read the converted files
+                if self.dist.is_main:
+                    shutil.rmtree(reshard_dir, ignore_errors=True)
+        if error:
+            raise ValueError(error)
+
+    def _convert_to_universal(self, source: Path, target: Path) -> None:
+        """Rank 0 runs ``ds_to_universal`` from ``source`` (ZeRO shards of another world size) into
+        ``target``; every rank raises the same error if it fails."""
+        error = None
+        if self.dist.is_main:
+            try:
+                if target.parent.exists():  # left behind by an interrupted earlier attempt
+                    shutil.rmtree(target.parent)
+                target.parent.mkdir(parents=True)
+                args = argparse.Namespace(input_folder=str(source), output_folder=str(target), num_extract_workers=1,
+                                          num_merge_workers=1, keep_temp_folder=False, strict=True,
+                                          inject_missing_state=True)
+                with _weights_only_torch_load(), redirect_stdout(io.StringIO()), redirect_stderr(io.StringIO()):
+                    ds_to_universal.main(args)
+            except Exception as exc:  # noqa: BLE001 - every rank re-raises it below, as a ValueError naming it
+                error = f"{type(exc).__name__}: {' '.join(str(exc).split())[:500]}"
+                shutil.rmtree(target.parent, ignore_errors=True)
+        error = self.all_gather_object(error)[0]
+        if error:
+            raise ValueError(f"{source}: DeepSpeed could not convert this ZeRO state to another number of processes "
+                             f"({error}); resume with the number of processes that wrote it (meta.json: world_size)")
 
     def barrier(self) -> None:
         dist.barrier()

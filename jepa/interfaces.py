@@ -28,18 +28,28 @@ class MaskSet:
 
     Attributes:
         context_idx_BK: (B, K) int64, tokens the context encoder sees; every row has the
-            same length K (samplers collate to a common length).
+            same length K (samplers collate to a common length, by truncating or by padding).
         target_idx_BMT: (B, M, T) int64, M target blocks of T tokens each; disjoint from
             the context of the same row.
+        context_valid_BK: (B, K) bool, False where a row of ``context_idx_BK`` is padding
+            (samplers that pad each row to the batch's longest context instead of cutting it
+            to the shortest), or None when no row is padded. A padding entry holds a real
+            index of its row (so gathers stay in range) but is no context token: encoders and
+            predictors take it as ``keep_valid_BK`` / ``context_valid_BK`` and never attend
+            to it, so it changes no output of a real token.
     """
 
     context_idx_BK: Tensor
     target_idx_BMT: Tensor
+    context_valid_BK: Tensor | None = None
 
     def __post_init__(self) -> None:
         assert self.context_idx_BK.ndim == 2, self.context_idx_BK.shape
         assert self.target_idx_BMT.ndim == 3, self.target_idx_BMT.shape
         assert self.context_idx_BK.shape[0] == self.target_idx_BMT.shape[0]
+        if self.context_valid_BK is not None:
+            assert self.context_valid_BK.dtype == torch.bool, self.context_valid_BK.dtype
+            assert self.context_valid_BK.shape == self.context_idx_BK.shape, self.context_valid_BK.shape
 
     @property
     def batch_size(self) -> int:
@@ -50,17 +60,22 @@ class MaskSet:
         return self.target_idx_BMT.shape[1]
 
     def to(self, device: torch.device | str, non_blocking: bool = False) -> "MaskSet":
+        valid = self.context_valid_BK
         return MaskSet(
             self.context_idx_BK.to(device, non_blocking=non_blocking),
             self.target_idx_BMT.to(device, non_blocking=non_blocking),
+            None if valid is None else valid.to(device, non_blocking=non_blocking),
         )
 
     def pin_memory(self) -> "MaskSet":
-        return MaskSet(self.context_idx_BK.pin_memory(), self.target_idx_BMT.pin_memory())
+        valid = self.context_valid_BK
+        return MaskSet(self.context_idx_BK.pin_memory(), self.target_idx_BMT.pin_memory(),
+                       None if valid is None else valid.pin_memory())
 
     def __getitem__(self, rows: slice) -> "MaskSet":
         """Rows ``rows`` of the batch (used to split a global batch across ranks)."""
-        return MaskSet(self.context_idx_BK[rows], self.target_idx_BMT[rows])
+        valid = self.context_valid_BK
+        return MaskSet(self.context_idx_BK[rows], self.target_idx_BMT[rows], None if valid is None else valid[rows])
 
 
 def as_mask_pairs(masks: "MaskSet | Sequence[MaskSet]") -> tuple[MaskSet, ...]:

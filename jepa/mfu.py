@@ -49,6 +49,7 @@ GPU_PEAK_TFLOPS: tuple[tuple[str, float, float], ...] = (
 )
 
 CPU_GEMM_SIZE = 2048
+GEMM_MIN_SECONDS = 0.05
 """Side of the square matrices of the CPU peak GEMM (2 x 2048^3 = 17.2 GFLOP per product)."""
 
 
@@ -66,30 +67,47 @@ def gpu_peak_flops(device_name: str, precision: str) -> float | None:
     return None
 
 
-def measure_gemm_flops(device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,
-                       size: int = CPU_GEMM_SIZE, repeats: int = 3) -> float:
-    """FLOP/s of ``size``-square ``torch.mm`` on ``device``: the median of ``repeats`` timed products
-    after one warm-up product (``2 size^3`` FLOPs each)."""
+def measure_gemm(device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,
+                 size: int = CPU_GEMM_SIZE, repeats: int = 3, min_seconds: float = GEMM_MIN_SECONDS) -> tuple[float, int]:
+    """``(FLOP/s, n)`` of ``n``-square ``torch.mm`` on ``device``: the median of ``repeats`` timed
+    products after one warm-up product (``2 n^3`` FLOPs each).
+
+    ``n`` starts at 256 and doubles up to ``size`` while one product takes less than
+    ``min_seconds``, so a slow dtype (bf16 on a CPU without bf16 instructions runs at well under
+    1 GFLOP/s) costs about a second instead of minutes.
+    """
     device = torch.device(device)
     g = torch.Generator(device="cpu").manual_seed(0)
-    a = torch.randn(size, size, generator=g).to(device, dtype)
-    b = torch.randn(size, size, generator=g).to(device, dtype)
-    out = torch.empty(size, size, device=device, dtype=dtype)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    torch.mm(a, b, out=out)
-    sync()
-    times = []
-    for _ in range(repeats):
+
+    def timed(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor) -> float:
         t0 = time.perf_counter()
         torch.mm(a, b, out=out)
         sync()
-        times.append(time.perf_counter() - t0)
-    return 2.0 * size ** 3 / statistics.median(times)
+        return time.perf_counter() - t0
+
+    n = min(256, size)
+    while True:
+        a = torch.randn(n, n, generator=g).to(device, dtype)
+        b = torch.randn(n, n, generator=g).to(device, dtype)
+        out = torch.empty(n, n, device=device, dtype=dtype)
+        first = timed(a, b, out)  # warm-up (and the size probe)
+        if n * 2 > size or first >= min_seconds:
+            break
+        n *= 2
+    times = [timed(a, b, out) for _ in range(repeats)]
+    return 2.0 * n ** 3 / statistics.median(times), n
+
+
+def measure_gemm_flops(device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,
+                       size: int = CPU_GEMM_SIZE, repeats: int = 3) -> float:
+    """FLOP/s of :func:`measure_gemm` (a fresh measurement each call)."""
+    return measure_gemm(device, dtype, size, repeats)[0]
 
 
 @functools.lru_cache(maxsize=None)
-def _cpu_peak(dtype: torch.dtype) -> float:
-    return measure_gemm_flops("cpu", dtype)
+def _cpu_peak(dtype: torch.dtype) -> tuple[float, int]:
+    return measure_gemm("cpu", dtype)
 
 
 def compute_dtype(precision: str) -> torch.dtype:
@@ -111,7 +129,8 @@ def peak_flops(device: torch.device, precision: str) -> tuple[float | None, str]
         name = torch.cuda.get_device_name(device)
         return gpu_peak_flops(name, precision), f"table: {name} {precision}"
     dtype = compute_dtype(precision)
-    return _cpu_peak(dtype), f"measured: {device.type} {precision} GEMM {CPU_GEMM_SIZE}^3"
+    peak, side = _cpu_peak(dtype)
+    return peak, f"measured: {device.type} {precision} GEMM {side}^3"
 
 
 def mfu(flops_per_s: float, peak_per_device: float | None, world_size: int = 1) -> float | None:

@@ -34,11 +34,18 @@ class JEPA(nn.Module):
 
     def forward(self, x: Tensor, masks: MaskSet, mask_index: int = 0) -> Tensor:
         m = masks.num_targets
-        context_BKD = self.encoder(x, masks.context_idx_BK)
+        valid = masks.context_valid_BK
+        # Padded contexts only reach encoders and predictors that take the validity mask (the ViT
+        # bases); unpadded ones call them exactly as before.
+        context_BKD = self.encoder(x, masks.context_idx_BK) if valid is None else \
+            self.encoder(x, masks.context_idx_BK, keep_valid_BK=valid)
         context = context_BKD.repeat_interleave(m, dim=0)
         context_idx = masks.context_idx_BK.repeat_interleave(m, dim=0)
         target_idx = masks.target_idx_BMT.flatten(0, 1)
-        return self.predictor(context, context_idx, target_idx, mask_index=mask_index)
+        if valid is None:
+            return self.predictor(context, context_idx, target_idx, mask_index=mask_index)
+        return self.predictor(context, context_idx, target_idx, mask_index=mask_index,
+                              context_valid_BK=valid.repeat_interleave(m, dim=0))
 
 
 @torch.no_grad()

@@ -23,6 +23,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.text import Text
 from torch import Tensor
 
+from jepa.health import rankme
 from jepa.model import representation_spread
 from jepa.recipe import LogConfig
 
@@ -41,7 +42,8 @@ class NonFiniteLossError(RunStoppedError):
 
 
 class RepresentationCollapseError(RunStoppedError):
-    """The spread of the target representations fell below ``log.collapse_threshold``."""
+    """The spread of the target representations fell below ``log.collapse_threshold``, or
+    their RankMe below ``log.collapse_rankme``."""
 
 
 def _parse_metrics(path: Path) -> list[tuple[str, dict[str, Any]]]:
@@ -136,6 +138,10 @@ class Monitor:
         """Host time spent waiting for the next batch."""
         self._data_wait += seconds
 
+    def exclude_time(self, seconds: float) -> None:
+        """Leave ``seconds`` of work outside training (the online probe) out of the window's throughput."""
+        self._window_start += seconds
+
     def accumulate(self, loss: Tensor, step: int, weight: float = 1.0) -> None:
         """Add a micro batch's loss (weight 1/accumulation steps) on the device; remembers the
         first step whose loss is not finite, without a host sync.
@@ -151,24 +157,28 @@ class Monitor:
     def end_step(self) -> None:
         self._window_steps += 1
 
-    def log(self, step: int, *, lr: float, weight_decay: float, momentum: float, targets: Tensor) -> dict[str, Any]:
+    def log(self, step: int, *, lr: float, weight_decay: float, momentum: float, targets: Tensor,
+            extra: dict[str, float] | None = None) -> dict[str, Any]:
         """Collective: reduce the window over ranks, write the record (rank 0) and check the run's health.
 
         Args:
             step: optimiser steps done.
-            targets: this step's target tokens, for the collapse signal.
+            targets: this step's target tokens (..., D), for the collapse signals (spread and
+                RankMe, :mod:`jepa.health`; both averaged over ranks).
+            extra: more metrics of this step, the same on every rank (the online k-NN probe).
 
         Raises:
             NonFiniteLossError: a loss in the window was NaN/Inf (the record is written first).
-            RepresentationCollapseError: spread below ``log.collapse_threshold``.
+            RepresentationCollapseError: spread below ``log.collapse_threshold`` or RankMe below
+                ``log.collapse_rankme`` (the record is written first).
         """
         world = self.engine.dist.world_size
         window = max(1, self._window_steps)
-        sums = torch.stack([self._loss_sum / window, representation_spread(targets).double()])
+        sums = torch.stack([self._loss_sum / window, representation_spread(targets).double(), rankme(targets).double()])
         self.engine.all_reduce_(sums)
         neg_first_bad = -self._first_bad.clone()
         self.engine.all_reduce_(neg_first_bad, op="max")
-        loss, spread = (v / world for v in sums.tolist())  # the host sync
+        loss, spread, rank_me = (v / world for v in sums.tolist())  # the host sync
         first_bad = -neg_first_bad.item()
 
         now = time.perf_counter()
@@ -177,7 +187,7 @@ class Monitor:
         rate = (step - self._run_start_step) / (now - self._run_start)
         record: dict[str, Any] = {
             "step": step, "loss": loss, "lr": lr, "weight_decay": weight_decay, "ema_momentum": momentum,
-            "target_spread": spread, "samples_per_s": samples_per_s, "step_time_s": elapsed / window,
+            "target_spread": spread, "rankme": rank_me, **(extra or {}), "samples_per_s": samples_per_s, "step_time_s": elapsed / window,
             "data_wait_frac": min(1.0, self._data_wait / elapsed) if elapsed > 0 else 0.0,
             "eta_s": (self.last_step - step) / rate if rate > 0 else math.nan,
         }
@@ -194,11 +204,12 @@ class Monitor:
             raise NonFiniteLossError(
                 f"the loss became non-finite at step {int(first_bad)} (window mean {loss}); the run stopped. Resume from the last complete checkpoint with a lower optim.lr, optim.grad_clip set, "
                 "or engine.precision=fp32")
-        threshold = self.cfg.collapse_threshold
-        if threshold is not None and spread < threshold:
-            raise RepresentationCollapseError(
-                f"representation collapse at step {step}: target spread {spread:.3g} < log.collapse_threshold={threshold}; "
-                "the run stopped (check the EMA momentum, the learning rate and the masks, or lower the threshold)")
+        for value, threshold, name, key in ((spread, self.cfg.collapse_threshold, "target spread", "collapse_threshold"),
+                                            (rank_me, self.cfg.collapse_rankme, "target RankMe", "collapse_rankme")):
+            if threshold is not None and value < threshold:
+                raise RepresentationCollapseError(
+                    f"representation collapse at step {step}: {name} {value:.3g} < log.{key}={threshold}; the run "
+                    "stopped (check the EMA momentum, the learning rate and the masks, or lower the threshold)")
         return record
 
     def _write(self, record: dict[str, Any]) -> None:
@@ -211,7 +222,9 @@ class Monitor:
                     self._tb.add_scalar(f"train/{key}", value, record["step"])
             self._tb.flush()
         line = (f"loss {record['loss']:.4f}  lr {record['lr']:.2e}  ema {record['ema_momentum']:.4f}  "
-                f"spread {record['target_spread']:.3f}  {record['samples_per_s']:.1f} samples/s  "
+                f"spread {record['target_spread']:.3f}  rankme {record['rankme']:.1f}  "
+                + (f"knn {100 * record['knn_top1']:.1f}%  " if "knn_top1" in record else "")
+                + f"{record['samples_per_s']:.1f} samples/s  "
                 f"data {100 * record['data_wait_frac']:.0f}%" + (f"  mfu {100 * record['mfu']:.1f}%" if "mfu" in record else ""))
         eta = _fmt_duration(record["eta_s"])
         if self._progress is not None:

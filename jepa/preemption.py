@@ -2,7 +2,10 @@
 
 Schedulers stop jobs with SIGTERM, then SIGKILL after a grace period (Slurm's ``KillWait``,
 ``timeout -k``, systemd's ``TimeoutStopSec``). Slurm, ``timeout`` and systemd signal the whole
-process group, data-loader workers included; ``torchrun`` forwards the signal to its workers.
+process group, data-loader workers included; ``torchrun`` and ``srun`` forward the signal to
+their tasks. Before a Slurm time limit, ``examples/slurm/train.sbatch`` turns Slurm's warning
+signal into a SIGTERM to every task and requeues the job once they have saved and exited 0; the
+requeued job resumes from that checkpoint (``--resume auto``).
 
 * :class:`Preemption` (main process): the first SIGTERM sets ``requested``; the training loop
   looks at it after every step and saves a checkpoint before stopping. A second SIGTERM raises

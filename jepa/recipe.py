@@ -59,6 +59,11 @@ class DataConfig(StrictModel):
         "several patterns may be joined with '::'")
     samples_per_epoch: int = Field(1_281_167, gt=0, description="Samples that make one epoch (IN-1K: 1281167, IN-22K: ~14.2M)")
     global_batch_size: int = Field(2048, gt=0, description="Images per optimiser step over all ranks")
+    micro_batch_size: int | None = Field(
+        None, gt=0, description="Samples per rank in one forward/backward: the batch the mask sampler collates "
+        "(faithful image masks are cut to the shortest context of it, so it sets what the encoder sees). Set: "
+        "engine.grad_accum_steps is derived as global_batch_size / (world_size x micro_batch_size), so the masks are the "
+        "same on any number of GPUs. Unset: global_batch_size / (world_size x engine.grad_accum_steps)")
     num_workers: int = Field(8, ge=0, description="Data-loader worker processes per rank")
     shuffle_buffer: int = Field(2000, ge=1, description="Samples in each worker's shuffle buffer")
     prefetch_factor: int = Field(2, ge=1, description="Batches prefetched per worker")
@@ -106,14 +111,39 @@ class EngineConfig(StrictModel):
 
     zero_stage: Literal[0, 1, 2, 3] = 0
     precision: Literal["fp32", "bf16", "fp16"] = Field("bf16", description="bf16 autocast as in the paper; fp16 uses loss scaling")
-    grad_accum_steps: int = Field(1, ge=1)
+    grad_accum_steps: int | None = Field(
+        None, ge=1, description="Micro batches per optimiser step on each rank. Unset: derived from "
+        "data.micro_batch_size (global_batch_size / (world_size x micro_batch_size)), or 1 when that is unset too")
     compile: bool = Field(False, description="torch.compile the context encoder and predictor")
     activation_checkpointing: bool = Field(False, description="Recompute transformer blocks in backward (ViT-H/g memory)")
+
+
+HEALTH_METRICS: dict[str, Literal["max", "min"]] = {
+    "loss": "min", "target_spread": "max", "rankme": "max", "knn_top1": "max", "knn_top5": "max"}
+"""Metrics a run can keep its best checkpoint by, and which direction is better."""
+
+
+class KeepBestConfig(StrictModel):
+    metric: str = Field(description=f"Metric of metrics.jsonl to rank checkpoints by: one of {', '.join(HEALTH_METRICS)}")
+    mode: Literal["max", "min", "auto"] = Field("auto", description="Better is larger (max) or smaller (min); auto knows each metric")
+
+    @field_validator("metric")
+    @classmethod
+    def _known(cls, value: str) -> str:
+        if value not in HEALTH_METRICS:
+            raise ValueError(f"unknown metric {value!r}; choose one of {', '.join(HEALTH_METRICS)}")
+        return value
+
+    @property
+    def better(self) -> Literal["max", "min"]:
+        return HEALTH_METRICS[self.metric] if self.mode == "auto" else self.mode
 
 
 class CheckpointConfig(StrictModel):
     every_steps: int = Field(1000, ge=1, description="Save a checkpoint every N optimiser steps (and at the end)")
     keep_last: int = Field(3, ge=1, description="Complete checkpoints kept on disk")
+    keep_best: KeepBestConfig | None = Field(
+        None, description="Also keep the checkpoint with the best value of a metric in RUN_DIR/best (see jepa.best_checkpoint)")
 
 
 class LogConfig(StrictModel):
@@ -121,6 +151,20 @@ class LogConfig(StrictModel):
     tensorboard: bool = Field(False, description="Also write TensorBoard events (needs the 'tensorboard' extra)")
     collapse_threshold: float | None = Field(
         None, gt=0, description="Stop when the spread of target representations across the batch falls below this")
+    collapse_rankme: float | None = Field(
+        None, gt=0, description="Stop when the RankMe (effective rank) of the target tokens falls below this")
+
+
+class EvalConfig(StrictModel):
+    """Online k-NN evaluation during pretraining (off unless ``every_steps`` is set)."""
+
+    every_steps: int | None = Field(None, ge=1, description="Run the k-NN probe every N optimiser steps (and at the end)")
+    train_shards: str | None = Field(None, description="Labelled shards for the k-NN bank (a small set: a few thousand samples)")
+    val_shards: str | None = Field(None, description="Labelled shards classified by the k-NN probe")
+    k: int = Field(20, ge=1, description="Neighbours per query")
+    temperature: float = Field(0.07, gt=0, description="Softness of the neighbours' vote weights")
+    batch_size: int = Field(64, ge=1, description="Samples per encoder forward")
+    max_samples: int = Field(10_000, ge=1, description="At most this many samples are read from each shard set")
 
 
 class Recipe(StrictModel):
@@ -138,6 +182,7 @@ class Recipe(StrictModel):
     engine: EngineConfig = EngineConfig()
     checkpoint: CheckpointConfig = CheckpointConfig()
     log: LogConfig = LogConfig()
+    eval: EvalConfig = EvalConfig()
     init_from: InitFromConfig | None = Field(
         None, description="Start a new run from these weights instead of random init (see jepa.init_from)")
 
@@ -300,6 +345,89 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
     return parse_recipe(raw, source)
 
 
+# --------------------------------------------------------------------------- batch split
+
+
+def split_global_batch(global_batch_size: int, world_size: int, grad_accum_steps: int | None = None,
+                       micro_batch_size: int | None = None) -> tuple[int, int]:
+    """How ``world_size`` ranks run a global batch: ``(micro batch per rank, accumulation steps)``,
+    with ``world_size x accumulation x micro = global``.
+
+    * ``micro_batch_size`` unset: accumulation ``grad_accum_steps`` (default 1), micro batch
+      ``global / (world x accumulation)``.
+    * both set: they must multiply out to the global batch on this many ranks.
+    * ``micro_batch_size`` set alone: accumulation ``global / (world x micro)``. When that does not
+      divide (more ranks than ``global / micro``), the rank's share ``global / world`` is run in the
+      largest micro batches of at most ``micro_batch_size`` that divide it; the caller warns when
+      that changes the masks (:func:`micro_batch_warning`).
+
+    Raises:
+        ValueError: no split fits, naming the numbers and the fix.
+    """
+    g, w = global_batch_size, world_size
+    if micro_batch_size is None:
+        accum = grad_accum_steps or 1
+        if g % (w * accum):
+            per_step = w * accum
+            raise ValueError(
+                f"data.global_batch_size={g} is not divisible by world_size={w} x engine.grad_accum_steps={accum} = "
+                f"{per_step}; pick a global batch that is a multiple of {per_step} (e.g. {max(per_step, g // per_step * per_step)}) "
+                "or change the accumulation steps")
+        return g // (w * accum), accum
+    micro = micro_batch_size
+    if grad_accum_steps is not None:
+        if w * grad_accum_steps * micro != g:
+            raise ValueError(
+                f"world_size={w} x engine.grad_accum_steps={grad_accum_steps} x data.micro_batch_size={micro} = "
+                f"{w * grad_accum_steps * micro}, not data.global_batch_size={g}; leave engine.grad_accum_steps unset "
+                "(it is derived from data.micro_batch_size) or set the two to match")
+        return micro, grad_accum_steps
+    if g % (w * micro) == 0:
+        return micro, g // (w * micro)
+    if g % w:
+        raise ValueError(f"data.global_batch_size={g} is not divisible by world_size={w}; run on a number of processes "
+                         f"that divides {g} or change the global batch")
+    share = g // w
+    fitting = next(m for m in range(min(micro, share), 0, -1) if share % m == 0)
+    return fitting, share // fitting
+
+
+def _masks_collated_per_batch(recipe: Recipe) -> bool:
+    """Whether the modality's masks depend on the batch they are sampled in (``mask.mode: faithful``,
+    which cuts every context to the batch's shortest)."""
+    return getattr(getattr(recipe.modality, "mask", None), "mode", None) == "faithful"
+
+
+def micro_batch_warning(recipe: Recipe, world_size: int, micro_batch_size: int) -> str | None:
+    """Why a run's masks differ from the recipe's, or None: the run on ``world_size`` ranks cannot use
+    ``data.micro_batch_size`` (see :func:`split_global_batch`) and its masks are collated per batch."""
+    pinned, g = recipe.data.micro_batch_size, recipe.data.global_batch_size
+    if pinned is None or micro_batch_size == pinned or not _masks_collated_per_batch(recipe):
+        return None
+    return (f"data.micro_batch_size={pinned} does not fit {world_size} ranks (data.global_batch_size={g} is "
+            f"{g // world_size} per rank), so the micro batch is {micro_batch_size}: faithful masks are cut to the shortest "
+            f"context of {micro_batch_size} images instead of {pinned}, and the encoder sees a different share of each "
+            f"image than the recipe means (python tools/bench_masks.py --recipes measures it); run on at most "
+            f"{g // pinned} processes to keep the recipe's masks")
+
+
+def _batch_problems(global_batch: int, micro: int | None, accum: int | None) -> list[tuple[str, str]]:
+    """The batch fields' checks that need no world size."""
+    if micro is None:
+        if accum is not None and global_batch % accum:
+            return [("engine.grad_accum_steps", f"must divide data.global_batch_size={global_batch} (got {accum})")]
+        return []
+    if global_batch % micro:
+        below = max(m for m in range(1, micro + 1) if global_batch % m == 0)
+        return [("data.micro_batch_size", f"must divide data.global_batch_size={global_batch} (got {micro}: "
+                 f"{global_batch} / {micro} = {global_batch / micro:g}); use a divisor such as {below}, or change the global batch")]
+    if accum is not None and global_batch % (micro * accum):
+        return [("engine.grad_accum_steps", f"data.micro_batch_size={micro} x engine.grad_accum_steps={accum} = "
+                 f"{micro * accum} does not divide data.global_batch_size={global_batch}, so no number of processes fits; "
+                 "leave engine.grad_accum_steps unset (it is derived from data.micro_batch_size)")]
+    return []
+
+
 def check_recipe(recipe: Recipe) -> list[tuple[str, str]]:
     """Semantic checks of the core sections plus the modality's own ``check``."""
     problems: list[tuple[str, str]] = []
@@ -320,8 +448,15 @@ def check_recipe(recipe: Recipe) -> list[tuple[str, str]]:
         problems.append(("data.samples_per_epoch", f"an epoch must hold at least one global batch of {d.global_batch_size} (got {d.samples_per_epoch})"))
     if d.source == "shards" and not d.train_shards:
         problems.append(("data.train_shards", "required when data.source is 'shards' (set it in the recipe or with --set data.train_shards=...)"))
-    if d.global_batch_size % recipe.engine.grad_accum_steps:
-        problems.append(("engine.grad_accum_steps", f"must divide data.global_batch_size={d.global_batch_size} (got {recipe.engine.grad_accum_steps})"))
+    problems += _batch_problems(d.global_batch_size, d.micro_batch_size, recipe.engine.grad_accum_steps)
+    e = recipe.eval
+    if e.every_steps is not None:
+        problems += [(f"eval.{key}", "required when eval.every_steps is set (labelled shards, e.g. from `jepa shards`)")
+                     for key in ("train_shards", "val_shards") if not getattr(e, key)]
+    best = recipe.checkpoint.keep_best
+    if best is not None and best.metric.startswith("knn") and e.every_steps is None:
+        problems.append(("checkpoint.keep_best.metric", f"{best.metric} is measured by the online k-NN probe: set "
+                         "eval.every_steps, eval.train_shards and eval.val_shards, or rank by loss/rankme/target_spread"))
     problems += [(f"modality.{path}" if path else "modality", msg) for path, msg in registry.bind(recipe.modality).check()]
     return problems
 

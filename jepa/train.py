@@ -3,8 +3,10 @@
 Per optimiser step: schedules (pure functions of the step) -> for each micro batch: data,
 forward (target tokens without gradients, then context encoder + predictor per mask pair), latent
 loss averaged over the pairs, backward, DeepSpeed step -> EMA of the target encoder -> stop vote (SIGTERM, see
-:mod:`jepa.preemption`) -> log (every ``log.every_steps``) -> checkpoint (every
-``checkpoint.every_steps``, at the end, and when preempted).
+:mod:`jepa.preemption`) -> online k-NN probe (every ``eval.every_steps``, :mod:`jepa.online_eval`)
+-> log (every ``log.every_steps`` and with each probe; loss, spread, RankMe) -> checkpoint (every
+``checkpoint.every_steps``, at the end, and when preempted; the best by ``checkpoint.keep_best``
+kept in ``RUN_DIR/best``, :mod:`jepa.best_checkpoint`).
 
 Before the loop, rank 0 locks the run directory (:mod:`jepa.run_lock`) for the whole run, and
 every check that can refuse the run (checkpoint integrity and fit, recipe changes, the data
@@ -27,6 +29,7 @@ from typing import Any, Literal
 import torch
 
 from jepa import checkpoint, init_from, registry
+from jepa.best_checkpoint import BestCheckpoint
 from jepa.data import build_train_loader
 from jepa.engine import Engine
 from jepa.loss import latent_loss, mean_over_pairs
@@ -34,7 +37,7 @@ from jepa.model import cut_targets, target_representations
 from jepa.mfu import flops_per_sample, peak_flops
 from jepa.monitor import Monitor
 from jepa.preemption import PreemptedError, Preemption, StopVote
-from jepa.recipe import Recipe
+from jepa.recipe import Recipe, micro_batch_warning
 from jepa.run_lock import RunLock
 from jepa.schedules import cosine, warmup_cosine
 from jepa.target import EMATargetUpdater
@@ -116,9 +119,11 @@ def train(recipe: Recipe, resume: str = "auto", *, save_checkpoints: bool = True
         init_from.check_init_states(recipe.init_from, init_states, encoder, predictor, modality.describe())
         init_from.load_into_modules(init_states, encoder, predictor)
     mask_sampler = modality.build_mask_sampler()
-    engine = Engine(encoder, predictor, engine_cfg=recipe.engine, optim_cfg=o,
+    # a checkpoint of another number of processes keeps its micro batch: the accumulation steps follow
+    engine_cfg, micro_batch_size = checkpoint.resume_batch_split(recipe, resume if save_checkpoints else "none")
+    engine = Engine(encoder, predictor, engine_cfg=engine_cfg, optim_cfg=o,
                     target_updater=EMATargetUpdater(recipe.ema.momentum, recipe.ema.final_momentum, total_steps),
-                    global_batch_size=recipe.data.global_batch_size)
+                    global_batch_size=recipe.data.global_batch_size, micro_batch_size=micro_batch_size)
     preemption = Preemption()
     stop_vote = StopVote(engine)
     monitor = lock = loader = batches = None
@@ -141,8 +146,16 @@ def train(recipe: Recipe, resume: str = "auto", *, save_checkpoints: bool = True
         loader = build_train_loader(recipe.data, modality, mask_sampler, seed=recipe.seed, rank=engine.dist.rank,
                                     world_size=engine.dist.world_size, micro_batch_size=engine.micro_batch_size,
                                     state=loader_state)
+        online_knn = None
+        if recipe.eval.every_steps:  # imported here: training without it does not load the evaluation package
+            from jepa.online_eval import OnlineKNN
+            online_knn = OnlineKNN(recipe.eval, modality, engine)
         started = True  # every check passed: from here on the run writes into its directory
+        if engine.dist.is_main and (note := micro_batch_warning(recipe, engine.dist.world_size, engine.micro_batch_size)):
+            warnings.warn(note, stacklevel=1)
         _prepare_run_dir(run_dir, recipe, engine)
+        keep_best = (BestCheckpoint(recipe.checkpoint.keep_best, run_dir)
+                     if recipe.checkpoint.keep_best and save_checkpoints and engine.dist.is_main else None)
         monitor = Monitor(recipe.log, run_dir, engine, start_step=start_step, last_step=last_step,
                           samples_per_step=recipe.data.global_batch_size,
                           flops_per_sample=flops_per_sample(modality, engine.micro_batch_size),
@@ -182,11 +195,22 @@ def train(recipe: Recipe, resume: str = "auto", *, save_checkpoints: bool = True
 
             # Every rank stops after the same step; the vote read here was started a step ago (no wait).
             preempted = stop_vote.after_step(preemption.requested)
-            if done % recipe.log.every_steps == 0 or done == last_step or preempted:
-                record = monitor.log(done, lr=lr, weight_decay=weight_decay, momentum=momentum, targets=targets)
+            evaluated = None
+            if online_knn and online_knn.due(done, last_step) and not preempted:  # SIGTERM: save first
+                t0 = time.perf_counter()
+                evaluated = online_knn(engine.target_encoder)
+                evaluated["eval_time_s"] = time.perf_counter() - t0
+                monitor.exclude_time(evaluated["eval_time_s"])
+            if done % recipe.log.every_steps == 0 or done == last_step or preempted or evaluated:
+                record = monitor.log(done, lr=lr, weight_decay=weight_decay, momentum=momentum, targets=targets,
+                                     extra=evaluated)
+                if keep_best:
+                    keep_best.observe(record)
             if save_checkpoints and (done % recipe.checkpoint.every_steps == 0 or done == last_step or preempted):
                 saved = checkpoint.save_checkpoint(engine, run_dir, done, recipe, loader.state_dict(),
                                                    recipe.checkpoint.keep_last)
+                if keep_best:
+                    keep_best.offer(saved, done)
             if preempted:
                 break
 

@@ -332,26 +332,38 @@ def test_expand_shards(id_shards, tmp_path):
 
 
 def test_synthetic_global_batch_is_the_same_for_any_world_size():
-    cfg = DataConfig(source="synthetic")
+    """Global batch 8 in micro batches of 2: 1 rank accumulating 4, 2 ranks accumulating 2 and 4 ranks
+    with one micro batch each see the same rows and masks; the inputs of a step do not depend on the
+    micro batch either."""
+    cfg = DataConfig(source="synthetic", global_batch_size=8)
     modality = ImageModality(IMAGE_CFG)
 
-    def batches(rank, world, mb, state=None):
+    def batches(rank, world, mb, n=4, state=None):
         return _take(iter(build_train_loader(cfg, modality, TinySampler(), seed=3, rank=rank,
-                                             world_size=world, micro_batch_size=mb, state=state)), 3)
+                                             world_size=world, micro_batch_size=mb, state=state)), n)
 
+    def step_rows(world, mb, step):  # the step's micro batches in global row order
+        accum = 8 // (world * mb)
+        per_rank = [batches(r, world, mb, n=accum * (step + 1))[accum * step:] for r in range(world)]
+        return [per_rank[r][a] for a in range(accum) for r in range(world)]
+
+    for step in range(2):
+        ref = step_rows(1, 2, step)
+        for world in (2, 4):
+            got = step_rows(world, 2, step)
+            for a, b in zip(ref, got):
+                assert torch.equal(a.inputs, b.inputs)
+                for field in ("context_idx_BK", "target_idx_BMT"):
+                    assert torch.equal(getattr(a.masks[0], field), getattr(b.masks[0], field))
+        whole = batches(0, 1, 8, n=step + 1)[step]
+        assert torch.equal(whole.inputs, torch.cat([b.inputs for b in ref]))
     one = batches(0, 1, 4)
-    two = [batches(0, 2, 2), batches(1, 2, 2)]
-    for step in range(3):
-        assert one[step].inputs.shape == (4, 3, 32, 32)
-        assert torch.equal(one[step].inputs, torch.cat([two[0][step].inputs, two[1][step].inputs]))
-        for field in ("context_idx_BK", "target_idx_BMT"):
-            joined = torch.cat([getattr(two[r][step].masks[0], field) for r in range(2)])
-            assert torch.equal(getattr(one[step].masks[0], field), joined)
+    assert one[0].inputs.shape == (4, 3, 32, 32)
     loader = build_train_loader(cfg, modality, TinySampler(), seed=3, rank=0, world_size=1, micro_batch_size=4)
     it = iter(loader)
     _take(it, 1)
     assert loader.state_dict()["step"] == 1
-    _assert_same(batches(0, 1, 4, state=loader.state_dict())[:2], one[1:])
+    _assert_same(batches(0, 1, 4, state=loader.state_dict())[:2], one[1:3])
 
 
 # --------------------------------------------------------------------------- labelled reader

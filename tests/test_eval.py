@@ -1,4 +1,8 @@
-"""`jepa eval`: probes that can fail, sources of every kind, reports, and the messages users see."""
+"""`jepa eval`: probes that can fail, sources of every kind, reports, and the messages users see.
+
+The streaming machinery itself (grid heads, streamed k-NN, memory plan, peak memory, folder
+input) is pinned in ``tests/test_eval_streaming.py``.
+"""
 
 from __future__ import annotations
 
@@ -13,10 +17,12 @@ import yaml
 from typer.testing import CliRunner
 
 from jepa.cli import app
-from jepa.eval.evaluate import EvalSettings, evaluate, evaluate_features, evaluate_shards, parse_protocols
-from jepa.eval.features import Features, extract_features
-from jepa.eval.probes import (attentive_probe_scores, knn_scores, linear_probe_scores, low_shot_indices,
-                              topk_accuracy)
+from jepa.eval.evaluate import EvalSettings, evaluate_shards
+from jepa.eval.grid import Grid, parse_floats
+from jepa.eval.heads import AttentiveGrid, LinearGrid
+from jepa.eval.knn import StreamingKNN
+from jepa.eval.probes import knn_scores, linear_probe_scores, low_shot_indices, topk_accuracy
+from jepa.eval.training import score_grid, train_grid
 from jepa.sources import load_source
 from jepa.export import export
 from tiny_recipes import tiny_image_recipe
@@ -40,13 +46,14 @@ def _clusters(num_classes: int, per_class: int, dim: int, gen: torch.Generator, 
 
 @pytest.fixture(scope="module")
 def separable():
-    """10 Gaussian clusters in 32-D (well separated): train 40 / val 20 per class."""
+    """10 Gaussian clusters in 32-D (well separated): train 40 / val 20 per class; and the same
+    labels on features without any class signal (pure noise), the null case."""
     gen = torch.Generator().manual_seed(0)
     centers = 3.0 * torch.randn(10, 32, generator=gen)
     train = _clusters(10, 40, 32, gen, centers)
     val = _clusters(10, 20, 32, gen, centers)
-    shuffled = train[1][torch.randperm(train[1].numel(), generator=gen)]
-    return train, val, shuffled
+    noise = (torch.randn(400, 32, generator=gen), train[1]), (torch.randn(200, 32, generator=gen), val[1])
+    return train, val, noise
 
 
 def _tokens(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
@@ -54,24 +61,49 @@ def _tokens(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     return x[:, None, :] + 2.0 * torch.randn(x.shape[0], 8, x.shape[1], generator=gen)
 
 
-@pytest.mark.parametrize("protocol", ["linear", "knn", "attentive"])
-def test_probe_learns_separable_classes_and_is_at_chance_on_random_labels(separable, protocol):
-    (xt, yt), (xv, yv), shuffled = separable
-    gen = torch.Generator().manual_seed(1)
+def _grid_scores(heads, grid: Grid, x: torch.Tensor, labels: torch.Tensor, xv: torch.Tensor, yv: torch.Tensor,
+                 epochs: int) -> dict:
+    """Train a grid on in-memory inputs (shuffled minibatches of 64) and score it on the validation inputs."""
+    from jepa.eval.features import progress_bar
 
-    def score(labels):
-        if protocol == "linear":
-            return linear_probe_scores(xt, labels, xv, 10, max_iter=50)[0]
+    def feed(epoch: int):
+        order = torch.randperm(x.shape[0], generator=torch.Generator().manual_seed(epoch))
+        return ((x[i], labels[i]) for i in order.split(64))
+
+    with progress_bar() as progress:
+        train_grid(heads, grid, feed, epochs=epochs, steps_per_epoch=-(-x.shape[0] // 64), warmup_epochs=0,
+                   device=torch.device("cpu"), precision="fp32", progress=progress, description="test")
+    return score_grid(heads, [(xv, yv)], (1,), torch.device("cpu"), "fp32")
+
+
+@pytest.mark.parametrize("protocol", ["logreg", "knn", "streamed-knn", "linear", "attentive"])
+def test_probe_learns_separable_classes_and_is_at_chance_without_signal(separable, protocol):
+    train, val, noise = separable
+
+    def score(split_t, split_v):
+        (xt, yt), (xv, yv) = split_t, split_v
+        if protocol == "logreg":
+            return topk_accuracy(linear_probe_scores(xt, yt, xv, 10, max_iter=50)[0], yv)[1]
         if protocol == "knn":
-            return knn_scores(xt, labels, xv, 10, k=10)
-        return attentive_probe_scores(_tokens(xt, gen), labels, _tokens(xv, gen), 10, epochs=15, batch_size=64,
-                                      lr=3e-3)[0]
+            return topk_accuracy(knn_scores(xt, yt, xv, 10, k=10), yv)[1]
+        if protocol == "streamed-knn":
+            knn = StreamingKNN(xv, k=10)
+            for i in torch.arange(xt.shape[0]).split(37):
+                knn.add(xt[i], yt[i])
+            return topk_accuracy(knn.scores(10), yv)[1]
+        torch.manual_seed(0)
+        grid = Grid((3e-3, 1e-2), (1e-2,))
+        if protocol == "linear":
+            return max(_grid_scores(LinearGrid(2, 32, 10), grid, xt, yt, xv, yv, 15)["top1"])
+        gen = torch.Generator().manual_seed(1)
+        heads = AttentiveGrid(2, 32, 10, attn_heads=2, generator=torch.Generator().manual_seed(0))
+        return max(_grid_scores(heads, grid, _tokens(xt, gen), yt, _tokens(xv, gen), yv, 15)["top1"])
 
-    learned = topk_accuracy(score(yt), yv)[1]
-    chance = topk_accuracy(score(shuffled), yv)[1]
+    learned = score(train, val)
+    chance = score(*noise)
     assert learned >= 0.9, f"{protocol}: {learned:.3f} on separable clusters"
-    # 200 val samples, 10 balanced classes: chance is 0.1 with std ~0.02.
-    assert chance <= 0.2, f"{protocol}: {chance:.3f} on random labels"
+    # 200 val samples, 10 balanced classes: chance is 0.1 with std ~0.02 (the best of 2 heads: a little higher).
+    assert chance <= 0.2, f"{protocol}: {chance:.3f} without class signal"
 
 
 def test_topk_accuracy_counts_exactly():
@@ -88,6 +120,10 @@ def test_knn_votes_with_temperature_weights():
     sim = torch.nn.functional.normalize(torch.tensor([[0.9, 0.1]]), dim=1)[0, 0].item()
     expected = torch.tensor([[torch.exp(torch.tensor(1.0 / 0.5)).item(), torch.exp(torch.tensor(sim / 0.5)).item(), 0.0]])
     assert torch.allclose(votes, expected, rtol=1e-5)
+    streamed = StreamingKNN(torch.tensor([[2.0, 0.0]]), k=2, temperature=0.5)
+    for i in range(4):  # one training sample at a time: the running top-2 must end with the same votes
+        streamed.add(train[i:i + 1], labels[i:i + 1])
+    assert torch.allclose(streamed.scores(3), expected, rtol=1e-5)
 
 
 def test_low_shot_keeps_a_seeded_fraction_of_every_class():
@@ -101,36 +137,28 @@ def test_low_shot_keeps_a_seeded_fraction_of_every_class():
         low_shot_indices(labels, 1.5)
 
 
-def test_report_from_features_with_every_protocol(separable):
-    (xt, yt), (xv, yv), _ = separable
-    gen = torch.Generator().manual_seed(2)
-    # Keep 5 classes so top-5 is not reported (it would be 100 % by construction).
-    keep_t, keep_v = yt < 5, yv < 5
-    train = Features(yt[keep_t], xt[keep_t], torch.cat([xt[keep_t], -xt[keep_t]], 1), _tokens(xt[keep_t], gen).half())
-    val = Features(yv[keep_v], xv[keep_v], torch.cat([xv[keep_v], -xv[keep_v]], 1), _tokens(xv[keep_v], gen).half())
-    settings = EvalSettings(protocols=parse_protocols("linear, linear4,knn,attentive"), k=5, epochs=10, low_shot=0.5)
-    report = evaluate_features(train, val, settings, model="clusters")
-    assert [r.protocol for r in report.results] == ["linear", "linear4", "knn", "attentive"]
-    assert report.num_classes == 5 and report.num_train == 100 and report.num_val == 100
-    assert all(r.top5 is None and r.num_train == 100 for r in report.results)
-    assert all(r.top1 >= 0.9 for r in report.results), report.results
-    assert report.results[1].settings["layers"] == 2
-    data = json.loads(json.dumps(report.to_dict()))
-    assert data["report_version"] == 1 and data["low_shot"] == 0.5 and data["chance_top1"] == pytest.approx(0.2)
-    assert report.table().row_count == 4
-
-
 @pytest.mark.parametrize("bad, message", [
-    (dict(protocols=("linear", "svm")), "--protocol: unknown 'svm'; choose from linear, linear4, knn, attentive"),
+    (dict(protocols=("linear", "svm")), "--protocol: unknown 'svm'; choose from linear, linear4, attentive, knn, logreg, logreg4"),
     (dict(protocols=()), "--protocol: unknown empty list"),
     (dict(k=0), "--k must be >= 1"),
     (dict(low_shot=0.0), "--low-shot must be a fraction"),
     (dict(epochs=0), "--epochs must be >= 1"),
     (dict(device="gpu0"), "--device 'gpu0' is not a device name"),
+    (dict(augment="mixup"), "--augment 'mixup': choose from none, crop, flip, crop+flip"),
+    (dict(holdout=0.0), "--holdout 0 leaves no held-out split to choose among the 21 heads of linear"),
+    (dict(linear_lrs=(0.0,)), "learning rates > 0"),
+    (dict(batch_size=1), "--batch-size must be >= 2"),
 ])
 def test_bad_settings_are_named(bad, message):
-    with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
+    with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)").replace("+", r"\+")):
         EvalSettings(**bad)
+
+
+def test_grid_flags_parse_and_name_the_flag():
+    assert parse_floats("1e-3, 3e-3", "--linear-lrs") == (1e-3, 3e-3)
+    with pytest.raises(ValueError, match="--linear-wds 'a,b': give comma-separated numbers"):
+        parse_floats("a,b", "--linear-wds")
+    assert Grid((1.0, 2.0), (0.0, 0.5, 1.0)).pairs()[4] == (2.0, 0.5)  # lr-major
 
 
 # --------------------------------------------------------------------------- sources and shards
@@ -174,11 +202,14 @@ def _recipe_dict(tiny_recipe: Path) -> dict:
 
 def test_eval_on_shards_random_checkpoint_and_export_agree(tiny_recipe, demo_shards, tmp_path):
     train_pat, val_pat = _patterns(demo_shards)
-    settings = EvalSettings(protocols=("linear", "linear4", "knn"), epochs=30, batch_size=32)
+    settings = EvalSettings(protocols=("logreg", "logreg4", "knn", "linear"), lbfgs_iters=30, epochs=3, batch_size=32,
+                            device="cpu")
     random_src = load_source(f"random:{tiny_recipe}")
     report = evaluate_shards(random_src, train_pat, val_pat, settings)
     assert report.num_train == 100 and report.num_val == 60 and report.num_classes == 10
     assert report.source_kind == "random" and all(r.top5 is not None for r in report.results)
+    assert report.results[1].settings["features"] == 128  # logreg4 on a depth-2 encoder: 2 layers x 64
+    assert report.results[3].num_train == 90  # linear: 10 % held out (1 per class) to choose the head
 
     # The same weights as a checkpoint (target = those weights, context = other ones) and as TorchScript.
     other = load_source(f"random:{tiny_recipe}").encoder
@@ -191,31 +222,60 @@ def test_eval_on_shards_random_checkpoint_and_export_agree(tiny_recipe, demo_sha
     ts_src = load_source(str(tmp_path / "enc.pt"), trust_torchscript=True)
     assert ts_src.kind == "torchscript" and ts_src.step == 5 and ts_src.depth == 2
 
-    for src in (ckpt_src, ts_src):
-        again = evaluate_shards(src, train_pat, val_pat, settings)
-        assert [(r.protocol, r.top1, r.top5) for r in again.results] == [(r.protocol, r.top1, r.top5) for r in report.results]
+    def numbers(r, protocols):
+        return [(x.protocol, x.top1, x.top5, x.settings.get("lr")) for x in r.results if x.protocol in protocols]
+
+    again = evaluate_shards(ckpt_src, train_pat, val_pat, settings)  # same weights, same seeds: same numbers
+    assert numbers(again, settings.protocols) == numbers(report, settings.protocols)
+    deterministic = ("logreg", "logreg4", "knn")  # TorchScript may differ in the last float bits
+    again = evaluate_shards(ts_src, train_pat, val_pat, settings)
+    assert numbers(again, deterministic) == numbers(report, deterministic)
     context = load_source(str(models), which="context")
     assert not torch.equal(context.encoder.blocks[0].attn.qkv.weight, ckpt_src.encoder.blocks[0].attn.qkv.weight)
     with pytest.raises(ValueError, match="holds the target encoder, not the context one"):
         load_source(str(tmp_path / "enc.pt"), which="context", trust_torchscript=True)
 
 
-def test_features_are_extracted_once_per_sample_in_order(tiny_recipe):
+def test_passes_read_each_chosen_sample_once_and_store_matches_the_encoder(tiny_recipe, demo_shards):
+    from jepa.eval.features import PooledStore, fill_pooled, progress_bar
+    from jepa.eval.reader import PassSpec, ShardData
+
     src = load_source(f"random:{tiny_recipe}")
-    gen = torch.Generator().manual_seed(0)
-    batches = [(torch.randn(b, 3, 32, 32, generator=gen), torch.arange(b) % 3) for b in (4, 3)]
-    feats = extract_features(src.layers, batches, num_last=2, keep_tokens=True)
-    x = torch.cat([b[0] for b in batches])
+    data = ShardData(_patterns(demo_shards)[0], src.modality)
+    index = data.scan()
+    assert index.num_samples == 100 and index.num_classes == 10
+    keep = torch.arange(100) % 3 == 0
+    seen = torch.cat([idx for _, _, idx in data.passes(PassSpec(16, keep))])
+    assert seen.tolist() == keep.nonzero().flatten().tolist()  # file order, each kept sample once
+    shuffled = torch.cat([idx for _, _, idx in data.passes(PassSpec(16, keep, shuffle_seed=3), num_workers=2)])
+    assert sorted(shuffled.tolist()) == seen.tolist()  # two loader processes: still each kept sample once
+
+    def order(epoch: int, seed: int = 7) -> list[int]:
+        spec = PassSpec(16, None, seed, epoch, shuffle_buffer=20, open_shards=2)
+        return torch.cat([idx for _, _, idx in data.passes(spec)]).tolist()
+
+    assert sorted(order(0)) == list(range(100)) and order(0) != list(range(100))
+    assert order(0) == order(0) and order(0) != order(1) and order(0) != order(0, seed=8)
+
+    x_eval, y, idx = next(data.passes(PassSpec(8)))
+    assert torch.equal(y, index.labels_N[idx])
+    x_crop, _, _ = next(data.passes(PassSpec(8, augment="crop")))
+    x_flip, _, _ = next(data.passes(PassSpec(8, augment="flip")))
+    assert not torch.allclose(x_crop, x_eval)
+    flipped = (x_flip != x_eval).flatten(1).any(1)
+    assert 0 < flipped.sum() < 8 and torch.equal(x_flip[flipped], x_eval[flipped].flip(-1))
+
+    store = PooledStore(100, 128)
+    with progress_bar() as progress:
+        fill_pooled(store, data.passes(PassSpec(16, keep)), src.layers, 2, torch.device("cpu"), "fp32", progress,
+                    "test", None)
+    assert torch.equal(store.filled_N, keep)
     with torch.no_grad():
-        ref = src.encoder(x)
-    assert feats.labels_N.tolist() == [0, 1, 2, 0, 0, 1, 2]
-    assert torch.allclose(feats.pooled_ND, ref.mean(1), atol=1e-5)
-    assert feats.pooled_last4_NE.shape == (7, 128) and torch.allclose(feats.pooled_last4_NE[:, 64:], ref.mean(1), atol=1e-5)
-    assert feats.tokens_NTD.dtype == torch.float16 and feats.tokens_NTD.shape == (7, 16, 64)
-    report = evaluate(src, batches, batches, EvalSettings(protocols=("knn",), k=1))
+        ref = src.encoder(x_eval).mean(1)
+    assert torch.allclose(store.rows(torch.tensor([0, 3]), slice(64, None)), ref[[0, 3]], atol=1e-5)
+    same = EvalSettings(protocols=("knn",), k=1, device="cpu")
+    report = evaluate_shards(src, _patterns(demo_shards)[0], _patterns(demo_shards)[0], same)
     assert report.results[0].top1 == 1.0  # every sample is its own nearest neighbour
-    with pytest.raises(ValueError, match="yielded no samples"):
-        extract_features(src.layers, [])
 
 
 def _unlabelled_shard(path: Path) -> Path:
@@ -260,6 +320,15 @@ def test_bad_inputs_give_one_clear_message(tiny_recipe, demo_shards, tmp_path):
     with pytest.raises(ValueError, match="pooled export"):
         load_source(str(tmp_path / "pooled.pt"), trust_torchscript=True)
 
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    (flat / "a.png").write_bytes(b"not read")
+    with pytest.raises(ValueError, match="holds files but no class sub-folders, so it has no labels"):
+        evaluate_shards(src, str(flat), val_pat, settings)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="a folder with neither shards .* nor class sub-folders"):
+        evaluate_shards(src, train_pat, str(tmp_path / "empty"), settings)
+
     runner = CliRunner()
     res = runner.invoke(app, ["eval", str(tmp_path / "no_run"), "--train-shards", train_pat, "--val-shards", val_pat])
     assert res.exit_code == 2 and "no such run directory" in res.output and "Traceback" not in res.output
@@ -268,17 +337,33 @@ def test_bad_inputs_give_one_clear_message(tiny_recipe, demo_shards, tmp_path):
     assert res.exit_code == 2 and "shards have no labels" in res.output
 
 
-def test_cli_prints_a_table_and_writes_json(tiny_recipe, demo_shards, tmp_path):
+def test_cli_prints_tables_and_writes_json(tiny_recipe, demo_shards, tmp_path):
     train_pat, val_pat = _patterns(demo_shards)
     out = tmp_path / "report.json"
-    res = CliRunner().invoke(app, ["eval", f"random:{tiny_recipe}", "--train-shards", train_pat, "--val-shards", val_pat,
-                                   "--protocol", "knn,linear", "--k", "5", "--epochs", "10", "--low-shot", "0.5",
+    res = CliRunner().invoke(app, ["eval", f"random:{tiny_recipe}", "--train-data", train_pat, "--val-data", val_pat,
+                                   "--protocol", "knn,linear", "--k", "5", "--epochs", "2", "--low-shot", "0.5",
+                                   "--linear-lrs", "1e-3,1e-2", "--linear-wds", "0", "--device", "cpu",
                                    "--json", str(out)])
     assert res.exit_code == 0, res.output
-    assert "knn" in res.output and "top-1 %" in res.output
+    assert "knn" in res.output and "top-1 %" in res.output and "linear: every head" in res.output
     data = json.loads(out.read_text())
-    assert [r["protocol"] for r in data["results"]] == ["knn", "linear"]
+    assert data["report_version"] == 2 and [r["protocol"] for r in data["results"]] == ["knn", "linear"]
     assert data["num_train"] == 50 and data["low_shot"] == 0.5 and data["results"][0]["settings"]["k"] == 5
+    linear = data["results"][1]
+    assert [(row["lr"], row["wd"]) for row in linear["grid"]] == [(1e-3, 0.0), (1e-2, 0.0)]
+    chosen = max(linear["grid"], key=lambda row: (row["holdout_top1"], -row["holdout_loss"]))
+    assert (linear["settings"]["lr"], linear["settings"]["wd"]) == (chosen["lr"], chosen["wd"])
+    assert linear["top1"] == chosen["val_top1"]
+    assert any(p["what"] == "linear" for p in data["memory_plan"])
+
+
+def test_help_states_every_protocol():
+    res = CliRunner().invoke(app, ["eval", "--help"])
+    assert res.exit_code == 0
+    text = " ".join(res.output.split())
+    for needle in ("linear:", "linear4:", "attentive:", "knn:", "logreg / logreg4:", "held-out", "docs/eval_protocols.md",
+                   "--attentive-depth", "--augment", "--feature-cache"):
+        assert needle in text, needle
 
 
 # --------------------------------------------------------------------------- the demo, end to end (slow)

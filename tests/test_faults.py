@@ -438,7 +438,9 @@ def test_run_dir_that_is_a_file_and_a_full_disk_are_one_line_errors(tmp_path, to
     def full(*args, **kwargs):
         raise OSError(28, "No space left on device", str(tmp_path / "run" / "checkpoints"))
 
-    monkeypatch.setattr(checkpoint.torch, "save", full)
+    import jepa.checkpoint.save as checkpoint_save
+
+    monkeypatch.setattr(checkpoint_save.torch, "save", full)
     code, _, err = _cli(monkeypatch, capsys, "train", str(toy_recipe_file("run", "max_steps=1")))
     assert code == 2 and "No space left on device; free some space" in err and "Traceback" not in err
     assert not (tmp_path / "run" / LOCK_FILE).exists()

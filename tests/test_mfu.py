@@ -31,6 +31,13 @@ def test_cpu_gemm_peak_is_measured():
     assert mfu.measure_gemm_flops(size=256, repeats=2) > 0
 
 
+def test_gemm_side_grows_only_while_a_product_is_quick():
+    # a slow dtype (bf16 on most CPUs: < 1 GFLOP/s) must not cost minutes of 2048^3 products at startup
+    assert mfu.measure_gemm(size=2048, repeats=1, min_seconds=0.0)[1] == 256
+    assert mfu.measure_gemm(size=512, repeats=1, min_seconds=float("inf"))[1] == 512
+    assert mfu.measure_gemm(size=100, repeats=1)[1] == 100
+
+
 def test_training_log_and_bench_report_mfu(toy_recipe, toy_recipe_file, tmp_path):
     import json
 

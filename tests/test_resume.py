@@ -141,7 +141,8 @@ def test_keep_last_latest_pointer_and_checkpoint_contents(toy_recipe):
     assert models["format_version"] == 1 and models["step"] == 5 and models["recipe"]["modality"]["name"] == "toy"
     assert all(v.dtype == torch.float32 for part in ("encoder", "predictor", "target_encoder") for v in models[part].values())
     meta = json.loads((step5 / "meta.json").read_text())
-    assert meta == {"format_version": 1, "step": 5, "world_size": 1, "zero_stage": 0, "precision": "fp32"}
+    assert meta == {"format_version": 1, "step": 5, "world_size": 1, "micro_batch_size": 8, "grad_accum_steps": 1,
+                    "zero_stage": 0, "precision": "fp32"}
     assert (recipe.resolved_run_dir / "recipe.yaml").read_text() == recipe.to_yaml()
 
 
@@ -253,5 +254,19 @@ def test_zero_resume_over_two_processes_is_bitwise_exact(stage, toy_recipe_file,
     torchrun(toy_recipe_file("stopped", *common))
     run_dir = toy_recipe_file("stopped", *common).parent / "stopped"
     assert _losses(run_dir) == _losses(run_dir.parent / "straight")
-    with pytest.raises(ValueError, match="written by 2 processes, now 1"):
-        train(toy_recipe_at(run_dir, *common, "max_steps=7"), resume="auto")
+    # on 1 process: the micro batch (4) is kept, 2 accumulation steps; the ZeRO shards are resharded
+    assert train(toy_recipe_at(run_dir, *common, "max_steps=7"), resume="auto").step == 7
+    assert json.loads((run_dir / "checkpoints" / "step_000007" / "meta.json").read_text())["grad_accum_steps"] == 2
+
+
+def test_fields_added_since_a_checkpoint_count_as_their_defaults():
+    from jepa.checkpoint import recipe_differences
+    from jepa.recipe import parse_recipe
+    from tiny_recipes import tiny_image_recipe
+
+    current = parse_recipe(tiny_image_recipe(0), "test").model_dump(mode="json")
+    older = json.loads(json.dumps(current))  # as an older jepa wrote it: no eval section, no micro batch field
+    del older["eval"], older["data"]["micro_batch_size"], older["log"]["collapse_rankme"]
+    assert recipe_differences(older, current) == []
+    older["modality"]["encoder"]["depth"] = 3
+    assert [key for key, _, _ in recipe_differences(older, current)] == ["modality.encoder.depth"]

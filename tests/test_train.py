@@ -21,7 +21,10 @@ from toy_modality import ToyConfig, ToyModality
 # fp32, 5 steps, clipping active (the toy's gradient norm is ~0.35), a fast EMA so the target moves.
 # Width 192 makes qkv / fc1 / fc2 larger than ZeRO-3's persistence threshold (1e5 elements), so
 # they really are partitioned (smaller tensors stay whole on every rank).
-ZERO_RUN = ("max_steps=5", "optim.grad_clip=0.1", "optim.lr=3e-3", "ema.momentum=0.5", "modality.embed_dim=192")
+# Micro batch 4 of the global 8: one process accumulates 2 micro batches, two processes run one each
+# (the same micro batches and masks, see jepa/data/synthetic.py).
+ZERO_RUN = ("max_steps=5", "optim.grad_clip=0.1", "optim.lr=3e-3", "ema.momentum=0.5", "modality.embed_dim=192",
+            "data.micro_batch_size=4")
 # Tolerance of ZeRO over 2 processes vs 1 process (same global batch, fp32): reductions are
 # summed in another order, so equality is up to float32 rounding. Measured: <= 1e-7.
 ATOL = 1e-6
@@ -29,7 +32,7 @@ ATOL = 1e-6
 
 @pytest.fixture(scope="module")
 def single_process_run(tmp_path_factory, toy_recipe_at):
-    """The reference: ZeRO stage 0 in this process, same global batch."""
+    """The reference: ZeRO stage 0 in this process, same global batch (2 accumulated micro batches)."""
     result = train(toy_recipe_at(tmp_path_factory.mktemp("zero") / "stage0", *ZERO_RUN))
     return read_metrics(result.run_dir), load_model_weights(result.run_dir)
 

@@ -11,22 +11,35 @@ export DS_ACCELERATOR="${DS_ACCELERATOR:-cpu}"
 start=$(date +%s)
 
 if [ "${1:-}" = video ]; then
-    # The video demo: clips whose label is the motion; pretrained V-JEPA vs random init vs the
-    # middle frame alone (the same pretrained encoder shown a static clip of the middle frame).
+    # The video demo: clips whose label is the motion. Pretrain a small V-JEPA on the clips and, for the
+    # single-frame baseline, an image I-JEPA of the same width, depth and patch for the same steps on the
+    # middle frame of every clip; then probe the pretrained video encoder, the same video encoder at random
+    # init, and the image encoder (pretrained and at random init) on the middle frames of the held-out clips.
     shift
     recipe=recipes/video_demo.yaml
+    image_recipe=recipes/video_demo_image_baseline.yaml
     run=runs/video_demo
+    image_run=runs/video_demo_image_baseline
     data=data/video_demo
+    frames=$data/middle_frames
     [ -f $data/train/manifest.json ] && [ -f $data/val/manifest.json ] || jepa demo-data $data --modality video
+    for split in train val; do
+        [ -f $frames/$split/manifest.json ] || python tools/video_middle_frames.py "$recipe" $data/$split $frames/$split
+    done
     jepa train "$recipe" "$@"
+    jepa train "$image_recipe" "$@"
     trained=$(date +%s)
-    echo "== attentive and linear probes on frozen features: pretrained vs random init vs middle frame =="
-    probes=(--train-shards $data/train --val-shards $data/val --protocol attentive,linear)
-    jepa eval "$run" "${probes[@]}" --json "$run/eval_pretrained.json"
-    jepa eval "random:$recipe" "${probes[@]}" --json "$run/eval_random_init.json"
-    python tools/eval_middle_frame.py "$run" "${probes[@]}" --json "$run/eval_middle_frame.json"
+    echo "== linear and attentive probes on frozen features: video pretrained vs random init vs middle frame =="
+    probes=(--protocol linear,attentive --epochs 20)
+    jepa eval "$run" --train-shards $data/train --val-shards $data/val "${probes[@]}" --json "$run/eval_pretrained.json"
+    jepa eval "random:$recipe" --train-shards $data/train --val-shards $data/val "${probes[@]}" \
+        --json "$run/eval_random_init.json"
+    jepa eval "$image_run" --train-shards $frames/train --val-shards $frames/val "${probes[@]}" \
+        --json "$run/eval_middle_frame_pretrained.json"
+    jepa eval "random:$image_recipe" --train-shards $frames/train --val-shards $frames/val "${probes[@]}" \
+        --json "$run/eval_middle_frame_random_init.json"
     end=$(date +%s)
-    echo "video demo done: training $((trained - start)) s, evaluation $((end - trained)) s; results in $run/"
+    echo "video demo done: data and training $((trained - start)) s, evaluation $((end - trained)) s; results in $run/"
     exit 0
 fi
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import statistics
 import time
@@ -119,18 +120,23 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
         batches: int = typer.Option(20, "--batches", help="Batches timed per repeat"),
         repeats: int = typer.Option(3, "--repeats", help="Repeats (the median is reported)"),
         batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Images per batch (default: the "
-                                                 "recipe's global batch / grad_accum_steps, at most 128)"),
+                                                 "recipe's data.micro_batch_size, else its global batch / "
+                                                 "grad_accum_steps, at most 128)"),
+        target: Optional[float] = typer.Option(None, "--target-images-per-s", min=0.0,
+                                               help="Say how many loader workers this many images/s needs "
+                                               "(e.g. the training step's images/s from `jepa bench train`)"),
     ) -> None:
         """Images/s of the recipe's data pipeline (read, shuffle, decode, crop, masks).
 
         Per loader worker (one process, one thread), split by stage, and in total with
-        data.num_workers workers.
+        data.num_workers workers; with --target-images-per-s, the workers that rate needs.
         """
         from jepa.recipe import load_recipe
 
         with cli_errors():
             recipe = load_recipe(recipe_file, overrides or [])
-            mb = batch_size or min(128, recipe.data.global_batch_size // recipe.engine.grad_accum_steps)
+            mb = batch_size or recipe.data.micro_batch_size or min(
+                128, recipe.data.global_batch_size // (recipe.engine.grad_accum_steps or 1))
             rows = bench_data_pipeline(recipe, mb, batches, repeats)
         table = Table(title=f"data pipeline: {recipe.name}, batch {mb}, median of {repeats}")
         for col in ("what", "images/s", "range"):
@@ -138,6 +144,8 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
         for what, values in rows:
             table.add_row(what, f"{statistics.median(values):,.0f}", f"{min(values):,.0f} .. {max(values):,.0f}")
         console.print(table)
+        for line in worker_summary(rows, recipe.data.num_workers, target):
+            console.print(line, highlight=False)
 
 
 def _rates(fn: Callable[[], int], repeats: int) -> list[float]:
@@ -148,6 +156,44 @@ def _rates(fn: Callable[[], int], repeats: int) -> list[float]:
         n = fn()
         out.append(n / (time.perf_counter() - start))
     return out
+
+
+#: The row whose median is a loader worker's images/s (the whole pipeline in one process, one thread).
+PER_WORKER_ROW = "whole pipeline, 1 worker"
+
+
+def worker_summary(rows: list[tuple[str, list[float]]], num_workers: int, target: float | None) -> list[str]:
+    """Lines stating the images/s of one loader worker and, for ``target`` images/s, the workers needed.
+
+    One worker's rate is the median of :data:`PER_WORKER_ROW`; the estimate assumes a CPU core
+    per worker and that workers scale linearly (the ``N workers`` row, when measured, shows how
+    far they do on this machine).
+    """
+    by_name = {what: statistics.median(values) for what, values in rows}
+    per_worker = by_name.get(PER_WORKER_ROW)
+    if not per_worker:
+        return []
+    lines = [f"one loader worker: {per_worker:,.0f} images/s"]
+    measured = [(what, rate) for what, rate in by_name.items() if what.endswith(" workers")]
+    for what, rate in measured:
+        n = int(what.split(", ")[1].split()[0])
+        lines.append(f"{n} workers measured: {rate:,.0f} images/s = {rate / n:,.0f} per worker "
+                     f"({rate / (n * per_worker):.0%} of linear scaling)")
+    if target is not None:
+        need = max(1, math.ceil(target / per_worker))
+        lines.append(f"{target:,.0f} images/s needs {need} loader worker{'s' if need > 1 else ''} at "
+                     f"{per_worker:,.0f} images/s each (a CPU core each, plus the training process's own); "
+                     f"the recipe has data.num_workers={num_workers}")
+    return lines
+
+
+def _images(x: Any) -> int:
+    """Rows of a batch, waiting for the GPU first when it was made there (so the time counts it)."""
+    import torch
+
+    if isinstance(x, torch.Tensor) and x.is_cuda:
+        torch.cuda.synchronize(x.device)
+    return int(x.shape[0])
 
 
 def bench_data_pipeline(recipe: Any, batch_size: int, num_batches: int, repeats: int) -> list[tuple[str, list[float]]]:
@@ -179,14 +225,14 @@ def bench_data_pipeline(recipe: Any, batch_size: int, num_batches: int, repeats:
             rows.append(("decode (1 worker)", _rates(decode, repeats)))
             chunks = [items[i:i + batch_size] for i in range(0, len(items), batch_size)]
             rows.append(("train view: crop + normalise (1 worker)", _rates(
-                lambda: sum(plugin.train_batch(c, gen).shape[0] for c in chunks), repeats)))
+                lambda: sum(_images(plugin.train_batch(c, gen)) for c in chunks), repeats)))
         rows.append(("masks (1 worker)", _rates(
             lambda: sum(as_mask_pairs(sampler(batch_size, gen))[0].batch_size for _ in range(num_batches)), repeats)))
         one = d.model_copy(update={"num_workers": 0})
         loader = iter(build_train_loader(one, plugin, sampler, seed=recipe.seed, rank=0, world_size=1,
                                          micro_batch_size=batch_size))
         next(loader)  # fills the shuffle buffer
-        rows.append(("whole pipeline, 1 worker", _rates(
+        rows.append((PER_WORKER_ROW, _rates(
             lambda: sum(next(loader).inputs.shape[0] for _ in range(num_batches)), repeats)))
     finally:
         torch.set_num_threads(threads)

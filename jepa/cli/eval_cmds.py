@@ -1,4 +1,4 @@
-"""``jepa eval``: frozen-feature probes (linear, linear4, k-NN, attentive) on labelled shards."""
+"""``jepa eval``: frozen-feature probes on labelled shards or a folder of class sub-folders."""
 
 from __future__ import annotations
 
@@ -12,27 +12,96 @@ from jepa.cli.errors import cli_errors
 
 console = Console()
 
+EVAL_HELP = """Evaluate frozen features: top-1 (top-5 with >= 10 classes) of each probe, as tables and JSON.
+
+Every protocol reads the frozen encoder (target by default) on the modality's evaluation view
+(images: shorter side resized to crop*256/224, centre crop). Exact definitions, and which paper
+protocol each matches or not: docs/eval_protocols.md.
+
+linear: average over tokens of the last layer, normalised (batch statistics, no affine), a
+grid of linear heads (--linear-lrs x --linear-wds, one head per pair, trained together on the
+same batches) by minibatch AdamW, cosine schedule, --epochs (default 100). With --augment none
+the pooled features are stored once and epochs read them back; otherwise the encoder runs
+every epoch. The head with the best top-1 on a held-out part of the training split (--holdout,
+class-stratified) is reported; the report lists every head. Same layers and pooling as the
+I-JEPA paper's linear probe; its training recipe is not released, so the numbers are not
+comparable with the paper's.
+
+linear4: the same on the average-pooled last 4 layers, concatenated.
+
+attentive: a grid of attentive probes on the last layer's tokens: --attentive-depth blocks
+(depth-1 self-attention blocks, then a cross-attention block with one learnable query,
+residual and MLP), a linear classifier on the query; AdamW, cosine schedule, --epochs (default
+20); the encoder runs inside the training loop every epoch, tokens are never stored. Chosen on
+the held-out split like linear. The probe architecture of V-JEPA 2's evaluation (which uses
+depth 4, 16 heads, heavier augmentation, and picks the best head on the validation set).
+
+knn: weighted k-nearest neighbours (cosine similarity, weights exp(sim / --temperature)) on
+the pooled last layer, streamed on the device in chunks.
+
+logreg / logreg4: full-batch multinomial logistic regression by L-BFGS on standardised pooled
+features (last layer / last 4), L2 strength chosen on a 20 % hold-out, refitted on all; holds
+every training feature in host memory: for small sets.
+
+Before any heavy work the memory each protocol needs is added up per place (host memory, GPU,
+disk) and a plan that does not fit is refused with the numbers and the flags to change."""
+
+
+def _floats(text: str, flag: str) -> tuple[float, ...]:
+    from jepa.eval.grid import parse_floats
+
+    return parse_floats(text, flag)
+
 
 def register(app: typer.Typer, bench: typer.Typer) -> None:
-    @app.command("eval")
+    @app.command("eval", help=EVAL_HELP)
     def eval_cmd(
         source: str = typer.Argument(..., help="Run dir, checkpoint (dir or models.pt), released .pth.tar, file from "
                                                "`jepa export` (with --trust-torchscript), or random:RECIPE (random-init "
                                                "baseline)"),
-        train_shards: str = typer.Option(..., "--train-shards", help="Labelled shards the probes are fitted on"),
-        val_shards: str = typer.Option(..., "--val-shards", help="Labelled shards the probes are scored on"),
-        protocol: str = typer.Option("linear,knn", "--protocol", help="Comma-separated: linear, linear4, knn, attentive"),
+        train_data: str = typer.Option(..., "--train-data", "--train-shards",
+                                       help="Training split: labelled shards (folder, brace pattern, URLs) or a folder "
+                                            "of class sub-folders of images (read directly; files that do not decode "
+                                            "are skipped and counted)"),
+        val_data: str = typer.Option(..., "--val-data", "--val-shards", help="Validation split, as --train-data"),
+        protocol: str = typer.Option("linear,knn", "--protocol",
+                                     help="Comma-separated: linear, linear4, attentive, knn, logreg, logreg4"),
+        device: Optional[str] = typer.Option(None, "--device", help="Where the encoder and probes run: cuda, cuda:1, "
+                                             "cpu (default: cuda if available, else cpu)"),
+        precision: str = typer.Option("auto", "--precision", help="bf16 autocast (CUDA only) or fp32; auto: bf16 on "
+                                      "CUDA, fp32 on CPU"),
+        batch_size: int = typer.Option(256, "--batch-size", help="Samples per encoder forward and per probe step; small sets: lower it for more optimiser steps per epoch (the demo uses 64)"),
+        epochs: Optional[int] = typer.Option(None, "--epochs", help="Epochs of linear/linear4 (default 100) and "
+                                             "attentive (default 20)"),
+        linear_lrs: str = typer.Option("1e-3,3e-3,1e-2,3e-2,0.1,0.3,1", "--linear-lrs", help="Peak AdamW learning rates of the "
+                                       "linear grid"),
+        linear_wds: str = typer.Option("0,1e-4,1e-3", "--linear-wds", help="AdamW weight decays of the linear grid"),
+        attentive_lrs: str = typer.Option("3e-4,1e-3,3e-3,1e-2", "--attentive-lrs", help="Peak AdamW learning rates "
+                                          "of the attentive grid"),
+        attentive_wds: str = typer.Option("1e-2,1e-1,0.4", "--attentive-wds", help="AdamW weight decays of the "
+                                          "attentive grid"),
+        attentive_depth: int = typer.Option(1, "--attentive-depth", help="Blocks of the attentive probe: depth-1 "
+                                            "self-attention, then cross-attention (V-JEPA 2's configs use 4)"),
+        attentive_heads: Optional[int] = typer.Option(None, "--attentive-heads", help="Attention heads of the "
+                                                      "attentive probe (default: token width / 64)"),
+        warmup_epochs: float = typer.Option(0.0, "--warmup-epochs", help="Linear lr warmup of the grid probes"),
+        holdout: float = typer.Option(0.1, "--holdout", help="Class-stratified fraction of the training split held "
+                                      "out to choose the best head of each grid"),
+        augment: str = typer.Option("none", "--augment", help="Training view of linear/attentive: none (evaluation "
+                                    "view), crop (the modality's training crop), flip (mirror the width axis of half "
+                                    "the batch), crop+flip"),
+        feature_cache: str = typer.Option("auto", "--feature-cache", help="Where pooled features are stored: auto "
+                                          "(host memory if under 25 % of free memory, else the temp folder), memory, "
+                                          "or a folder"),
         k: int = typer.Option(20, "--k", help="Neighbours of the k-NN probe"),
         temperature: float = typer.Option(0.07, "--temperature", help="k-NN vote temperature"),
+        lbfgs_iters: int = typer.Option(100, "--lbfgs-iters", help="L-BFGS iterations of logreg / logreg4"),
         low_shot: Optional[float] = typer.Option(None, "--low-shot", help="Fit on this fraction of each class's "
                                                  "training labels (seeded), e.g. 0.01"),
-        epochs: Optional[int] = typer.Option(None, "--epochs", help="Full-batch L-BFGS iterations of the linear "
-                                             "probes (default 100); AdamW epochs of the attentive probe (default 20)"),
-        batch_size: int = typer.Option(64, "--batch-size", help="Images per encoder forward"),
-        lr: float = typer.Option(1e-3, "--lr", help="Peak AdamW learning rate of the attentive probe"),
-        seed: int = typer.Option(0, "--seed", help="Seeds the low-shot subset and the probes"),
+        seed: int = typer.Option(0, "--seed", help="Seeds subsets, splits, initialisation, shuffling, augmentation"),
         num_workers: int = typer.Option(0, "--num-workers", help="Data-loader processes"),
-        device: str = typer.Option("cpu", "--device", help="Where the encoder runs: cpu, cuda, cuda:1 (probes run on the CPU)"),
+        shuffle_buffer: int = typer.Option(1000, "--shuffle-buffer", help="Raw samples per loader worker buffered "
+                                           "to shuffle shards"),
         encoder: Optional[str] = typer.Option(None, "--encoder", help="'target' (default, as in the paper) or 'context'"),
         crop_size: Optional[int] = typer.Option(None, "--crop-size", help="Released checkpoints: evaluation resolution"),
         arch: Optional[str] = typer.Option(None, "--arch", help="Released checkpoints: expected arch; a mismatch is an error"),
@@ -41,22 +110,28 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
                                                "`jepa export`). Loading TorchScript RUNS THE CODE stored in the file: "
                                                "use only files from a source you trust"),
     ) -> None:
-        """Evaluate frozen features: top-1 (top-5 with >= 10 classes) of each probe, as a table and JSON."""
         from jepa.eval.evaluate import EvalSettings, evaluate_shards, parse_protocols
         from jepa.sources import load_source
 
         with cli_errors():
             settings = EvalSettings(
                 protocols=parse_protocols(protocol), k=k, temperature=temperature, low_shot=low_shot, epochs=epochs,
-                batch_size=batch_size, lr=lr, seed=seed, num_workers=num_workers, device=device,
+                lbfgs_iters=lbfgs_iters, batch_size=batch_size, linear_lrs=_floats(linear_lrs, "--linear-lrs"),
+                linear_wds=_floats(linear_wds, "--linear-wds"), attentive_lrs=_floats(attentive_lrs, "--attentive-lrs"),
+                attentive_wds=_floats(attentive_wds, "--attentive-wds"), attentive_depth=attentive_depth,
+                attentive_heads=attentive_heads, warmup_epochs=warmup_epochs, holdout=holdout, augment=augment,
+                feature_cache=feature_cache, shuffle_buffer=shuffle_buffer, seed=seed, num_workers=num_workers,
+                device=device, precision=precision,
             )
             src = load_source(source, which=encoder, trust_torchscript=trust_torchscript,  # type: ignore[arg-type]
                               crop_size=crop_size, arch=arch)
-            report = evaluate_shards(src, train_shards, val_shards, settings)
+            report = evaluate_shards(src, train_data, val_data, settings)
         if json_out == "-":
             print(json.dumps(report.to_dict(), indent=2))
             return
         console.print(report.table())
+        for table in report.grid_tables():
+            console.print(table)
         if json_out:
             report.write_json(json_out)
             console.print(f"[green]wrote[/] {json_out}", highlight=False)

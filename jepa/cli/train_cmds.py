@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import statistics
 from pathlib import Path
 from typing import Optional
@@ -15,14 +14,17 @@ from rich.table import Table
 from jepa import registry
 from jepa.cli.errors import cli_errors
 from jepa.cli.options import ResumeOption, SetOption
-from jepa.recipe import RecipeError, load_recipe
+from jepa.recipe import RecipeError, load_recipe, split_global_batch
 
 console = Console()
 
 
 
 def _is_rank0() -> bool:
-    return os.environ.get("RANK", "0") == "0"
+    """Rank 0 of any launcher (torchrun, mpirun, srun) or a plain process (:mod:`jepa.launch`)."""
+    from jepa.launch import detect
+
+    return detect().is_main
 
 
 def _fmt_count(n: float) -> str:
@@ -39,11 +41,14 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
         """Train (or continue) a recipe: one CPU process, or many GPUs and nodes under a launcher.
 
         One process: `jepa train R`. One node: `torchrun --nproc_per_node=8 -m jepa.cli train R`.
-        Many nodes: torchrun with --nnodes/--rdzv-endpoint on each node, or
-        `deepspeed --no_local_rank --hostfile HOSTS --module jepa.cli train R`. The run dir must be on a filesystem
-        all nodes share; one run at a time may use it (a lock). SIGTERM saves a checkpoint at the end of the
-        current step (several processes: of the next one, which all agree on) and exits 0; SIGTERM while waiting
-        for data, or a second SIGTERM, exits 143 at once, leaving the last complete checkpoint.
+        Many nodes: torchrun with --nnodes/--rdzv-endpoint on each node,
+        `deepspeed --no_local_rank --hostfile HOSTS --module jepa.cli train R`, or Slurm:
+        `srun python -m jepa.cli train R` with one task per GPU (ranks and rendezvous from SLURM_*; see
+        examples/slurm/train.sbatch). The run dir must be on a filesystem all nodes share; one run at a time may
+        use it (a lock). A checkpoint resumes on any number of processes (the micro batch is kept, the
+        accumulation steps follow). SIGTERM saves a checkpoint at the end of the current step (several processes:
+        of the next one, which all agree on) and exits 0; SIGTERM while waiting for data, or a second SIGTERM,
+        exits 143 at once, leaving the last complete checkpoint.
         """
         from jepa.train import train
 
@@ -95,7 +100,6 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
         import json
 
         from jepa import mfu
-        from jepa.engine import micro_batch_size
         from jepa.monitor import read_metrics
         from jepa.train import train
 
@@ -107,23 +111,27 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
             if r.total_steps < warmup + steps:
                 raise RecipeError(str(recipe), [("optim.epochs", f"the schedules span {r.total_steps} steps, fewer than "
                                                  f"the {warmup + steps} to run; raise optim.epochs or lower --steps")])
-            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0"))) if torch.cuda.is_available() else torch.device("cpu")
+            from jepa.launch import detect
+
+            launch = detect()
+            device = torch.device("cuda", launch.local_rank) if torch.cuda.is_available() else torch.device("cpu")
             dtype = mfu.compute_dtype(r.engine.precision)
-            gemm = [mfu.measure_gemm_flops(device, dtype)] if device.type == "cpu" else []
+            gemm = [mfu.measure_gemm(device, dtype)] if device.type == "cpu" else []
             if device.type == "cuda":
                 torch.cuda.reset_peak_memory_stats(device)
             train(r, resume="none", save_checkpoints=False)
-            gemm += [mfu.measure_gemm_flops(device, dtype)] if device.type == "cpu" else []
+            gemm += [mfu.measure_gemm(device, dtype)] if device.type == "cpu" else []
         if not _is_rank0():
             return
-        world = int(os.environ.get("WORLD_SIZE", "1"))
+        world = launch.world_size
         records = read_metrics(r.resolved_run_dir)[warmup:]
         step_time = statistics.median(rec["step_time_s"] for rec in records)
         samples_per_s = r.data.global_batch_size / step_time
-        micro = micro_batch_size(r.data.global_batch_size, world, r.engine.grad_accum_steps)
+        micro, _ = split_global_batch(r.data.global_batch_size, world, r.engine.grad_accum_steps, r.data.micro_batch_size)
         flops = mfu.flops_per_sample(registry.bind(r.modality), micro)
         if gemm:
-            peak, peak_source = statistics.median(gemm), f"measured: cpu {r.engine.precision} GEMM {mfu.CPU_GEMM_SIZE}^3, this run"
+            peak = statistics.median(flops_per_s for flops_per_s, _ in gemm)
+            peak_source = f"measured: cpu {r.engine.precision} GEMM {max(n for _, n in gemm)}^3, this run"
         else:
             peak, peak_source = mfu.peak_flops(device, r.engine.precision)
         utilisation = mfu.mfu(flops * samples_per_s, peak, world) if flops else None

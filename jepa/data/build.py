@@ -36,7 +36,8 @@ def build_train_loader(data_cfg: DataConfig, modality: Modality, mask_sampler: M
         raise ValueError(f"micro_batch_size must be >= 1 (got {micro_batch_size})")
     if data_cfg.source == "synthetic":
         return SyntheticTrainLoader(modality, mask_sampler, seed=seed, rank=rank, world_size=world_size,
-                                    micro_batch_size=micro_batch_size, state=state)
+                                    micro_batch_size=micro_batch_size, global_batch_size=data_cfg.global_batch_size,
+                                    state=state)
     if not data_cfg.train_shards:
         raise ValueError("data.train_shards is required when data.source is 'shards'")
     return ShardTrainLoader(expand_shards(data_cfg.train_shards), data_cfg, modality, mask_sampler,

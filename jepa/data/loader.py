@@ -1,9 +1,12 @@
-"""The training-loader contract: what a training stream hands out and how its position is saved."""
+"""The training-loader contract: what a training stream hands out and how its position is saved,
+and how the loaders call the mask sampler (:func:`sample_masks`)."""
 
 from __future__ import annotations
 
+import inspect
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
+from functools import cache
 from typing import Any, Iterator
 
 import torch
@@ -11,7 +14,7 @@ from torch import Tensor
 
 from jepa.monitor import RunStoppedError
 
-from jepa.interfaces import MaskSet, as_mask_pairs
+from jepa.interfaces import MaskSampler, MaskSet, as_mask_pairs
 
 #: Version of :meth:`TrainLoader.state_dict` (stored in checkpoints: public API).
 STATE_VERSION = 1
@@ -76,3 +79,45 @@ class TrainLoader(ABC):
 def collate_as_is(x: Any) -> Any:
     """Collate function of ``batch_size=None`` DataLoaders whose dataset yields whole batches."""
     return x
+
+
+_STEP_DRAWS = -1
+"""Seed part of the per-step draws (no batch or row index is negative, so no other seed collides)."""
+
+
+def accumulation_steps(global_batch_size: int, world_size: int, micro_batch_size: int) -> int:
+    """Micro batches per optimiser step on each rank, ``global / (world x micro)``: a rank's i-th
+    micro batch (from 0) belongs to step ``i // accumulation_steps(...)``. A micro batch that does
+    not divide the global batch (``jepa bench data``) counts as a step of its own."""
+    return max(1, global_batch_size // (world_size * micro_batch_size))
+
+
+def step_generator(seed: int, step: int) -> torch.Generator:
+    """The randomness shared by every micro batch of optimiser step ``step``: on every rank, loader
+    worker and accumulation micro batch (seeded by the run seed and the step alone)."""
+    from jepa.data.stream import derive_seed  # stream imports this module
+
+    return torch.Generator().manual_seed(derive_seed(seed, _STEP_DRAWS, step))
+
+
+@cache
+def _takes_step_generator(sampler_type: type) -> bool:
+    return "step_generator" in inspect.signature(sampler_type.__call__).parameters
+
+
+def sample_masks(mask_sampler: MaskSampler, batch_size: int, generator: torch.Generator,
+                 step_gen: torch.Generator) -> MaskSet | tuple[MaskSet, ...]:
+    """The sampler's masks for one micro batch, as the training loaders draw them.
+
+    A sampler whose ``__call__`` takes a ``step_generator`` keyword draws from it what the whole
+    global batch of a step shares (image I-JEPA: the block sizes, as the authors share them
+    across GPUs), and everything else from ``generator``; other samplers get ``generator`` alone.
+
+    Args:
+        batch_size: rows of the micro batch (the collation batch).
+        generator: this micro batch's own randomness.
+        step_gen: :func:`step_generator` of the micro batch's optimiser step.
+    """
+    if _takes_step_generator(type(mask_sampler)):
+        return mask_sampler(batch_size, generator, step_generator=step_gen)
+    return mask_sampler(batch_size, generator)

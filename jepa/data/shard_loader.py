@@ -4,7 +4,10 @@
 In each loader worker, after the shuffle buffer (:mod:`jepa.data.stream`), each sample is
 decoded (``modality.decode``); a ``ValueError`` skips it and is counted. Every
 ``micro_batch_size`` decoded items make a batch: one ``torch.Generator`` seeded by
-(seed, rank, w, batch index) drives ``modality.train_batch`` and the mask sampler.
+(seed, rank, w, batch index) drives ``modality.train_batch`` and the mask sampler, whose per-step
+draws (image block sizes) come from the step's shared generator: the rank's micro batch number is
+``batch index x num_workers + w`` (the DataLoader takes batches round-robin), its step that number
+over the accumulation steps (:func:`~jepa.data.loader.sample_masks`).
 
 So a worker's batches are a pure function of its *position* (the stream's, plus batches made
 and cumulative counts). Each batch carries its worker's position; :class:`ShardTrainLoader`
@@ -12,6 +15,9 @@ keeps the last one handed out per worker plus whose turn is next (torch's DataLo
 batches from its workers round-robin), and a loader built from that state rotates the logical
 worker ids so that the first batch comes from the right worker. With the stream's replay of its
 shuffle buffer, a resumed loader yields bitwise the batches the uninterrupted run would have.
+A state written by another number of ranks or workers is first re-dealt (:mod:`jepa.data.redeal`):
+the state then also holds the shard-epoch the new layout starts at (``from_epoch``) and each
+worker's carry-over pieces.
 
 A broken shard is warned about once with its URL; skipped samples are warned about at 1, 2, 4,
 ... skips, and a skip rate above ``data.max_skip_rate`` stops training (:class:`DataStreamError`).
@@ -30,8 +36,10 @@ from typing import Any, Iterator
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from jepa.data.loader import STATE_VERSION, Batch, DataStreamError, TrainLoader, collate_as_is
+from jepa.data.loader import (STATE_VERSION, Batch, DataStreamError, TrainLoader, accumulation_steps, collate_as_is,
+                              sample_masks, step_generator)
 from jepa.data.manifest import shards_total
+from jepa.data.pieces import Piece
 from jepa.data.stream import WorkerStream, derive_seed, initial_position
 from jepa.interfaces import MaskSampler, Modality
 from jepa.preemption import ignore_sigterm_until
@@ -46,10 +54,11 @@ class _ShardBatches(IterableDataset):
 
     def __init__(self, urls: list[str], data_cfg: DataConfig, modality: Modality,
                  mask_sampler: MaskSampler, *, seed: int, rank: int, world_size: int, batch_size: int,
-                 positions: list[dict[str, Any]], rotation: int):
+                 positions: list[dict[str, Any]], rotation: int, from_epoch: int, carry: list[list[Piece]]):
         self.urls, self.data_cfg, self.modality = urls, data_cfg, modality
         self.mask_sampler, self.seed, self.rank, self.world_size = mask_sampler, seed, rank, world_size
         self.batch_size, self.positions, self.rotation = batch_size, positions, rotation
+        self.from_epoch, self.carry = from_epoch, carry
         self.num_logical = max(1, data_cfg.num_workers)
         self.stop = multiprocessing.get_context("fork").Event()  # set when the workers are to shut down
 
@@ -58,7 +67,8 @@ class _ShardBatches(IterableDataset):
         worker = ((info.id if info is not None else 0) + self.rotation) % self.num_logical
         pos = self.positions[worker]
         stream = WorkerStream(self.urls, seed=self.seed, rank=self.rank, worker=worker, num_workers=self.num_logical,
-                              world_size=self.world_size, buffer_size=self.data_cfg.shuffle_buffer, position=pos)
+                              world_size=self.world_size, buffer_size=self.data_cfg.shuffle_buffer, position=pos,
+                              from_epoch=self.from_epoch, carry=self.carry[worker])
         batches, seen, skipped = pos["batches"], pos["seen"], pos["skipped"]
         window_seen = window_skipped = 0
         last_error: str | None = None
@@ -80,7 +90,9 @@ class _ShardBatches(IterableDataset):
                 continue
             gen = torch.Generator().manual_seed(derive_seed(self.seed, self.rank, worker, batches))
             inputs = self.modality.train_batch(items, gen)
-            masks = self.mask_sampler(len(items), gen)
+            accum = accumulation_steps(self.data_cfg.global_batch_size, self.world_size, self.batch_size)
+            masks = sample_masks(self.mask_sampler, len(items), gen,
+                                 step_generator(self.seed, (batches * self.num_logical + worker) // accum))
             items = []
             batches += 1
             report = {
@@ -99,6 +111,34 @@ class _ShardBatches(IterableDataset):
         d = self.data_cfg
         if seen >= d.min_samples_for_skip_check and skipped / seen > d.max_skip_rate:
             raise DataStreamError(_skip_rate_message(self.rank, seen, skipped, d.max_skip_rate, last_error))
+
+
+def fingerprint(urls: list[str], data_cfg: DataConfig, *, seed: int, rank: int, world_size: int,
+                micro_batch_size: int) -> dict[str, Any]:
+    """What a saved shard-loader state must match to be resumed by this loader."""
+    return {
+        "source": "shards", "seed": seed, "rank": rank, "world_size": world_size,
+        "num_workers": data_cfg.num_workers, "micro_batch_size": micro_batch_size,
+        "shuffle_buffer": data_cfg.shuffle_buffer, "num_shards": len(urls),
+        "shards_digest": hashlib.sha1("\n".join(urls).encode()).hexdigest()[:16],
+    }
+
+
+_HINTS = {"num_workers": "data.num_workers", "micro_batch_size": "the micro-batch size",
+          "shuffle_buffer": "data.shuffle_buffer", "num_shards": "data.train_shards",
+          "shards_digest": "data.train_shards", "world_size": "the number of processes", "seed": "seed",
+          "rank": "the rank (each rank loads its own loader state)", "source": "data.source"}
+
+
+def check_fingerprint(state: dict[str, Any], expected: dict[str, Any], ignore: tuple[str, ...] = ()) -> None:
+    """Raise when a saved loader state does not match ``expected`` (:func:`fingerprint`) in a key not in ``ignore``."""
+    if state.get("version") != STATE_VERSION:
+        raise ValueError(f"data-loader state has version {state.get('version')!r}, this jepa reads version "
+                         f"{STATE_VERSION}; resume with the jepa version that wrote the checkpoint")
+    for key, value in expected.items():
+        if key not in ignore and state.get(key) != value:
+            raise ValueError(f"cannot resume the data stream exactly: {key} was {state.get(key)!r} when the "
+                             f"checkpoint was written, now {value!r}; restore {_HINTS[key]}")
 
 
 def _init_worker(worker_id: int) -> None:
@@ -123,14 +163,12 @@ class ShardTrainLoader(TrainLoader):
         self.mask_sampler, self.seed, self.rank, self.world_size = mask_sampler, seed, rank, world_size
         self.micro_batch_size = micro_batch_size
         self.num_logical = max(1, data_cfg.num_workers)
-        self._fingerprint = {
-            "source": "shards", "seed": seed, "rank": rank, "world_size": world_size,
-            "num_workers": data_cfg.num_workers, "micro_batch_size": micro_batch_size,
-            "shuffle_buffer": data_cfg.shuffle_buffer, "num_shards": len(urls),
-            "shards_digest": hashlib.sha1("\n".join(urls).encode()).hexdigest()[:16],
-        }
+        self._fingerprint = fingerprint(urls, data_cfg, seed=seed, rank=rank, world_size=world_size,
+                                        micro_batch_size=micro_batch_size)
         self._positions = [initial_position() for _ in range(self.num_logical)]
         self._next_worker = 0
+        self._from_epoch = 0
+        self._carry: list[list[Piece]] = [[] for _ in range(self.num_logical)]
         self._warned_urls: set[str] = set()
         self._warned_skips = 0
         self._stops: list[Any] = []
@@ -147,22 +185,18 @@ class ShardTrainLoader(TrainLoader):
                         rank, len(urls), world_size * self.num_logical)
 
     def _load(self, state: dict[str, Any]) -> None:
-        if state.get("version") != STATE_VERSION:
-            raise ValueError(f"data-loader state has version {state.get('version')!r}, this jepa reads version "
-                             f"{STATE_VERSION}; resume with the jepa version that wrote the checkpoint")
-        hints = {"num_workers": "data.num_workers", "micro_batch_size": "the micro-batch size",
-                 "shuffle_buffer": "data.shuffle_buffer", "num_shards": "data.train_shards",
-                 "shards_digest": "data.train_shards", "world_size": "the number of processes", "seed": "seed",
-                 "rank": "the rank (each rank loads its own loader state)", "source": "data.source"}
-        for key, value in self._fingerprint.items():
-            if state.get(key) != value:
-                raise ValueError(f"cannot resume the data stream exactly: {key} was {state.get(key)!r} when the "
-                                 f"checkpoint was written, now {value!r}; restore {hints[key]}")
+        check_fingerprint(state, self._fingerprint)
         self._positions = [dict(p) for p in state["workers"]]
         self._next_worker = state["next_worker"]
+        self._from_epoch = state.get("from_epoch", 0)
+        carry = state.get("carry") or [[] for _ in range(self.num_logical)]  # absent in states of jepa before re-dealing
+        self._carry = [[Piece.from_state(p) for p in pieces] for pieces in carry]
 
     def state_dict(self) -> dict[str, Any]:
+        carry = [[p.to_state() for p in pieces] if pos["epoch"] < self._from_epoch else []
+                 for pieces, pos in zip(self._carry, self._positions)]
         return {"version": STATE_VERSION, **self._fingerprint, "next_worker": self._next_worker,
+                "from_epoch": self._from_epoch, "carry": carry,
                 "workers": [dict(p, shard_counts=list(p["shard_counts"])) for p in self._positions]}
 
     @property
@@ -177,7 +211,8 @@ class ShardTrainLoader(TrainLoader):
         d = self.data_cfg
         dataset = _ShardBatches(self.urls, d, self.modality, self.mask_sampler, seed=self.seed,
                                 rank=self.rank, world_size=self.world_size, batch_size=self.micro_batch_size,
-                                positions=[dict(p) for p in self._positions], rotation=self._next_worker)
+                                positions=[dict(p) for p in self._positions], rotation=self._next_worker,
+                                from_epoch=self._from_epoch, carry=self._carry)
         extra = {"prefetch_factor": d.prefetch_factor, "persistent_workers": True,
                  "multiprocessing_context": "fork", "worker_init_fn": _init_worker} if d.num_workers else {}
         loader = DataLoader(dataset, batch_size=None, num_workers=d.num_workers, collate_fn=collate_as_is,

@@ -7,25 +7,31 @@ from typing import Any, Iterator
 
 import torch
 
-from jepa.data.loader import STATE_VERSION, Batch, TrainLoader
+from jepa.data.loader import STATE_VERSION, Batch, TrainLoader, accumulation_steps, sample_masks, step_generator
 from jepa.data.stream import derive_seed
-from jepa.interfaces import MaskSampler, Modality, as_mask_pairs
+from jepa.interfaces import MaskSampler, Modality
 
 
 class SyntheticTrainLoader(TrainLoader):
-    """Random inputs from ``modality.example_input``, a pure function of (seed, micro-step).
+    """Random inputs from ``modality.example_input``, a pure function of (seed, optimiser step, row).
 
-    The global micro-batch of step i has ``micro_batch_size * world_size`` rows; its masks are
-    sampled for all rows from a generator seeded by (seed, i) and row r's input from one seeded
-    by (seed, i, r). Rank k takes rows ``[k*mb, (k+1)*mb)``, so any world size sees the same
-    global batch (used to check ZeRO stages against one process) while each rank only builds
-    its own rows.
+    The global batch of step s is cut into ``world_size x A`` micro batches of ``micro_batch_size``
+    rows (A the accumulation steps, ``global / (world x micro)``): the a-th micro batch of rank k is
+    slot ``j = a * world_size + k``, rows ``[j*mb, (j+1)*mb)`` of the step. Row g's input comes from a
+    generator seeded by (seed, s, g); a slot's masks are sampled for its own rows (the collation batch
+    is the micro batch, as with shards) from one seeded by (seed, s, slot), with the step's shared
+    draws from :func:`~jepa.data.loader.step_generator`. So any split of the global batch into
+    ranks x accumulation steps with the same micro batch sees the same batches and masks (1 process
+    accumulating 2 micro batches = 2 processes with one each; used to check ZeRO stages against
+    one process), while each rank only builds its own rows.
     """
 
     def __init__(self, modality: Modality, mask_sampler: MaskSampler, *, seed: int, rank: int,
-                 world_size: int, micro_batch_size: int, state: dict[str, Any] | None = None):
+                 world_size: int, micro_batch_size: int, global_batch_size: int,
+                 state: dict[str, Any] | None = None):
         self.modality, self.mask_sampler = modality, mask_sampler
         self.seed, self.rank, self.world_size, self.micro_batch_size = seed, rank, world_size, micro_batch_size
+        self.global_batch_size = global_batch_size
         self._step = 0
         if state is not None:
             global_batch = micro_batch_size * world_size
@@ -38,13 +44,15 @@ class SyntheticTrainLoader(TrainLoader):
             self._step = state["step"]
 
     def batch(self, step: int) -> Batch:
-        """This rank's rows of global micro-batch ``step``."""
-        mb, n = self.micro_batch_size, self.micro_batch_size * self.world_size
-        rows = range(self.rank * mb, (self.rank + 1) * mb)
-        masks = self.mask_sampler(n, torch.Generator().manual_seed(derive_seed(self.seed, step)))
+        """This rank's ``step``-th micro batch (counted from 0 over the whole run)."""
+        mb, world = self.micro_batch_size, self.world_size
+        optim_step, a = divmod(step, accumulation_steps(self.global_batch_size, world, mb))
+        slot = a * world + self.rank
+        masks = sample_masks(self.mask_sampler, mb, torch.Generator().manual_seed(derive_seed(self.seed, optim_step, -1, slot)),
+                             step_generator(self.seed, optim_step))
         inputs = torch.cat([self.modality.example_input(
-            1, torch.Generator().manual_seed(derive_seed(self.seed, step, r))) for r in rows])
-        return Batch(inputs, tuple(m[rows.start:rows.stop] for m in as_mask_pairs(masks)))
+            1, torch.Generator().manual_seed(derive_seed(self.seed, optim_step, slot * mb + r))) for r in range(mb)])
+        return Batch(inputs, masks)
 
     def __iter__(self) -> Iterator[Batch]:
         while True:

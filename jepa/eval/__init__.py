@@ -1,18 +1,27 @@
-"""Frozen-feature evaluation of trained encoders (``jepa eval``).
+"""Frozen-feature evaluation of trained encoders (``jepa eval``); protocols in ``docs/eval_protocols.md``.
 
 * :mod:`jepa.sources` (below both evaluation and export): run dir / checkpoint / foreign
   file / export / ``random:RECIPE`` -> a frozen encoder and its evaluation view;
-* :mod:`jepa.eval.features`: encode a labelled split once, cache pooled features and tokens;
-* :mod:`jepa.eval.probes`: linear (L-BFGS), k-NN, attentive probes, low-shot subsets, top-k;
-* :mod:`jepa.eval.evaluate`: run the requested protocols;
-* :mod:`jepa.eval.report`: the table and the versioned JSON report.
+* :mod:`jepa.eval.reader`: labelled shards or a folder of class sub-folders, scanned, then read
+  in passes (subsets, shuffling, augmentation);
+* :mod:`jepa.eval.features`: what probes read from the encoder; the pooled-feature store;
+* :mod:`jepa.eval.heads`: grids of linear and attentive heads, one optimiser for all;
+* :mod:`jepa.eval.training`: training and scoring a grid on a stream of batches;
+* :mod:`jepa.eval.grid`: the (lr, wd) grid, per-head scores, the held-out choice;
+* :mod:`jepa.eval.knn`: streaming k-NN (:func:`knn_accuracy` for callers with an encoder);
+* :mod:`jepa.eval.probes`: full-batch probes on features in memory (``logreg``), low-shot subsets;
+* :mod:`jepa.eval.memory`: the up-front memory plan;
+* :mod:`jepa.eval.evaluate`: the protocols, run in order;
+* :mod:`jepa.eval.report`: the tables and the versioned JSON report.
 """
 
-from jepa.eval.evaluate import PROTOCOLS, EvalSettings, evaluate, evaluate_features, evaluate_shards
+from jepa.eval.evaluate import PROTOCOLS, EvalSettings, evaluate, evaluate_shards
+from jepa.eval.knn import StreamingKNN, knn_accuracy
+from jepa.eval.reader import FolderData, LabelledData, ShardData, open_labelled
 from jepa.eval.report import EvalReport, ProbeResult
 from jepa.sources import EncoderSource, load_source
 
 __all__ = [
-    "PROTOCOLS", "EvalReport", "EvalSettings", "EncoderSource", "ProbeResult", "evaluate", "evaluate_features",
-    "evaluate_shards", "load_source",
+    "PROTOCOLS", "EvalReport", "EvalSettings", "EncoderSource", "FolderData", "LabelledData", "ProbeResult",
+    "ShardData", "StreamingKNN", "evaluate", "evaluate_shards", "knn_accuracy", "load_source", "open_labelled",
 ]

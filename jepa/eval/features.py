@@ -1,50 +1,33 @@
-"""Frozen features: run an encoder once over a labelled split and cache what the probes need.
+"""Frozen features: what the probes read from the encoder, and the pooled-feature store.
 
-The encoder is run under ``torch.no_grad`` (not inference mode: the probes train on the results) and every output is moved to the CPU, so a
-split is encoded exactly once however many probes follow. Patch tokens (needed only by the
-attentive probe) are kept in half precision to halve their memory.
+* :func:`encoder_features`: one batch through the frozen encoder (no gradients, autocast on
+  CUDA) -> the probe inputs it asks for: last-layer tokens (attentive probe), the average over
+  tokens of the last layer (``linear``, ``knn``, ``logreg``) or of the last L layers,
+  concatenated (``linear4``, ``logreg4``).
+* :class:`PooledStore`: pooled features of one split, (N, E) float32, in host memory or in a
+  memory-mapped file on disk; never tokens. Rows of samples that did not decode stay unfilled
+  and are left out (``filled_N``).
+* :func:`fill_pooled`: one pass over a split into a store, with a progress bar.
+
+Patch tokens are never kept beyond the batch that produced them.
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
+import tempfile
 from dataclasses import dataclass
-from typing import Callable, Iterable
+from pathlib import Path
+from typing import Callable, Iterable, Iterator
 
+import numpy as np
 import torch
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from torch import Tensor
 
 LayersFn = Callable[[Tensor, int], list[Tensor]]
-
-
-@dataclass
-class Features:
-    """Cached frozen features of one split.
-
-    Attributes:
-        labels_N: (N,) int64 class labels.
-        pooled_ND: (N, D) average over tokens of the last layer (the paper's linear-probe input).
-        pooled_last4_NE: (N, L*D) average-pooled outputs of the last L layers (4, or the depth
-            when shallower), concatenated shallowest first; None when not requested.
-        tokens_NTD: (N, T, D) float16 last-layer patch tokens, or None when not requested.
-    """
-
-    labels_N: Tensor
-    pooled_ND: Tensor
-    pooled_last4_NE: Tensor | None = None
-    tokens_NTD: Tensor | None = None
-
-    def __len__(self) -> int:
-        return self.labels_N.shape[0]
-
-    def subset(self, idx_M: Tensor) -> "Features":
-        """The rows ``idx_M`` (low-shot training subsets)."""
-        return Features(
-            self.labels_N[idx_M], self.pooled_ND[idx_M],
-            None if self.pooled_last4_NE is None else self.pooled_last4_NE[idx_M],
-            None if self.tokens_NTD is None else self.tokens_NTD[idx_M],
-        )
 
 
 def progress_bar(console: Console | None = None) -> Progress:
@@ -55,54 +38,103 @@ def progress_bar(console: Console | None = None) -> Progress:
     )
 
 
+def autocast_for(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
+    """bf16 autocast on CUDA when ``precision == "bf16"``; nothing otherwise."""
+    if precision == "bf16" and device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+@dataclass(frozen=True)
+class FeatureSpec:
+    """What a probe reads from the encoder.
+
+    Attributes:
+        kind: ``tokens`` (last layer, (B, T, D)) or ``pooled`` (average over tokens, (B, L*D)).
+        num_layers: pooled only: the last ``num_layers`` layers, concatenated shallowest first.
+    """
+
+    kind: str
+    num_layers: int = 1
+
+
+def pool_layers(layers: list[Tensor], num_layers: int) -> Tensor:
+    """(B, L*D) float32: the average over tokens of each of the last ``num_layers`` layers, concatenated."""
+    return torch.cat([h.float().mean(dim=1) for h in layers[-num_layers:]], dim=1)
+
+
 @torch.no_grad()
-def extract_features(
-    layers_fn: LayersFn, batches: Iterable[tuple[Tensor, Tensor]], *, num_last: int = 1,
-    keep_tokens: bool = False, description: str = "features", total: int | None = None,
-    progress: Progress | None = None, device: torch.device | str = "cpu",
-) -> Features:
-    """Encode every batch once and cache pooled features (and optionally tokens).
+def encoder_features(layers_fn: LayersFn, x: Tensor, spec: FeatureSpec, device: torch.device,
+                     precision: str = "fp32") -> Tensor:
+    """One batch through the frozen encoder -> the probe input ``spec`` names, on ``device``."""
+    with autocast_for(device, precision):
+        layers = layers_fn(x.to(device, non_blocking=True), spec.num_layers if spec.kind == "pooled" else 1)
+    if spec.kind == "tokens":
+        return layers[-1]
+    return pool_layers(layers, spec.num_layers)
+
+
+class PooledStore:
+    """(N, E) float32 pooled features of one split, in host memory or memory-mapped from a file.
 
     Args:
-        layers_fn: ``(x, num_last) -> [(B, T, D)] * num_last``, the last entry being the final
-            (normed) output; e.g. ``encoder.forward_layers``.
-        batches: ``(inputs, labels)`` pairs in evaluation view, labels (B,) int64.
-        num_last: when > 1, also cache the concatenated average-pooled last ``num_last``
-            layers (``linear4``).
-        keep_tokens: also cache last-layer tokens (attentive probe).
-        description: label of the progress task.
-        total: number of samples if known (sizes the progress bar).
-        progress: a running :func:`progress_bar` to add the task to (a new one when None).
-        device: where the encoder runs; features come back on the CPU.
-
-    Raises:
-        ValueError: ``batches`` yields nothing.
+        num_rows: N, samples in the split's scan.
+        width: E.
+        directory: None keeps the features in host memory; else a file in this folder holds
+            them (deleted by :meth:`close`).
     """
-    last4 = num_last > 1
-    labels, pooled, pooled4, tokens = [], [], [], []
-    owned = progress is None
-    progress = progress or progress_bar()
-    if owned:
-        progress.start()
-    try:
-        task = progress.add_task(description, total=total)
-        for x, y in batches:
-            layers = layers_fn(x.to(device), num_last)
-            last = layers[-1].float()
-            labels.append(y.to(torch.int64).cpu())
-            pooled.append(last.mean(dim=1).cpu())
-            if last4:
-                pooled4.append(torch.cat([h.float().mean(dim=1) for h in layers], dim=1).cpu())
-            if keep_tokens:
-                tokens.append(last.to(torch.float16).cpu())
-            progress.advance(task, y.shape[0])
-    finally:
-        if owned:
-            progress.stop()
-    if not labels:
-        raise ValueError(f"{description}: the shards yielded no samples; check the shard pattern")
-    return Features(
-        torch.cat(labels), torch.cat(pooled),
-        torch.cat(pooled4) if last4 else None,
-        torch.cat(tokens) if keep_tokens else None,
-    )
+
+    def __init__(self, num_rows: int, width: int, directory: str | Path | None = None):
+        self.path: Path | None = None
+        if directory is None:
+            self.rows_NE = torch.empty(num_rows, width)
+        else:
+            fd, name = tempfile.mkstemp(prefix="jepa-eval-pooled-", suffix=".f32", dir=directory)
+            os.close(fd)
+            self.path = Path(name)
+            self._mm = np.memmap(self.path, dtype=np.float32, mode="w+", shape=(num_rows, width))
+            self.rows_NE = torch.from_numpy(self._mm)
+        self.filled_N = torch.zeros(num_rows, dtype=torch.bool)
+
+    @property
+    def width(self) -> int:
+        return int(self.rows_NE.shape[1])
+
+    def write(self, idx_B: Tensor, feats_BE: Tensor) -> None:
+        self.rows_NE[idx_B] = feats_BE.float().cpu()
+        self.filled_N[idx_B] = True
+
+    def rows(self, idx: Tensor, columns: slice = slice(None)) -> Tensor:
+        """Rows ``idx`` (int64), columns ``columns``, as a float32 host tensor."""
+        return self.rows_NE[idx][:, columns]
+
+    def close(self) -> None:
+        """Free the features (and delete the file of a disk store)."""
+        self.rows_NE = torch.empty(0, self.width)
+        if self.path is not None:
+            del self._mm
+            self.path.unlink(missing_ok=True)
+            self.path = None
+
+
+def fill_pooled(store: PooledStore, batches: Iterable[tuple[Tensor, Tensor, Tensor]], layers_fn: LayersFn,
+                num_layers: int, device: torch.device, precision: str, progress: Progress, description: str,
+                total: int | None, on_batch: Callable[[Tensor, Tensor, Tensor], None] | None = None) -> None:
+    """Encode ``(inputs, labels, idx)`` batches into ``store`` (and hand each batch's pooled
+    features, labels and indices to ``on_batch``, e.g. a streaming k-NN)."""
+    task = progress.add_task(description, total=total)
+    spec = FeatureSpec("pooled", num_layers)
+    for x, y, idx in batches:
+        feats = encoder_features(layers_fn, x, spec, device, precision)
+        store.write(idx, feats)
+        if on_batch is not None:
+            on_batch(feats, y, idx)
+        progress.advance(task, y.shape[0])
+
+
+def iterate_rows(store: PooledStore, idx_N: Tensor, batch_size: int, columns: slice = slice(None),
+                 generator: torch.Generator | None = None) -> Iterator[tuple[Tensor, Tensor]]:
+    """Minibatches of stored rows: ``(idx_B, feats_BE)`` over ``idx_N``, shuffled when ``generator`` is given."""
+    order = idx_N if generator is None else idx_N[torch.randperm(idx_N.numel(), generator=generator)]
+    for chunk in order.split(batch_size):
+        yield chunk, store.rows(chunk, columns)

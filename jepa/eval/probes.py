@@ -1,18 +1,18 @@
-"""Probes trained on frozen features: linear, k-NN and attentive, plus low-shot subsets.
+"""Probes on features held in memory: full-batch logistic regression (L-BFGS), k-NN, low-shot subsets.
 
-Every probe takes cached features (tensors in memory) and returns class scores for the
-validation set; :func:`topk_accuracy` turns scores into top-1/top-5. The probes are kept
-small and deterministic under a seed so the numbers are comparable between runs on a CPU:
-the linear probe is a convex, full-batch L-BFGS fit with its L2 strength chosen on a
-hold-out of the training split; the attentive probe is trained with minibatch AdamW.
+These serve the small-set protocols (``logreg``, ``logreg4``) and callers that already hold
+features (the online k-NN of pretraining); the streaming probes that scale live in
+:mod:`jepa.eval.heads`, :mod:`jepa.eval.training` and :mod:`jepa.eval.knn`.
+:func:`topk_accuracy` turns scores into top-1/top-5. The logistic regression is convex and
+deterministic: a full-batch L-BFGS fit with its L2 strength chosen on a hold-out of the
+training split.
 
-Shape vocabulary: N samples, D feature width, T tokens per sample, C classes.
+Shape vocabulary: N samples, D feature width, C classes.
 """
 
 from __future__ import annotations
 
 import contextlib
-import math
 from typing import Iterator
 
 import torch
@@ -75,29 +75,34 @@ def standardize(train_ND: Tensor, *others_ND: Tensor, eps: float = 1e-6) -> tupl
     return tuple((t.float() - mean) / std for t in (train, *others_ND))
 
 
-def low_shot_indices(labels_N: Tensor, fraction: float, seed: int = 0) -> Tensor:
-    """Indices of a seeded, class-balanced subset holding ``fraction`` of each class's samples.
+def class_balanced_subset(labels_N: Tensor, fraction: float, seed: int = 0) -> Tensor:
+    """(N,) bool: a seeded, class-balanced subset holding ``fraction`` of each class's samples.
 
     Every class keeps ``max(1, round(fraction * count))`` samples, so rare classes stay present
-    (the paper's 1 % ImageNet split keeps ~13 images per class).
+    (the paper's 1 % ImageNet split keeps ~13 images per class). Vectorised: one permutation,
+    one stable sort by class.
 
     Args:
         labels_N: (N,) int64 labels.
         fraction: share of each class to keep, in (0, 1].
         seed: seed of the draw; the same seed gives the same subset.
-
-    Returns:
-        (M,) int64 sorted indices into ``labels_N``.
     """
     if not 0 < fraction <= 1:
         raise ValueError(f"--low-shot must be a fraction in (0, 1], got {fraction}; e.g. 0.01 for 1 % of labels per class")
-    gen = torch.Generator().manual_seed(seed)
-    picked = []
-    for cls in labels_N.unique(sorted=True):
-        members = (labels_N == cls).nonzero().flatten()
-        n_keep = max(1, round(fraction * members.numel()))
-        picked.append(members[torch.randperm(members.numel(), generator=gen)[:n_keep]])
-    return torch.cat(picked).sort().values
+    counts = torch.bincount(labels_N)
+    n_keep = (counts.double() * fraction).round().long().clamp_min(1)
+    order = torch.randperm(labels_N.numel(), generator=torch.Generator().manual_seed(seed))
+    order = order[labels_N[order].argsort(stable=True)]  # grouped by class, random within a class
+    starts = torch.cumsum(counts, 0) - counts
+    rank = torch.arange(labels_N.numel()) - starts[labels_N[order]]
+    keep = torch.zeros(labels_N.numel(), dtype=torch.bool)
+    keep[order[rank < n_keep[labels_N[order]]]] = True
+    return keep
+
+
+def low_shot_indices(labels_N: Tensor, fraction: float, seed: int = 0) -> Tensor:
+    """(M,) sorted int64 indices of :func:`class_balanced_subset`."""
+    return class_balanced_subset(labels_N, fraction, seed).nonzero().flatten()
 
 
 def knn_scores(
@@ -136,39 +141,6 @@ def knn_scores(
     return out
 
 
-class AttentiveProbe(nn.Module):
-    """Cross-attention pooling with one learned query, then a linear classifier.
-
-    The query attends over the (layer-normed) frozen patch tokens; the pooled vector is
-    layer-normed and classified. This lets the probe weight informative tokens instead of
-    averaging all of them.
-    """
-
-    def __init__(self, dim: int, num_classes: int, num_heads: int | None = None):
-        super().__init__()
-        heads = num_heads or max(1, dim // 64)
-        while dim % heads:
-            heads -= 1
-        self.query = nn.Parameter(torch.zeros(1, 1, dim))
-        nn.init.trunc_normal_(self.query, std=0.02)
-        self.token_norm = nn.LayerNorm(dim)
-        self.attn = nn.MultiheadAttention(dim, heads, batch_first=True)
-        self.head_norm = nn.LayerNorm(dim)
-        self.head = nn.Linear(dim, num_classes)
-
-    def forward(self, tokens_BTD: Tensor) -> Tensor:
-        """(B, T, D) frozen tokens -> (B, C) logits."""
-        kv = self.token_norm(tokens_BTD)
-        pooled_B1D, _ = self.attn(self.query.expand(kv.shape[0], -1, -1), kv, kv, need_weights=False)
-        return self.head(self.head_norm(pooled_B1D[:, 0]))
-
-
-def _minibatches(n: int, batch_size: int, gen: torch.Generator) -> Iterator[Tensor]:
-    order = torch.randperm(n, generator=gen)
-    for start in range(0, n, batch_size):
-        yield order[start:start + batch_size]
-
-
 WEIGHT_DECAYS: tuple[float, ...] = (1e-5, 1e-4, 1e-3, 1e-2, 1e-1)
 """L2 strengths the linear probe chooses from on a held-out part of the training split."""
 
@@ -190,7 +162,7 @@ def fit_linear(train_ND: Tensor, labels_N: Tensor, num_classes: int, weight_deca
         The fitted (D -> C) layer.
     """
     if max_iter < 1:
-        raise ValueError(f"--epochs (L-BFGS iterations of the linear probe) must be >= 1, got {max_iter}")
+        raise ValueError(f"--lbfgs-iters (L-BFGS iterations of logreg) must be >= 1, got {max_iter}")
     head = nn.Linear(train_ND.shape[1], num_classes)
     nn.init.zeros_(head.weight)
     nn.init.zeros_(head.bias)
@@ -251,53 +223,3 @@ def linear_probe_scores(
         head = fit_linear(train, train_labels_N, num_classes, wd, max_iter)
         with torch.no_grad():
             return head(val), wd
-
-
-MIN_ATTENTIVE_STEPS = 300
-"""Fewest optimiser steps of the attentive probe: small (e.g. low-shot) training sets get more epochs."""
-
-
-def attentive_probe_scores(
-    train_NTD: Tensor, train_labels_N: Tensor, val_NTD: Tensor, num_classes: int, *,
-    epochs: int = 20, batch_size: int = 128, lr: float = 1e-3, weight_decay: float = 1e-2,
-    seed: int = 0, min_steps: int = MIN_ATTENTIVE_STEPS,
-) -> tuple[Tensor, int]:
-    """Train an :class:`AttentiveProbe` on frozen patch tokens with AdamW; return validation logits.
-
-    The learning rate follows a cosine from ``lr`` to 0 over all steps. Training runs
-    ``epochs`` epochs, or more when that would be fewer than ``min_steps`` optimiser steps.
-
-    Args:
-        train_NTD: (N, T, D) frozen tokens (may be stored in half precision; used as float32).
-        train_labels_N: (N,) int64 labels.
-        val_NTD: (Nval, T, D).
-        num_classes: C.
-
-    Returns:
-        (Nval, C) logits and the number of epochs run.
-    """
-    if epochs < 1:
-        raise ValueError(f"--epochs must be >= 1, got {epochs}")
-    n = train_NTD.shape[0]
-    steps_per_epoch = math.ceil(n / batch_size)
-    epochs = max(epochs, math.ceil(min_steps / steps_per_epoch))
-    total = epochs * steps_per_epoch
-    gen = torch.Generator().manual_seed(seed)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        probe = AttentiveProbe(train_NTD.shape[-1], num_classes)
-    opt = torch.optim.AdamW(probe.parameters(), lr=lr, weight_decay=weight_decay)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 0.5 * (1 + math.cos(math.pi * min(step, total) / total)))
-    probe.train()
-    with torch.enable_grad(), threads_for(min(batch_size, n) * train_NTD[0].numel()):
-        for _ in range(epochs):
-            for idx in torch.randperm(n, generator=gen).split(batch_size):
-                loss = F.cross_entropy(probe(train_NTD[idx].float()), train_labels_N[idx])
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                sched.step()
-    probe.eval()
-    with torch.no_grad():
-        logits = torch.cat([probe(val_NTD[i:i + 512].float()) for i in range(0, val_NTD.shape[0], 512)])
-    return logits, epochs

@@ -1,7 +1,11 @@
-"""The evaluation report: one row per probe, printed as a rich table and saved as JSON.
+"""The evaluation report: one row per probe (and one per head of each grid), printed as rich
+tables and saved as JSON.
 
 The JSON layout is public API (scripts compare runs with it); ``REPORT_VERSION`` changes
-whenever a field changes meaning or disappears.
+whenever a field changes meaning or disappears. Version 2: protocols ``linear`` / ``linear4`` /
+``attentive`` are streamed grids (``grid`` holds every head; ``settings`` the chosen lr / wd),
+the L-BFGS probes are ``logreg`` / ``logreg4``, and the report names its data, device and
+memory plan.
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ from typing import Any
 
 from rich.table import Table
 
-REPORT_VERSION = 1
+REPORT_VERSION = 2
 
 
 @dataclass
@@ -21,12 +25,14 @@ class ProbeResult:
     """Accuracy of one protocol on the validation split.
 
     Attributes:
-        protocol: ``linear``, ``linear4``, ``knn`` or ``attentive``.
-        top1: top-1 accuracy in [0, 1].
+        protocol: one of :data:`jepa.eval.evaluate.PROTOCOLS`.
+        top1: top-1 accuracy in [0, 1] (grid protocols: of the head chosen on the held-out split).
         top5: top-5 accuracy in [0, 1], or None with fewer than 10 classes.
-        num_train: labelled samples the probe was fitted on (after any low-shot subsetting).
-        seconds: wall time of fitting and scoring (features excluded).
-        settings: the protocol's hyper-parameters (epochs, k, ...).
+        num_train: labelled samples the probe was fitted on (after low-shot subsetting and,
+            for grid protocols, without the held-out part).
+        seconds: wall time of fitting and scoring (stored features excluded).
+        settings: the protocol's hyper-parameters (epochs, k, the chosen lr and wd, ...).
+        grid: grid protocols: one row per head (lr, wd, held-out and validation accuracy).
     """
 
     protocol: str
@@ -35,6 +41,7 @@ class ProbeResult:
     num_train: int
     seconds: float
     settings: dict[str, Any] = field(default_factory=dict)
+    grid: list[dict[str, Any]] = field(default_factory=list)
 
 
 @dataclass
@@ -53,6 +60,15 @@ class EvalReport:
     feature_seconds: float
     results: list[ProbeResult] = field(default_factory=list)
     chance_top1: float = 0.0
+    train_data: str = ""
+    val_data: str = ""
+    device: str = "cpu"
+    precision: str = "fp32"
+    tokens: int = 0
+    width: int = 0
+    memory_plan: list[dict[str, Any]] = field(default_factory=list)
+    skipped: dict[str, int] = field(default_factory=dict)
+    total_seconds: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
         return {"report_version": REPORT_VERSION, **asdict(self)}
@@ -66,9 +82,13 @@ class EvalReport:
         """A rich table: one row per protocol, accuracies in percent."""
         step = "" if self.step is None else f", step {self.step}"
         shots = "" if self.low_shot is None else f", low-shot {self.low_shot:g} of labels"
+        skipped = sum(self.skipped.values())
         table = Table(title=f"{self.model} ({self.source_kind}{step}, {self.encoder} encoder){shots}",
-                      caption=f"{self.num_classes} classes, {self.num_train} train / {self.num_val} val samples; "
-                              f"chance top-1 {100 * self.chance_top1:.1f} %; features {self.feature_seconds:.1f} s")
+                      caption=f"{self.num_classes} classes, {self.num_train} train / {self.num_val} val samples"
+                              f"{f', {skipped} unreadable skipped' if skipped else ''}; chance top-1 "
+                              f"{100 * self.chance_top1:.1f} %; {self.tokens} tokens x {self.width} on {self.device} "
+                              f"({self.precision}); stored features {self.feature_seconds:.1f} s, "
+                              f"total {self.total_seconds:.1f} s")
         table.add_column("protocol")
         table.add_column("top-1 %", justify="right")
         table.add_column("top-5 %", justify="right")
@@ -81,3 +101,24 @@ class EvalReport:
                 str(r.num_train), ", ".join(f"{k}={v}" for k, v in r.settings.items()), f"{r.seconds:.1f}",
             )
         return table
+
+    def grid_tables(self) -> list[Table]:
+        """One table per grid protocol: every head's lr, wd, held-out and validation top-1; the chosen head marked."""
+        tables = []
+        for r in self.results:
+            if not r.grid:
+                continue
+            table = Table(title=f"{r.protocol}: every head (chosen on held-out top-1, marked *)")
+            for name in ("lr", "wd", "held-out top-1 %", "held-out loss", "val top-1 %", "val top-5 %"):
+                table.add_column(name, justify="right")
+            for row in r.grid:
+                chosen = row["lr"] == r.settings.get("lr") and row["wd"] == r.settings.get("wd")
+
+                def pct(key: str) -> str:
+                    return f"{100 * row[key]:.2f}" if key in row else "-"
+
+                table.add_row(f"{'*' if chosen else ''}{row['lr']:g}", f"{row['wd']:g}", pct("holdout_top1"),
+                              f"{row['holdout_loss']:.3f}" if "holdout_loss" in row else "-", pct("val_top1"),
+                              pct("val_top5"))
+            tables.append(table)
+        return tables

@@ -47,10 +47,12 @@ class ImageModality(Modality):
 
         return MultiBlockMaskSampler(self.cfg.grid_size, self.cfg.mask)
 
-    def decode(self, sample: dict[str, Any]) -> Tensor:
-        from jepa.modalities.image.transforms import decode_image
+    def decode(self, sample: dict[str, Any]) -> Any:
+        """A (3, H, W) uint8 tensor, or per ``input.jpeg_reduced_decode`` / ``input.decode_device`` a
+        JPEG decoded at reduced size or left encoded for the GPU (:mod:`jepa.modalities.image.decode`)."""
+        from jepa.modalities.image.decode import decode_image
 
-        return decode_image(sample)
+        return decode_image(sample, self.cfg.input)
 
     def train_batch(self, items: list[Tensor], generator: torch.Generator) -> Tensor:
         from jepa.modalities.image.transforms import train_batch

@@ -75,13 +75,28 @@ class MaskConfig(StrictModel):
 
 
 class InputConfig(StrictModel):
-    """Training view: RandomResizedCrop only (no flips, no colour jitter), as in the paper."""
+    """Training view (RandomResizedCrop only: no flips, no colour jitter, as in the paper) and JPEG decoding."""
 
     crop_size: int = Field(224, gt=0, description="Side of the square training crop in pixels")
     crop_scale: tuple[float, float] = (0.3, 1.0)
     in_chans: int = Field(3, gt=0)
     mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
     std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+    jpeg_reduced_decode: bool = Field(
+        False, description="Decode a JPEG at 1/2, 1/4 or 1/8 of its size (libjpeg DCT scaling) when every crop the "
+        "training view can draw from it, and the evaluation resize, stays at least the output size at that scale "
+        "(at 224: images of about 0.9 Mpixel and more; ImageNet's typical 500x375 never qualifies). Crop boxes are "
+        "drawn as before, their edges rounded to the reduced pixel grid. Saves the inverse DCT, colour conversion "
+        "and resize work but not the entropy decoding, which dominates detailed images (1.24x images/s on "
+        "1600x1200 JPEGs at 4 bits/pixel; docs/benchmarks.md). Changes pixels (PSNR about 37 dB against the "
+        "full-size path there), so off by default: the authors decode every image at full size")
+    decode_device: Literal["cpu", "cuda"] = Field(
+        "cpu", description="'cuda': decoding a sample reads only a JPEG's header; the batch's JPEGs are decoded "
+        "(nvjpeg, one call per batch), cropped and normalised on the GPU when the batch is made, which must be in "
+        "the training process: data.num_workers=0 (a forked loader worker cannot use CUDA). A JPEG cut short (no end "
+        "marker) is decoded on the CPU as usual, so it is skipped and counted; one corrupt inside its data stops "
+        "the batch with an error naming it. Other formats, EXIF-rotated and CMYK JPEGs are decoded on the CPU. "
+        "Not yet measured on a GPU (docs/benchmarks.md)")
 
 
 class ImageConfig(ModalityConfig):

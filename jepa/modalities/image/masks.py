@@ -10,7 +10,8 @@ Two modes (``MaskConfig.mode``):
 
 ``faithful`` reproduces the authors' sampler, quirks included:
     * one target size and one context size are drawn per batch, so every image of a batch has
-      equal-size blocks;
+      equal-size blocks; in training the draw is shared by the whole global batch of an optimiser
+      step (see "Block sizes per step" below), as the authors share it across GPUs;
     * a single uniform draw ``u`` sets both the scale and the aspect ratio of a block
       (``s = lo_s + u * (hi_s - lo_s)``, ``a = lo_a + u * (hi_a - lo_a)``), and the area is
       floored to whole patches first (``h = round(sqrt(floor(s * N) * a))``);
@@ -23,10 +24,24 @@ Two modes (``MaskConfig.mode``):
     * corners are inclusive (``top`` in ``[0, G - h]``, sides clamped to ``G``), so blocks can
       touch the last row and column;
     * scale and aspect ratio come from independent draws;
-    * contexts are collated to the batch minimum by a uniformly random subset of each row (kept
-      sorted), so the collation has no spatial bias.
-    The block sizes stay shared per batch in this mode too, so all target blocks have the same
-    ``T`` and stack into one ``(B, M, T)`` tensor without padding.
+    * every context token is kept: each row is padded to the batch's longest context, and
+      ``MaskSet.context_valid_BK`` marks the padding (the encoder and predictor never attend to it).
+      The context of an image therefore does not depend on the batch it is collated in, and has
+      no spatial bias. A batch whose rows happen to be equally long is not padded.
+    The block sizes stay shared per batch (per step in training) in this mode too, so all target
+    blocks have the same ``T`` and stack into one ``(B, M, T)`` tensor: targets are never padded.
+
+Block sizes per step: called with ``step_generator`` (the training loaders pass one seeded by the
+run seed and the optimiser step only, :func:`jepa.data.loader.step_generator`), the sampler draws
+the batch's block sizes from it and the positions from ``generator``. Every rank, loader worker and
+accumulation micro batch of a step then uses the same sizes, so a step's masks follow the same law
+on any number of GPUs. Remaining differences from the authors' size draw: their seed is a counter of
+collator calls (0, 1, 2, ... per process, shared by its loader workers under a lock), so it ignores
+the run seed, starts again at 0 when a run resumes, and which batch gets which seed depends on the
+order in which the workers reach the counter (the GPUs agree on a step's sizes only while their
+workers keep that order); ours is a pure function of (seed, step), identical on every rank and
+continued exactly on resume. Their positions come from each process's global RNG; ours from a
+generator per batch.
 
 Deliberate differences from the authors' code, in both modes: a block or context is valid when it
 has *at least* ``min_keep`` patches (the authors require strictly more); a draw whose block size is
@@ -236,7 +251,8 @@ class MultiBlockMaskSampler(MaskSampler):
                 f"context block {context_hw[0]}x{context_hw[1]}, min_keep {c.min_keep}")
 
     def _draw_batch_sides(self, generator: torch.Generator) -> tuple[tuple[int, int], tuple[int, int]]:
-        """One (target, context) size for the batch whose blocks both hold >= min_keep patches."""
+        """One (target, context) size for the batch whose blocks both hold >= min_keep patches (the
+        same sizes for every caller whose ``generator`` is in the same state: a step's ranks and workers)."""
         min_keep = self.cfg.min_keep
         for _ in range(MAX_SIZE_ROUNDS):
             target, context = self.sample_block_sides(1, generator)
@@ -249,12 +265,16 @@ class MultiBlockMaskSampler(MaskSampler):
             f"(last: {self._describe((th, tw), (ch, cw))}); this geometry is infeasible, "
             "see check_mask_feasibility: lower min_keep or raise target_scale / context_scale")
 
-    def sample_blocks(self, batch_size: int, generator: torch.Generator) -> tuple[Tensor, Tensor]:
+    def sample_blocks(self, batch_size: int, generator: torch.Generator,
+                      step_generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
         """Targets and the un-collated contexts (rows may differ in length).
 
         Args:
             batch_size: B.
-            generator: the only source of randomness.
+            generator: the randomness of the block positions (and of the sizes without
+                ``step_generator``).
+            step_generator: the randomness of the batch's block sizes, shared by every batch of a
+                training step; None draws the sizes from ``generator``.
 
         Returns:
             context_mask_BN: (B, N) bool, each row's context block minus its targets; every row
@@ -266,7 +286,7 @@ class MultiBlockMaskSampler(MaskSampler):
         """
         if batch_size < 1:
             raise ValueError(f"MultiBlockMaskSampler: batch_size must be >= 1, got {batch_size}")
-        (th, tw), (ch, cw) = self._draw_batch_sides(generator)
+        (th, tw), (ch, cw) = self._draw_batch_sides(generator if step_generator is None else step_generator)
         num_targets, min_keep = self.cfg.num_targets, self.cfg.min_keep
         t_top = self.corners(th, (batch_size, num_targets), generator)
         t_left = self.corners(tw, (batch_size, num_targets), generator)
@@ -295,37 +315,54 @@ class MultiBlockMaskSampler(MaskSampler):
             rounds += 1
         return context, self.block_indices(t_top, t_left, th, tw)
 
-    def collate_context(self, context_mask_BN: Tensor, generator: torch.Generator) -> Tensor:
-        """Cut every context to the batch-minimum length K.
+    def collate_context(self, context_mask_BN: Tensor) -> tuple[Tensor, Tensor | None]:
+        """Contexts as one (B, K) index tensor.
 
-        ``faithful`` keeps the first K indices in raster order; ``fixed`` keeps a uniformly random
-        subset of K (one random key per patch, the K smallest keys win), sorted.
+        ``faithful`` cuts every row to the batch-minimum length K by keeping its first K indices
+        in raster order (the authors' collation). ``fixed`` keeps every token: K is the batch's
+        longest context, shorter rows are padded with their own first index, and the validity
+        mask marks the padding.
 
         Args:
-            context_mask_BN: (B, N) bool un-collated contexts.
+            context_mask_BN: (B, N) bool un-collated contexts (every row non-empty).
 
         Returns:
-            (B, K) int64 indices, ascending in every row.
+            context_idx_BK: (B, K) int64, the real indices of every row ascending, then its padding.
+            context_valid_BK: (B, K) bool, False on padding; None when no row is padded
+                (``faithful`` always, ``fixed`` when all rows are equally long).
         """
-        k = int(_count(context_mask_BN).min())
+        counts = _count(context_mask_BN)
         batch = context_mask_BN.shape[0]
         if self.faithful:
+            k = int(counts.min())
             keep = context_mask_BN & (context_mask_BN.cumsum(1) <= k)
-            return keep.nonzero()[:, 1].view(batch, k)  # nonzero is row-major: ascending per row
-        keys = torch.rand(context_mask_BN.shape, generator=generator)
-        keys.masked_fill_(~context_mask_BN, 2.0)
-        chosen = keys.topk(k, dim=1, largest=False, sorted=False).indices
-        return chosen.sort(dim=1).values
+            return keep.nonzero()[:, 1].view(batch, k), None  # nonzero is row-major: ascending per row
+        k_min, k = (int(v) for v in torch.aminmax(counts))
+        # A stable sort of the negated mask lists each row's context tokens first, in raster order.
+        idx = torch.sort(~context_mask_BN, dim=1, stable=True).indices[:, :k]
+        if k_min == k:
+            return idx, None
+        valid = torch.arange(k) < counts[:, None]
+        return torch.where(valid, idx, idx[:, :1]), valid
 
-    def __call__(self, batch_size: int, generator: torch.Generator) -> MaskSet:
+    def __call__(self, batch_size: int, generator: torch.Generator,
+                 step_generator: torch.Generator | None = None) -> MaskSet:
         """Sample masks for a batch.
 
+        Args:
+            batch_size: B.
+            generator: the randomness of this batch.
+            step_generator: the randomness shared by every batch of a training step (the block
+                sizes); None draws everything from ``generator``.
+
         Returns:
-            MaskSet with ``context_idx_BK`` (B, K) int64 ascending and ``target_idx_BMT``
-            (B, M, T) int64, T = h * w of the batch's target size.
+            MaskSet with ``context_idx_BK`` (B, K) int64 (ascending real indices, then padding in
+            ``fixed`` mode, marked by ``context_valid_BK``) and ``target_idx_BMT`` (B, M, T) int64,
+            T = h * w of the batch's target size.
         """
-        context_mask_BN, target_idx_BMT = self.sample_blocks(batch_size, generator)
-        return MaskSet(self.collate_context(context_mask_BN, generator), target_idx_BMT)
+        context_mask_BN, target_idx_BMT = self.sample_blocks(batch_size, generator, step_generator)
+        context_idx_BK, context_valid_BK = self.collate_context(context_mask_BN)
+        return MaskSet(context_idx_BK, target_idx_BMT, context_valid_BK)
 
 
 # ---------------------------------------------------------------------- feasibility

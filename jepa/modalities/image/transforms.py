@@ -1,111 +1,39 @@
-"""Image decoding and the two views of an image: the training crop and the evaluation crop.
+"""The two views of a decoded image: the training crop and the evaluation crop.
 
 The training view is I-JEPA's only augmentation: RandomResizedCrop (scale ``crop_scale``, aspect
 ratio 3/4..4/3), then normalisation. No flips, no colour jitter, no blur (paper, section 5).
 Every random number comes from the ``torch.Generator`` passed in, so a batch is a pure function
 of its items and the generator's seed (exact resume depends on it; torchvision's own
 ``RandomResizedCrop`` draws from the global RNG and is therefore not used).
+
+Items are what :func:`~jepa.modalities.image.decode.decode_image` returns: full-size uint8
+tensors, JPEGs decoded at reduced size (:class:`~.decode.ReducedImage`) or JPEGs left encoded
+for the GPU (:class:`~.decode.EncodedJPEG`). Crop boxes are always drawn from the full size, so
+the draws and boxes do not depend on how an image was decoded. Each crop is resized as uint8
+(torch's vectorised antialiased bilinear kernel, fastest on the channels-last layout the JPEG
+decoders return) and normalised into its row of the batch while it is still in cache; in a
+DataLoader worker the batch is made in shared memory, as torch's ``default_collate`` does, so it
+reaches the training process without another copy.
 """
 
 from __future__ import annotations
 
-import io
 import math
-import struct
-import warnings
-from typing import Any
+from typing import Iterator
 
-import numpy as np
 import torch
-import torchvision.io
 import torchvision.transforms.v2.functional as TF
 from torch import Tensor
+from torch.utils.data import get_worker_info
 
 from jepa.modalities.image.config import InputConfig
+from jepa.modalities.image.decode import (  # noqa: F401 - decode_image and the constants are re-exported
+    CROP_RATIO, IMAGE_KEYS, IMAGE_SUFFIXES, MAX_PIXELS, EncodedJPEG, ImageItem, ReducedImage, decode_image,
+    decode_jpegs_on_device,
+)
 
-#: Sample keys that may hold an encoded image, in the order they are looked for.
-IMAGE_KEYS: tuple[str, ...] = ("jpg", "jpeg", "png", "webp", "ppm", "bmp")
-#: Image file suffix (lower case) -> sample key its bytes are stored under (``ImageModality.file_suffixes``).
-IMAGE_SUFFIXES: dict[str, str] = {
-    ".jpg": "jpg", ".jpeg": "jpeg", ".png": "png", ".webp": "webp", ".ppm": "ppm", ".bmp": "bmp",
-}
-#: Most pixels (width x height) an image may declare; larger ones are refused before decoding
-#: (Pillow's own default, ``PIL.Image.MAX_IMAGE_PIXELS``: about 9459 x 9459).
-MAX_PIXELS = 89_478_485
-#: Aspect-ratio (w/h) range of the training crop, as in RandomResizedCrop.
-CROP_RATIO: tuple[float, float] = (3 / 4, 4 / 3)
 #: Attempts at a crop box per image before falling back to a centre crop (as in torchvision).
 _CROP_ATTEMPTS = 10
-
-
-# --------------------------------------------------------------------------- decoding
-
-
-def decode_image(sample: dict[str, Any]) -> Tensor:
-    """Decode the image of one shard sample to RGB, safely whatever its bytes.
-
-    The header is read first (Pillow reads only the header when it opens a file) and the image
-    is refused before any pixel is decoded when it declares more than :data:`MAX_PIXELS` pixels
-    (a decompression bomb). JPEG is decoded by torchvision (libjpeg-turbo); every other format by
-    Pillow: torchvision 0.29's PNG decoder crashes the process (SIGSEGV) on a PNG whose image data
-    stops early, where Pillow raises an error. The format comes from the bytes, not the key, so a
-    PNG stored as ``.jpg`` decodes too.
-
-    Args:
-        sample: webdataset sample, extension -> bytes (plus ``__key__``/``__url__``).
-
-    Returns:
-        (3, H, W) uint8 tensor. Grayscale, palette and RGBA images are converted to RGB;
-        16-bit images are scaled to 8 bits; EXIF orientation is applied.
-
-    Raises:
-        ValueError: the sample has no image key, or its bytes are not a readable image (corrupt,
-            truncated, not an image, or too large): the loader skips and counts such samples.
-    """
-    from jepa.data.reading import sample_payload, sample_where
-
-    key, data = sample_payload(sample, IMAGE_KEYS, "image")
-    where = sample_where(sample)
-    from PIL import Image, ImageOps, UnidentifiedImageError
-
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(io.BytesIO(data)) as pil:  # the header only
-                width, height = pil.size
-                if width * height > MAX_PIXELS:
-                    raise ValueError(f"{width}x{height} = {width * height:,} pixels, more than the {MAX_PIXELS:,} "
-                                     "allowed (a decompression bomb?)")
-                if pil.format == "JPEG":
-                    image = _decode_jpeg(data)
-                    if image is not None:
-                        return image
-                pil = ImageOps.exif_transpose(pil)
-                return _pil_to_rgb(pil)
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, EOFError, struct.error,
-            Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise ValueError(f"{where}: '{key}' is not a readable image ({type(exc).__name__}: {exc})") from None
-
-
-def _decode_jpeg(data: bytes | bytearray | memoryview) -> Tensor | None:
-    """torchvision's JPEG decoder (fast), or None when it cannot read the file (Pillow tries next)."""
-    try:
-        image = torchvision.io.decode_jpeg(torch.frombuffer(bytearray(data), dtype=torch.uint8),
-                                           mode=torchvision.io.ImageReadMode.RGB, apply_exif_orientation=True)
-    except RuntimeError:
-        return None
-    return image
-
-
-def _pil_to_rgb(pil: Any) -> Tensor:
-    """(3, H, W) uint8 of a Pillow image (decodes it; 16-bit values are scaled by >> 8, as torchvision does)."""
-    if pil.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):
-        array = np.asarray(pil).astype(np.int64).clip(0, 65535) >> 8
-        gray = torch.from_numpy(array.astype(np.uint8))
-        return gray.expand(3, *gray.shape).contiguous()
-    pil = pil.convert("RGB")
-    array = torch.frombuffer(bytearray(pil.tobytes()), dtype=torch.uint8)
-    return array.view(pil.height, pil.width, 3).permute(2, 0, 1).contiguous()
 
 
 # --------------------------------------------------------------------------- training view
@@ -158,42 +86,123 @@ def sample_crop_boxes(heights: Tensor, widths: Tensor, scale: tuple[float, float
 
 
 def normalize_uint8(batch: Tensor, mean: tuple[float, ...], std: tuple[float, ...]) -> Tensor:
-    """(B, C, H, W) uint8 -> float32 ``(x / 255 - mean) / std``, in one pass."""
-    m = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1) * 255.0
-    s = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1) * 255.0
+    """(B, C, H, W) uint8 -> float32 ``(x - 255 mean) / (255 std)``, in one pass."""
+    m, s = _norm_constants(mean, std, batch.device)
     return batch.float().sub_(m).div_(s)
 
 
-def _check_items(items: list[Tensor], cfg: InputConfig) -> None:
+def _norm_constants(mean: tuple[float, ...], std: tuple[float, ...], device: torch.device) -> tuple[Tensor, Tensor]:
+    """(C, 1, 1) float32 ``255 mean`` and ``255 std`` (the same numbers, so the same rounding, everywhere)."""
+    m = torch.tensor(mean, dtype=torch.float32).view(-1, 1, 1) * 255.0
+    s = torch.tensor(std, dtype=torch.float32).view(-1, 1, 1) * 255.0
+    return m.to(device), s.to(device)
+
+
+def _check_items(items: list[ImageItem], cfg: InputConfig) -> None:
     if not items:
         raise ValueError("cannot build a batch from zero images")
     for x in items:
-        if x.ndim != 3 or x.dtype != torch.uint8 or x.shape[0] != cfg.in_chans:
+        if isinstance(x, EncodedJPEG):
+            continue  # decodes to RGB
+        pixels = x.pixels if isinstance(x, ReducedImage) else x
+        if not isinstance(pixels, Tensor) or pixels.ndim != 3 or pixels.dtype != torch.uint8 \
+                or pixels.shape[0] != cfg.in_chans:
+            what = f"{tuple(pixels.shape)} {pixels.dtype}" if isinstance(pixels, Tensor) else type(pixels).__name__
             raise ValueError(
-                f"expected decoded images of shape ({cfg.in_chans}, H, W) uint8, got {tuple(x.shape)} {x.dtype}; "
+                f"expected decoded images of shape ({cfg.in_chans}, H, W) uint8, got {what}; "
                 "images decode to RGB, so input.in_chans must be 3")
 
 
-def train_batch(items: list[Tensor], cfg: InputConfig, generator: torch.Generator) -> Tensor:
+def _full_sizes(items: list[ImageItem]) -> tuple[Tensor, Tensor, Tensor]:
+    """(B,) int64 full-size heights, widths and decode scales (1: decoded at full size)."""
+    sizes = [(x.height, x.width, x.scale) if isinstance(x, ReducedImage) else
+             (x.height, x.width, 1) if isinstance(x, EncodedJPEG) else (x.shape[1], x.shape[2], 1) for x in items]
+    return torch.tensor(sizes, dtype=torch.int64).reshape(-1, 3).unbind(1)
+
+
+def snap_boxes(boxes: Tensor, scales: Tensor) -> Tensor:
+    """Boxes on the full-size pixel grid -> the same boxes on each item's decoded grid.
+
+    At scale s, reduced pixel i covers full-size pixels [i s, (i + 1) s), so a box's edges are
+    divided by s and rounded (each edge moves by at most s/2 full-size pixels). Scale 1 is exact.
+
+    Args:
+        boxes: (B, 4) int64 ``(top, left, height, width)`` on the full-size grid.
+        scales: (B,) int64 decode scales.
+
+    Returns:
+        (B, 4) int64 boxes on the decoded grid.
+    """
+    s = scales.double()[:, None]
+    start = torch.round(boxes[:, :2].double() / s)
+    stop = torch.round((boxes[:, :2] + boxes[:, 2:]).double() / s)
+    return torch.cat([start, stop - start], dim=1).long()
+
+
+def _decoded_pixels(items: list[ImageItem], cfg: InputConfig) -> tuple[list[Tensor], torch.device]:
+    """The items' pixels (JPEGs left encoded are decoded on the GPU here, in one call) and the batch's device."""
+    encoded = [i for i, x in enumerate(items) if isinstance(x, EncodedJPEG)]
+    pixels = [x.pixels if isinstance(x, ReducedImage) else x for x in items]
+    if not encoded:
+        return pixels, torch.device("cpu")
+    device = _gpu(cfg)
+    for i, image in zip(encoded, decode_jpegs_on_device([items[i] for i in encoded], device)):
+        pixels[i] = image
+    return [p.to(device, non_blocking=True) for p in pixels], device
+
+
+def _gpu(cfg: InputConfig) -> torch.device:
+    """The GPU that decodes JPEGs left encoded (``decode_device: cuda``), with the reasons it cannot."""
+    if cfg.decode_device != "cuda":
+        raise ValueError("the batch holds JPEGs left encoded for the GPU but modality.input.decode_device is "
+                         f"{cfg.decode_device!r}; decode them with the same input section")
+    if not torch.cuda.is_available():
+        raise ValueError("modality.input.decode_device=cuda but no CUDA device is available; set it to 'cpu'")
+    if get_worker_info() is not None:
+        raise ValueError("modality.input.decode_device=cuda decodes on the GPU in the process that makes the "
+                         "batch, which cannot be a forked DataLoader worker: set data.num_workers=0")
+    return torch.device("cuda", torch.cuda.current_device())
+
+
+def _new_batch(shape: tuple[int, ...], device: torch.device) -> Tensor:
+    """An empty float32 batch; in a DataLoader worker in shared memory (as ``default_collate``
+    makes its batches), so sending it to the training process copies nothing."""
+    if device.type == "cpu" and get_worker_info() is not None:
+        storage = torch.empty(0)._typed_storage()._new_shared(math.prod(shape), device=device)
+        return torch.empty(0).new(storage).view(shape)
+    return torch.empty(shape, dtype=torch.float32, device=device)
+
+
+def _stack_normalized(views: Iterator[Tensor], num: int, cfg: InputConfig, device: torch.device) -> Tensor:
+    """(num, C, S, S) float32 of ``num`` uint8 (C, S, S) views, each normalised as it is written."""
+    s = cfg.crop_size
+    out = _new_batch((num, cfg.in_chans, s, s), device)
+    mean, std = _norm_constants(cfg.mean, cfg.std, device)
+    for row, view in zip(out, views):  # one resize per image (crops differ in size), not per pixel
+        row.copy_(view).sub_(mean).div_(std)  # the same arithmetic as normalize_uint8, on a row still in cache
+    return out
+
+
+def train_batch(items: list[ImageItem], cfg: InputConfig, generator: torch.Generator) -> Tensor:
     """The training view: RandomResizedCrop to ``crop_size`` + normalisation.
 
     Args:
-        items: B decoded images, each (3, H_i, W_i) uint8 (sizes may differ).
+        items: B decoded images (:func:`decode_image`): (3, H_i, W_i) uint8 tensors (sizes may
+            differ), :class:`ReducedImage` or :class:`EncodedJPEG`.
         cfg: crop size, crop scale range, mean and std.
-        generator: the only source of randomness (crop boxes).
+        generator: the only source of randomness (crop boxes, drawn from the full sizes).
 
     Returns:
-        (B, 3, S, S) float32, S = ``cfg.crop_size``.
+        (B, 3, S, S) float32, S = ``cfg.crop_size``; on the GPU when JPEGs were left encoded for it.
     """
     _check_items(items, cfg)
-    s = cfg.crop_size
-    heights = torch.tensor([x.shape[1] for x in items])
-    widths = torch.tensor([x.shape[2] for x in items])
-    boxes = sample_crop_boxes(heights, widths, cfg.crop_scale, generator).tolist()
-    out = torch.empty(len(items), cfg.in_chans, s, s, dtype=torch.uint8)
-    for i, (x, (top, left, h, w)) in enumerate(zip(items, boxes)):  # one call per image, not per pixel
-        out[i] = TF.resized_crop(x, top, left, h, w, [s, s], antialias=True)
-    return normalize_uint8(out, cfg.mean, cfg.std)
+    heights, widths, scales = _full_sizes(items)
+    boxes = sample_crop_boxes(heights, widths, cfg.crop_scale, generator)
+    boxes = snap_boxes(boxes, scales).tolist()
+    pixels, device = _decoded_pixels(items, cfg)
+    size = [cfg.crop_size, cfg.crop_size]
+    views = (TF.resized_crop(x, top, left, h, w, size, antialias=True) for x, (top, left, h, w) in zip(pixels, boxes))
+    return _stack_normalized(views, len(items), cfg, device)
 
 
 # --------------------------------------------------------------------------- evaluation view
@@ -204,19 +213,28 @@ def eval_resize_size(crop_size: int) -> int:
     return round(crop_size * 256 / 224)
 
 
-def eval_batch(items: list[Tensor], cfg: InputConfig) -> Tensor:
+def _resized_size(height: int, width: int, shorter: int) -> list[int]:
+    """(h, w) after resizing the shorter side to ``shorter``, as torchvision computes it."""
+    if height <= width:
+        return [shorter, int(shorter * width / height)]
+    return [int(shorter * height / width), shorter]
+
+
+def eval_batch(items: list[ImageItem], cfg: InputConfig) -> Tensor:
     """The evaluation view: resize the shorter side to ``round(S*256/224)``, centre-crop S, normalise.
 
     Args:
-        items: B decoded images, each (3, H_i, W_i) uint8.
+        items: B decoded images (:func:`decode_image`); a reduced image is resized to the size its
+            full-size image would be resized to.
         cfg: crop size, mean and std.
 
     Returns:
         (B, 3, S, S) float32.
     """
     _check_items(items, cfg)
+    heights, widths, _ = _full_sizes(items)
+    pixels, device = _decoded_pixels(items, cfg)
     s, r = cfg.crop_size, eval_resize_size(cfg.crop_size)
-    out = torch.empty(len(items), cfg.in_chans, s, s, dtype=torch.uint8)
-    for i, x in enumerate(items):
-        out[i] = TF.center_crop(TF.resize(x, [r], antialias=True), [s, s])
-    return normalize_uint8(out, cfg.mean, cfg.std)
+    views = (TF.center_crop(TF.resize(x, _resized_size(h, w, r), antialias=True), [s, s])
+             for x, h, w in zip(pixels, heights.tolist(), widths.tolist()))
+    return _stack_normalized(views, len(items), cfg, device)

@@ -4,6 +4,12 @@ Both are assembled from timm layers (``PatchEmbed``, the pre-norm ``Block`` with
 scaled-dot-product attention, ``Mlp``); only the JEPA-specific parts live here: no class
 token, fixed sin-cos positions, keep-index gathering of context tokens, mask tokens.
 
+Padded contexts (``MaskSet.context_valid_BK``, the ``fixed`` mask mode): the encoder takes
+``keep_valid_BK`` and the predictor ``context_valid_BK``; the blocks then run with a boolean key
+mask (:func:`key_padding_mask`) that no token attends through to a padding token, so every real
+token's output equals that of its row run alone without padding. Without padding the blocks run
+exactly as before, with no mask, on the fused kernel.
+
 Parameter and buffer names equal the layout of the authors' released checkpoints, so a
 released state dict loads with ``load_state_dict(strict=True)`` once the ``module.`` prefix
 is removed (see :mod:`jepa.modalities.image.released`).
@@ -62,11 +68,18 @@ def init_weights(module: nn.Module) -> None:
         nn.init.zeros_(module.bias)
 
 
-def checkpoint_blocks(blocks: nn.ModuleList, x: Tensor) -> Tensor:
+def checkpoint_blocks(blocks: nn.ModuleList, x: Tensor, attn_mask: Optional[Tensor] = None) -> Tensor:
     """Run ``blocks`` in order, each recomputed in the backward pass (non-reentrant checkpoint)."""
     for blk in blocks:
-        x = checkpoint(blk, x, use_reentrant=False)
+        x = checkpoint(blk, x, use_reentrant=False) if attn_mask is None else \
+            checkpoint(blk, x, attn_mask, use_reentrant=False)
     return x
+
+
+def key_padding_mask(valid_BK: Tensor) -> Tensor:
+    """(B, K) bool validity -> (B, 1, 1, K) boolean attention mask (True: may be attended to), which
+    scaled-dot-product attention broadcasts over heads and queries."""
+    return valid_BK[:, None, None, :]
 
 
 def check_heads(where: str, dim: int, num_heads: int) -> None:
@@ -128,23 +141,29 @@ class TransformerEncoder(Encoder):
         raise NotImplementedError("TransformerEncoder subclasses embed their input in _tokens")
 
     @torch.jit.unused
-    def _blocks_checkpointed(self, x: Tensor) -> Tensor:
-        return checkpoint_blocks(self.blocks, x)
+    def _blocks_checkpointed(self, x: Tensor, attn_mask: Optional[Tensor] = None) -> Tensor:
+        return checkpoint_blocks(self.blocks, x, attn_mask)
 
-    def _run_blocks(self, x: Tensor) -> Tensor:
+    def _run_blocks(self, x: Tensor, attn_mask: Optional[Tensor] = None) -> Tensor:
         if self.grad_checkpointing and self.training:
-            return self._blocks_checkpointed(x)
-        for blk in self.blocks:
-            x = blk(x)
+            return self._blocks_checkpointed(x, attn_mask)
+        if attn_mask is None:
+            for blk in self.blocks:
+                x = blk(x)
+        else:
+            for blk in self.blocks:
+                x = blk(x, attn_mask=attn_mask)
         return x
 
-    def forward(self, x: Tensor, keep_idx_BK: Optional[Tensor] = None) -> Tensor:
+    def forward(self, x: Tensor, keep_idx_BK: Optional[Tensor] = None, keep_valid_BK: Optional[Tensor] = None) -> Tensor:
         """Encode inputs, optionally only the kept (context) tokens.
 
         Args:
             x: the modality's input: images (B, C, H, W) or clips (B, C, T, H, W), sides
                 multiples of the patch (and frames of the tubelet).
             keep_idx_BK: (B, K) int64 raster indices of the tokens to keep; None keeps all.
+            keep_valid_BK: (B, K) bool, False where ``keep_idx_BK`` is padding (no token attends
+                to those; their outputs are meaningless); None: no padding.
 
         Returns:
             (B, K, D) or (B, N, D) final-normed tokens, N the tokens of ``x``'s grid.
@@ -152,7 +171,8 @@ class TransformerEncoder(Encoder):
         tokens = self._tokens(x)
         if keep_idx_BK is not None:
             tokens = gather_tokens(tokens, keep_idx_BK)
-        return self.norm(self._run_blocks(tokens))
+        attn_mask = None if keep_valid_BK is None else key_padding_mask(keep_valid_BK)
+        return self.norm(self._run_blocks(tokens, attn_mask))
 
     @torch.jit.export
     def forward_layers(self, x: Tensor, num_last: int = 1) -> List[Tensor]:
@@ -209,15 +229,15 @@ class TransformerPredictor(Predictor):
         self.grad_checkpointing = enable
 
     @torch.jit.unused
-    def _blocks_checkpointed(self, x: Tensor) -> Tensor:
-        return checkpoint_blocks(self.predictor_blocks, x)
+    def _blocks_checkpointed(self, x: Tensor, attn_mask: Optional[Tensor] = None) -> Tensor:
+        return checkpoint_blocks(self.predictor_blocks, x, attn_mask)
 
     def _mask_token(self, mask_index: int) -> Tensor:
         """The (1, 1, P) or (1, P) learned query for masks of generator ``mask_index``."""
         raise NotImplementedError("TransformerPredictor subclasses give their mask token in _mask_token")
 
     def forward(self, context_BKD: Tensor, context_idx_BK: Tensor, target_idx_BT: Tensor,
-                mask_index: int = 0) -> Tensor:
+                mask_index: int = 0, context_valid_BK: Optional[Tensor] = None) -> Tensor:
         """Predict the target tokens of one target set per row.
 
         Args:
@@ -226,6 +246,8 @@ class TransformerPredictor(Predictor):
             target_idx_BT: (B, T) int64 raster positions to predict.
             mask_index: which mask generator produced the masks; selects its mask token
                 (the image predictor has one and ignores it).
+            context_valid_BK: (B, K) bool, False on padding context entries (never attended
+                to); None: no padding.
 
         Returns:
             (B, T, D) predictions, in the order of ``target_idx_BT``.
@@ -236,11 +258,17 @@ class TransformerPredictor(Predictor):
         context = self.predictor_embed(context_BKD) + gather_tokens(pos_BNP, context_idx_BK)
         queries = mask_token + gather_tokens(pos_BNP, target_idx_BT)  # (B, T, P)
         x = torch.cat([context, queries], dim=1)
+        attn_mask: Optional[Tensor] = None
+        if context_valid_BK is not None:  # the queries are always valid
+            attn_mask = key_padding_mask(torch.cat([context_valid_BK, context_valid_BK.new_ones(target_idx_BT.shape)], 1))
         if self.grad_checkpointing and self.training:
-            x = self._blocks_checkpointed(x)
-        else:
+            x = self._blocks_checkpointed(x, attn_mask)
+        elif attn_mask is None:
             for blk in self.predictor_blocks:
                 x = blk(x)
+        else:
+            for blk in self.predictor_blocks:
+                x = blk(x, attn_mask=attn_mask)
         # The norm is per token, so dropping the context outputs first changes nothing.
         return self.predictor_proj(self.predictor_norm(x[:, k:]))
 

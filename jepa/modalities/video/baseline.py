@@ -1,28 +1,85 @@
-"""The single-frame baseline of the motion demo: a video encoder shown only the middle frame.
+"""The single-frame baseline of the motion demo: one frame of every clip, as an image shard set.
 
-:func:`middle_frame_source` rebinds an encoder source's video modality with
-``input.eval_view = "middle_frame"``: every evaluation clip becomes its middle frame repeated over
-``num_frames`` (a static clip, which is how V-JEPA applies a video encoder to an image). The
-encoder and its weights are unchanged, so probing it measures what one frame tells, with the
-pretrained video features as the image encoder.
+:func:`write_middle_frame_shards` reads a labelled video shard set and writes, for every clip, the
+middle frame of the clip the video evaluation view shows (:func:`middle_frame_index`) as a lossless
+PNG with the same label, into an image shard set with the same classes. An image encoder (the image
+modality's I-JEPA ViT, ``recipes/video_demo_image_baseline.yaml``) pretrained and probed on these
+frames measures what a single frame tells about the label; the motion demo compares the video
+encoder against it (``tools/demo.sh video``).
 """
 
 from __future__ import annotations
 
-import dataclasses
+import io
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
 
-from jepa.sources import EncoderSource
+import numpy as np
+
+from jepa.data import Manifest, ShardSample, expand_shards, read_manifest, read_shard, write_shard_set
+from jepa.modalities.video.config import VideoInputConfig
 
 
-def middle_frame_source(source: EncoderSource) -> EncoderSource:
-    """``source`` with its video modality showing only the middle frame of each evaluation clip.
+def middle_frame_index(num_frames: int, cfg: VideoInputConfig) -> int:
+    """The frame in the middle of the evaluation view's centre clip of a ``num_frames``-frame video:
+    clip frame ``cfg.num_frames // 2``, i.e. source frame ``(num_frames - clip_span) // 2 + frame_step * (F // 2)``.
 
     Raises:
-        ValueError: ``source`` is not a video encoder.
+        ValueError: the video is shorter than one clip.
     """
-    modality = source.modality
-    if modality.name != "video":
-        raise ValueError(f"the middle-frame view needs a video encoder source, got modality {modality.name!r}")
-    cfg = modality.cfg.model_copy(update={"input": modality.cfg.input.model_copy(update={"eval_view": "middle_frame"})})
-    return dataclasses.replace(source, modality=type(modality)(cfg),
-                               description=f"{source.description}, middle frame only")
+    if num_frames < cfg.clip_span:
+        raise ValueError(f"a {num_frames}-frame video is shorter than one clip ({cfg.clip_span} frames)")
+    return (num_frames - cfg.clip_span) // 2 + cfg.frame_step * (cfg.num_frames // 2)
+
+
+def png_bytes(frame_HW3: np.ndarray) -> bytes:
+    """(H, W, 3) uint8 -> PNG bytes (lossless)."""
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(frame_HW3).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+@dataclass(frozen=True)
+class _MiddleFrames:
+    """Chunk job for :func:`write_shard_set`: the middle frames of the clips of one video shard."""
+
+    url: str
+    cfg: VideoInputConfig
+
+    def __call__(self) -> Iterator[ShardSample]:
+        from jepa.modalities.video.decode import probe_video, read_frames
+
+        for sample in read_shard(self.url):
+            if "cls" not in sample:
+                raise ValueError(f"{self.url} sample {sample['__key__']!r} has no label (cls); the single-frame "
+                                 "baseline needs labelled clips (jepa demo-data --modality video, or jepa shards on "
+                                 "class folders)")
+            item = probe_video(sample, self.cfg.clip_span, self.cfg.decoder)
+            frame = read_frames(item, [middle_frame_index(item.num_frames, self.cfg)])[0].numpy()
+            yield ShardSample(sample["__key__"], "png", png_bytes(frame), int(sample["cls"]))
+
+
+def write_middle_frame_shards(src: str | Path, out_dir: str | Path, cfg: VideoInputConfig, *, max_count: int = 500,
+                              workers: int = 1, show_progress: bool = True) -> Manifest:
+    """Write the middle frame of every clip of the labelled video shards ``src`` as an image shard set.
+
+    Args:
+        src: a labelled video shard folder (with ``manifest.json``) or shard pattern.
+        out_dir: the new image shard folder (``frames-000000.tar`` ... and ``manifest.json``).
+        cfg: the video recipe's input section (which clip and frame the evaluation view shows).
+        max_count: images per shard.
+        workers: parallel writer processes.
+
+    Raises:
+        ValueError: unlabelled or corrupt clips, clips shorter than one clip span, an existing ``out_dir``.
+    """
+    urls = expand_shards(str(src))
+    manifest = read_manifest(src) if Path(src).is_dir() else None
+    classes = manifest.classes if manifest is not None else None
+    total = manifest.total if manifest is not None else None
+    return write_shard_set([_MiddleFrames(u, cfg) for u in urls], out_dir, prefix="frames", max_count=max_count,
+                           max_bytes=1 << 30, workers=workers, classes=classes, total_items=total,
+                           show_progress=show_progress)

@@ -93,9 +93,10 @@ class VideoInputConfig(StrictModel):
     in_chans: int = Field(3, gt=0, description="Channels; videos decode to RGB, so 3")
     mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
     std: tuple[float, float, float] = (0.229, 0.224, 0.225)
-    eval_view: Literal["clip", "middle_frame"] = Field(
-        "clip", description="Evaluation view: the centre clip, or its middle frame repeated over num_frames (a "
-                            "static clip: the single-frame baseline, how V-JEPA applies a video encoder to images)")
+    decoder: Literal["process", "in_process"] = Field(
+        "process", description="Where PyAV decodes: 'process' (a child process per loader worker, so a video that "
+        "crashes or hangs the decoder is skipped and counted like a corrupt one) or 'in_process' (no isolation: "
+        "a decoder crash ends the run)")
 
     @model_validator(mode="after")
     def _ranges(self) -> "VideoInputConfig":

@@ -1,39 +1,38 @@
-"""Reading video files with PyAV (FFmpeg bundled in the wheel; no system libraries needed).
+"""Video samples: validating a shard sample's video, and reading a clip's frames from it.
 
 Decoding a video is split in two so that a decoded item never holds a whole video in memory
 (a Kinetics clip is ~300 frames, ~80 MB as RGB at 340x256):
 
 * :func:`probe_video` (``Modality.decode``, per sample) decodes every frame once to validate the
   file and records the frame count, size and presentation timestamps, keeping only the bytes.
-  A corrupt file, one without a video stream or one with too few frames raises ``ValueError``,
-  so the loader skips and counts it. Frames are decoded but not converted to RGB.
+  A corrupt file, one without a video stream or with too few frames, and one on which the decoder
+  raises anything, crashes or hangs, raises ``ValueError``, so the loader skips and counts it.
+  Frames are decoded but not converted to RGB.
 * :func:`read_frames` (``train_batch`` / ``eval_batch``) decodes just the frames a clip needs:
-  it seeks to the key frame before the first one and decodes up to the last. Because the probe
-  already decoded the whole stream with the same decoder, reading frames of a probed item cannot
-  fail on the data; if seeking does not land where the timestamps say (containers without an index,
-  repeated timestamps), it re-reads from the start in decode order, the probe's own path.
+  it seeks to the key frame before the first one and decodes up to the last; if seeking does not
+  land where the timestamps say (containers without an index, repeated timestamps), it re-reads
+  from the start in decode order, the probe's own path.
 
-Frames are numbered in decode (= presentation) order, as the authors' decord reader does.
+By default (``input.decoder: process``) PyAV runs in a child process
+(:mod:`~jepa.modalities.video.decoder_process`), so a decoder crash or hang costs one sample, never
+the run; ``in_process`` calls PyAV directly (:mod:`~jepa.modalities.video.pyav_io`).
 """
 
 from __future__ import annotations
 
-import io
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Literal, Sequence
 
-import av
-import numpy as np
 import torch
-from av.video.reformatter import VideoReformatter
 from torch import Tensor
 
 from jepa.data.reading import sample_payload, sample_where
+from jepa.modalities.video import pyav_io
 
 #: Sample keys that may hold an encoded video, in the order they are looked for.
 VIDEO_KEYS: tuple[str, ...] = ("mp4", "webm", "avi", "mkv", "mov")
-#: FFmpeg decoder threads per video; data-loader workers already decode in parallel.
-DECODE_THREADS = 1
+
+Decoder = Literal["process", "in_process"]
 
 
 @dataclass(frozen=True)
@@ -47,6 +46,7 @@ class VideoItem:
         frame_pts: presentation timestamps in decode order, or None when they cannot be used to
             seek (missing, or not strictly increasing).
         where: sample key and shard, for messages.
+        decoder: where PyAV runs for this item: ``process`` (a child process) or ``in_process``.
     """
 
     data: bytes
@@ -55,54 +55,49 @@ class VideoItem:
     width: int
     frame_pts: tuple[int, ...] | None
     where: str
+    decoder: Decoder = "process"
 
 
-_where = sample_where
-
-
-def _open(data: bytes) -> Any:
-    container = av.open(io.BytesIO(data), mode="r")
-    if not container.streams.video:
-        container.close()
-        raise ValueError("no video stream")
-    stream = container.streams.video[0]
-    stream.thread_type = "SLICE"
-    stream.thread_count = DECODE_THREADS
-    return container
-
-
-def probe_video(sample: dict[str, Any], min_frames: int) -> VideoItem:
+def probe_video(sample: dict[str, Any], min_frames: int, decoder: Decoder = "process") -> VideoItem:
     """Validate the video of one shard sample by decoding all of its frames once.
 
     Args:
         sample: webdataset sample, extension -> bytes (plus ``__key__``/``__url__``).
         min_frames: fewest frames a usable video has (one clip's span).
+        decoder: ``process`` (PyAV in a child process: a crash or hang of the decoder is a
+            ``ValueError`` too) or ``in_process``.
 
     Returns:
         The :class:`VideoItem` (bytes + frame count, size, timestamps).
 
     Raises:
-        ValueError: no video key, empty or unreadable bytes, no video stream, or fewer than
-            ``min_frames`` frames.
+        ValueError: no video key, empty or unreadable bytes, no video stream, fewer than
+            ``min_frames`` frames, or the decoder raised, crashed or hung on the file.
     """
-    where = _where(sample)
+    where = sample_where(sample)
     key, data = sample_payload(sample, VIDEO_KEYS, "video")
     data = bytes(data)
-    pts: list[int | None] = []
-    size: tuple[int, int] | None = None
     try:
-        with _open(data) as container:
-            for frame in container.decode(container.streams.video[0]):
-                pts.append(frame.pts)
-                if size is None:
-                    size = (frame.height, frame.width)
-    except (av.FFmpegError, ValueError, OSError, EOFError) as exc:
-        raise ValueError(f"{where}: '{key}' is not a readable video ({type(exc).__name__}: {exc})") from exc
-    if len(pts) < min_frames or size is None:
-        raise ValueError(f"{where}: '{key}' has {len(pts)} frames, fewer than the {min_frames} one clip spans "
-                         "(input.num_frames at input.frame_step); lower them or drop short videos")
-    usable = all(p is not None for p in pts) and all(a < b for a, b in zip(pts, pts[1:]))  # type: ignore[operator]
-    return VideoItem(data, len(pts), size[0], size[1], tuple(pts) if usable else None, where)  # type: ignore[arg-type]
+        if decoder == "process":
+            from jepa.modalities.video.decoder_process import decoder as child
+
+            found = child().probe(data)
+        else:
+            found = pyav_io.probe(data)
+    except Exception as exc:  # noqa: BLE001 - any failure of the decoder (or its process) is the file's problem
+        raise ValueError(f"{where}: '{key}' is not a readable video ({_reason(exc)})") from exc
+    if found["num_frames"] < min_frames or found["num_frames"] == 0:
+        raise ValueError(f"{where}: '{key}' has {found['num_frames']} frames, fewer than the {min_frames} one clip "
+                         "spans (input.num_frames at input.frame_step); lower them or drop short videos")
+    pts = found["pts"]
+    return VideoItem(data, found["num_frames"], found["height"], found["width"],
+                     None if pts is None else tuple(pts), where, decoder)
+
+
+def _reason(exc: BaseException) -> str:
+    from jepa.modalities.video.decoder_process import DecoderError
+
+    return str(exc) if isinstance(exc, DecoderError) else f"{type(exc).__name__}: {exc}"
 
 
 def read_frames(item: VideoItem, indices: Sequence[int]) -> Tensor:
@@ -114,60 +109,28 @@ def read_frames(item: VideoItem, indices: Sequence[int]) -> Tensor:
 
     Returns:
         (F, H, W, 3) uint8 RGB frames in the order of ``indices``, F = len(indices).
+
+    Raises:
+        IndexError: an index outside the video.
+        RuntimeError: the frames cannot be read, even from the start in decode order (the probe's
+            path), though the probe decoded every frame of the file: a decoder that is not
+            deterministic on this file.
     """
-    wanted = sorted(set(int(i) for i in indices))
-    if not wanted or wanted[0] < 0 or wanted[-1] >= item.num_frames:
-        raise IndexError(f"{item.where}: frames {wanted[:1]}..{wanted[-1:]} outside 0..{item.num_frames - 1}")
-    frames = None
-    if item.frame_pts is not None and wanted[0] > 0:
+    indices = [int(i) for i in indices]
+    if not indices or min(indices) < 0 or max(indices) >= item.num_frames:
+        raise IndexError(f"{item.where}: frames {min(indices, default=0)}..{max(indices, default=0)} outside "
+                         f"0..{item.num_frames - 1}")
+    if item.decoder == "in_process":
+        return torch.from_numpy(pyav_io.read(item.data, item.num_frames, item.height, item.width, item.frame_pts,
+                                             indices))
+    from jepa.modalities.video.decoder_process import DecoderError, decoder
+
+    try:
+        frames = decoder().read(item.data, item.num_frames, item.height, item.width, item.frame_pts, indices)
+    except DecoderError:  # e.g. the seeking path crashed: decode from the start, as the probe did
         try:
-            frames = _read_seeking(item, wanted)
-        except av.FFmpegError:  # e.g. a broken index: the in-order path below is the probed one
-            frames = None
-    if frames is None:
-        frames = _read_in_order(item, wanted)
-    return torch.from_numpy(np.stack([frames[i] for i in indices]))
-
-
-def _rgb(frame: Any, item: VideoItem, reformatter: VideoReformatter) -> np.ndarray:
-    """(H, W, 3) uint8 RGB at the probed size. One reformatter per video keeps its scaler context:
-    ``frame.to_ndarray`` builds a new one per frame, ~5x slower on small frames."""
-    return reformatter.reformat(frame, width=item.width, height=item.height, format="rgb24").to_ndarray()
-
-
-def _read_seeking(item: VideoItem, wanted: list[int]) -> dict[int, np.ndarray] | None:
-    """Seek to the key frame before ``wanted[0]`` and decode to ``wanted[-1]``; None if it misses."""
-    assert item.frame_pts is not None
-    index_of = {p: i for i, p in enumerate(item.frame_pts)}
-    todo = set(wanted)
-    last_pts = item.frame_pts[wanted[-1]]
-    out: dict[int, np.ndarray] = {}
-    reformatter = VideoReformatter()
-    with _open(item.data) as container:
-        stream = container.streams.video[0]
-        container.seek(item.frame_pts[wanted[0]], stream=stream, backward=True, any_frame=False)
-        for frame in container.decode(stream):
-            if frame.pts is None:
-                return None
-            i = index_of.get(frame.pts)
-            if i in todo:
-                out[i] = _rgb(frame, item, reformatter)
-                todo.discard(i)
-            if frame.pts >= last_pts:
-                break
-    return out if not todo else None
-
-
-def _read_in_order(item: VideoItem, wanted: list[int]) -> dict[int, np.ndarray]:
-    """Decode from the start, numbering frames in decode order (the probe's path)."""
-    todo = set(wanted)
-    out: dict[int, np.ndarray] = {}
-    reformatter = VideoReformatter()
-    with _open(item.data) as container:
-        for i, frame in enumerate(container.decode(container.streams.video[0])):
-            if i in todo:
-                out[i] = _rgb(frame, item, reformatter)
-            if i >= wanted[-1]:
-                break
-    assert len(out) == len(todo), f"{item.where}: decoded {len(out)} of {len(todo)} frames the probe saw"
-    return out
+            frames = decoder().read(item.data, item.num_frames, item.height, item.width, None, indices)
+        except DecoderError as exc:
+            raise RuntimeError(f"{item.where}: frames {min(indices)}..{max(indices)} cannot be read ({exc}), though "
+                               "every frame decoded when the sample was probed") from exc
+    return torch.from_numpy(frames.copy())

@@ -85,8 +85,7 @@ def train_batch(items: list[VideoItem], cfg: VideoInputConfig, generator: torch.
 
 
 def eval_batch(items: list[VideoItem], cfg: VideoInputConfig) -> Tensor:
-    """The evaluation view: centre clip, shorter side to ``round(S*256/224)``, centre crop S; with
-    ``cfg.eval_view == "middle_frame"`` every frame is the centre clip's middle frame (a static clip).
+    """The evaluation view: centre clip, shorter side to ``round(S*256/224)``, centre crop S.
 
     Returns:
         (B, 3, F, S, S) float32 clips.
@@ -97,7 +96,5 @@ def eval_batch(items: list[VideoItem], cfg: VideoInputConfig) -> Tensor:
     out = torch.empty(len(items), cfg.num_frames, 3, s, s, dtype=torch.uint8)
     for i, (item, idx) in enumerate(zip(items, clip_indices(starts, cfg).tolist())):
         frames = read_frames(item, idx).permute(0, 3, 1, 2)
-        if cfg.eval_view == "middle_frame":
-            frames = frames[len(idx) // 2].expand_as(frames)
         out[i] = TF.center_crop(TF.resize(frames, [r], antialias=True), [s, s])
     return _to_batch(out, cfg)

@@ -1,0 +1,68 @@
+"""``models.pt``: the consolidated fp32 weights of a checkpoint, what export and evaluation read."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from torch import Tensor
+
+from jepa.checkpoint.integrity import models_problems, verify_models
+from jepa.checkpoint.layout import DIGESTS_FILE, FORMAT_VERSION, MODELS_FILE, checkpoint_dir, first_valid, resume_candidates
+from jepa.recipe import Recipe, parse_recipe
+from jepa.weights import safe_load
+
+
+def read_models(path: Path) -> dict[str, Any]:
+    models = safe_load(path, "a jepa weights file (models.pt of `jepa train`)")
+    if not isinstance(models, dict) or models.get("format_version") != FORMAT_VERSION:
+        version = models.get("format_version") if isinstance(models, dict) else None
+        raise ValueError(f"{path}: not a jepa models.pt of format_version {FORMAT_VERSION} (got {version!r}); "
+                         "it was written by another tool or jepa version")
+    return models
+
+
+
+@dataclass(frozen=True)
+class LoadedWeights:
+    """Full fp32 weights of a training checkpoint (``jepa export`` / ``jepa eval`` read these).
+
+    Attributes:
+        recipe: the validated recipe that trained them (its modality must be installed).
+        step: optimiser steps done when they were saved.
+        encoder, predictor, target_encoder: state dicts (CPU tensors, no ``module.`` prefixes).
+        path: the ``models.pt`` file they came from.
+    """
+
+    recipe: Recipe
+    step: int
+    encoder: dict[str, Tensor]
+    predictor: dict[str, Tensor]
+    target_encoder: dict[str, Tensor]
+    path: Path
+
+
+def load_model_weights(path: str | Path) -> LoadedWeights:
+    """Weights of a run directory (its newest complete checkpoint), a checkpoint directory or a ``models.pt``.
+
+    Raises:
+        ValueError: the path does not exist, holds no complete checkpoint, or is not a jepa weights file.
+    """
+    path = Path(path)
+    if path.is_file():
+        file = path
+        if (path.parent / DIGESTS_FILE).is_file():  # a models.pt inside a checkpoint: verify it
+            verify_models(path.parent)
+    else:
+        chosen = checkpoint_dir(path, "weights")
+        if chosen == path:
+            verify_models(chosen)
+        else:
+            chosen = first_valid(resume_candidates(path), models_problems, f"weights of {path}")
+            assert chosen is not None  # _checkpoint_dir found a complete one
+        file = chosen / MODELS_FILE
+    models = read_models(file)
+    recipe = parse_recipe(models["recipe"], source=f"{file} (recipe saved with the weights)")
+    return LoadedWeights(recipe=recipe, step=int(models["step"]), encoder=models["encoder"],
+                         predictor=models["predictor"], target_encoder=models["target_encoder"], path=file)

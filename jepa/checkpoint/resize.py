@@ -1,0 +1,90 @@
+"""Resuming on another number of processes (see the package docstring): the batch split to
+build the engine with, and the engine state and data positions of N processes dealt to M."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from jepa.checkpoint.layout import META_FILE, RESHARD_SUFFIX, checkpoint_dir, resume_candidates
+from jepa.checkpoint.meta import read_rank_state, saved_split
+from jepa.checkpoint.rng import restore_rng
+from jepa.data.redeal import redeal
+from jepa.launch import detect as detect_launch
+from jepa.recipe import EngineConfig, Recipe
+
+if TYPE_CHECKING:
+    from jepa.engine import Engine
+
+log = logging.getLogger(__name__)
+
+
+def _peek_resume(resume: str, run_dir: Path) -> Path | None:
+    """The checkpoint :func:`resolve_resume` will most likely pick, without verifying it (None if unsure)."""
+    if resume == "none":
+        return None
+    if resume == "auto":
+        found = resume_candidates(run_dir)
+        return found[0] if found else None
+    try:
+        chosen = checkpoint_dir(Path(resume), "--resume")
+    except ValueError:
+        return None
+    if chosen != Path(resume):
+        found = resume_candidates(Path(resume))
+        return found[0] if found else None
+    return chosen
+
+
+def resume_batch_split(recipe: Recipe, resume: str) -> tuple[EngineConfig, int | None]:
+    """The engine section and micro batch to build the engine with (before anything is resumed).
+
+    Resuming a checkpoint written by another number of processes keeps its micro batch, so the
+    accumulation steps are derived (``global / (processes x micro)``); otherwise the recipe's split.
+
+    Raises:
+        ValueError: the checkpoint's micro batch cannot be kept on this many processes (numbers named).
+    """
+    unchanged = recipe.engine, recipe.data.micro_batch_size
+    path = _peek_resume(resume, recipe.resolved_run_dir)
+    world = detect_launch().world_size
+    if path is None or recipe.data.micro_batch_size is not None:
+        return unchanged  # a pinned micro batch that differs from the checkpoint's is refused when loading
+    try:
+        meta = json.loads((path / META_FILE).read_text())
+        if int(meta["world_size"]) == world:
+            return unchanged
+        saved_world, saved_micro = int(meta["world_size"]), saved_split(meta, path)[0]
+    except (OSError, ValueError, KeyError, TypeError):  # resolve_resume reports it (or skips that checkpoint)
+        return unchanged
+    g = recipe.data.global_batch_size
+    if g % (world * saved_micro):
+        fits = [n for n in range(1, g // saved_micro + 1) if (g // saved_micro) % n == 0]
+        raise ValueError(f"{path}: written by {saved_world} processes with a micro batch of {saved_micro}; on {world} "
+                         f"processes that micro batch cannot be kept: data.global_batch_size={g} is not a multiple of "
+                         f"{world} x {saved_micro} = {world * saved_micro}. Resume on a number of processes that divides "
+                         f"{g // saved_micro} ({', '.join(map(str, fits))})")
+    return recipe.engine.model_copy(update={"grad_accum_steps": None}), saved_micro
+
+
+def load_resized(engine: Engine, path: Path, recipe: Recipe, target_encoder: dict[str, Any], saved_world: int) -> dict[str, Any]:
+    """Restore a checkpoint of ``saved_world`` processes on this engine's; returns this rank's loader state.
+
+    The data positions come first (cheap, and every refusal comes before anything is written): every
+    old rank's is re-dealt over the new ranks (:mod:`jepa.data.redeal`). Then the engine state, through
+    DeepSpeed's universal checkpoint in ``step_N.reshard.tmp/`` (removed afterwards); rank r takes the
+    RNG states of old rank ``r mod N``.
+    """
+    if engine.dist.is_main:
+        log.warning("%s was written by %d processes, resuming on %d: micro batch %d kept, %d accumulation steps; the "
+                    "ZeRO state goes through DeepSpeed's universal checkpoint and the data positions are re-dealt (the "
+                    "losses continue the curve, not bitwise)", path, saved_world, engine.dist.world_size,
+                    engine.micro_batch_size, engine.grad_accum_steps)
+    rank_states = [read_rank_state(path, r) for r in range(saved_world)]
+    loader_state = redeal([s["loader"] for s in rank_states], recipe.data, seed=recipe.seed, rank=engine.dist.rank,
+                          world_size=engine.dist.world_size, micro_batch_size=engine.micro_batch_size)
+    engine.load_state(path, target_encoder, reshard_dir=path.with_name(path.name + RESHARD_SUFFIX))
+    restore_rng(rank_states[engine.dist.rank % saved_world]["rng"])
+    return loader_state

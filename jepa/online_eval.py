@@ -1,0 +1,107 @@
+"""Online k-NN evaluation during pretraining (the recipe's ``eval`` section).
+
+Every ``eval.every_steps`` steps (and at the last step) the target encoder, frozen and in
+evaluation mode, encodes a small labelled shard set: a bank (``eval.train_shards``) and
+queries (``eval.val_shards``), at most ``eval.max_samples`` each, in the modality's evaluation
+view. Features are the average over tokens of the last (normed) layer, as for ``jepa eval``'s
+``knn`` protocol; each query takes the weighted vote of its ``eval.k`` most similar bank
+samples (cosine similarity, weights ``exp(sim / eval.temperature)``), and ``knn_top1`` /
+``knn_top5`` (in [0, 1]) join that step's record of ``metrics.jsonl``.
+
+The work is shared: each rank encodes its part of the shards (whole shards when there are at
+least as many shards as ranks, every ``world``-th batch otherwise), pooled features are
+gathered on every rank and every rank scores the same k-NN, so every rank holds the same
+numbers (the stop rule and ``checkpoint.keep_best`` may use them).
+"""
+
+from __future__ import annotations
+
+from itertools import islice
+from typing import TYPE_CHECKING, Iterator
+
+import torch
+from torch import Tensor
+
+from jepa.data import expand_shards
+from jepa.eval.probes import knn_scores, topk_accuracy
+from jepa.eval.reader import labelled_batches
+from jepa.interfaces import Encoder, Modality
+from jepa.recipe import EvalConfig
+
+if TYPE_CHECKING:
+    from jepa.engine import Engine
+
+
+class OnlineKNN:
+    """k-NN accuracy of the target encoder on a small labelled set; call it on every rank.
+
+    Args:
+        cfg: the recipe's ``eval`` section (``every_steps`` set, both shard specs given).
+        modality: decodes the shards and builds evaluation batches.
+        engine: rank, device, precision and the gather.
+
+    Raises:
+        ValueError: a shard spec names nothing (checked here, before training starts).
+    """
+
+    def __init__(self, cfg: EvalConfig, modality: Modality, engine: Engine):
+        assert cfg.every_steps is not None and cfg.train_shards and cfg.val_shards
+        self.cfg, self.modality, self.engine = cfg, modality, engine
+        self.urls = {"eval.train_shards": expand_shards(cfg.train_shards), "eval.val_shards": expand_shards(cfg.val_shards)}
+
+    def due(self, step: int, last_step: int) -> bool:
+        """Whether the probe runs after optimiser step ``step``."""
+        return step % self.cfg.every_steps == 0 or step == last_step  # type: ignore[operator]
+
+    def _my_batches(self, urls: list[str]) -> Iterator[tuple[Tensor, Tensor]]:
+        rank, world = self.engine.dist.rank, self.engine.dist.world_size
+        batches_cap = -(-self.cfg.max_samples // self.cfg.batch_size)
+        if len(urls) >= world:  # whole shards per rank; the sample cap is shared out evenly
+            mine = urls[rank::world]
+            yield from islice(labelled_batches("::".join(mine), self.modality, self.cfg.batch_size),
+                              -(-batches_cap // world))
+        else:
+            batches = islice(labelled_batches("::".join(urls), self.modality, self.cfg.batch_size), batches_cap)
+            yield from islice(batches, rank, None, world)
+
+    @torch.no_grad()
+    def _features(self, encoder: Encoder, name: str) -> tuple[Tensor, Tensor]:
+        pooled, labels = [], []
+        device = self.engine.dist.device
+        error = None
+        try:  # a failure on one rank is raised on every rank, not left waiting in the gather
+            with self.engine.autocast():
+                for x, y in self._my_batches(self.urls[name]):
+                    pooled.append(encoder(x.to(device, non_blocking=True)).float().mean(dim=1).cpu())
+                    labels.append(y)
+        except (ValueError, RuntimeError, OSError) as exc:
+            error = f"{name}: {exc}"
+        mine = (torch.cat(pooled), torch.cat(labels)) if labels else (torch.empty(0), torch.empty(0, dtype=torch.int64))
+        gathered = self.engine.all_gather_object((error, mine))
+        errors = [e for e, _ in gathered if e is not None]
+        if errors:
+            raise ValueError(f"online evaluation failed: {errors[0]}")
+        parts = [part for _, part in gathered]
+        feats = torch.cat([f for f, _ in parts if f.numel()]) if any(f.numel() for f, _ in parts) else torch.empty(0)
+        labels_N = torch.cat([y for _, y in parts])
+        if labels_N.numel() == 0:
+            raise ValueError(f"{name}={getattr(self.cfg, name.split('.')[1])!r} yielded no labelled samples; "
+                             "point it at labelled shards written by `jepa shards`")
+        return feats, labels_N
+
+    def __call__(self, encoder: Encoder) -> dict[str, float]:
+        """Collective: ``{"knn_top1": ..., "knn_top5": ...}``, the same on every rank.
+
+        ``knn_top5`` is left out when there are fewer than 5 classes.
+        """
+        was_training = encoder.training
+        encoder.eval()
+        try:
+            bank, bank_labels = self._features(encoder, "eval.train_shards")
+            query, query_labels = self._features(encoder, "eval.val_shards")
+        finally:
+            encoder.train(was_training)
+        num_classes = int(max(bank_labels.max(), query_labels.max())) + 1
+        scores = knn_scores(bank, bank_labels, query, num_classes, k=self.cfg.k, temperature=self.cfg.temperature)
+        ks = (1, 5) if num_classes >= 5 else (1,)
+        return {f"knn_top{k}": acc for k, acc in topk_accuracy(scores, query_labels, ks).items()}
