@@ -70,7 +70,7 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
                                              "cpu (default: cuda if available, else cpu)"),
         precision: str = typer.Option("auto", "--precision", help="bf16 autocast (CUDA only) or fp32; auto: bf16 on "
                                       "CUDA, fp32 on CPU"),
-        batch_size: int = typer.Option(256, "--batch-size", help="Samples per encoder forward and per probe step; small sets: lower it for more optimiser steps per epoch (the demo uses 64)"),
+        batch_size: int = typer.Option(64, "--batch-size", help="Samples per encoder forward and per probe step; a larger batch runs the encoder more efficiently but gives fewer optimiser steps per epoch"),
         epochs: Optional[int] = typer.Option(None, "--epochs", help="Epochs of linear/linear4 (default 100) and "
                                              "attentive (default 20)"),
         linear_lrs: str = typer.Option("1e-3,3e-3,1e-2,3e-2,0.1,0.3,1", "--linear-lrs", help="Peak AdamW learning rates of the "

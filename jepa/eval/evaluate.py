@@ -93,7 +93,7 @@ class EvalSettings:
     low_shot: float | None = None
     epochs: int | None = None
     lbfgs_iters: int = 100
-    batch_size: int = 256
+    batch_size: int = 64
     linear_lrs: tuple[float, ...] = LINEAR_LRS
     linear_wds: tuple[float, ...] = LINEAR_WDS
     attentive_lrs: tuple[float, ...] = ATTENTIVE_LRS
