@@ -23,7 +23,8 @@ import torch
 from torch import Tensor
 
 from jepa.data import expand_shards
-from jepa.eval.probes import knn_scores, topk_accuracy
+from jepa.eval.knn import StreamingKNN
+from jepa.eval.probes import topk_accuracy
 from jepa.eval.reader import labelled_batches
 from jepa.interfaces import Encoder, Modality
 from jepa.recipe import EvalConfig
@@ -102,6 +103,8 @@ class OnlineKNN:
         finally:
             encoder.train(was_training)
         num_classes = int(max(bank_labels.max(), query_labels.max())) + 1
-        scores = knn_scores(bank, bank_labels, query, num_classes, k=self.cfg.k, temperature=self.cfg.temperature)
+        knn = StreamingKNN(query, k=self.cfg.k, temperature=self.cfg.temperature)
+        knn.add(bank, bank_labels)
+        scores = knn.scores(num_classes)
         ks = (1, 5) if num_classes >= 5 else (1,)
         return {f"knn_top{k}": acc for k, acc in topk_accuracy(scores, query_labels, ks).items()}

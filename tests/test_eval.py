@@ -21,10 +21,11 @@ from jepa.eval.evaluate import EvalSettings, evaluate_shards
 from jepa.eval.grid import Grid, parse_floats
 from jepa.eval.heads import AttentiveGrid, LinearGrid
 from jepa.eval.knn import StreamingKNN
-from jepa.eval.probes import knn_scores, linear_probe_scores, low_shot_indices, topk_accuracy
+from jepa.eval.probes import linear_probe_scores, low_shot_indices, topk_accuracy
 from jepa.eval.training import score_grid, train_grid
 from jepa.sources import load_source
 from jepa.export import export
+from knn_reference import knn_scores
 from tiny_recipes import tiny_image_recipe
 
 

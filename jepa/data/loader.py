@@ -47,8 +47,10 @@ class Batch:
                      tuple(m.to(device, non_blocking=non_blocking) for m in self.masks))
 
     def pin_memory(self) -> "Batch":
-        """Called by the DataLoader's pinning thread when CUDA is available."""
-        return Batch(self.inputs.pin_memory(), tuple(m.pin_memory() for m in self.masks))
+        """Called by the DataLoader's pinning thread when CUDA is available; inputs already on the
+        GPU (decoded there, e.g. ``modality.input.decode_device: cuda``) are left as they are."""
+        inputs = self.inputs if self.inputs.is_cuda else self.inputs.pin_memory()
+        return Batch(inputs, tuple(m.pin_memory() for m in self.masks))
 
     def __getitem__(self, rows: slice) -> "Batch":
         """Rows ``rows`` of the inputs and of every mask pair."""

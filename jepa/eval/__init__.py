@@ -8,7 +8,7 @@
 * :mod:`jepa.eval.heads`: grids of linear and attentive heads, one optimiser for all;
 * :mod:`jepa.eval.training`: training and scoring a grid on a stream of batches;
 * :mod:`jepa.eval.grid`: the (lr, wd) grid, per-head scores, the held-out choice;
-* :mod:`jepa.eval.knn`: streaming k-NN (:func:`knn_accuracy` for callers with an encoder);
+* :mod:`jepa.eval.knn`: streaming k-NN (:class:`StreamingKNN`, also used by the online probe of pretraining);
 * :mod:`jepa.eval.probes`: full-batch probes on features in memory (``logreg``), low-shot subsets;
 * :mod:`jepa.eval.memory`: the up-front memory plan;
 * :mod:`jepa.eval.evaluate`: the protocols, run in order;
@@ -16,12 +16,12 @@
 """
 
 from jepa.eval.evaluate import PROTOCOLS, EvalSettings, evaluate, evaluate_shards
-from jepa.eval.knn import StreamingKNN, knn_accuracy
+from jepa.eval.knn import StreamingKNN
 from jepa.eval.reader import FolderData, LabelledData, ShardData, open_labelled
 from jepa.eval.report import EvalReport, ProbeResult
 from jepa.sources import EncoderSource, load_source
 
 __all__ = [
     "PROTOCOLS", "EvalReport", "EvalSettings", "EncoderSource", "FolderData", "LabelledData", "ProbeResult",
-    "ShardData", "StreamingKNN", "evaluate", "evaluate_shards", "knn_accuracy", "load_source", "open_labelled",
+    "ShardData", "StreamingKNN", "evaluate", "evaluate_shards", "load_source", "open_labelled",
 ]

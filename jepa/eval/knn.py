@@ -5,14 +5,10 @@ batches, and each query keeps only its ``k`` most similar training samples so fa
 and label). Memory is ``Q x (k + chunk)`` similarities, never a ``N_train x Q`` matrix, and the
 training features are never held all at once. Neighbour ``j`` votes for its label with weight
 ``exp(sim_j / temperature)`` (the weighted vote of DINO's k-NN evaluation).
-
-:func:`knn_accuracy` is the one-call form for callers that hold an encoder and two labelled
-batch iterables (e.g. health checks during pretraining).
+The online probe of pretraining (:mod:`jepa.online_eval`) uses it too.
 """
 
 from __future__ import annotations
-
-from typing import Callable, Iterable
 
 import torch
 import torch.nn.functional as F
@@ -70,49 +66,3 @@ class StreamingKNN:
         c = int(self.max_label.item()) + 1 if num_classes is None else num_classes
         out = torch.zeros(self.queries.shape[0], c, device=self.queries.device)
         return out.scatter_add_(1, self.top_label_QK, (self.top_sim_QK / self.temperature).exp())
-
-
-def _pooled(out: Tensor) -> Tensor:
-    """An encoder output as (B, E): tokens (B, T, D) are averaged, (B, E) is kept."""
-    return out.float().mean(dim=1) if out.dim() == 3 else out.float()
-
-
-@torch.no_grad()
-def knn_accuracy(encoder_fn: Callable[[Tensor], Tensor], train_batches: Iterable[tuple[Tensor, Tensor]],
-                 val_batches: Iterable[tuple[Tensor, Tensor]], k: int = 20, device: torch.device | str = "cpu",
-                 *, temperature: float = 0.07) -> float:
-    """Top-1 accuracy of the weighted k-NN classifier, streaming: nothing N_train-sized is kept.
-
-    ``val_batches`` are encoded first and held as queries ((Q, E) on ``device``); then
-    ``train_batches`` stream past (:class:`StreamingKNN`). Features are ``encoder_fn``'s output
-    averaged over tokens ((B, T, D) -> (B, D)), or the output itself when it is (B, E).
-
-    Args:
-        encoder_fn: frozen encoder, inputs on ``device`` -> (B, T, D) tokens or (B, E) features;
-            called under ``torch.no_grad`` (autocast, eval mode: the caller's choice).
-        train_batches: ``(inputs, labels)`` of the labelled bank.
-        val_batches: ``(inputs, labels)`` to classify.
-        k: neighbours per query.
-        device: where the encoder and the similarities run.
-        temperature: vote temperature.
-
-    Returns:
-        Top-1 accuracy in [0, 1].
-
-    Raises:
-        ValueError: either iterable yields nothing.
-    """
-    device = torch.device(device)
-    feats, labels = [], []
-    for x, y in val_batches:
-        feats.append(_pooled(encoder_fn(x.to(device, non_blocking=True))))
-        labels.append(y.to(device))
-    if not labels:
-        raise ValueError("k-NN: the validation batches yielded no samples")
-    knn = StreamingKNN(torch.cat(feats), k, temperature)
-    del feats
-    val_labels = torch.cat(labels)
-    for x, y in train_batches:
-        knn.add(_pooled(encoder_fn(x.to(device, non_blocking=True))), y)
-    c = int(torch.maximum(knn.max_label, val_labels.max()).item()) + 1
-    return (knn.scores(c).argmax(dim=1) == val_labels).float().mean().item()

@@ -1,7 +1,6 @@
-"""Probes on features held in memory: full-batch logistic regression (L-BFGS), k-NN, low-shot subsets.
+"""Probes on features held in memory: full-batch logistic regression (L-BFGS), low-shot subsets.
 
-These serve the small-set protocols (``logreg``, ``logreg4``) and callers that already hold
-features (the online k-NN of pretraining); the streaming probes that scale live in
+These serve the small-set protocols (``logreg``, ``logreg4``); the streaming probes that scale live in
 :mod:`jepa.eval.heads`, :mod:`jepa.eval.training` and :mod:`jepa.eval.knn`.
 :func:`topk_accuracy` turns scores into top-1/top-5. The logistic regression is convex and
 deterministic: a full-batch L-BFGS fit with its L2 strength chosen on a hold-out of the
@@ -103,42 +102,6 @@ def class_balanced_subset(labels_N: Tensor, fraction: float, seed: int = 0) -> T
 def low_shot_indices(labels_N: Tensor, fraction: float, seed: int = 0) -> Tensor:
     """(M,) sorted int64 indices of :func:`class_balanced_subset`."""
     return class_balanced_subset(labels_N, fraction, seed).nonzero().flatten()
-
-
-def knn_scores(
-    train_ND: Tensor, train_labels_N: Tensor, query_QD: Tensor, num_classes: int,
-    k: int = 20, temperature: float = 0.07, chunk_size: int = 1024,
-) -> Tensor:
-    """Weighted k-nearest-neighbour votes under cosine similarity.
-
-    Each query takes its ``k`` most similar training samples; neighbour ``j`` votes for its
-    label with weight ``exp(sim_j / temperature)``.
-
-    Args:
-        train_ND: (N, D) training features (any scale; they are L2-normalised here).
-        train_labels_N: (N,) int64 labels.
-        query_QD: (Q, D) features to classify.
-        num_classes: C.
-        k: neighbours per query (capped at N).
-        temperature: softness of the vote weights.
-        chunk_size: queries per similarity matrix (bounds memory at chunk_size x N).
-
-    Returns:
-        (Q, C) summed vote weights.
-    """
-    if k < 1:
-        raise ValueError(f"--k must be >= 1, got {k}")
-    train = F.normalize(train_ND.float(), dim=1)
-    query = F.normalize(query_QD.float(), dim=1)
-    k = min(k, train.shape[0])
-    out = torch.zeros(query.shape[0], num_classes)
-    with threads_for(min(chunk_size, query.shape[0]) * train.shape[0]):
-        for start in range(0, query.shape[0], chunk_size):
-            sim = query[start:start + chunk_size] @ train.T
-            top_sim, top_idx = sim.topk(k, dim=1)
-            weights = (top_sim / temperature).exp()
-            out[start:start + chunk_size].scatter_add_(1, train_labels_N[top_idx], weights)
-    return out
 
 
 WEIGHT_DECAYS: tuple[float, ...] = (1e-5, 1e-4, 1e-3, 1e-2, 1e-1)
