@@ -55,6 +55,8 @@ from jepa.param_groups import build_param_groups
 from jepa.recipe import EngineConfig, OptimConfig, split_global_batch
 
 DEEPSPEED_TAG = "deepspeed"  # sub-directory of a checkpoint holding DeepSpeed's own files
+FUSED_ADAMW_DEVICES = ("cpu", "cuda")
+"""Devices where the optimiser is torch's fused AdamW (one kernel for every tensor)."""
 
 
 def _deepspeed_state_types() -> list[Any]:
@@ -253,8 +255,11 @@ class Engine:
                 m.set_grad_checkpointing(True)
 
         groups = build_param_groups(encoder, predictor, optim_cfg.weight_decay)
+        # fused: one kernel over all tensors. On CPU torch would otherwise loop over them in Python
+        # (ViT-Ti, 150 tensors: about 4x slower than fused, measured in tools/bench_optimizer.py).
         optimizer = torch.optim.AdamW(groups, lr=optim_cfg.start_lr, betas=optim_cfg.betas, eps=optim_cfg.eps,
-                                      weight_decay=optim_cfg.weight_decay)
+                                      weight_decay=optim_cfg.weight_decay,
+                                      fused=self.dist.device.type in FUSED_ADAMW_DEVICES)
         config = deepspeed_config(engine_cfg, optim_cfg, global_batch_size, self.dist.world_size)
         self.model, self.optimizer, _, _ = deepspeed.initialize(model=JEPA(encoder, predictor), optimizer=optimizer,
                                                                 config=config, dist_init_required=False)

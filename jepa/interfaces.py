@@ -148,7 +148,14 @@ class MaskSampler(ABC):
     A sampler returns one (context, target) pair as a :class:`MaskSet` (I-JEPA), or several as a
     tuple of MaskSets (V-JEPA: one per mask generator); the core runs the context encoder and the
     predictor once per pair (``mask_index`` = its position), the target encoder once, and averages
-    the pairs' losses. :func:`as_mask_pairs` normalises both forms."""
+    the pairs' losses. :func:`as_mask_pairs` normalises both forms.
+
+    Optional: a sampler whose ``__call__`` also takes a keyword ``step_generator`` gets, in training,
+    a generator seeded by the run seed and the optimiser step alone
+    (:func:`jepa.data.loader.step_generator`), the same on every rank, loader worker and
+    accumulation micro batch. Draw from it what the whole global batch must share (image and video:
+    the block sizes, as the authors share them across GPUs) and everything else from ``generator``;
+    called without it (evaluation, tests, other tools), the sampler uses ``generator`` alone."""
 
     num_tokens: int
 

@@ -10,7 +10,9 @@ This is the reading side that both export and evaluation sit on. A *source* is o
 * a TorchScript file written by ``jepa export`` (its metadata says how to feed it), only when
   the caller passes ``trust_torchscript=True`` (``jepa eval --trust-torchscript``): loading
   TorchScript runs the code stored in the file, so a crafted file can do anything the user can;
-* ``random:RECIPE``: the recipe's architecture at random initialisation (the baseline).
+* ``random:RECIPE``: the recipe's architecture at random initialisation (the baseline);
+* ``pixels:RECIPE``: no network, the modality's evaluation view itself as one token per sample
+  (the raw-pixel reference row of a probe table: what a probe gets without any encoder).
 
 Every other file is read with ``torch.load(weights_only=True)`` (:func:`jepa.weights.safe_load`),
 which cannot run code.
@@ -38,10 +40,11 @@ from jepa.recipe import Recipe
 from jepa.weights import check_state_dict, safe_load
 
 RANDOM_PREFIX = "random:"
+PIXELS_PREFIX = "pixels:"
 EXPORT_METADATA_NAME = "jepa_export.json"
 """Name of the JSON metadata entry (``_extra_files``) inside TorchScript files from ``jepa export``."""
 
-SourceKind = Literal["run", "checkpoint", "foreign", "torchscript", "random"]
+SourceKind = Literal["run", "checkpoint", "foreign", "torchscript", "random", "pixels"]
 WhichEncoder = Literal["target", "context"]
 
 
@@ -104,14 +107,45 @@ def _freeze(module: nn.Module) -> nn.Module:
     return module
 
 
-def _random_source(spec: str, which: WhichEncoder) -> EncoderSource:
+class PixelEncoder(nn.Module):
+    """The identity "encoder" of ``pixels:RECIPE``: (B, *input) -> (B, 1, prod(input)), the flattened
+    evaluation view (normalised as the encoders see it) as a single token, so that the linear, logistic
+    and k-NN probes run on raw pixels."""
+
+    depth = 1
+
+    def __init__(self, embed_dim: int) -> None:
+        super().__init__()
+        self.embed_dim = embed_dim
+
+    def forward(self, x: Tensor, keep_idx_BK: Tensor | None = None) -> Tensor:
+        if keep_idx_BK is not None:
+            raise ValueError("the raw-pixel reference has no tokens to keep")
+        return x.flatten(1).unsqueeze(1)
+
+    def forward_layers(self, x: Tensor, num_last: int = 1) -> list[Tensor]:
+        return [self.forward(x)] * num_last
+
+
+def _recipe_after_prefix(spec: str, prefix: str):
     from jepa.recipe import load_recipe
 
-    path = spec[len(RANDOM_PREFIX):]
+    path = spec[len(prefix):]
     if not path:
-        raise ValueError(f"{spec!r}: name a recipe after 'random:', e.g. random:recipes/image_demo.yaml")
+        raise ValueError(f"{spec!r}: name a recipe after {prefix!r}, e.g. {prefix}recipes/image_demo.yaml")
     recipe = load_recipe(path)
-    modality = registry.bind(recipe.modality)
+    return recipe, registry.bind(recipe.modality)
+
+
+def _pixels_source(spec: str) -> EncoderSource:
+    recipe, modality = _recipe_after_prefix(spec, PIXELS_PREFIX)
+    embed_dim = modality.example_input(1, torch.Generator().manual_seed(0))[0].numel()
+    return EncoderSource(_freeze(PixelEncoder(embed_dim)), modality, "pixels", f"raw pixels ({embed_dim} values)",
+                         "target", spec, None, recipe)
+
+
+def _random_source(spec: str, which: WhichEncoder) -> EncoderSource:
+    recipe, modality = _recipe_after_prefix(spec, RANDOM_PREFIX)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(recipe.seed)
         encoder = modality.build_encoder()
@@ -198,7 +232,7 @@ def load_source(source: str, *, which: WhichEncoder | None = None, trust_torchsc
 
     Args:
         source: run dir, checkpoint dir, models.pt, foreign checkpoint (e.g. a released
-            .pth.tar), exported TorchScript file, or ``random:RECIPE``.
+            .pth.tar), exported TorchScript file, ``random:RECIPE`` or ``pixels:RECIPE``.
         which: ``target`` (what the paper evaluates; the default) or ``context`` encoder. An
             exported file holds one of them; asking it for the other is an error.
         trust_torchscript: load a TorchScript file, which runs the code stored in it (only for
@@ -214,6 +248,8 @@ def load_source(source: str, *, which: WhichEncoder | None = None, trust_torchsc
         raise ValueError(f"--encoder must be 'target' or 'context', got {which!r}")
     if source.startswith(RANDOM_PREFIX):
         return _random_source(source, which or "target")
+    if source.startswith(PIXELS_PREFIX):
+        return _pixels_source(source)
     path = Path(source)
     if not path.exists():
         raise ValueError(f"{source}: no such run directory, checkpoint or file; pass a run dir, a checkpoint "

@@ -178,6 +178,25 @@ def test_a_plan_that_does_not_fit_is_refused_with_numbers_before_any_work(monkey
     assert report.results[0].top1 > 0.5 and report.memory_plan[-1]["what"] == "attentive"
 
 
+def test_attentive_stores_tokens_once_when_they_fit_and_learns_as_the_streamed_probe(tmp_path):
+    """Without augmentation the attentive probe encodes each split once and trains on the stored tokens
+    (4 epochs: the training split is read once, not 4 times), when the tokens fit; a --feature-cache
+    folder keeps the streamed probe. Both learn the synthetic classes equally well."""
+    settings = dict(protocols=("attentive",), batch_size=32, device="cpu", epochs=4, attentive_lrs=(1e-3, 1e-2),
+                    attentive_wds=(1e-2,))
+    reports, passes = {}, {}
+    for cache in ("auto", str(tmp_path)):
+        train, val = _CountingData(400, 4, noise=1.0, seed=1), _CountingData(100, 4, noise=1.0, seed=2)
+        reports[cache] = evaluate(_synthetic_source(16, 32), train, val, EvalSettings(**settings, feature_cache=cache))
+        passes[cache] = (train.passes_started, val.passes_started)
+    stored, streamed = reports["auto"].results[0], reports[str(tmp_path)].results[0]
+    assert stored.settings.get("stored_tokens") and not streamed.settings.get("stored_tokens")
+    assert passes["auto"] == (1, 2)  # train: one encoding pass; val: the shape probe and one encoding pass
+    assert passes[str(tmp_path)] == (4 + 1, 2)  # 4 epochs and the held-out pass; val: shape probe and scoring
+    assert any(n["what"] == "stored tokens (attentive)" for n in reports["auto"].memory_plan)
+    assert stored.top1 > 0.8 and abs(stored.top1 - streamed.top1) <= 0.1, (stored.top1, streamed.top1)
+
+
 def test_attentive_probe_peak_memory_stays_far_below_the_token_cache(capsys):
     """tools/eval_memory.py scaled down, in this process (2000 samples x 256 tokens x 256): the previous
     evaluation cached 250 MiB of float16 tokens; the streamed probe's peak resident memory (restarted
@@ -234,3 +253,18 @@ def test_an_image_folder_is_read_directly_skipping_corrupt_files_like_its_shards
     assert shards.total == 24 and len(shards.skipped) == 1
     again = evaluate_shards(src, str(tmp_path / "shards"), str(val), settings)
     assert [(r.protocol, r.top1) for r in again.results] == [(r.protocol, r.top1) for r in report.results]
+
+
+def test_raw_pixels_reference_is_the_flattened_evaluation_view(tmp_path):
+    """``pixels:RECIPE``: no network, one token per sample holding the modality's normalised evaluation view."""
+    recipe = tmp_path / "tiny.yaml"
+    recipe.write_text(yaml.safe_dump(tiny_image_recipe(1)))
+    src = load_source(f"pixels:{recipe}")
+    x = src.modality.example_input(2, torch.Generator().manual_seed(0))
+    assert src.kind == "pixels" and src.encoder.embed_dim == x[0].numel() and not list(src.encoder.parameters())
+    assert torch.equal(src.encoder(x), x.flatten(1)[:, None])
+    train, val = _image_folder(tmp_path / "train", 6, 0), _image_folder(tmp_path / "val", 3, 1)
+    report = evaluate_shards(src, str(train), str(val), EvalSettings(protocols=("knn",), k=3, device="cpu"))
+    assert report.tokens == 1 and report.width == x[0].numel() and report.results[0].top1 > 0.9
+    with pytest.raises(ValueError, match="name a recipe after 'pixels:'"):
+        load_source("pixels:")

@@ -195,6 +195,31 @@ def test_deterministic_given_the_generator_only():
     assert not torch.equal(a[0].target_idx_BMT, c[0].target_idx_BMT) or not torch.equal(a[1].target_idx_BMT, c[1].target_idx_BMT)
 
 
+def test_a_step_generator_gives_every_micro_batch_of_a_step_the_same_block_sizes():
+    """The training loaders pass step_generator (jepa.data.loader.sample_masks): block sizes then depend on
+    the step alone, corners on each micro batch's own generator; without it nothing changes."""
+    from jepa.data.loader import sample_masks, step_generator
+
+    gen = MultiMaskSampler(GRID, VideoMaskConfig(mode="faithful")).generators[0]
+    sides = {}
+    for step in (3, 4):
+        for micro in range(3):
+            g = torch.Generator().manual_seed(1000 * step + micro)
+            sides[step, micro] = gen.sample_blocks(4, g, step_generator(0, step)).sides
+    assert all(torch.equal(sides[s, 0], sides[s, m]) for s in (3, 4) for m in (1, 2))
+    draws = [gen.sample_blocks(4, torch.Generator().manual_seed(0), step_generator(0, s)).sides for s in range(8)]
+    assert len({tuple(d.tolist()) for d in draws}) > 1  # sizes still vary from step to step
+    plain = gen.sample_blocks(4, torch.Generator().manual_seed(5))
+    again = gen.sample_blocks(4, torch.Generator().manual_seed(5), None)
+    assert torch.equal(plain.sides, again.sides) and torch.equal(plain.corners_BM3, again.corners_BM3)
+    sampler = MultiMaskSampler(GRID, VideoMaskConfig(mode="faithful"))
+    loader = sample_masks(sampler, 4, torch.Generator().manual_seed(1), step_generator(0, 9))  # as training draws
+    direct = sampler(4, torch.Generator().manual_seed(1), step_generator=step_generator(0, 9))
+    alone = sampler(4, torch.Generator().manual_seed(1))
+    assert all(torch.equal(x.target_idx_BMT, y.target_idx_BMT) for x, y in zip(loader, direct))
+    assert not all(torch.equal(x.target_idx_BMT, y.target_idx_BMT) for x, y in zip(loader, alone))
+
+
 # ---------------------------------------------------------------------------- feasibility
 @pytest.mark.parametrize("grid", [GRID, (4, 8, 8), (2, 4, 4)])
 def test_check_accepts_vjepa_defaults(grid):

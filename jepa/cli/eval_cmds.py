@@ -32,7 +32,8 @@ linear4: the same on the average-pooled last 4 layers, concatenated.
 attentive: a grid of attentive probes on the last layer's tokens: --attentive-depth blocks
 (depth-1 self-attention blocks, then a cross-attention block with one learnable query,
 residual and MLP), a linear classifier on the query; AdamW, cosine schedule, --epochs (default
-20); the encoder runs inside the training loop every epoch, tokens are never stored. Chosen on
+20); with --augment none the tokens are encoded once and kept in host memory when they fit
+(--feature-cache auto or memory), else the encoder runs inside the training loop every epoch. Chosen on
 the held-out split like linear. The probe architecture of V-JEPA 2's evaluation (which uses
 depth 4, 16 heads, heavier augmentation, and picks the best head on the validation set).
 
@@ -57,8 +58,8 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
     @app.command("eval", help=EVAL_HELP)
     def eval_cmd(
         source: str = typer.Argument(..., help="Run dir, checkpoint (dir or models.pt), released .pth.tar, file from "
-                                               "`jepa export` (with --trust-torchscript), or random:RECIPE (random-init "
-                                               "baseline)"),
+                                               "`jepa export` (with --trust-torchscript), random:RECIPE (random-init "
+                                               "baseline) or pixels:RECIPE (probes on the raw evaluation view)"),
         train_data: str = typer.Option(..., "--train-data", "--train-shards",
                                        help="Training split: labelled shards (folder, brace pattern, URLs) or a folder "
                                             "of class sub-folders of images (read directly; files that do not decode "

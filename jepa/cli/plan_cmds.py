@@ -48,7 +48,9 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
                       f"{r.data.global_batch_size}", highlight=False)
         if p.suggestion:
             stage, mb, accum, ckpt = p.suggestion
-            console.print(f"suggested: engine.zero_stage={stage}, micro batch {mb} per GPU, engine.grad_accum_steps={accum}, "
-                          f"engine.activation_checkpointing={str(ckpt).lower()}", highlight=False)
+            console.print(f"suggested: --set engine.zero_stage={stage} --set data.micro_batch_size={mb} "
+                          f"--set engine.activation_checkpointing={str(ckpt).lower()} (micro batch {mb} per GPU, "
+                          f"{accum} accumulation step(s) on {gpus} GPUs, derived from data.global_batch_size)",
+                          highlight=False)
         else:
             console.print(f"no suggestion: {p.suggestion_note}", highlight=False)

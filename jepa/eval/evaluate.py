@@ -7,8 +7,9 @@ Protocols (``docs/eval_protocols.md`` states each exactly, and which paper proto
                part of the training split;
 ``linear4``    the same on the average-pooled last 4 layers (all layers of shallower encoders), concatenated;
 ``attentive``  grid of attentive probes (cross-attention pooler with a learnable query,
-               ``attentive_depth`` blocks) on the last layer's tokens, the encoder running
-               inside the training loop every epoch;
+               ``attentive_depth`` blocks) on the last layer's tokens: without augmentation and
+               when they fit in host memory the tokens are encoded once and stored, otherwise
+               the encoder runs inside the training loop every epoch;
 ``knn``        weighted k-nearest neighbours under cosine similarity, streamed on the device;
 ``logreg``     full-batch multinomial logistic regression by L-BFGS on standardised features
                (the small-set protocol: every training feature is held in host memory);
@@ -254,6 +255,18 @@ def _uses_store(settings: EvalSettings) -> bool:
     return any(p in settings.protocols for p in stored)
 
 
+def _tokens_in_memory(settings: EvalSettings, n: int, tokens: int, dim: int, host_bytes: int) -> bool:
+    """Whether ``attentive`` encodes every sample once and trains on the stored tokens: only without
+    augmentation (the view is the same every epoch), with ``--feature-cache auto`` or ``memory``, and
+    (for ``auto``) when the tokens of both splits take at most :data:`POOLED_IN_MEMORY_FRACTION` of the
+    free host memory. Otherwise the encoder runs inside the training loop every epoch."""
+    if "attentive" not in settings.protocols or settings.augment != "none":
+        return False
+    if settings.feature_cache == "memory":
+        return True
+    return settings.feature_cache == "auto" and n * tokens * dim * F32 <= POOLED_IN_MEMORY_FRACTION * host_bytes
+
+
 # --------------------------------------------------------------------------- the memory plan
 
 
@@ -303,6 +316,10 @@ def _plan(settings: EvalSettings, shapes: _Shapes, num_classes: int, n_train: in
             state, acts = linear_step_bytes(len(settings.linear_grid), B, w, num_classes)
             needs.append(Need(p, dev, [(f"{len(settings.linear_grid)} heads with AdamW state", state),
                                        ("one step", acts)], "lower --batch-size or the grid (--linear-lrs, --linear-wds)"))
+    if _tokens_in_memory(settings, n_train + n_val, T, D, available["host memory"]):
+        needs.append(Need("stored tokens (attentive)", "host memory",
+                          [(f"{n_train + n_val} x {T} x {D}", (n_train + n_val) * T * D * F32)],
+                          "--feature-cache DIR streams the encoder every epoch instead"))
     if "attentive" in settings.protocols:
         G = len(settings.attentive_grid)
         state, acts = attentive_step_bytes(G, B, T, D, num_classes, settings.attentive_depth,
@@ -328,6 +345,8 @@ class _Run:
         self.train_labels, self.val_labels = train.index.labels_N, val.index.labels_N
         self.store_train: PooledStore | None = None
         self.store_val: PooledStore | None = None
+        self.tokens_train: tuple[Tensor, Tensor] | None = None
+        self.tokens_val: tuple[Tensor, Tensor] | None = None
 
     def passes(self, data: LabelledData, keep: Tensor | None, *, epoch: int = 0, shuffle_seed: int | None = None,
                augment: str = "none"):
@@ -342,6 +361,34 @@ class _Run:
             yield encoder_features(self.source.layers, x, spec, self.device, self.precision), y.to(self.device)
             if task is not None:
                 self.progress.advance(task, y.shape[0])
+
+    def store_tokens(self) -> None:
+        """Encode the eligible training samples and the validation split once; keep their last-layer
+        tokens in host memory (``tokens_train`` / ``tokens_val``, rows in scan order, ``*_filled`` marks
+        the rows a decodable sample filled)."""
+        spec = FeatureSpec("tokens")
+        for split, data, keep, labels in (("train", self.train, self.splits.eligible, self.train_labels),
+                                          ("val", self.val, None, self.val_labels)):
+            total = labels.numel() if keep is None else int(keep.sum())
+            task = self.progress.add_task(f"attentive: {split} tokens", total=total)
+            rows, filled = None, torch.zeros(labels.numel(), dtype=torch.bool)
+            for x, y, idx in self.passes(data, keep):
+                feats = encoder_features(self.source.layers, x, spec, self.device, self.precision).float().cpu()
+                if rows is None:
+                    rows = torch.zeros(labels.numel(), *feats.shape[1:])
+                rows[idx], filled[idx] = feats, True
+                self.progress.advance(task, y.shape[0])
+            setattr(self, f"tokens_{split}", (rows, filled))
+
+    def stored_tokens(self, split: str, keep: Tensor | None, generator: torch.Generator | None = None):
+        """Batches of stored tokens ``(tokens_BTD, labels_B)`` on the device, shuffled when ``generator`` is given."""
+        rows, filled = getattr(self, f"tokens_{split}")
+        labels = self.train_labels if split == "train" else self.val_labels
+        idx = (filled if keep is None else keep & filled).nonzero().flatten()
+        if generator is not None:
+            idx = idx[torch.randperm(idx.numel(), generator=generator)]
+        for chunk in idx.split(self.settings.batch_size):
+            yield rows[chunk].to(self.device, non_blocking=True), labels[chunk].to(self.device, non_blocking=True)
 
     def stored(self, store: PooledStore, labels_N: Tensor, keep: Tensor, columns: slice, generator=None):
         idx = (keep & store.filled_N).nonzero().flatten()
@@ -417,8 +464,13 @@ def _run_grid(protocol: str, run: _Run, shapes: _Shapes) -> tuple[dict, dict, li
         info = {"layers": layers, "features": layers * shapes.dim}
     heads.to(run.device)
     cols = _columns(protocol, run, shapes.dim) if from_store else slice(None)
+    tokens_stored = protocol == "attentive" and run.tokens_train is not None
+    if tokens_stored:
+        info["stored_tokens"] = True
 
     def train_feed(epoch: int):
+        if tokens_stored:
+            return run.stored_tokens("train", run.splits.fit, torch.Generator().manual_seed(derive_seed(seed, epoch)))
         if from_store:
             assert run.store_train is not None
             return run.stored(run.store_train, run.train_labels, run.splits.fit, cols,
@@ -430,7 +482,9 @@ def _run_grid(protocol: str, run: _Run, shapes: _Shapes) -> tuple[dict, dict, li
                warmup_epochs=s.warmup_epochs, device=run.device, precision=run.precision, progress=run.progress,
                description=name)
     stored_eval = protocol != "attentive" and run.store_train is not None
-    if stored_eval:
+    if tokens_stored:
+        held, val = run.stored_tokens("train", run.splits.held), run.stored_tokens("val", None)
+    elif stored_eval:
         assert run.store_train is not None and run.store_val is not None
         held = run.stored(run.store_train, run.train_labels, run.splits.held, cols)
         val = run.stored(run.store_val, run.val_labels, torch.ones_like(run.store_val.filled_N), cols)
@@ -498,6 +552,11 @@ def evaluate(source: EncoderSource, train: LabelledData, val: LabelledData, sett
                 report.feature_seconds = time.perf_counter() - t0
                 report.skipped.update({"train_undecodable": train.skipped_last_pass,
                                        "val_undecodable": val.skipped_last_pass})
+            if _tokens_in_memory(settings, int(eligible.sum()) + val_index.num_samples, shapes.tokens, shapes.dim,
+                                 available["host memory"]):
+                t0 = time.perf_counter()
+                run.store_tokens()
+                report.feature_seconds += time.perf_counter() - t0
             for protocol in settings.protocols:
                 t0 = time.perf_counter()
                 rows: list[dict] = []

@@ -9,7 +9,8 @@
   and are left out (``filled_N``).
 * :func:`fill_pooled`: one pass over a split into a store, with a progress bar.
 
-Patch tokens are never kept beyond the batch that produced them.
+Patch tokens are kept only by the attentive probe's in-memory store (``jepa.eval.evaluate``), when
+they fit.
 """
 
 from __future__ import annotations

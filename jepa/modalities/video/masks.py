@@ -5,7 +5,8 @@ A generator draws ``num_blocks`` blocks of ``t x h x w`` tokens per clip; its **
 of the blocks and its **context** everything else (the two are disjoint and cover the clip). With
 V-JEPA's ``temporal_scale = (1, 1)`` every block spans all time steps, so masks are "tubes".
 
-Block size (one per batch and generator, as in the authors' sampler), from three uniforms
+Block size (one per batch and generator, as in the authors' sampler; in training one per optimiser
+step, shared by all its micro batches through ``step_generator``), from three uniforms
 ``u_t, u_s, u_a``: ``t = max(1, int(T' * s_t))``, ``area = int(H' * W' * s_s)``,
 ``h = round(sqrt(area * a))``, ``w = round(sqrt(area / a))`` (round half to even), clamped to
 ``[1, H']`` and ``[1, W']``, where ``s_t, s_s, a`` are the uniforms mapped onto ``temporal_scale``,
@@ -154,16 +155,19 @@ class BlockMaskGenerator(MaskSampler):
                 f"temporal_scale={c.temporal_scale}, aspect_ratio={c.aspect_ratio}, "
                 f"max_temporal_keep={c.max_temporal_keep}), min_keep {self.min_keep}")
 
-    def sample_blocks(self, batch_size: int, generator: torch.Generator) -> BlockDraw:
+    def sample_blocks(self, batch_size: int, generator: torch.Generator,
+                      step_generator: torch.Generator | None = None) -> BlockDraw:
         """Draw one block size for the batch and block corners per clip, re-drawing the corners of
-        clips whose context keeps fewer than ``min_keep`` tokens.
+        clips whose context keeps fewer than ``min_keep`` tokens. The block size comes from
+        ``step_generator`` when given (shared by every micro batch of a training step), else from
+        ``generator``, like everything else.
 
         Raises:
             RuntimeError: some clips are still invalid after ``MAX_POSITION_ROUNDS`` re-draws.
         """
         if batch_size < 1:
             raise ValueError(f"BlockMaskGenerator: batch_size must be >= 1, got {batch_size}")
-        sides = self.sample_sides(1, generator)[0]
+        sides = self.sample_sides(1, generator if step_generator is None else step_generator)[0]
         corners = self.corners(sides, batch_size, generator)
         target = self.target_mask(corners, sides)
         bad = _count(~target) < self.min_keep
@@ -197,14 +201,15 @@ class BlockMaskGenerator(MaskSampler):
         keys.masked_fill_(~mask_BN, 2.0)
         return keys.topk(length, dim=1, largest=False, sorted=False).indices.sort(dim=1).values
 
-    def __call__(self, batch_size: int, generator: torch.Generator) -> MaskSet:
-        """Masks of this generator for a batch.
+    def __call__(self, batch_size: int, generator: torch.Generator,
+                 step_generator: torch.Generator | None = None) -> MaskSet:
+        """Masks of this generator for a batch (``step_generator``: see :meth:`sample_blocks`).
 
         Returns:
             MaskSet with ``context_idx_BK`` (B, K) and ``target_idx_BMT`` (B, 1, T), int64,
             ascending raster indices, disjoint within every row.
         """
-        draw = self.sample_blocks(batch_size, generator)
+        draw = self.sample_blocks(batch_size, generator, step_generator)
         context = self.collate(~draw.target_mask_BN, generator)
         target = self.collate(draw.target_mask_BN, generator)
         return MaskSet(context, target.unsqueeze(1))
@@ -235,9 +240,13 @@ class MultiMaskSampler(MaskSampler):
     def num_mask_sets(self) -> int:
         return len(self.generators)
 
-    def __call__(self, batch_size: int, generator: torch.Generator) -> tuple[MaskSet, ...]:  # type: ignore[override]
-        """One MaskSet per generator, drawn in order from ``generator`` alone."""
-        return tuple(g(batch_size, generator) for g in self.generators)
+    def __call__(self, batch_size: int, generator: torch.Generator,  # type: ignore[override]
+                 step_generator: torch.Generator | None = None) -> tuple[MaskSet, ...]:
+        """One MaskSet per generator, drawn in order from ``generator``; with ``step_generator`` (the
+        training loaders pass one per optimiser step) every generator's block size comes from it, so all
+        micro batches of a step, on every rank and worker, share the sizes, as the authors' sampler
+        shares one size per batch. Without it the draws are those of ``generator`` alone."""
+        return tuple(g(batch_size, generator, step_generator) for g in self.generators)
 
 
 def _count(mask_RN: Tensor) -> Tensor:
