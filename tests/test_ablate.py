@@ -26,9 +26,10 @@ def test_every_row_of_the_plan_is_a_valid_recipe(plan_path):
     tool = _tool()
     plan = tool.load_plan(plan_path)
     assert len(plan["rows"]) >= 8 and len(plan["seeds"]) >= 2
-    base = load_recipe(ROOT / plan["base"], list(plan["budget"]))
+    common = [*plan.get("base_set", []), *plan["budget"]]
+    base = load_recipe(ROOT / plan["base"], common)
     for row in plan["rows"]:
-        recipe = load_recipe(ROOT / plan["base"], [*plan["budget"], *row.get("set", [])])
+        recipe = load_recipe(ROOT / plan["base"], [*common, *row.get("set", [])])
         if row.get("set"):
             assert recipe != base, f"row {row['name']} changes nothing"
         cmd = tool.train_command(plan, row, 7, Path("/x"))

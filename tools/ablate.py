@@ -2,10 +2,12 @@
 """Run an ablation table: every row of a plan trained and probed over several seeds at one budget.
 
 A plan (YAML, e.g. ``tools/ablations/image_small.yaml``) names a base recipe, the labelled shards to
-probe on, the seeds, the budget overrides shared by every row, and the rows (each a list of
-``jepa train --set`` overrides against the base). For every (row, seed) this runs
+probe on, the seeds, optional ``base_set`` overrides that make the study's base out of the recipe
+(e.g. the settings the study started from, when the recipe file now holds its result), the budget
+overrides shared by every row, and the rows (each a list of ``jepa train --set`` overrides against
+the base). For every (row, seed) this runs
 
-    jepa train BASE --set seed=S --set run_dir=OUT/ROW/seedS BUDGET... ROW...
+    jepa train BASE --set seed=S --set run_dir=OUT/ROW/seedS BASE_SET... BUDGET... ROW...
     jepa eval OUT/ROW/seedS --train-data TRAIN --val-data VAL --protocol linear,knn --seed S --json ...
 
 and, as reference rows, the first row's architecture at random initialisation (``random:``) and the
@@ -55,7 +57,8 @@ def load_plan(path: Path) -> dict:
 
 
 def train_command(plan: dict, row: dict, seed: int, run_dir: Path) -> list[str]:
-    sets = [f"seed={seed}", f"run_dir={run_dir}", *plan.get("budget", []), *row.get("set", [])]
+    sets = [f"seed={seed}", f"run_dir={run_dir}", *plan.get("base_set", []), *plan.get("budget", []),
+            *row.get("set", [])]
     return ["jepa", "train", plan["base"], *[a for s in sets for a in ("--set", s)]]
 
 
@@ -168,7 +171,7 @@ def main() -> None:
         for (row, seed), top1 in zip(refs, pool.map(lambda c: run_reference(plan, c[0]["name"], c[1], args.out), refs)):
             results.setdefault(row["name"], {})[seed] = top1
     text = table(plan, results)
-    header = (f"Base `{plan['base']}`, budget {' '.join(plan.get('budget', [])) or '(the base)'}, seeds "
+    header = (f"Base `{plan['base']}` {' '.join(plan.get('base_set', []))}, budget {' '.join(plan.get('budget', [])) or '(the base)'}, seeds "
               f"{', '.join(map(str, seeds))}; probes `jepa eval --protocol {','.join(PROTOCOLS)}` on "
               f"{plan['train_data']} -> {plan['val_data']}. Command: `python tools/ablate.py {args.plan} --out "
               f"{args.out}` (add `--rows NAME` for one row).")
