@@ -99,7 +99,8 @@ def run_cell(plan: dict, row: dict, seed: int, out: Path) -> dict[str, float]:
         trained = time.monotonic()
         _run(eval_command(plan, str(run_dir), seed, report.with_suffix(".tmp")), run_dir / "eval.log")
         report.with_suffix(".tmp").replace(report)
-        (run_dir / "seconds.json").write_text(json.dumps({"train": trained - start, "eval": time.monotonic() - trained}))
+        seconds = {"train": trained - start, "eval": time.monotonic() - trained}
+        (run_dir / "seconds.json").write_text(json.dumps(seconds))
     return _top1(report)
 
 
@@ -171,8 +172,9 @@ def main() -> None:
         for (row, seed), top1 in zip(refs, pool.map(lambda c: run_reference(plan, c[0]["name"], c[1], args.out), refs)):
             results.setdefault(row["name"], {})[seed] = top1
     text = table(plan, results)
-    header = (f"Base `{plan['base']}` {' '.join(plan.get('base_set', []))}, budget {' '.join(plan.get('budget', [])) or '(the base)'}, seeds "
-              f"{', '.join(map(str, seeds))}; probes `jepa eval --protocol {','.join(PROTOCOLS)}` on "
+    base_set, budget = " ".join(plan.get("base_set", [])), " ".join(plan.get("budget", [])) or "(the base)"
+    header = (f"Base `{plan['base']}` {base_set}, budget {budget}, seeds {', '.join(map(str, seeds))}; "
+              f"probes `jepa eval --protocol {','.join(PROTOCOLS)}` on "
               f"{plan['train_data']} -> {plan['val_data']}. Command: `python tools/ablate.py {args.plan} --out "
               f"{args.out}` (add `--rows NAME` for one row).")
     print(header + "\n\n" + text)

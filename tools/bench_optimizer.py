@@ -42,7 +42,8 @@ def main() -> None:
     print(f"{a.arch}/{a.patch} @{a.size} + predictor {a.predictor}: {len(params)} tensors, "
           f"{sum(p.numel() for p in params):,} parameters, {torch.get_num_threads()} threads, {a.device}")
     base = None
-    for name, kw in (("per-tensor loop", {"foreach": False}), ("foreach", {"foreach": True}), ("fused", {"fused": True})):
+    variants = (("per-tensor loop", {"foreach": False}), ("foreach", {"foreach": True}), ("fused", {"fused": True}))
+    for name, kw in variants:
         opt = torch.optim.AdamW(params, lr=1e-4, **kw)
         times = []
         for i in range(a.repeats + 3):

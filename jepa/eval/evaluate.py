@@ -345,8 +345,9 @@ class _Run:
         self.train_labels, self.val_labels = train.index.labels_N, val.index.labels_N
         self.store_train: PooledStore | None = None
         self.store_val: PooledStore | None = None
-        self.tokens_train: tuple[Tensor, Tensor] | None = None
-        self.tokens_val: tuple[Tensor, Tensor] | None = None
+        self.tokens_train: PooledStore | None = None  # attentive: (N, T * D) last-layer tokens, when stored
+        self.tokens_val: PooledStore | None = None
+        self.token_dim = 0
 
     def passes(self, data: LabelledData, keep: Tensor | None, *, epoch: int = 0, shuffle_seed: int | None = None,
                augment: str = "none"):
@@ -362,33 +363,30 @@ class _Run:
             if task is not None:
                 self.progress.advance(task, y.shape[0])
 
-    def store_tokens(self) -> None:
-        """Encode the eligible training samples and the validation split once; keep their last-layer
-        tokens in host memory (``tokens_train`` / ``tokens_val``, rows in scan order, ``*_filled`` marks
-        the rows a decodable sample filled)."""
+    def store_tokens(self, shapes: _Shapes) -> None:
+        """Encode the eligible training samples and the validation split once and keep their
+        last-layer tokens, flattened to ``T * D`` columns, in host-memory stores."""
         spec = FeatureSpec("tokens")
+        self.token_dim = shapes.dim
         for split, data, keep, labels in (("train", self.train, self.splits.eligible, self.train_labels),
                                           ("val", self.val, None, self.val_labels)):
-            total = labels.numel() if keep is None else int(keep.sum())
-            task = self.progress.add_task(f"attentive: {split} tokens", total=total)
-            rows, filled = None, torch.zeros(labels.numel(), dtype=torch.bool)
+            store = PooledStore(labels.numel(), shapes.tokens * shapes.dim)
+            setattr(self, f"tokens_{split}", store)
+            task = self.progress.add_task(f"attentive: {split} tokens",
+                                          total=labels.numel() if keep is None else int(keep.sum()))
             for x, y, idx in self.passes(data, keep):
-                feats = encoder_features(self.source.layers, x, spec, self.device, self.precision).float().cpu()
-                if rows is None:
-                    rows = torch.zeros(labels.numel(), *feats.shape[1:])
-                rows[idx], filled[idx] = feats, True
+                store.write(idx, encoder_features(self.source.layers, x, spec, self.device, self.precision).flatten(1))
                 self.progress.advance(task, y.shape[0])
-            setattr(self, f"tokens_{split}", (rows, filled))
 
     def stored_tokens(self, split: str, keep: Tensor | None, generator: torch.Generator | None = None):
-        """Batches of stored tokens ``(tokens_BTD, labels_B)`` on the device, shuffled when ``generator`` is given."""
-        rows, filled = getattr(self, f"tokens_{split}")
+        """Batches ``(tokens_BTD, labels_B)`` of the stored tokens, on the device, shuffled when
+        ``generator`` is given."""
+        store = self.tokens_train if split == "train" else self.tokens_val
+        assert store is not None
         labels = self.train_labels if split == "train" else self.val_labels
-        idx = (filled if keep is None else keep & filled).nonzero().flatten()
-        if generator is not None:
-            idx = idx[torch.randperm(idx.numel(), generator=generator)]
-        for chunk in idx.split(self.settings.batch_size):
-            yield rows[chunk].to(self.device, non_blocking=True), labels[chunk].to(self.device, non_blocking=True)
+        keep = torch.ones_like(store.filled_N) if keep is None else keep
+        for feats, y in self.stored(store, labels, keep, slice(None), generator):
+            yield feats.view(feats.shape[0], -1, self.token_dim), y
 
     def stored(self, store: PooledStore, labels_N: Tensor, keep: Tensor, columns: slice, generator=None):
         idx = (keep & store.filled_N).nonzero().flatten()
@@ -555,7 +553,7 @@ def evaluate(source: EncoderSource, train: LabelledData, val: LabelledData, sett
             if _tokens_in_memory(settings, int(eligible.sum()) + val_index.num_samples, shapes.tokens, shapes.dim,
                                  available["host memory"]):
                 t0 = time.perf_counter()
-                run.store_tokens()
+                run.store_tokens(shapes)
                 report.feature_seconds += time.perf_counter() - t0
             for protocol in settings.protocols:
                 t0 = time.perf_counter()
@@ -572,7 +570,7 @@ def evaluate(source: EncoderSource, train: LabelledData, val: LabelledData, sett
                 report.results.append(ProbeResult(protocol, acc[1], acc.get(5), num, time.perf_counter() - t0,
                                                   info, rows))
         finally:
-            for store in (run.store_train, run.store_val):
+            for store in (run.store_train, run.store_val, run.tokens_train, run.tokens_val):
                 if store is not None:
                     store.close()
     report.total_seconds = time.perf_counter() - start

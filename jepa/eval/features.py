@@ -5,12 +5,10 @@
   tokens of the last layer (``linear``, ``knn``, ``logreg``) or of the last L layers,
   concatenated (``linear4``, ``logreg4``).
 * :class:`PooledStore`: pooled features of one split, (N, E) float32, in host memory or in a
-  memory-mapped file on disk; never tokens. Rows of samples that did not decode stay unfilled
-  and are left out (``filled_N``).
+  memory-mapped file on disk. Rows of samples that did not decode stay unfilled and are left out
+  (``filled_N``). The attentive probe also keeps last-layer tokens in one (flattened to ``T * D``
+  columns, host memory only) when they fit (``jepa.eval.evaluate``).
 * :func:`fill_pooled`: one pass over a split into a store, with a progress bar.
-
-Patch tokens are kept only by the attentive probe's in-memory store (``jepa.eval.evaluate``), when
-they fit.
 """
 
 from __future__ import annotations
