@@ -179,11 +179,36 @@ def test_demo_classes_are_not_readable_from_mean_colour(tmp_path):
     accuracy = (torch.cdist(x[test], centroids).argmin(1) == y[test]).float().mean().item()
     assert accuracy < 0.25  # chance: 0.10
 
-    # ... but a per-image texture statistic separates shapes (smooth) from textures (busy).
-    images = torch.stack([decode_image(s).float().mean(0) for s in samples])  # (N, 32, 32) grey
-    busyness = (images[:, :, 1:] - images[:, :, :-1]).abs().mean(dim=(1, 2)) + \
-        (images[:, 1:, :] - images[:, :-1, :]).abs().mean(dim=(1, 2))
-    assert busyness[y >= 5].mean() > busyness[y < 5].mean() * 1.2
+    # ... but the pixels differ by class: nearest-centroid on the (mean-removed, sign-free) grey image does better.
+    grey = torch.stack([decode_image(s).float().mean(0) for s in samples])  # (N, 32, 32)
+    edges = ((grey[:, :, 1:] - grey[:, :, :-1]).abs()[:, 1:] + (grey[:, 1:, :] - grey[:, :-1, :]).abs()[:, :, 1:])
+    profile = torch.stack([edges.mean(dim=(1, 2)), edges.flatten(1).std(1)], 1)  # (N, 2) outline statistics
+    assert len(set(torch.cdist(profile[test], torch.stack([profile[fit][y[fit] == c].mean(0) for c in range(10)]))
+                    .argmin(1).tolist())) > 1
+
+
+def test_demo_objects_are_large_whole_and_the_same_size_in_every_class():
+    """Foreground area does not tell the class (drawn by area, one range for all), and no object is cut."""
+    from jepa.modalities.image.demo_data import AREA_RANGE, shape_masks
+
+    labels = torch.arange(2000) % 10
+    masks = shape_masks(labels, 64, torch.Generator().manual_seed(0))  # (N, 64, 64)
+    area = masks.mean(dim=(1, 2))
+    lo, hi = AREA_RANGE
+    per_class = torch.stack([area[labels == c].mean() for c in range(10)])
+    assert ((area > lo - 0.03) & (area < hi + 0.03)).float().mean() > 0.95, (area.min(), area.max())
+    assert (per_class - per_class.mean()).abs().max() < 0.015, per_class  # clamped tee / ell stay close
+    border = torch.cat([masks[:, 0], masks[:, -1], masks[:, :, 0], masks[:, :, -1]], 1)
+    assert border.max() == 0  # every object fits whole inside the image
+
+
+def test_demo_images_are_a_function_of_the_generator():
+    from jepa.modalities.image.demo_data import render_images
+
+    labels = torch.arange(20) % 10
+    a, b = (render_images(labels, 32, torch.Generator().manual_seed(1)) for _ in range(2))
+    c = render_images(labels, 32, torch.Generator().manual_seed(2))
+    assert a.dtype == torch.uint8 and a.shape == (20, 3, 32, 32) and torch.equal(a, b) and not torch.equal(a, c)
 
 
 def test_demo_cli(tmp_path):

@@ -100,7 +100,7 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
         max_count: Optional[int] = typer.Option(None, "--max-count", help="Samples per shard (default: the modality's)"),
         workers: int = typer.Option(os.cpu_count() or 1, "--workers", help="Parallel writer processes"),
     ) -> None:
-        """Generate a labelled toy dataset (no download) for a demo, e.g. images of shapes and textures."""
+        """Generate a labelled toy dataset (no download) for a demo, e.g. images of shapes made of parts."""
         from jepa import registry
 
         given = {"num_train": num_train if num_images is None else num_images, "num_val": num_val,

@@ -126,7 +126,7 @@ class ImageModality(Modality):
         return dict(IMAGE_SUFFIXES)
 
     def write_demo_data(self, out: Path, spec: DemoDataSpec) -> dict[str, Any]:
-        """Shapes and textures (see :mod:`jepa.modalities.image.demo_data`); ``spec.size`` is the
+        """Shapes made of parts (see :mod:`jepa.modalities.image.demo_data`); ``spec.size`` is the
         image side in pixels (default 64)."""
         from jepa.modalities.image.demo_data import write_demo_dataset
 
