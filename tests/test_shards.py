@@ -169,7 +169,7 @@ def test_demo_dataset_is_deterministic_and_labelled(tmp_path):
 
 
 def test_demo_classes_are_not_readable_from_mean_colour(tmp_path):
-    """Nearest-centroid on mean colour is near chance, while the images do differ by class."""
+    """Nearest-centroid on mean colour is near chance."""
     m = write_demo_dataset(tmp_path, num_images=1000, num_val=0, size=32, max_count=1000, workers=1, show_progress=False)
     samples = _read_all(tmp_path / "train", m["train"])
     x = torch.stack([decode_image(s).float().mean(dim=(1, 2)) for s in samples])  # (N, 3) mean colour
@@ -179,12 +179,20 @@ def test_demo_classes_are_not_readable_from_mean_colour(tmp_path):
     accuracy = (torch.cdist(x[test], centroids).argmin(1) == y[test]).float().mean().item()
     assert accuracy < 0.25  # chance: 0.10
 
-    # ... but the pixels differ by class: nearest-centroid on the (mean-removed, sign-free) grey image does better.
-    grey = torch.stack([decode_image(s).float().mean(0) for s in samples])  # (N, 32, 32)
-    edges = ((grey[:, :, 1:] - grey[:, :, :-1]).abs()[:, 1:] + (grey[:, 1:, :] - grey[:, :-1, :]).abs()[:, :, 1:])
-    profile = torch.stack([edges.mean(dim=(1, 2)), edges.flatten(1).std(1)], 1)  # (N, 2) outline statistics
-    assert len(set(torch.cdist(profile[test], torch.stack([profile[fit][y[fit] == c].mean(0) for c in range(10)]))
-                    .argmin(1).tolist())) > 1
+
+
+def test_demo_shapes_differ_in_outline_not_in_area():
+    """The class is in the outline: perimeter^2 / area (rotation-, position- and size-free) is smallest
+    for the disc and far larger for the flower and the plus."""
+    from jepa.modalities.image.demo_data import CLASS_NAMES, shape_masks
+
+    labels = torch.arange(500) % 10
+    masks = shape_masks(labels, 64, torch.Generator().manual_seed(0))
+    perimeter = (masks[:, :, 1:] - masks[:, :, :-1]).abs().sum((1, 2)) + (masks[:, 1:] - masks[:, :-1]).abs().sum((1, 2))
+    ratio = perimeter ** 2 / masks.sum((1, 2))
+    per_class = {name: ratio[labels == c].mean().item() for c, name in enumerate(CLASS_NAMES)}
+    assert min(per_class, key=per_class.get) == "disc", per_class
+    assert per_class["flower"] > 1.5 * per_class["disc"] and per_class["plus"] > 1.5 * per_class["disc"], per_class
 
 
 def test_demo_objects_are_large_whole_and_the_same_size_in_every_class():
