@@ -265,6 +265,10 @@ class Engine:
                                                                 config=config, dist_init_required=False)
         assert type(self.model.checkpoint_engine) is TorchCheckpointEngine, type(self.model.checkpoint_engine)
         self.model.checkpoint_engine = _WeightsOnlyCheckpointEngine(self.model._config)
+        if self.dist.world_size == 1 and engine_cfg.zero_stage == 0:
+            # One process has nothing to reduce, but DeepSpeed's stage-0 reduction would still flatten every
+            # gradient into a buffer, scale it by 1 and copy it back (~4 % of a ViT-Ti/4 CPU step).
+            self.model.enable_backward_allreduce = False
         if engine_cfg.compile:  # in place: state-dict keys stay the same
             self.model.compile()
             self.target_encoder.compile()

@@ -62,9 +62,11 @@ def cut_targets(h_BND: Tensor, masks: MaskSet) -> Tensor:
 
     Masking happens after the target encoder, as in I-JEPA.
     """
-    b, m, t = masks.target_idx_BMT.shape
-    h = h_BND.repeat_interleave(m, dim=0)
-    return gather_tokens(h, masks.target_idx_BMT.reshape(b * m, t))
+    idx_BMT = masks.target_idx_BMT
+    (b, m, t), (n, d) = idx_BMT.shape, h_BND.shape[1:]
+    # gathered from a broadcast view: the M copies of h are never materialised
+    h_BMND = h_BND.unsqueeze(1).expand(b, m, n, d)
+    return torch.gather(h_BMND, 2, idx_BMT.unsqueeze(-1).expand(b, m, t, d)).reshape(b * m, t, d)
 
 
 def target_tokens(target_encoder: Encoder, x: Tensor, masks: MaskSet, normalize: bool = True) -> Tensor:

@@ -24,7 +24,7 @@ import warnings
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Callable, Literal
 
 import torch
 
@@ -32,6 +32,7 @@ from jepa import checkpoint, init_from, registry
 from jepa.best_checkpoint import BestCheckpoint
 from jepa.data import build_train_loader
 from jepa.engine import Engine
+from jepa.host_memory import retain_freed_memory
 from jepa.loss import latent_loss, mean_over_pairs
 from jepa.model import cut_targets, target_representations
 from jepa.mfu import flops_per_sample, peak_flops
@@ -89,7 +90,8 @@ def _prepare_run_dir(run_dir: Path, recipe: Recipe, engine: Engine) -> None:
                          "on a filesystem shared by every node (checkpoints are written there by all ranks)")
 
 
-def train(recipe: Recipe, resume: str = "auto", *, save_checkpoints: bool = True) -> RunResult:
+def train(recipe: Recipe, resume: str = "auto", *, save_checkpoints: bool = True,
+          step_hook: Callable[[int], None] | None = None) -> RunResult:
     """Train ``recipe`` (or continue it) until ``max_steps`` or the end of its schedules.
 
     Args:
@@ -98,6 +100,8 @@ def train(recipe: Recipe, resume: str = "auto", *, save_checkpoints: bool = True
             (or starts fresh if there is none), ``"none"`` starts fresh (refused if the run
             directory holds checkpoints), a path names a checkpoint or run directory to continue.
         save_checkpoints: False for throughput benchmarks (nothing but metrics is written).
+        step_hook: called with the number of steps done after each optimiser step and its EMA
+            update, before logging (benchmarks: ``torch.profiler``'s ``step``).
 
     Raises:
         ValueError: the run directory is in use, the checkpoint is invalid or does not fit the
@@ -124,6 +128,8 @@ def train(recipe: Recipe, resume: str = "auto", *, save_checkpoints: bool = True
     engine = Engine(encoder, predictor, engine_cfg=engine_cfg, optim_cfg=o,
                     target_updater=EMATargetUpdater(recipe.ema.momentum, recipe.ema.final_momentum, total_steps),
                     global_batch_size=recipe.data.global_batch_size, micro_batch_size=micro_batch_size)
+    if engine.dist.device.type == "cpu":
+        retain_freed_memory()  # no page faults on the same activations every step (jepa.host_memory)
     preemption = Preemption()
     stop_vote = StopVote(engine)
     monitor = lock = loader = batches = None
@@ -192,6 +198,8 @@ def train(recipe: Recipe, resume: str = "auto", *, save_checkpoints: bool = True
             momentum = engine.update_target(step)
             monitor.end_step()
             done = step + 1
+            if step_hook is not None:
+                step_hook(done)
 
             # Every rank stops after the same step; the vote read here was started a step ago (no wait).
             preempted = stop_vote.after_step(preemption.requested)

@@ -225,3 +225,22 @@ def test_compile_trains():
         assert all(torch.isfinite(torch.tensor(losses)))
     finally:
         engine.close()
+
+
+@pytest.mark.parametrize("accum", [1, 2])
+def test_one_process_skips_deepspeeds_reduction_with_the_same_updates(accum):
+    """A world of one at stage 0 does not flatten / scale-by-1 / copy back every gradient, and the
+    weights after three steps are bitwise those of DeepSpeed's reduction path."""
+    weights = []
+    for reduce in (False, True):
+        engine = _engine(global_batch_size=8, grad_accum_steps=accum)
+        try:
+            assert engine.model.enable_backward_allreduce is False
+            engine.model.enable_backward_allreduce = reduce
+            for step in range(3):
+                for micro in range(accum):
+                    _train_step(engine, *_batch(8 // accum, seed=10 * step + micro))
+            weights.append([p.detach().clone() for p in engine.module.parameters()])
+        finally:
+            engine.close()
+    assert all(torch.equal(a, b) for a, b in zip(*weights, strict=True))

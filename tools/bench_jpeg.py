@@ -213,7 +213,8 @@ def interleaved(pipes: dict[str, Pipeline], samples: list[dict[str, Any]], batch
             wall, cpu = time.perf_counter(), _cpu_seconds()
             n = runner(pipes[name], samples, batch)
             out[name]["wall"].append(n / (time.perf_counter() - wall))
-            out[name]["cpu"].append(n / (_cpu_seconds() - cpu))
+            cpu = _cpu_seconds() - cpu  # os.times ticks every 10 ms: zero is possible on tiny test inputs
+            out[name]["cpu"].append(n / cpu if cpu > 0 else float("inf"))
     return out
 
 

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import resource
 import statistics
+import time
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Optional
 
@@ -25,6 +28,37 @@ def _is_rank0() -> bool:
     from jepa.launch import detect
 
     return detect().is_main
+
+
+def _step_profiler(device: torch.device, warmup: int, steps: int) -> "torch.profiler.profile":
+    """A torch.profiler that records exactly the ``steps`` timed steps after ``warmup`` untimed ones
+    (advanced by ``step()`` after every optimiser step)."""
+    from torch.profiler import ProfilerActivity, profile, schedule
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    # the profiler's own warm-up step is the last untimed one; with none, recording starts at once
+    plan = schedule(skip_first=max(warmup - 1, 0), wait=0, warmup=min(warmup, 1), active=steps, repeat=1)
+    return profile(activities=activities, schedule=plan)
+
+
+def _print_profile(profiler: "torch.profiler.profile", step_times: list[float], device: torch.device) -> dict:
+    """Print the :func:`jepa.profile.breakdown` of a finished profile; returns it as a dict."""
+    from jepa.profile import breakdown
+
+    steps = len(step_times)
+    cats, ops = breakdown(profiler.key_averages(), device=device.type == "cuda", wall_seconds=sum(step_times))
+    clock = "CUDA kernel" if device.type == "cuda" else "CPU"
+    titles = (f"where a step's time goes ({clock} self time, {steps} profiled steps; the profiler slows them)",
+              "largest operators outside the matrix products")
+    for title, first, rows in zip(titles, ("category", "operator"), (cats, ops)):
+        table = Table(title=title)
+        for column, justify in ((first, "left"), ("ms / step", "right"), ("share", "right")):
+            table.add_column(column, justify=justify)
+        for c in rows:
+            table.add_row(c.name, f"{1e3 * c.seconds / steps:.1f}", f"{100 * c.share:.1f} %")
+        console.print(table)
+    return {key: {c.name: {"ms_per_step": 1e3 * c.seconds / steps, "share": c.share} for c in rows}
+            for key, rows in (("categories", cats), ("top_ops", ops))}
 
 
 def _fmt_count(n: float) -> str:
@@ -88,13 +122,21 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
     def bench_train(recipe: Path = typer.Argument(..., help="Recipe YAML file"),
                     overrides: Optional[list[str]] = SetOption,
                     steps: int = typer.Option(20, "--steps", min=1, help="Training steps to time"),
-                    warmup: int = typer.Option(3, "--warmup", min=0, help="Untimed steps first (allocation, compilation)"),
-                    json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the results as JSON here")) -> None:
+                    warmup: int = typer.Option(3, "--warmup", min=1, help="Untimed steps first (allocation, compilation); the "
+                                              "end of the last one starts the clock"),
+                    json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the results as JSON here"),
+                    profile: bool = typer.Option(False, "--profile", help="Profile the timed steps with torch.profiler "
+                                                 "and print where the time goes (matmul / attention / the rest); "
+                                                 "the profiler slows the steps, so time without it"),
+                    trace: Optional[Path] = typer.Option(None, "--trace", help="With --profile: also write a Chrome "
+                                                         "trace (chrome://tracing, Perfetto) here")) -> None:
         """Time training steps on the synthetic source: median step time, samples/s, achieved FLOP/s and MFU.
 
         MFU is the achieved FLOP/s (FLOPs counted as in docs/flops.md, on the tokens the collated masks
         actually run) over world size x the device peak: the GPU's dense peak from jepa.mfu's table, or
-        on CPU a GEMM measured in this process before and after the timed steps (median of both).
+        on CPU a GEMM measured in this process between the timed steps (each step's ratio uses the GEMMs
+        beside it; MFU is the median of those ratios). The bench times each step from the end of the
+        previous one, without the per-log metrics training computes every log.every_steps.
         Runs under torchrun too (same code as `jepa train`); writes only metrics, into RUN_DIR-bench.
         """
         import json
@@ -106,7 +148,7 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
         with cli_errors():
             base = load_recipe(recipe, overrides or [])
             bench_overrides = [*(overrides or []), "data.source=synthetic", f"max_steps={warmup + steps}",
-                               "log.every_steps=1", f"run_dir={base.resolved_run_dir}-bench"]
+                               f"log.every_steps={warmup + steps}", f"run_dir={base.resolved_run_dir}-bench"]
             r = load_recipe(recipe, bench_overrides)
             if r.total_steps < warmup + steps:
                 raise RecipeError(str(recipe), [("optim.epochs", f"the schedules span {r.total_steps} steps, fewer than "
@@ -116,31 +158,61 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
             launch = detect()
             device = torch.device("cuda", launch.local_rank) if torch.cuda.is_available() else torch.device("cpu")
             dtype = mfu.compute_dtype(r.engine.precision)
-            gemm = [mfu.measure_gemm(device, dtype)] if device.type == "cpu" else []
+            # CPU peak: a GEMM between every two timed steps (outside their time), each step paired with the
+            # GEMMs beside it, so a neighbour's load shifts both alike. Profiled runs time it before and after
+            # instead (the profiler would record the GEMMs).
+            interleave = device.type == "cpu" and not profile
+            gemm = [mfu.measure_gemm(device, dtype)] if device.type == "cpu" and not interleave else []
             if device.type == "cuda":
                 torch.cuda.reset_peak_memory_stats(device)
-            train(r, resume="none", save_checkpoints=False)
-            gemm += [mfu.measure_gemm(device, dtype)] if device.type == "cpu" else []
+            if trace is not None and not profile:
+                raise typer.BadParameter("--trace needs --profile")
+            profiler = _step_profiler(device, warmup, steps) if profile else None
+            starts, ends = [], []  # of every step, timed without the per-log metrics (RankMe, ...)
+            faults: list[int] = []  # minor page faults of this process at the end of every step
+
+            def step_ended(done: int) -> None:
+                if device.type == "cuda":
+                    torch.cuda.synchronize(device)
+                ends.append(time.perf_counter())
+                faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt)
+                if profiler is not None:
+                    profiler.step()
+                if interleave and done >= warmup:
+                    gemm.append(mfu.measure_gemm(device, dtype, repeats=1))
+                starts.append(time.perf_counter())
+
+            with profiler if profiler is not None else nullcontext():
+                train(r, resume="none", save_checkpoints=False, step_hook=step_ended)
+            gemm += [mfu.measure_gemm(device, dtype)] if device.type == "cpu" and not interleave else []
         if not _is_rank0():
             return
         world = launch.world_size
-        records = read_metrics(r.resolved_run_dir)[warmup:]
-        step_time = statistics.median(rec["step_time_s"] for rec in records)
+        step_times = [end - start for start, end in zip(starts[warmup - 1:], ends[warmup:])]
+        step_time = statistics.median(step_times)
+        data_wait = read_metrics(r.resolved_run_dir)[-1]["data_wait_frac"]  # one record: the whole run
         samples_per_s = r.data.global_batch_size / step_time
         micro, _ = split_global_batch(r.data.global_batch_size, world, r.engine.grad_accum_steps, r.data.micro_batch_size)
         flops = mfu.flops_per_sample(registry.bind(r.modality), micro)
         if gemm:
             peak = statistics.median(flops_per_s for flops_per_s, _ in gemm)
-            peak_source = f"measured: cpu {r.engine.precision} GEMM {max(n for _, n in gemm)}^3, this run"
+            where = "between the timed steps" if interleave else "before and after the steps"
+            peak_source = f"measured: cpu {r.engine.precision} GEMM {max(n for _, n in gemm)}^3 {where}, this run"
         else:
             peak, peak_source = mfu.peak_flops(device, r.engine.precision)
         utilisation = mfu.mfu(flops * samples_per_s, peak, world) if flops else None
+        if interleave and flops:  # the median of per-step ratios, each step over the mean of its two GEMMs
+            utilisation = statistics.median(
+                mfu.mfu(flops * r.data.global_batch_size / t, (g0 + g1) / 2, world)
+                for t, (g0, _), (g1, _) in zip(step_times, gemm, gemm[1:]))
         peak_mem = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
-        table = Table(title=f"bench train: {r.name} ({len(records)} timed steps after {warmup} warm-up)", show_header=False)
+        table = Table(title=f"bench train: {r.name} ({len(step_times)} timed steps after {warmup} warm-up)", show_header=False)
         table.add_row("median step time", f"{step_time * 1e3:.1f} ms")
         table.add_row("samples/s", f"{samples_per_s:.1f}")
         table.add_row("global batch", str(r.data.global_batch_size))
-        table.add_row("data wait (median share)", f"{100 * statistics.median(rec['data_wait_frac'] for rec in records):.1f} %")
+        table.add_row("data wait (share of the run)", f"{100 * data_wait:.1f} %")
+        step_faults = statistics.median(b - a for a, b in zip(faults[warmup - 1:], faults[warmup:]))
+        table.add_row("page faults per step (median)", f"{step_faults:.0f} (host memory, rank 0)")
         if flops:
             table.add_row("training FLOPs per sample", _fmt_count(flops) + "FLOP")
             table.add_row("achieved FLOP/s (all ranks)", _fmt_count(flops * samples_per_s) + "FLOP/s")
@@ -149,6 +221,12 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
         if peak_mem is not None:
             table.add_row("peak memory (rank 0)", f"{peak_mem / 2**30:.2f} GiB")
         console.print(table)
+        breakdown = None
+        if profiler is not None:
+            breakdown = _print_profile(profiler, step_times, device)
+            if trace is not None:
+                profiler.export_chrome_trace(str(trace))
+                console.print(f"trace written to {trace}")
         if json_out is not None:
             json_out.write_text(json.dumps({
                 "recipe": r.name, "model": registry.bind(r.modality).describe(), "world_size": world,
@@ -156,6 +234,7 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
                 "zero_stage": r.engine.zero_stage, "compile": r.engine.compile,
                 "activation_checkpointing": r.engine.activation_checkpointing, "device": str(device),
                 "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-                "step_time_s": step_time, "samples_per_s": samples_per_s, "flops_per_sample": flops,
+                "step_time_s": step_time, "step_times_s": step_times, "gemm_flops_per_s": [g for g, _ in gemm],
+                "page_faults_per_step": step_faults, "samples_per_s": samples_per_s, "flops_per_sample": flops,
                 "peak_flops_per_s": peak, "peak_source": peak_source, "mfu": utilisation,
-                "peak_memory_bytes": peak_mem}, indent=1) + "\n")
+                "peak_memory_bytes": peak_mem, "profile": breakdown}, indent=1) + "\n")
