@@ -4,8 +4,8 @@ glibc serves allocations above a threshold (at most 32 MiB) with a fresh ``mmap`
 to the kernel when freed, and trims the top of its heap. A CPU training step allocates and frees
 the same large activations every step, so each step faults every page of them in again, zeroed by
 the kernel: a ViT-S/16 step at 224 px (batch 16) took ~90,000-200,000 minor faults and ~350 ms of
-system time, against 6 faults and ~50 ms with the heap kept (``tools/`` measurements in
-docs/benchmarks.md). :func:`retain_freed_memory` tells glibc to serve everything from its heap and
+system time, against 6 faults and ~50 ms with the heap kept (``jepa bench train`` prints the
+faults per step; docs/benchmarks.md). :func:`retain_freed_memory` tells glibc to serve everything from its heap and
 never trim it; the process then holds on to its peak memory until it exits, as a GPU caching
 allocator does.
 
