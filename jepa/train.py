@@ -101,7 +101,7 @@ def train(recipe: Recipe, resume: str = "auto", *, save_checkpoints: bool = True
             directory holds checkpoints), a path names a checkpoint or run directory to continue.
         save_checkpoints: False for throughput benchmarks (nothing but metrics is written).
         step_hook: called with the number of steps done after each optimiser step and its EMA
-            update, before logging (benchmarks: ``torch.profiler``'s ``step``).
+            update, before logging (``jepa bench train`` times steps and advances its profiler there).
 
     Raises:
         ValueError: the run directory is in use, the checkpoint is invalid or does not fit the

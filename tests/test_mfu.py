@@ -58,7 +58,8 @@ def test_training_log_and_bench_report_mfu(toy_recipe, toy_recipe_file, tmp_path
     out = CliRunner().invoke(app, ["bench", "train", str(toy_recipe_file("b")), "--steps", "2", "--warmup", "1",
                                    "--json", str(out_json)])
     assert out.exit_code == 0, out.output
-    assert "MFU" in out.output and "measured: cpu" in out.output
+    assert "MFU" in out.output and "measured: cpu fp32 GEMM" in out.output and "between the timed steps" in out.output
+    assert "page faults per step" in out.output
     data = json.loads(out_json.read_text())
     # CPU: each timed step over the mean of the GEMMs measured just before and after it; MFU the median ratio
     steps, gemms = data["step_times_s"], data["gemm_flops_per_s"]
