@@ -281,6 +281,15 @@ class Modality(ABC):
     def train_batch(self, items: list[Any], generator: torch.Generator) -> Tensor:
         """Randomly augment decoded items (training view) and stack them into a batch."""
 
+    def finish_batch(self, inputs: Tensor) -> Tensor:
+        """A :meth:`train_batch` result, moved to the training device -> the encoder's input.
+
+        Every consumer of :meth:`train_batch` calls it (the training loop after the copy to the
+        device), so a modality can hand compact data between processes (e.g. uint8 pixels) and
+        finish it where the model runs. The default returns ``inputs`` unchanged.
+        """
+        return inputs
+
     @abstractmethod
     def eval_batch(self, items: list[Any]) -> Tensor:
         """Deterministic evaluation view of decoded items, stacked into a batch."""

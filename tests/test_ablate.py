@@ -49,3 +49,22 @@ def test_table_means_over_seeds_with_references_first(tmp_path):
     bad.write_text("base: x\nrows: []\n")
     with pytest.raises(SystemExit, match="lacks"):
         tool.load_plan(bad)
+
+
+def test_demo_knn_diagnosis_measures_what_it_names():
+    """tools/demo_knn_diagnosis.py: variance shares and k-NN on features whose answer is known."""
+    spec = importlib.util.spec_from_file_location("demo_knn_diagnosis", ROOT / "tools" / "demo_knn_diagnosis.py")
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)  # type: ignore[union-attr]
+    import torch
+
+    images, labels, lighter, quadrant = tool.demo_images(400, seed=5, size=32)
+    assert images.shape == (400, 3, 32, 32) and set(quadrant.tolist()) == {0, 1, 2, 3}
+    assert 0.35 < lighter.float().mean() < 0.65  # random polarity
+    g = torch.Generator().manual_seed(0)
+    groups = torch.arange(300) % 3
+    separated = torch.nn.functional.one_hot(groups, 3).float() * 10 + torch.randn(300, 3, generator=g) * 0.1
+    assert tool.between_share(separated, groups) > 0.99
+    assert tool.between_share(torch.randn(300, 3, generator=g), groups) < 0.05
+    assert tool.knn_top1(separated[:200], groups[:200], separated[200:], groups[200:]) == 1.0
+    assert tool.knn_top1(separated[:200], groups[:200], separated[200:], (groups[200:] + 1) % 3) == 0.0

@@ -23,6 +23,7 @@ from jepa.modalities.image.config import ImageConfig
 from jepa.modalities.image.demo_data import write_demo_dataset
 from jepa.modalities.image.transforms import decode_image
 from jepa.recipe import DataConfig
+from tiny_recipes import tiny_image_recipe
 
 # --------------------------------------------------------------------------- test doubles
 
@@ -411,3 +412,23 @@ optim: {{epochs: 2, warmup_epochs: 1}}
     assert result.exit_code == 0, result.output
     for stage in ("decode", "crop + normalise", "masks", "whole pipeline, 1 worker"):
         assert stage in result.output
+
+
+def test_uint8_batches_train_bitwise_like_float_batches(image_shards, tmp_path):
+    """modality.input.batch_dtype uint8 (two loader workers hand over uint8 crops, the loop normalises them)
+    trains exactly as the float32 default: the same losses, step after step."""
+    from jepa.monitor import read_metrics
+    from jepa.recipe import parse_recipe
+    from jepa.train import train
+
+    def losses(batch_dtype: str) -> list[float]:
+        raw = tiny_image_recipe(0, crop_size=24, batch_dtype=batch_dtype)
+        raw["modality"]["encoder"]["patch_size"] = 6
+        raw["data"] = {"train_shards": f"{image_shards}/train", "global_batch_size": 8, "samples_per_epoch": 160,
+                       "num_workers": 2, "shuffle_buffer": 20}
+        raw.update(run_dir=str(tmp_path / batch_dtype), max_steps=4, log={"every_steps": 1})
+        train(parse_recipe(raw, batch_dtype))
+        return [r["loss"] for r in read_metrics(tmp_path / batch_dtype)]
+
+    reference = losses("float32")
+    assert len(reference) == 4 and losses("uint8") == reference

@@ -17,7 +17,7 @@ from jepa.modalities.image.decode import (
     EncodedJPEG, ReducedImage, decode_image, jpeg_reduction, smallest_crop_side,
 )
 from jepa.modalities.image.transforms import (
-    eval_batch, eval_resize_size, normalize_uint8, sample_crop_boxes, snap_boxes, train_batch,
+    eval_batch, eval_resize_size, finish_batch, normalize_uint8, sample_crop_boxes, snap_boxes, train_batch,
 )
 
 CFG = InputConfig(crop_size=32)
@@ -163,11 +163,11 @@ def test_default_views_are_bitwise_the_unfused_computation():
 
 
 class _Batches(torch.utils.data.IterableDataset):
-    def __init__(self, items):
-        self.items = items
+    def __init__(self, items, cfg=CFG):
+        self.items, self.cfg = items, cfg
 
     def __iter__(self):
-        yield train_batch(self.items, CFG, torch.Generator().manual_seed(0))
+        yield train_batch(self.items, self.cfg, torch.Generator().manual_seed(0))
 
 
 def test_worker_batches_are_made_in_shared_memory():
@@ -178,6 +178,25 @@ def test_worker_batches_are_made_in_shared_memory():
     (batch,) = list(loader)
     assert batch.is_shared() and batch.is_contiguous()
     assert torch.equal(batch, train_batch(items, CFG, torch.Generator().manual_seed(0)))
+
+
+UINT8 = CFG.model_copy(update={"batch_dtype": "uint8"})
+
+
+def test_uint8_batches_finish_to_the_float_batch_bitwise():
+    """batch_dtype uint8: the same crops handed over as uint8, and finish_batch gives exactly the float batch."""
+    g = torch.Generator().manual_seed(0)
+    items = [torch.randint(0, 256, (3, 40 + 9 * i, 70 - 4 * i), generator=g, dtype=torch.uint8) for i in range(5)]
+    compact = train_batch(items, UINT8, torch.Generator().manual_seed(3))
+    expected = train_batch(items, CFG, torch.Generator().manual_seed(3))
+    assert compact.dtype == torch.uint8 and compact.shape == expected.shape
+    assert torch.equal(finish_batch(compact, UINT8), expected)
+    assert finish_batch(expected, CFG) is expected  # float batches pass through
+    loader = torch.utils.data.DataLoader(_Batches(items, UINT8), batch_size=None, num_workers=1,
+                                         multiprocessing_context="fork")
+    (batch,) = list(loader)  # made in shared memory in the worker, a quarter of the float batch's bytes
+    assert batch.is_shared() and batch.dtype == torch.uint8
+    assert torch.equal(batch, train_batch(items, UINT8, torch.Generator().manual_seed(0)))
 
 
 # --------------------------------------------------------------------------- GPU decoding
@@ -250,7 +269,8 @@ def test_bench_jpeg_tool_runs(tmp_path, monkeypatch):
                          "--json", str(tmp_path / "r.json")])
     finally:
         torch.set_num_threads(threads)
-    assert set(out["in-process"]) == {"old", "new", "new, jpeg_reduced_decode"}
+    assert set(out["in-process"]) == {"old", "new", "new, batch_dtype uint8", "new, jpeg_reduced_decode"}
     assert out["pixels"]["new"]["old"]["max_abs"] == 0  # the default path is bitwise the old one
+    assert out["pixels"]["new, batch_dtype uint8"]["old"]["max_abs"] == 0  # and so is the uint8 hand-over
     assert out["pixels"]["new, jpeg_reduced_decode"]["old"]["psnr_db"] > 25
     assert (tmp_path / "r.json").exists() and len(list((tmp_path / "jpegs").glob("*.jpg"))) == 6

@@ -392,9 +392,11 @@ def test_demo_pretraining_beats_random_init(tmp_path):
     baseline = evaluate_shards(load_source(f"random:{recipe}"), train_pat, val_pat, settings)
     summary = {r.protocol: (round(r.top1, 3), round(b.top1, 3)) for r, b in zip(trained.results, baseline.results)}
     print("top-1 (trained, random init):", summary)
-    # Measured (README, shapes-made-of-parts generator, seed 0): linear 18.2 % vs 14.8 % at random init,
-    # k-NN 11.6 % vs 9.2 % (seed 1: 17.0 vs 17.0, 10.2 vs 8.6). The pins only say pretraining is not worse.
+    # Measured (README, grey levels with random polarity): seed 0 linear 46.5 % vs 27.8 % at random init,
+    # k-NN 14.8 % vs 14.1 %; seed 1 linear 44.9 vs 32.5, k-NN 12.2 vs 14.0. One standard error of a
+    # difference on 1000 images is about 2 points: the pins are the linear margin less ~4 SE (+10 points)
+    # and "k-NN not clearly worse" (k-NN does not improve at this budget; README).
     linear, knn = (r.top1 for r in trained.results)
     base_linear, base_knn = (b.top1 for b in baseline.results)
-    assert linear >= base_linear, summary
-    assert knn >= base_knn, summary
+    assert linear >= base_linear + 0.10, summary
+    assert knn >= base_knn - 0.03, summary

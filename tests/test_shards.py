@@ -219,6 +219,60 @@ def test_demo_images_are_a_function_of_the_generator():
     assert a.dtype == torch.uint8 and a.shape == (20, 3, 32, 32) and torch.equal(a, b) and not torch.equal(a, c)
 
 
+def test_demo_palette_is_two_grey_levels_with_random_polarity():
+    """Object and background are grey (equal channels up to noise), at least 0.2 apart, and the object
+    is the lighter one in about half of every class: brightness says nothing about the class."""
+    from jepa.modalities.image.demo_data import render_images, shape_masks
+
+    labels = torch.arange(1000) % 10
+    masks = shape_masks(labels, 32, torch.Generator().manual_seed(3)) > 0.99  # same draws as render_images
+    images = render_images(labels, 32, torch.Generator().manual_seed(3)).float() / 255  # (N, 3, S, S)
+    inside, outside = masks[:, None].expand_as(images), (~masks)[:, None].expand_as(images)
+    fg = (images * inside).sum((2, 3)) / inside.sum((2, 3))  # (N, 3) mean colour of the object
+    bg = (images * outside).sum((2, 3)) / outside.sum((2, 3))
+    assert (fg.max(1).values - fg.min(1).values).max() < 0.03 and (bg.max(1).values - bg.min(1).values).max() < 0.03
+    contrast = fg.mean(1) - bg.mean(1)
+    assert contrast.abs().min() > 0.1, contrast.abs().min()  # levels 0.2 apart, less the background gradient
+    lighter = torch.stack([(contrast[labels == c] > 0).float().mean() for c in range(10)])
+    assert ((lighter > 0.3) & (lighter < 0.7)).all(), lighter
+
+
+def test_demo_dataset_names_its_generator(tmp_path):
+    from jepa.modalities.image.demo_data import GENERATOR, GENERATOR_FILE
+
+    write_demo_dataset(tmp_path, num_images=4, num_val=2, size=16, workers=1, show_progress=False)
+    assert (tmp_path / GENERATOR_FILE).read_text().strip() == GENERATOR
+
+
+def test_demo_script_moves_data_of_an_older_generator_aside(tmp_path):
+    """tools/demo.sh's check, run as the script runs it: data without the current generator's name is
+    moved (with the run trained on it) to ``*.old-<time>``, nothing is deleted; current data stays."""
+    import os
+    import subprocess
+    import sys
+
+    from jepa.modalities.image.demo_data import GENERATOR
+
+    script = (Path(__file__).resolve().parents[1] / "tools" / "demo.sh").read_text()
+    start = script.index("# Data (and a run")
+    block = script[start:script.index("\nfi\n", start) + 4]  # up to the block's closing "fi" at column 0
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    run = lambda: subprocess.run(["bash", "-ec", "run=runs/image_demo\n" + block], cwd=tmp_path, env=env,  # noqa: E731
+                                 capture_output=True, text=True, check=True)
+    (tmp_path / "data" / "demo" / "train").mkdir(parents=True)
+    (tmp_path / "data" / "demo" / "train" / "manifest.json").write_text("{}")
+    (tmp_path / "runs" / "image_demo").mkdir(parents=True)
+    assert "older demo generator" in run().stdout
+    moved = list((tmp_path / "data").glob("demo.old-*"))
+    assert len(moved) == 1 and (moved[0] / "train" / "manifest.json").read_text() == "{}"
+    assert not (tmp_path / "data" / "demo").exists() and len(list((tmp_path / "runs").glob("image_demo.old-*"))) == 1
+    (tmp_path / "data" / "demo").mkdir()
+    (tmp_path / "data" / "demo" / "generator.txt").write_text(GENERATOR + "\n")
+    assert run().stdout == "" and (tmp_path / "data" / "demo" / "generator.txt").exists()
+    (tmp_path / "data" / "demo" / "generator.txt").write_text("an older generator\n")  # and no run to move
+    assert "older demo generator" in run().stdout and len(list((tmp_path / "data").glob("demo.old-*"))) >= 1
+
+
 def test_demo_cli(tmp_path):
     result = CliRunner().invoke(app, ["demo-data", str(tmp_path), "--num-images", "30", "--num-val", "10",
                                       "--size", "24", "--classes", "3", "--workers", "1"])

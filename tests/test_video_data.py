@@ -16,7 +16,7 @@ from jepa.modalities.video.config import VideoConfig, VideoInputConfig
 from jepa.modalities.video.decode import VideoItem, probe_video, read_frames
 from jepa.modalities.video.demo import class_names, demo_clip, encode_mp4, render_clip
 from jepa.modalities.video.pyav_io import read_in_order, read_seeking
-from jepa.modalities.video.transforms import eval_batch, train_batch
+from jepa.modalities.video.transforms import eval_batch, finish_batch, train_batch
 
 TINY = {"encoder": {"arch": "vit_tiny", "patch_size": 8, "embed_dim": 48, "depth": 2, "num_heads": 4},
         "predictor": {"embed_dim": 24, "depth": 1, "num_heads": 4},
@@ -168,6 +168,19 @@ def test_train_batch_is_a_function_of_the_seed(ramp_mp4):
     c = train_batch(items, cfg, torch.Generator().manual_seed(6))
     assert torch.equal(a, b) and not torch.equal(a, c)
     assert abs(float(a.mean())) < 3 and float(a.std()) > 0.1
+
+
+def test_uint8_batches_finish_to_the_float_batch_bitwise():
+    """batch_dtype uint8: the clips' frames handed over as uint8, finish_batch gives exactly the float batch."""
+    items = [probe_video({"__key__": str(i), "mp4": demo_clip(i, 0, 32, 12)[0]}, min_frames=7) for i in range(3)]
+    cfg = VideoInputConfig(num_frames=4, frame_step=2, crop_size=16)
+    compact_cfg = cfg.model_copy(update={"batch_dtype": "uint8"})
+    expected = train_batch(items, cfg, torch.Generator().manual_seed(5))
+    compact = train_batch(items, compact_cfg, torch.Generator().manual_seed(5))
+    assert compact.dtype == torch.uint8 and compact.shape == (3, 4, 3, 16, 16)  # (B, F, C, S, S)
+    m = VideoModality(VideoConfig.model_validate({**TINY, "input": {**TINY["input"], "batch_dtype": "uint8"}}))
+    assert torch.equal(finish_batch(compact, compact_cfg), expected) and torch.equal(m.finish_batch(compact), expected)
+    assert finish_batch(expected, cfg) is expected
 
 
 def test_eval_batch_is_the_centre_clip(ramp_mp4):

@@ -24,8 +24,10 @@ Usage:
    boxes: max and mean absolute difference of the normalised tensors, and PSNR in [0, 1] pixels.
 
 Pipelines: ``old`` is main before item 5 (commit 41e5951, copied below); ``new`` the image
-modality with the default input section; ``new, jpeg_reduced_decode`` the same with reduced-size
-JPEG decoding (only run when some image qualifies at this size: at 500x375 and 224, none does).
+modality with the default input section; ``new, batch_dtype uint8`` the same handing the crops over as
+uint8 (the training loop normalises them on its device, not timed here: on a GPU it is one
+elementwise kernel); ``new, jpeg_reduced_decode`` the same with reduced-size JPEG decoding (only
+run when some image qualifies at this size: at 500x375 and 224, none does).
 """
 
 from __future__ import annotations
@@ -309,13 +311,16 @@ def pixel_differences(a: torch.Tensor, b: torch.Tensor, std: tuple[float, ...]) 
 def compare_pixels(pipes: dict[str, Pipeline], samples: list[dict[str, Any]], cfg: Any, batch: int,
                    num_batches: int) -> dict[str, dict[str, dict[str, float]]]:
     """Every pipeline vs ``old`` and vs the authors' path, over the first ``num_batches`` batches."""
+    from jepa.modalities.image.transforms import finish_batch
+
     outs: dict[str, list[torch.Tensor]] = {name: [] for name in [*pipes, "authors"]}
     for b in range(num_batches):
         chunk = samples[b * batch:(b + 1) * batch]
         if not chunk:
             break
         for name, (decode, view) in pipes.items():
-            outs[name].append(view([decode(s) for s in chunk], torch.Generator().manual_seed(b)))
+            out = view([decode(s) for s in chunk], torch.Generator().manual_seed(b))
+            outs[name].append(finish_batch(out, cfg))  # uint8 batches: normalised as the training loop does
         outs["authors"].append(authors_train_batch(chunk, cfg, torch.Generator().manual_seed(b)))
     cat = {k: torch.cat(v) for k, v in outs.items()}
     return {name: {ref: pixel_differences(cat[name], cat[ref], cfg.std) for ref in ("old", "authors")
@@ -359,9 +364,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     cfg = InputConfig(crop_size=args.crop_size)
     reduced_cfg = cfg.model_copy(update={"jpeg_reduced_decode": True})
     new = ImageModality(ImageConfig(input=cfg))
+    compact = ImageModality(ImageConfig(input=cfg.model_copy(update={"batch_dtype": "uint8"})))
     pipes: dict[str, Pipeline] = {
         "old": (old_decode_image, lambda items, g: old_train_batch(items, cfg, g)),
         "new": (new.decode, new.train_batch),
+        "new, batch_dtype uint8": (compact.decode, compact.train_batch),
     }
     qualifying = jpeg_reduction(height, width, reduced_cfg) > 1  # every generated image has this size
     if qualifying:

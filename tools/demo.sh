@@ -46,6 +46,17 @@ fi
 recipe=recipes/image_demo.yaml
 run=runs/image_demo
 
+# Data (and a run trained on it) from an older demo generator are moved aside, not deleted, and made again.
+generator=$(python -c 'from jepa.modalities.image.demo_data import GENERATOR; print(GENERATOR)')
+if [ -d data/demo ] && [ "$(cat data/demo/generator.txt 2>/dev/null)" != "$generator" ]; then
+    old=$(date +%Y%m%d-%H%M%S)-$$  # the process id keeps two moves in one second apart
+    echo "data/demo was made by an older demo generator: moving it to data/demo.old-$old and generating it again"
+    mv data/demo "data/demo.old-$old"
+    if [ -d "$run" ]; then
+        echo "moving $run (trained on the old data) to $run.old-$old"
+        mv "$run" "$run.old-$old"
+    fi
+fi
 [ -f data/demo/train/manifest.json ] && [ -f data/demo/val/manifest.json ] || jepa demo-data data/demo
 jepa train "$recipe" "$@"
 trained=$(date +%s)

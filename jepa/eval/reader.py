@@ -208,7 +208,8 @@ class _PassDataset(IterableDataset):
 
     def _batch(self, items: list[Any], idxs: list[int], gen: torch.Generator) -> tuple[Tensor, Tensor, Tensor]:
         augment = self.spec.augment
-        x = self.modality.train_batch(items, gen) if "crop" in augment else self.modality.eval_batch(items)
+        x = self.modality.finish_batch(self.modality.train_batch(items, gen)) if "crop" in augment \
+            else self.modality.eval_batch(items)
         if "flip" in augment:
             flip = torch.rand(x.shape[0], generator=gen) < 0.5
             x[flip] = x[flip].flip(-1)

@@ -59,6 +59,11 @@ class ImageModality(Modality):
 
         return train_batch(items, self.cfg.input, generator)
 
+    def finish_batch(self, inputs: Tensor) -> Tensor:
+        from jepa.modalities.image.transforms import finish_batch
+
+        return finish_batch(inputs, self.cfg.input)
+
     def eval_batch(self, items: list[Tensor]) -> Tensor:
         from jepa.modalities.image.transforms import eval_batch
 

@@ -97,6 +97,12 @@ class InputConfig(StrictModel):
         "marker) is decoded on the CPU as usual, so it is skipped and counted; one corrupt inside its data stops "
         "the batch with an error naming it. Other formats, EXIF-rotated and CMYK JPEGs are decoded on the CPU. "
         "Not yet measured on a GPU (docs/benchmarks.md)")
+    batch_dtype: Literal["float32", "uint8"] = Field(
+        "float32", description="'uint8': the training view hands its resized crops over as uint8 and the training "
+        "loop normalises them on its device (Modality.finish_batch) with the same arithmetic, so the encoder sees "
+        "the same values; a loader worker then writes, and the copy to the GPU moves, a quarter of the bytes. Meant "
+        "for GPU training: on a CPU it moves the normalisation from the loader workers into the training process. "
+        "Evaluation views stay float32")
 
 
 class ImageConfig(ModalityConfig):

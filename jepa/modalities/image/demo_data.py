@@ -10,13 +10,15 @@ and in how its parts are arranged, and nothing else tells it:
   for every class, so the amount of foreground carries no class information (the tee and the ell,
   the widest, are shrunk when they would not fit; their mean area stays within 0.015 of the rest);
 - it is rotated by a uniform angle and placed uniformly wherever it fits whole;
-- foreground and background colours are random per image and kept apart, the background has a
-  random gradient and every pixel noise, so colour carries no class information either.
+- object and background are two random grey levels kept apart (one in 0.05-0.4, the other in
+  0.6-0.95), either one the object's (random polarity); the background has a random gradient and
+  every pixel colour noise, so brightness and colour carry no class information either.
 
-Frozen-feature probes on this data therefore show whether pretraining learned shape. Colour is
-what an encoder at random initialisation mostly sees, and it is a strong nuisance: with a fixed
-light-on-dark palette instead, a random-init ViT-Ti/8 already reads the shape (linear probe 63 %)
-and the demo's short pretraining did not beat it (measured, see README, "Two commands").
+Frozen-feature probes on this data therefore show whether pretraining learned shape. The palette
+decides how much a random-init encoder already reads (measured, docs/ablations_small.md, "Three
+palettes"): with random colours it sees mostly colour and the demo's pretraining gained little;
+with a fixed light-on-dark palette a random-init ViT-Ti/8 already reads the shape (linear 63 %) and
+the short pretraining did not beat it; random grey levels and polarity sit between the two.
 
 Images are a pure function of (seed, split, index), whatever the number of writer processes.
 """
@@ -40,6 +42,10 @@ CLASS_NAMES: tuple[str, ...] = (
 AREA_RANGE = (0.18, 0.32)  # object area as a fraction of the image, uniform, the same for every class
 _MARGIN = 0.02  # clear space between an object and the image edge, as a fraction of the side
 _SPLITS = {"train": 0, "val": 1}
+#: Names the generator's version; :func:`write_demo_dataset` writes it to ``GENERATOR_FILE`` so that
+#: ``tools/demo.sh`` can tell data made by an older generator (and make it again) from current data.
+GENERATOR = "shapes made of parts, grey levels with random polarity (2026-11-24)"
+GENERATOR_FILE = "generator.txt"
 
 
 def _class_mask(c: int, u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
@@ -125,8 +131,10 @@ def render_images(labels: torch.Tensor, size: int, generator: torch.Generator) -
     """
     b, g = labels.shape[0], generator
     mask = shape_masks(labels, size, g)[:, None]  # (B, 1, S, S)
-    bg = torch.rand(b, 3, 1, 1, generator=g)  # random colours, kept apart: no class information in colour
-    fg = torch.remainder(bg + 0.5 + torch.empty(b, 3, 1, 1).uniform_(-0.2, 0.2, generator=g), 1.0)
+    dark = torch.empty(b, 1, 1, 1).uniform_(0.05, 0.4, generator=g)  # two grey levels kept apart,
+    light = torch.empty(b, 1, 1, 1).uniform_(0.6, 0.95, generator=g)  # either one the object's
+    swap = torch.rand(b, 1, 1, 1, generator=g) < 0.5  # random polarity: no class information in brightness
+    bg, fg = torch.where(swap, light, dark).expand(b, 3, 1, 1), torch.where(swap, dark, light).expand(b, 3, 1, 1)
     coords = torch.linspace(-0.5, 0.5, size)
     slope = torch.empty(b, 2, 1, 1).uniform_(-0.3, 0.3, generator=g)
     gradient = slope[:, :1] * coords.view(1, 1, size, 1) + slope[:, 1:] * coords.view(1, 1, 1, size)
@@ -159,7 +167,8 @@ class _DemoChunk:
 def write_demo_dataset(out_dir: str | Path, *, num_images: int = 5000, num_val: int = 1000, size: int = 64,
                        num_classes: int = 10, seed: int = 0, max_count: int = 500, workers: int = 1,
                        show_progress: bool = True) -> dict[str, Manifest]:
-    """Write ``out_dir/train`` and ``out_dir/val`` shard sets (each with its manifest).
+    """Write ``out_dir/train`` and ``out_dir/val`` shard sets (each with its manifest), and
+    ``out_dir/generator.txt`` naming the generator (:data:`GENERATOR`).
 
     Args:
         out_dir: output folder.
@@ -194,4 +203,5 @@ def write_demo_dataset(out_dir: str | Path, *, num_images: int = 5000, num_val: 
             jobs, Path(out_dir) / split, prefix=split, max_count=max_count, max_bytes=1 << 40, workers=workers,
             classes=list(CLASS_NAMES[:num_classes]), total_items=n, show_progress=show_progress,
         )
+    (Path(out_dir) / GENERATOR_FILE).write_text(GENERATOR + "\n")
     return manifests

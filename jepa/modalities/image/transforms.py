@@ -164,13 +164,13 @@ def _gpu(cfg: InputConfig) -> torch.device:
     return torch.device("cuda", torch.cuda.current_device())
 
 
-def _new_batch(shape: tuple[int, ...], device: torch.device) -> Tensor:
-    """An empty float32 batch; in a DataLoader worker in shared memory (as ``default_collate``
-    makes its batches), so sending it to the training process copies nothing."""
+def _new_batch(shape: tuple[int, ...], device: torch.device, dtype: torch.dtype = torch.float32) -> Tensor:
+    """An empty batch; in a DataLoader worker in shared memory (as ``default_collate`` makes its
+    batches), so sending it to the training process copies nothing."""
     if device.type == "cpu" and get_worker_info() is not None:
-        storage = torch.empty(0)._typed_storage()._new_shared(math.prod(shape), device=device)
-        return torch.empty(0).new(storage).view(shape)
-    return torch.empty(shape, dtype=torch.float32, device=device)
+        storage = torch.empty(0, dtype=dtype)._typed_storage()._new_shared(math.prod(shape), device=device)
+        return torch.empty(0, dtype=dtype).new(storage).view(shape)
+    return torch.empty(shape, dtype=dtype, device=device)
 
 
 def _stack_normalized(views: Iterator[Tensor], num: int, cfg: InputConfig, device: torch.device) -> Tensor:
@@ -183,6 +183,21 @@ def _stack_normalized(views: Iterator[Tensor], num: int, cfg: InputConfig, devic
     return out
 
 
+def _stack_uint8(views: Iterator[Tensor], num: int, cfg: InputConfig, device: torch.device) -> Tensor:
+    """(num, C, S, S) uint8 of ``num`` uint8 (C, S, S) views (``finish_batch`` normalises them later)."""
+    s = cfg.crop_size
+    out = _new_batch((num, cfg.in_chans, s, s), device, torch.uint8)
+    for row, view in zip(out, views):
+        row.copy_(view)
+    return out
+
+
+def finish_batch(inputs: Tensor, cfg: InputConfig) -> Tensor:
+    """A training batch on its device -> the encoder's input: uint8 crops (``batch_dtype: uint8``) are
+    normalised as :func:`train_batch` would have done (:func:`normalize_uint8`); float32 passes through."""
+    return normalize_uint8(inputs, cfg.mean, cfg.std) if inputs.dtype == torch.uint8 else inputs
+
+
 def train_batch(items: list[ImageItem], cfg: InputConfig, generator: torch.Generator) -> Tensor:
     """The training view: RandomResizedCrop to ``crop_size`` + normalisation.
 
@@ -193,7 +208,9 @@ def train_batch(items: list[ImageItem], cfg: InputConfig, generator: torch.Gener
         generator: the only source of randomness (crop boxes, drawn from the full sizes).
 
     Returns:
-        (B, 3, S, S) float32, S = ``cfg.crop_size``; on the GPU when JPEGs were left encoded for it.
+        (B, 3, S, S) float32, S = ``cfg.crop_size`` (uint8 crops, not yet normalised, when
+        ``cfg.batch_dtype`` is ``uint8``: :func:`finish_batch`); on the GPU when JPEGs were left
+        encoded for it.
     """
     _check_items(items, cfg)
     heights, widths, scales = _full_sizes(items)
@@ -202,7 +219,8 @@ def train_batch(items: list[ImageItem], cfg: InputConfig, generator: torch.Gener
     pixels, device = _decoded_pixels(items, cfg)
     size = [cfg.crop_size, cfg.crop_size]
     views = (TF.resized_crop(x, top, left, h, w, size, antialias=True) for x, (top, left, h, w) in zip(pixels, boxes))
-    return _stack_normalized(views, len(items), cfg, device)
+    stack = _stack_uint8 if cfg.batch_dtype == "uint8" else _stack_normalized
+    return stack(views, len(items), cfg, device)
 
 
 # --------------------------------------------------------------------------- evaluation view

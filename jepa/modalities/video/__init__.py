@@ -70,6 +70,11 @@ class VideoModality(Modality):
 
         return train_batch(items, self.cfg.input, generator)
 
+    def finish_batch(self, inputs: Tensor) -> Tensor:
+        from jepa.modalities.video.transforms import finish_batch
+
+        return finish_batch(inputs, self.cfg.input)
+
     def eval_batch(self, items: list[Any]) -> Tensor:
         from jepa.modalities.video.transforms import eval_batch
 

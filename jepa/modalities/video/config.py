@@ -97,6 +97,11 @@ class VideoInputConfig(StrictModel):
         "process", description="Where PyAV decodes: 'process' (a child process per loader worker, so a video that "
         "crashes or hangs the decoder is skipped and counted like a corrupt one) or 'in_process' (no isolation: "
         "a decoder crash ends the run)")
+    batch_dtype: Literal["float32", "uint8"] = Field(
+        "float32", description="'uint8': the training view hands its clips over as uint8 (B, F, C, S, S) and the "
+        "training loop normalises them on its device (Modality.finish_batch) with the same arithmetic, so the "
+        "encoder sees the same values; a quarter of the bytes cross from the loader workers and to the GPU. Meant "
+        "for GPU training. Evaluation views stay float32")
 
     @model_validator(mode="after")
     def _ranges(self) -> "VideoInputConfig":

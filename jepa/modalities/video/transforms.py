@@ -67,7 +67,8 @@ def train_batch(items: list[VideoItem], cfg: VideoInputConfig, generator: torch.
         generator: the only source of randomness.
 
     Returns:
-        (B, 3, F, S, S) float32 clips, F = ``num_frames``, S = ``crop_size``.
+        (B, 3, F, S, S) float32 clips, F = ``num_frames``, S = ``crop_size``; with ``cfg.batch_dtype``
+        ``uint8`` the (B, F, 3, S, S) uint8 frames instead, which :func:`finish_batch` turns into those.
     """
     _check_items(items, cfg)
     s, b = cfg.crop_size, len(items)
@@ -81,7 +82,13 @@ def train_batch(items: list[VideoItem], cfg: VideoInputConfig, generator: torch.
         frames = read_frames(item, idx).permute(0, 3, 1, 2)  # (F, 3, H, W); only this clip is decoded
         clip = TF.resized_crop(frames, top, left, h, w, [s, s], antialias=True)
         out[i] = clip.flip(-1) if cfg.horizontal_flip and flips[i] else clip
-    return _to_batch(out, cfg)
+    return out if cfg.batch_dtype == "uint8" else _to_batch(out, cfg)
+
+
+def finish_batch(inputs: Tensor, cfg: VideoInputConfig) -> Tensor:
+    """A training batch on its device -> the encoder's input: (B, F, C, S, S) uint8 frames
+    (``batch_dtype: uint8``) become the normalised (B, C, F, S, S) float32 clips; float32 passes through."""
+    return _to_batch(inputs, cfg) if inputs.dtype == torch.uint8 else inputs
 
 
 def eval_batch(items: list[VideoItem], cfg: VideoInputConfig) -> Tensor:
