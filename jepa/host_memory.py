@@ -7,7 +7,7 @@ the kernel: a ViT-S/16 step at 224 px (batch 16) took ~90,000-200,000 minor faul
 system time, against 6 faults and ~50 ms with the heap kept (``jepa bench train`` prints the
 faults per step; docs/benchmarks.md). :func:`retain_freed_memory` tells glibc to serve everything from its heap and
 never trim it; the process then holds on to its peak memory until it exits, as a GPU caching
-allocator does.
+allocator does. CPU training and CPU evaluation (``jepa eval``) call it.
 
 Set ``JEPA_RETAIN_FREED_MEMORY=0`` to keep glibc's defaults (e.g. a CPU run that must give memory
 back while it runs). Other C libraries (musl, macOS) are left alone.

@@ -237,6 +237,19 @@ def test_eval_on_shards_random_checkpoint_and_export_agree(tiny_recipe, demo_sha
         load_source(str(tmp_path / "enc.pt"), which="context", trust_torchscript=True)
 
 
+def test_cpu_evaluation_keeps_freed_memory_in_the_process(tiny_recipe, demo_shards, monkeypatch):
+    """As CPU training does (jepa.host_memory): the same activations every batch would otherwise fault in anew."""
+    import importlib
+
+    evaluate_mod = importlib.import_module("jepa.eval.evaluate")  # the module (the package exports a function of its name)
+    calls = []
+    monkeypatch.setattr(evaluate_mod, "retain_freed_memory", lambda: calls.append(1) or True)
+    train_pat, val_pat = _patterns(demo_shards)
+    evaluate_shards(load_source(f"random:{tiny_recipe}"), train_pat, val_pat,
+                    EvalSettings(protocols=("knn",), batch_size=50, device="cpu"))
+    assert calls == [1]
+
+
 def test_passes_read_each_chosen_sample_once_and_store_matches_the_encoder(tiny_recipe, demo_shards):
     from jepa.eval.features import PooledStore, fill_pooled, progress_bar
     from jepa.eval.reader import PassSpec, ShardData

@@ -43,6 +43,7 @@ from jepa.eval.probes import class_balanced_subset, linear_probe_scores, topk_ac
 from jepa.eval.reader import AUGMENTS, LabelledData, PassSpec, open_labelled
 from jepa.eval.report import EvalReport, ProbeResult
 from jepa.eval.training import score_grid, train_grid
+from jepa.host_memory import retain_freed_memory
 from jepa.sources import EncoderSource
 
 PROTOCOLS: tuple[str, ...] = ("linear", "linear4", "attentive", "knn", "logreg", "logreg4")
@@ -526,6 +527,8 @@ def evaluate(source: EncoderSource, train: LabelledData, val: LabelledData, sett
         raise ValueError(f"no training class has two samples, so nothing can be held out to choose among the heads of "
                          f"{', '.join(grids)}; use more labels (--low-shot) or one value each for the grid's lrs and wds")
     device = settings.torch_device
+    if device.type == "cpu":
+        retain_freed_memory()  # the same activations every batch, without page faults (jepa.host_memory)
     source.encoder.to(device)
     shapes = _shapes(source, val, device, settings.autocast)
     needs, available, store_dir = _plan(settings, shapes, num_classes, int(eligible.sum()), val_index.num_samples,
