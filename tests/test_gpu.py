@@ -3,7 +3,8 @@
 Run on a GPU machine with ``python -m pytest -q -m gpu tests/test_gpu.py``. They check the hot
 path the CPU suite cannot: a bf16 autocast training step, that attention takes a fused SDPA
 kernel (flash only: it refuses an attention mask, so a mask on the hot path fails), that the
-blocks compile, and that a training step makes no host synchronisation.
+blocks compile, and that a training step, and the normalisation of a uint8 batch on the GPU
+(``input.batch_dtype: uint8``), make no host synchronisation.
 """
 
 from __future__ import annotations
@@ -86,3 +87,22 @@ def test_training_step_makes_no_host_sync():
     finally:
         torch.cuda.set_sync_debug_mode("default")
     torch.cuda.synchronize()
+
+
+def test_uint8_batches_finish_on_the_gpu_without_a_host_sync():
+    """input.batch_dtype uint8: the loop's normalisation on the GPU equals the worker's and does not wait for the GPU."""
+    from jepa.modalities.image.config import InputConfig
+    from jepa.modalities.image.transforms import finish_batch
+
+    cfg = InputConfig(crop_size=32, batch_dtype="uint8")
+    pixels = torch.randint(0, 256, (4, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    expected = finish_batch(pixels, cfg)
+    finish_batch(pixels.cuda(), cfg)  # first call: the constants reach the GPU once
+    torch.cuda.synchronize()
+    batch = pixels.pin_memory().cuda(non_blocking=True)
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        out = finish_batch(batch, cfg)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert torch.equal(out.cpu(), expected)

@@ -18,6 +18,7 @@ reaches the training process without another copy.
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Iterator
 
@@ -87,12 +88,17 @@ def sample_crop_boxes(heights: Tensor, widths: Tensor, scale: tuple[float, float
 
 def normalize_uint8(batch: Tensor, mean: tuple[float, ...], std: tuple[float, ...]) -> Tensor:
     """(B, C, H, W) uint8 -> float32 ``(x - 255 mean) / (255 std)``, in one pass."""
-    m, s = _norm_constants(mean, std, batch.device)
+    m, s = _norm_constants(tuple(mean), tuple(std), batch.device)
     return batch.float().sub_(m).div_(s)
 
 
+@functools.lru_cache(maxsize=32)
 def _norm_constants(mean: tuple[float, ...], std: tuple[float, ...], device: torch.device) -> tuple[Tensor, Tensor]:
-    """(C, 1, 1) float32 ``255 mean`` and ``255 std`` (the same numbers, so the same rounding, everywhere)."""
+    """(C, 1, 1) float32 ``255 mean`` and ``255 std`` (the same numbers, so the same rounding, everywhere).
+
+    Made once per device and kept (read-only): a fresh copy to the GPU for every batch would wait
+    for the GPU (a copy from pageable host memory) on the training loop's hot path.
+    """
     m = torch.tensor(mean, dtype=torch.float32).view(-1, 1, 1) * 255.0
     s = torch.tensor(std, dtype=torch.float32).view(-1, 1, 1) * 255.0
     return m.to(device), s.to(device)
@@ -177,7 +183,7 @@ def _stack_normalized(views: Iterator[Tensor], num: int, cfg: InputConfig, devic
     """(num, C, S, S) float32 of ``num`` uint8 (C, S, S) views, each normalised as it is written."""
     s = cfg.crop_size
     out = _new_batch((num, cfg.in_chans, s, s), device)
-    mean, std = _norm_constants(cfg.mean, cfg.std, device)
+    mean, std = _norm_constants(tuple(cfg.mean), tuple(cfg.std), device)
     for row, view in zip(out, views):  # one resize per image (crops differ in size), not per pixel
         row.copy_(view).sub_(mean).div_(std)  # the same arithmetic as normalize_uint8, on a row still in cache
     return out
