@@ -410,7 +410,7 @@ optim: {{epochs: 2, warmup_epochs: 1}}
 """)
     result = CliRunner().invoke(app, ["bench", "data", str(recipe), "--batches", "2", "--repeats", "1"])
     assert result.exit_code == 0, result.output
-    for stage in ("decode", "crop + normalise", "masks", "whole pipeline, 1 worker"):
+    for stage in ("decode", "train view", "masks", "whole pipeline, 1 worker"):
         assert stage in result.output
 
 

@@ -224,7 +224,7 @@ def bench_data_pipeline(recipe: Any, batch_size: int, num_batches: int, repeats:
 
             rows.append(("decode (1 worker)", _rates(decode, repeats)))
             chunks = [items[i:i + batch_size] for i in range(0, len(items), batch_size)]
-            rows.append(("train view: crop + normalise (1 worker)", _rates(
+            rows.append(("train view (1 worker)", _rates(
                 lambda: sum(_images(plugin.train_batch(c, gen)) for c in chunks), repeats)))
         rows.append(("masks (1 worker)", _rates(
             lambda: sum(as_mask_pairs(sampler(batch_size, gen))[0].batch_size for _ in range(num_batches)), repeats)))
