@@ -15,8 +15,8 @@ and in how its parts are arranged, and nothing else tells it:
   every pixel colour noise, so brightness and colour carry no class information either.
 
 Frozen-feature probes on this data therefore show whether pretraining learned shape. The palette
-decides how much a random-init encoder already reads (measured, docs/ablations_small.md, "Three
-palettes"): with random colours it sees mostly colour and the demo's pretraining gained little;
+decides how much a random-init encoder already reads (measured, docs/ablations_small.md, "The
+generators that followed"): with random colours it sees mostly colour and the demo's pretraining gained little;
 with a fixed light-on-dark palette a random-init ViT-Ti/8 already reads the shape (linear 63 %) and
 the short pretraining did not beat it; random grey levels and polarity sit between the two.
 
