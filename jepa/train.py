@@ -183,8 +183,8 @@ def train(recipe: Recipe, resume: str = "auto", *, save_checkpoints: bool = True
                 with preemption.waiting_for_data() if recipe.data.num_workers > 0 else nullcontext():
                     batch = next(batches)
                 batch = batch.to(device, non_blocking=True)
-                inputs = modality.finish_batch(batch.inputs)  # e.g. uint8 pixels normalised on the device
                 monitor.data_wait(time.perf_counter() - t0)
+                inputs = modality.finish_batch(batch.inputs)  # e.g. uint8 pixels normalised on the device
                 with engine.autocast():  # target encoder once; context encoder + predictor once per mask pair
                     h_BND = target_representations(engine.target_encoder, inputs,
                                                    normalize=recipe.loss.normalize_targets)
