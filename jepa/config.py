@@ -62,6 +62,19 @@ def type_problem(annotation: Any, value: Any) -> str | None:
     return None
 
 
+def check_range(name: str, value: tuple[float, float], upper: float | None = None) -> None:
+    """Validate a ``(low, high)`` range field: ``0 < low <= high`` (and ``high <= upper`` when given).
+
+    Raises:
+        ValueError: naming the field and the value.
+    """
+    lo, hi = value
+    if not 0 < lo <= hi:
+        raise ValueError(f"{name} must satisfy 0 < low <= high, got {tuple(value)}")
+    if upper is not None and hi > upper:
+        raise ValueError(f"{name} must be <= {upper}, got {tuple(value)}")
+
+
 class StrictModel(BaseModel):
     """Base of every config model: unknown keys are errors, values are re-validated on assignment,
     counts and flags have exact types and numbers are finite (see the module docstring)."""

@@ -10,15 +10,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from jepa.config import ModalityConfig, StrictModel
-
-
-def _check_range(name: str, value: tuple[float, float], upper: float | None = None) -> None:
-    lo, hi = value
-    if not 0 < lo <= hi:
-        raise ValueError(f"{name} must satisfy 0 < low <= high, got {value}")
-    if upper is not None and hi > upper:
-        raise ValueError(f"{name} must be <= {upper}, got {value}")
+from jepa.config import ModalityConfig, StrictModel, check_range
 
 
 class EncoderConfig(StrictModel):
@@ -51,7 +43,7 @@ class MaskConfig(StrictModel):
 
     @model_validator(mode="after")
     def _ranges(self) -> "MaskConfig":
-        _check_range("target_scale", self.target_scale, 1.0)
+        check_range("target_scale", self.target_scale, 1.0)
         return self
 
 
@@ -68,7 +60,7 @@ class InputConfig(StrictModel):
 
     @model_validator(mode="after")
     def _ranges(self) -> "InputConfig":
-        _check_range("amplitude_scale", self.amplitude_scale)
+        check_range("amplitude_scale", self.amplitude_scale)
         return self
 
 

@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from jepa.config import ModalityConfig, StrictModel
+from jepa.config import ModalityConfig, StrictModel, check_range
 
 # name -> (width, depth, heads, mlp hidden), from the I-JEPA spec.
 VIT_ARCHS: dict[str, tuple[int, int, int, int]] = {
@@ -65,9 +65,7 @@ class MaskConfig(StrictModel):
     @model_validator(mode="after")
     def _ranges(self) -> "MaskConfig":
         for name in ("target_scale", "target_aspect_ratio", "context_scale", "context_aspect_ratio"):
-            lo, hi = getattr(self, name)
-            if not 0 < lo <= hi:
-                raise ValueError(f"{name} must satisfy 0 < low <= high, got {(lo, hi)}")
+            check_range(name, getattr(self, name))
         for name in ("target_scale", "context_scale"):
             if getattr(self, name)[1] > 1:
                 raise ValueError(f"{name} is a fraction of the patch grid and must be <= 1, got {getattr(self, name)}")

@@ -12,18 +12,10 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from jepa.config import ModalityConfig, StrictModel
+from jepa.config import ModalityConfig, StrictModel, check_range
 from jepa.modalities.image.config import ArchName
 from jepa.modalities.image.config import EncoderConfig as ImageEncoderConfig
 from jepa.modalities.image.config import PredictorConfig as ImagePredictorConfig
-
-
-def _check_range(name: str, value: tuple[float, float], upper: float | None = None) -> None:
-    lo, hi = value
-    if not 0 < lo <= hi:
-        raise ValueError(f"{name} must satisfy 0 < low <= high, got {value}")
-    if upper is not None and hi > upper:
-        raise ValueError(f"{name} must be <= {upper}, got {value}")
 
 
 class VideoEncoderConfig(ImageEncoderConfig):
@@ -57,9 +49,9 @@ class MaskGeneratorConfig(StrictModel):
 
     @model_validator(mode="after")
     def _ranges(self) -> "MaskGeneratorConfig":
-        _check_range("spatial_scale", self.spatial_scale, 1.0)
-        _check_range("temporal_scale", self.temporal_scale, 1.0)
-        _check_range("aspect_ratio", self.aspect_ratio)
+        check_range("spatial_scale", self.spatial_scale, 1.0)
+        check_range("temporal_scale", self.temporal_scale, 1.0)
+        check_range("aspect_ratio", self.aspect_ratio)
         return self
 
 
@@ -105,8 +97,8 @@ class VideoInputConfig(StrictModel):
 
     @model_validator(mode="after")
     def _ranges(self) -> "VideoInputConfig":
-        _check_range("crop_scale", self.crop_scale, 1.0)
-        _check_range("crop_aspect", self.crop_aspect)
+        check_range("crop_scale", self.crop_scale, 1.0)
+        check_range("crop_aspect", self.crop_aspect)
         return self
 
     @property
