@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -181,14 +182,21 @@ def _wait_until(condition, proc: subprocess.Popen, what: str, timeout: float = 1
         time.sleep(0.05)
 
 
-@pytest.mark.parametrize("signum, requeued", [(signal.SIGUSR1, True), (signal.SIGTERM, False)])
-def test_sbatch_requeues_after_the_checkpoint_on_the_time_limit_signal_only(tmp_path, signum, requeued):
+@pytest.mark.parametrize("signum, requeued, slow_trap", [(signal.SIGUSR1, True, False), (signal.SIGTERM, False, False),
+                                                         (signal.SIGUSR1, True, True), (signal.SIGTERM, False, True)])
+def test_sbatch_requeues_after_the_checkpoint_on_the_time_limit_signal_only(tmp_path, signum, requeued, slow_trap):
     """USR1 (--signal=B:USR1@300, the time limit): SIGTERM to the tasks, they checkpoint, the job is requeued.
-    TERM (scancel; Slurm signals the tasks itself): the script waits for them and does not requeue."""
+    TERM (scancel; Slurm signals the tasks itself): the script waits for them and does not requeue.
+    ``slow_trap``: the script's trap handler takes a second (a slow ``date``), so the tasks have ended
+    before ``wait`` returns from the signal: the exit status must still be the tasks' own (0), not 143."""
     fake = tmp_path / "fake_train"
     fake.write_text(FAKE_TRAIN)
     fake.chmod(0o755)
     env = _fake_slurm(tmp_path, 2, str(fake))
+    if slow_trap:
+        slow_date = tmp_path / "fakebin" / "date"
+        slow_date.write_text(f"#!/bin/sh\nsleep 1\nexec {shutil.which('date')} \"$@\"\n")
+        slow_date.chmod(0o755)
     proc = _start_sbatch(tmp_path, env, "recipe.yaml")
     _wait_until(lambda: sum("started" in line for line in _slurm_log(tmp_path)) == 2, proc, "both tasks started")
     proc.send_signal(signum)
