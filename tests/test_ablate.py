@@ -3,22 +3,19 @@ table reports means over seeds with the references first."""
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import pytest
 
 from jepa.recipe import load_recipe
+from tool_module import load_tool
 
 ROOT = Path(__file__).resolve().parents[1]
 PLANS = sorted((ROOT / "tools" / "ablations").glob("*.yaml"))
 
 
 def _tool():
-    spec = importlib.util.spec_from_file_location("ablate", ROOT / "tools" / "ablate.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)  # type: ignore[union-attr]
-    return module
+    return load_tool("ablate")
 
 
 @pytest.mark.parametrize("plan_path", PLANS, ids=[p.stem for p in PLANS])
@@ -53,9 +50,7 @@ def test_table_means_over_seeds_with_references_first(tmp_path):
 
 def test_demo_knn_diagnosis_measures_what_it_names():
     """tools/demo_knn_diagnosis.py: variance shares and k-NN on features whose answer is known."""
-    spec = importlib.util.spec_from_file_location("demo_knn_diagnosis", ROOT / "tools" / "demo_knn_diagnosis.py")
-    tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tool)  # type: ignore[union-attr]
+    tool = load_tool("demo_knn_diagnosis")
     import torch
 
     images, labels, lighter, quadrant = tool.demo_images(400, seed=5, size=32)

@@ -251,17 +251,11 @@ def _png_bytes() -> bytes:
     return buf.getvalue()
 
 
-def test_bench_jpeg_tool_runs(tmp_path, monkeypatch):
+def test_bench_jpeg_tool_runs(tmp_path):
     """tools/bench_jpeg.py end to end on a few small JPEGs (what it reports, not how fast)."""
-    import importlib.util
-    import sys
-    from pathlib import Path
+    from tool_module import load_tool
 
-    path = Path(__file__).resolve().parents[1] / "tools" / "bench_jpeg.py"
-    spec = importlib.util.spec_from_file_location("bench_jpeg", path)
-    tool = importlib.util.module_from_spec(spec)
-    monkeypatch.setitem(sys.modules, "bench_jpeg", tool)  # its JPEG writers are pickled by name
-    spec.loader.exec_module(tool)
+    tool = load_tool("bench_jpeg")  # registered by name: its JPEG writers are pickled to worker processes
     threads = torch.get_num_threads()
     try:
         out = tool.main(["--folder", str(tmp_path / "jpegs"), "--num-images", "6", "--size", "480x360",

@@ -201,11 +201,9 @@ def test_attentive_probe_peak_memory_stays_far_below_the_token_cache(capsys):
     """tools/eval_memory.py scaled down, in this process (2000 samples x 256 tokens x 256): the previous
     evaluation cached 250 MiB of float16 tokens; the streamed probe's peak resident memory (restarted
     just before it runs) must grow by far less, and the probe must still learn."""
-    import importlib.util
+    from tool_module import load_tool
 
-    spec = importlib.util.spec_from_file_location("eval_memory", ROOT / "tools" / "eval_memory.py")
-    tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tool)  # type: ignore[union-attr]
+    tool = load_tool("eval_memory")
     if not tool.reset_peak():
         pytest.skip("the kernel does not let this process restart its peak RSS (/proc/self/clear_refs)")
     result = tool.main(["--samples", "2000", "--val-samples", "200", "--tokens", "256", "--dim", "256",

@@ -3,7 +3,6 @@ drawn once per optimiser step: a recipe's masks are the same on any number of pr
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import subprocess
 import sys
@@ -179,10 +178,9 @@ def test_one_process_accumulating_2_has_the_masks_of_2_processes(mode):
 
 def _authors_collator():
     """The independent model of the authors' collator in tools/bench_masks.py (written from the spec's facts)."""
-    spec = importlib.util.spec_from_file_location("bench_masks", ROOT / "tools" / "bench_masks.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.authors_collator
+    from tool_module import load_tool
+
+    return load_tool("bench_masks").authors_collator
 
 
 @pytest.fixture

@@ -3,23 +3,16 @@ label says, a frame alone does not tell the label, and a clip is a pure function
 
 from __future__ import annotations
 
-import importlib.util
 import math
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+from tool_module import load_tool
 
 
 def _tool():
-    spec = importlib.util.spec_from_file_location("video_texture_clips", ROOT / "tools" / "video_texture_clips.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)  # type: ignore[union-attr]
-    return module
+    return load_tool("video_texture_clips")
 
 
 def _shift(a: np.ndarray, b: np.ndarray) -> tuple[int, int]:
