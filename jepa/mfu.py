@@ -13,6 +13,7 @@ in ``docs/flops.md``); this module supplies the other half, the peak:
 
 from __future__ import annotations
 
+import collections
 import functools
 import inspect
 import statistics
@@ -49,8 +50,11 @@ GPU_PEAK_TFLOPS: tuple[tuple[str, float, float], ...] = (
 )
 
 CPU_GEMM_SIZE = 2048
-GEMM_MIN_SECONDS = 0.05
 """Side of the square matrices of the CPU peak GEMM (2 x 2048^3 = 17.2 GFLOP per product)."""
+GEMM_MIN_SECONDS = 0.05
+"""A GEMM side stops doubling once one product takes this long (see :class:`_Gemm`)."""
+CPU_PEAK_INTERVAL_S = 60.0
+"""Seconds between two re-timings of the training log's CPU peak (:class:`TrainingPeak`)."""
 
 
 def gpu_peak_flops(device_name: str, precision: str) -> float | None:
@@ -67,36 +71,43 @@ def gpu_peak_flops(device_name: str, precision: str) -> float | None:
     return None
 
 
-def measure_gemm(device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,
-                 size: int = CPU_GEMM_SIZE, repeats: int = 3, min_seconds: float = GEMM_MIN_SECONDS) -> tuple[float, int]:
-    """``(FLOP/s, n)`` of ``n``-square ``torch.mm`` on ``device``: the median of ``repeats`` timed
-    products after one warm-up product (``2 n^3`` FLOPs each).
+class _Gemm:
+    """Operands of an ``n``-square ``torch.mm`` on a device, and the timing of one product.
 
     ``n`` starts at 256 and doubles up to ``size`` while one product takes less than
     ``min_seconds``, so a slow dtype (bf16 on a CPU without bf16 instructions runs at well under
-    1 GFLOP/s) costs about a second instead of minutes.
+    1 GFLOP/s) costs about a second instead of minutes. The product that probes the size is the warm-up.
     """
-    device = torch.device(device)
-    g = torch.Generator(device="cpu").manual_seed(0)
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
 
-    def timed(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor) -> float:
+    def __init__(self, device: torch.device | str, dtype: torch.dtype, size: int, min_seconds: float):
+        self.device = torch.device(device)
+        g = torch.Generator(device="cpu").manual_seed(0)
+        self.n = min(256, size)
+        while True:
+            self._a = torch.randn(self.n, self.n, generator=g).to(self.device, dtype)
+            self._b = torch.randn(self.n, self.n, generator=g).to(self.device, dtype)
+            self._out = torch.empty(self.n, self.n, device=self.device, dtype=dtype)
+            first = self.time()
+            if self.n * 2 > size or first >= min_seconds:
+                break
+            self.n *= 2
+        self.flops = 2.0 * self.n ** 3
+
+    def time(self) -> float:
+        """Seconds of one product (synchronised on a GPU)."""
         t0 = time.perf_counter()
-        torch.mm(a, b, out=out)
-        sync()
+        torch.mm(self._a, self._b, out=self._out)
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
         return time.perf_counter() - t0
 
-    n = min(256, size)
-    while True:
-        a = torch.randn(n, n, generator=g).to(device, dtype)
-        b = torch.randn(n, n, generator=g).to(device, dtype)
-        out = torch.empty(n, n, device=device, dtype=dtype)
-        first = timed(a, b, out)  # warm-up (and the size probe)
-        if n * 2 > size or first >= min_seconds:
-            break
-        n *= 2
-    times = [timed(a, b, out) for _ in range(repeats)]
-    return 2.0 * n ** 3 / statistics.median(times), n
+
+def measure_gemm(device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,
+                 size: int = CPU_GEMM_SIZE, repeats: int = 3, min_seconds: float = GEMM_MIN_SECONDS) -> tuple[float, int]:
+    """``(FLOP/s, n)`` of ``n``-square ``torch.mm`` on ``device``: the median of ``repeats`` timed
+    products after one warm-up product (``2 n^3`` FLOPs each; ``n`` as in :class:`_Gemm`)."""
+    gemm = _Gemm(device, dtype, size, min_seconds)
+    return gemm.flops / statistics.median(gemm.time() for _ in range(repeats)), gemm.n
 
 
 def measure_gemm_flops(device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,
@@ -131,6 +142,53 @@ def peak_flops(device: torch.device, precision: str) -> tuple[float | None, str]
     dtype = compute_dtype(precision)
     peak, side = _cpu_peak(dtype)
     return peak, f"measured: {device.type} {precision} GEMM {side}^3"
+
+
+class TrainingPeak:
+    """The peak FLOP/s of one device behind the training log's ``mfu``.
+
+    GPU: the table's number (:func:`gpu_peak_flops`), fixed. CPU: the GEMM of :func:`measure_gemm`,
+    timed at start (median of 3) and then one product again whenever :meth:`refresh` is called at
+    least ``interval_s`` after the last timing; the peak is the median of the last ``window``
+    timings. On a shared machine a neighbour's load then moves the peak along with the steps it
+    slows, instead of the whole run being divided by the minute it started in (a peak measured once,
+    in a busy minute, made the demo's log print MFU near 150 %).
+
+    Args:
+        device: where the run trains.
+        precision: the engine precision (the GEMM's dtype on CPU, the table column on GPU).
+        interval_s: seconds between two CPU timings (each costs one product, about 0.1-0.5 s at 2048^3).
+        window: CPU timings the median is taken over.
+    """
+
+    def __init__(self, device: torch.device, precision: str, *, interval_s: float = CPU_PEAK_INTERVAL_S,
+                 window: int = 5):
+        self.interval_s = interval_s
+        self._gemm: _Gemm | None = None
+        self._fixed: float | None = None
+        if device.type == "cuda":
+            self._fixed = gpu_peak_flops(torch.cuda.get_device_name(device), precision)
+            return
+        self._gemm = _Gemm(device, compute_dtype(precision), CPU_GEMM_SIZE, GEMM_MIN_SECONDS)
+        self._timings = collections.deque((self._gemm.time() for _ in range(3)), maxlen=window)
+        self._last = time.perf_counter()
+
+    @property
+    def flops_per_s(self) -> float | None:
+        """The current peak, or None for a GPU missing from the table."""
+        if self._gemm is None:
+            return self._fixed
+        return self._gemm.flops / statistics.median(self._timings)
+
+    def refresh(self) -> float:
+        """On CPU, time one more product if ``interval_s`` has passed since the last; returns the
+        seconds spent (0.0 when nothing ran), for the caller to leave out of its own timings."""
+        if self._gemm is None or time.perf_counter() - self._last < self.interval_s:
+            return 0.0
+        t0 = time.perf_counter()
+        self._timings.append(self._gemm.time())
+        self._last = time.perf_counter()
+        return self._last - t0
 
 
 def mfu(flops_per_s: float, peak_per_device: float | None, world_size: int = 1) -> float | None:

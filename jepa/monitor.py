@@ -29,6 +29,7 @@ from jepa.recipe import LogConfig
 
 if TYPE_CHECKING:
     from jepa.engine import Engine
+    from jepa.mfu import TrainingPeak
 
 METRICS_FILE = "metrics.jsonl"
 
@@ -104,16 +105,17 @@ class Monitor:
         last_step: the step this run stops at (progress and ETA).
         samples_per_step: global batch size (throughput).
         flops_per_sample: training FLOPs per sample, or None when unknown.
-        peak_flops_per_s: peak FLOP/s of one device (:func:`jepa.mfu.peak_flops`), or None; with
-            ``flops_per_sample`` it adds ``mfu`` (all ranks' FLOP/s over world size x peak) to each record.
+        peak: the peak FLOP/s of one device (:class:`jepa.mfu.TrainingPeak`), or None; with
+            ``flops_per_sample`` it adds ``mfu`` (all ranks' FLOP/s over world size x the peak as of
+            the record) to each record. A CPU peak is re-timed after a record, outside the next window.
     """
 
     def __init__(self, cfg: LogConfig, run_dir: Path, engine: Engine, *, start_step: int, last_step: int,
-                 samples_per_step: int, flops_per_sample: float | None, peak_flops_per_s: float | None = None):
+                 samples_per_step: int, flops_per_sample: float | None, peak: TrainingPeak | None = None):
         self.cfg, self.engine = cfg, engine
         self.is_main = engine.dist.is_main
         self.last_step, self.samples_per_step, self.flops_per_sample = last_step, samples_per_step, flops_per_sample
-        self.peak_flops_per_s = peak_flops_per_s
+        self.peak = peak
         device = engine.dist.device
         self._loss_sum = torch.zeros((), dtype=torch.float64, device=device)
         self._first_bad = torch.full((), math.inf, dtype=torch.float64, device=device)
@@ -193,12 +195,14 @@ class Monitor:
         }
         if self.flops_per_sample:
             record["flops_per_s"] = samples_per_s * self.flops_per_sample
-            if self.peak_flops_per_s:
-                record["mfu"] = record["flops_per_s"] / (world * self.peak_flops_per_s)
+            if self.peak is not None and (peak := self.peak.flops_per_s):
+                record["mfu"] = record["flops_per_s"] / (world * peak)
         if self.is_main:
             self._write(record)
         self._loss_sum.zero_()
         self._window_steps, self._data_wait, self._window_start = 0, 0.0, now
+        if self.peak is not None:
+            self.exclude_time(self.peak.refresh())
 
         if math.isfinite(first_bad):
             raise NonFiniteLossError(

@@ -35,7 +35,7 @@ from jepa.engine import Engine
 from jepa.host_memory import retain_freed_memory
 from jepa.loss import latent_loss, mean_over_pairs
 from jepa.model import cut_targets, target_representations
-from jepa.mfu import flops_per_sample, peak_flops
+from jepa.mfu import TrainingPeak, flops_per_sample
 from jepa.monitor import Monitor
 from jepa.preemption import PreemptedError, Preemption, StopVote
 from jepa.recipe import Recipe, micro_batch_warning
@@ -165,7 +165,7 @@ def train(recipe: Recipe, resume: str = "auto", *, save_checkpoints: bool = True
         monitor = Monitor(recipe.log, run_dir, engine, start_step=start_step, last_step=last_step,
                           samples_per_step=recipe.data.global_batch_size,
                           flops_per_sample=flops_per_sample(modality, engine.micro_batch_size),
-                          peak_flops_per_s=peak_flops(engine.dist.device, recipe.engine.precision)[0])
+                          peak=TrainingPeak(engine.dist.device, recipe.engine.precision))
         device, accum = engine.dist.device, engine.grad_accum_steps
         batches = iter(loader)
         record, saved, preempted, done = None, None, False, start_step
