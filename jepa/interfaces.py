@@ -236,8 +236,10 @@ class Modality(ABC):
     Optional (defaults below): ``check``, ``describe``, ``train_flops_per_sample``; the data
     hooks ``file_suffixes`` (``jepa shards FOLDER``) and ``write_demo_data`` (``jepa demo-data``);
     the export hooks ``export_inputs``, ``export_metadata`` and ``export_formats``; and
-    ``load_foreign`` (checkpoints in another project's layout). An optional hook that a
-    modality does not provide raises :class:`MissingHookError` naming the modality and the hook.
+    ``load_foreign`` (checkpoints in another project's layout). The data hooks have no default:
+    without them the command that needs one raises :class:`MissingHookError` naming the modality
+    and the hook; the others default to no checks, the plugin's name, FLOPs unknown, one
+    ``example_input`` batch, no extra metadata or formats and no foreign layout.
     """
 
     name: ClassVar[str]

@@ -466,11 +466,12 @@ def recipe_json_schema() -> dict[str, Any]:
     schema = Recipe.model_json_schema()
     defs = schema.setdefault("$defs", {})
     options = []
-    for info in registry.available():
-        sub = registry.get(info.name).config_model.model_json_schema(ref_template="#/$defs/{model}")
-        defs.update(sub.pop("$defs", {}))
-        title = sub.get("title", info.name)
-        defs[title] = sub
-        options.append({"$ref": f"#/$defs/{title}"})
+    for info in registry.available():  # each plugin's models under its own prefix: plugins reuse class names
+        prefix = f"{info.name}."
+        sub = registry.get(info.name).config_model.model_json_schema(ref_template=f"#/$defs/{prefix}{{model}}")
+        defs.update({prefix + name: model for name, model in sub.pop("$defs", {}).items()})
+        key = prefix + sub.get("title", "config")
+        defs[key] = sub
+        options.append({"$ref": f"#/$defs/{key}"})
     schema["properties"]["modality"] = {"description": "The modality section; 'name' selects the plugin", "oneOf": options}
     return schema

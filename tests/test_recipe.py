@@ -139,9 +139,32 @@ def test_load_recipe_missing_file_and_bad_yaml(tmp_path):
 def test_schema_covers_modality_and_descriptions():
     s = recipe_json_schema()
     assert "oneOf" in s["properties"]["modality"]
-    assert "ImageConfig" in s["$defs"]
+    assert "image.ImageConfig" in s["$defs"]
     assert s["$defs"]["OptimConfig"]["properties"]["lr"]["description"]
     json.dumps(s)
+
+
+def test_schema_keeps_each_modality_its_own_models():
+    # plugins reuse class names (image and the example time-series plugin both have an EncoderConfig):
+    # every reference must resolve, and the image section must lead to the image encoder's fields
+    s = recipe_json_schema()
+
+    def refs(node):
+        if isinstance(node, dict):
+            if "$ref" in node:
+                yield node["$ref"]
+            for v in node.values():
+                yield from refs(v)
+        elif isinstance(node, list):
+            for v in node:
+                yield from refs(v)
+
+    assert all(r.startswith("#/$defs/") and r[len("#/$defs/"):] in s["$defs"] for r in refs(s))
+    image = s["$defs"]["image.ImageConfig"]["properties"]
+    encoder = s["$defs"][image["encoder"]["$ref"][len("#/$defs/"):]]
+    assert "arch" in encoder["properties"]  # the ViT's field, which no other modality's encoder has
+    video = s["$defs"]["video.VideoConfig"]["properties"]
+    assert video["encoder"]["$ref"] == "#/$defs/video.VideoEncoderConfig"
 
 
 def _jepa(*args, cwd=ROOT):

@@ -89,8 +89,8 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
         holdout: float = typer.Option(0.1, "--holdout", help="Class-stratified fraction of the training split held "
                                       "out to choose the best head of each grid"),
         augment: str = typer.Option("none", "--augment", help="Training view of linear/attentive: none (evaluation "
-                                    "view), crop (the modality's training crop), flip (mirror the width axis of half "
-                                    "the batch), crop+flip"),
+                                    "view), crop (the modality's training crop), flip (mirror the width axis of each "
+                                    "sample with probability 1/2), crop+flip"),
         feature_cache: str = typer.Option("auto", "--feature-cache", help="Where pooled features are stored: auto "
                                           "(host memory if under 25 % of free memory, else the temp folder), memory, "
                                           "or a folder"),

@@ -54,5 +54,5 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
 
     @recipe.command("schema")
     def schema() -> None:
-        """Print the recipe JSON Schema (with every field's description)."""
+        """Print the recipe JSON Schema (types, defaults and descriptions)."""
         print(json.dumps(recipe_json_schema(), indent=2))

@@ -54,7 +54,8 @@ class MaskConfig(StrictModel):
 
     mode: Literal["faithful", "fixed"] = Field(
         "faithful", description="'faithful' reproduces the authors' sampler; 'fixed' lets blocks touch the last "
-        "row/column and collates contexts by random subsampling instead of raster-order truncation")
+        "row/column and keeps every context token (rows padded to the batch's longest context, the padding "
+        "masked out of attention) instead of cutting every context to the shortest in raster order")
     num_targets: int = Field(4, gt=0, le=16, description="Target blocks per image (4 in the paper; at most 16)")
     target_scale: tuple[float, float] = (0.15, 0.2)
     target_aspect_ratio: tuple[float, float] = (0.75, 1.5)
