@@ -13,7 +13,6 @@ in ``docs/flops.md``); this module supplies the other half, the peak:
 
 from __future__ import annotations
 
-import collections
 import functools
 import inspect
 import statistics
@@ -53,7 +52,7 @@ CPU_GEMM_SIZE = 2048
 """Side of the square matrices of the CPU peak GEMM (2 x 2048^3 = 17.2 GFLOP per product)."""
 GEMM_MIN_SECONDS = 0.05
 """A GEMM side stops doubling once one product takes this long (see :class:`_Gemm`)."""
-CPU_PEAK_INTERVAL_S = 60.0
+CPU_PEAK_INTERVAL_S = 30.0
 """Seconds between two re-timings of the training log's CPU peak (:class:`TrainingPeak`)."""
 
 
@@ -147,22 +146,20 @@ def peak_flops(device: torch.device, precision: str) -> tuple[float | None, str]
 class TrainingPeak:
     """The peak FLOP/s of one device behind the training log's ``mfu``.
 
-    GPU: the table's number (:func:`gpu_peak_flops`), fixed. CPU: the GEMM of :func:`measure_gemm`,
-    timed at start (median of 3) and then one product again whenever :meth:`refresh` is called at
-    least ``interval_s`` after the last timing; the peak is the median of the last ``window``
-    timings. On a shared machine a neighbour's load then moves the peak along with the steps it
-    slows, instead of the whole run being divided by the minute it started in (a peak measured once,
-    in a busy minute, made the demo's log print MFU near 150 %).
+    GPU: the table's number (:func:`gpu_peak_flops`), fixed. CPU: the fastest timing so far of the
+    GEMM of :func:`measure_gemm`: three products at start, then one more whenever :meth:`refresh` is
+    called at least ``interval_s`` after the last. A GEMM timed while other processes load the
+    cores runs slow, so the fastest one is the machine's capacity, and the log's MFU reads as the
+    share of it the run got (a neighbour's load lowers it). A peak timed once at start, in a busy
+    moment, had made the demo's log print MFU above 120 % for the whole run.
 
     Args:
         device: where the run trains.
         precision: the engine precision (the GEMM's dtype on CPU, the table column on GPU).
         interval_s: seconds between two CPU timings (each costs one product, about 0.1-0.5 s at 2048^3).
-        window: CPU timings the median is taken over.
     """
 
-    def __init__(self, device: torch.device, precision: str, *, interval_s: float = CPU_PEAK_INTERVAL_S,
-                 window: int = 5):
+    def __init__(self, device: torch.device, precision: str, *, interval_s: float = CPU_PEAK_INTERVAL_S):
         self.interval_s = interval_s
         self._gemm: _Gemm | None = None
         self._fixed: float | None = None
@@ -170,7 +167,7 @@ class TrainingPeak:
             self._fixed = gpu_peak_flops(torch.cuda.get_device_name(device), precision)
             return
         self._gemm = _Gemm(device, compute_dtype(precision), CPU_GEMM_SIZE, GEMM_MIN_SECONDS)
-        self._timings = collections.deque((self._gemm.time() for _ in range(3)), maxlen=window)
+        self._fastest = min(self._gemm.time() for _ in range(3))
         self._last = time.perf_counter()
 
     @property
@@ -178,7 +175,7 @@ class TrainingPeak:
         """The current peak, or None for a GPU missing from the table."""
         if self._gemm is None:
             return self._fixed
-        return self._gemm.flops / statistics.median(self._timings)
+        return self._gemm.flops / self._fastest
 
     def refresh(self) -> float:
         """On CPU, time one more product if ``interval_s`` has passed since the last; returns the
@@ -186,7 +183,7 @@ class TrainingPeak:
         if self._gemm is None or time.perf_counter() - self._last < self.interval_s:
             return 0.0
         t0 = time.perf_counter()
-        self._timings.append(self._gemm.time())
+        self._fastest = min(self._fastest, self._gemm.time())
         self._last = time.perf_counter()
         return self._last - t0
 
