@@ -246,6 +246,23 @@ def export_formats(source: EncoderSource) -> dict[str, Callable[..., ExportResul
     return {"torchscript": export_torchscript, **source.modality.export_formats()}
 
 
+def check_out_path(out: Path) -> None:
+    """Refuse an ``--out`` that cannot be written, before any export work.
+
+    Raises:
+        ValueError: ``out`` is an existing folder (every format writes a new file or folder), or a
+            file stands where one of its parent folders should be.
+    """
+    if out.is_dir():
+        raise ValueError(f"--out {out} is an existing folder; name the file or new folder to write, "
+                         f"e.g. --out {out / 'encoder.pt'}")
+    for parent in out.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise ValueError(f"--out {out}: {parent} is a file, not a folder; write the export elsewhere")
+            break
+
+
 def export(
     source: EncoderSource, out: str | Path, *, fmt: str = "torchscript", pooled: bool = False,
     tolerance: float = EXPORT_TOLERANCE, log: Callable[[str], None] = print,
@@ -259,4 +276,5 @@ def export(
     if fmt not in formats:
         raise ValueError(f"--format must be one of {', '.join(formats)} for the {source.modality.name} modality, "
                          f"got {fmt!r}")
+    check_out_path(Path(out))
     return formats[fmt](source, out, pooled=pooled, tolerance=tolerance, log=log)

@@ -79,7 +79,14 @@ def read_init_states(cfg: InitFromConfig, modality: Modality) -> tuple[dict[str,
 
         ckpt = safe_load(path, "a checkpoint in another project's layout, e.g. a released I-JEPA .pth.tar "
                          "(init_from.path)", mmap=False)
-        found = modality.foreign_state_dicts(ckpt, path) if isinstance(ckpt, dict) else None
+        from jepa.checkpoint.models import is_models_dict
+
+        if is_models_dict(ckpt):  # a models.pt of `jepa train` under another name (copied out of its run)
+            weights = load_model_weights(path)
+            found = {"encoder": weights.encoder, "predictor": weights.predictor,
+                     "target_encoder": weights.target_encoder}
+        else:
+            found = modality.foreign_state_dicts(ckpt, path) if isinstance(ckpt, dict) else None
         if found is None:
             top = sorted(ckpt)[:10] if isinstance(ckpt, dict) else type(ckpt).__name__
             raise ValueError(f"init_from.path: {path} is neither a checkpoint of `jepa train` nor in a layout the "

@@ -171,8 +171,15 @@ def _trained_source(path: Path, which: WhichEncoder) -> EncoderSource:
 
 def _foreign_source(path: Path, which: WhichEncoder, options: dict[str, Any]) -> EncoderSource:
     """A checkpoint in another project's layout: the first modality whose ``load_foreign`` knows it."""
+    from jepa.checkpoint.models import is_models_dict
+
     checkpoint = safe_load(path, "a run dir, a checkpoint (dir or models.pt), a foreign checkpoint such as the "
                            "authors' released .pth.tar, or a file from `jepa export`")
+    if is_models_dict(checkpoint):  # a models.pt of `jepa train` under another name (copied out of its run)
+        if options:
+            raise ValueError(f"{', '.join('--' + k.replace('_', '-') for k in options)}: these apply to foreign "
+                             f"checkpoints only; {path} is weights of `jepa train`, which carry their recipe")
+        return _trained_source(path, which)
     if isinstance(checkpoint, dict):
         for info in registry.available():
             found = registry.get(info.name).load_foreign(checkpoint, path, which, options)
@@ -261,6 +268,9 @@ def load_source(source: str, *, which: WhichEncoder | None = None, trust_torchsc
                              "takes the checkpoint it was exported from instead")
         return _torchscript_source(path, which)
     options = {k: v for k, v in options.items() if v is not None}
+    if path.is_file() and path.suffix.lower() in (".yaml", ".yml"):
+        raise ValueError(f"{source}: a YAML file (a recipe?), not weights; pass {RANDOM_PREFIX}{source} for the "
+                         "recipe's model at random initialisation, or the run directory that recipe trained")
     if path.is_file() and path.name != "models.pt":
         return _foreign_source(path, which or "target", options)
     if options:

@@ -9,6 +9,7 @@ nothing is ever partially loaded.
 from __future__ import annotations
 
 import pickle
+import zipfile
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -31,14 +32,40 @@ def safe_load(path: str | Path, what: str, mmap: bool = True) -> Any:
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"{path}: no such file; pass {what}")
+    zipped = zipfile.is_zipfile(path)
     try:
-        return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
-    except pickle.UnpicklingError as exc:
-        raise ValueError(f"{path}: cannot be read as {what}: it holds objects other than tensors and plain "
-                         f"containers, so it cannot be read safely (weights_only=True); re-save its state dicts "
-                         f"with torch.save. Detail: {exc}") from exc
-    except (RuntimeError, EOFError, OSError) as exc:
-        raise ValueError(f"{path}: cannot be read as {what} ({type(exc).__name__}: {exc})") from exc
+        # only torch's zip format can be memory-mapped; the legacy format (torch < 1.6 or
+        # _use_new_zipfile_serialization=False) is read whole, just as safely
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap and zipped)
+    except Exception as exc:
+        problem = None if zipped else _not_torch_file(path)
+        if problem:  # torch's own message would advise weights_only=False, or re-saving a file that is no checkpoint
+            raise ValueError(f"{path}: cannot be read as {what}: not a PyTorch file ({problem})") from exc
+        if isinstance(exc, pickle.UnpicklingError):
+            raise ValueError(f"{path}: cannot be read as {what}: it holds objects other than tensors and plain "
+                             f"containers, so it cannot be read safely (weights_only=True); re-save its state dicts "
+                             f"with torch.save. Detail: {exc}") from exc
+        if isinstance(exc, (RuntimeError, EOFError, OSError)):
+            raise ValueError(f"{path}: cannot be read as {what} ({type(exc).__name__}: {exc})") from exc
+        raise
+
+
+def _not_torch_file(path: Path) -> str | None:
+    """Why a file that is no zip archive is not a legacy torch file either (which starts with a
+    pickle protocol-2+ opcode, ``0x80``), or None when it may be one."""
+    with open(path, "rb") as f:
+        head = f.read(512)
+    if head.startswith(b"\x80"):
+        return None
+    if not head:
+        return "the file is empty"
+    if len(head) >= 262 and head[257:262] == b"ustar":
+        return "it is a tar archive, e.g. a data shard"
+    if head.startswith((b"\x1f\x8b", b"BZh", b"\xfd7zXZ")):
+        return "it is a compressed archive"
+    if b"\x00" in head or head.decode("utf-8", "replace").count("\ufffd") > 3:  # a cut-off last character is fine
+        return f"it starts with {head[:8]!r}"
+    return "it is YAML text, e.g. a recipe" if path.suffix.lower() in (".yaml", ".yml") else "it is text"
 
 
 def _short(items: list[str], limit: int = 8) -> str:

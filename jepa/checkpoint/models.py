@@ -14,6 +14,11 @@ from jepa.recipe import Recipe, parse_recipe
 from jepa.weights import safe_load
 
 
+def is_models_dict(obj: Any) -> bool:
+    """Whether a loaded file has the top level of a ``models.pt`` of ``jepa train`` (whatever the file's name)."""
+    return isinstance(obj, dict) and {"format_version", "recipe", "encoder", "target_encoder"} <= set(obj)
+
+
 def read_models(path: Path) -> dict[str, Any]:
     models = safe_load(path, "a jepa weights file (models.pt of `jepa train`)")
     if not isinstance(models, dict) or models.get("format_version") != FORMAT_VERSION:

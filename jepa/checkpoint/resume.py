@@ -120,13 +120,20 @@ def load_checkpoint(engine: Engine, path: Path, recipe: Recipe) -> ResumePoint:
     meta = read_meta(path)
     saved_world = meta["world_size"]
     saved_micro, saved_accum = saved_split(meta, path)
+    models = read_models(path / MODELS_FILE)
+    saved_recipe = models["recipe"] if isinstance(models.get("recipe"), dict) else {}
+    saved_section = saved_recipe.get("modality")
+    saved_modality = saved_section.get("name") if isinstance(saved_section, dict) else None
+    if saved_modality is not None and saved_modality != recipe.modality.name:  # named before what follows from it
+        raise ValueError(f"{path}: a checkpoint of a {saved_modality} run (recipe {saved_recipe.get('name')!r}); this "
+                         f"recipe trains the {recipe.modality.name} modality. Resume with the recipe that wrote it (its "
+                         "run directory keeps it as recipe.yaml), or start a new run in another run_dir")
     if engine.micro_batch_size != saved_micro:
         raise ValueError(f"{path}: written with a micro batch of {saved_micro} per process ({saved_world} processes x "
                          f"{saved_micro} x {saved_accum} accumulation steps); this run's is {engine.micro_batch_size} "
                          f"({engine.dist.world_size} x {engine.micro_batch_size} x {engine.grad_accum_steps}), which would "
                          f"change the masks and the data stream. Set data.micro_batch_size={saved_micro} (the accumulation "
                          f"steps follow) or resume on {saved_world} processes")
-    models = read_models(path / MODELS_FILE)
     expected = engine.state_shapes()
     problems = [f"{part}: {p}" for part in ("encoder", "predictor") for p in state_problems(expected[part], models[part])]
     problems += [f"target_encoder: {p}" for p in state_problems(expected["encoder"], models["target_encoder"])]

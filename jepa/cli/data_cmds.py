@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any, Callable, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from jepa.cli.errors import cli_errors, err_console, user_error
@@ -65,21 +66,31 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
         and skipped.
         """
         from jepa.data import shard_folder
+        from jepa.data.manifest import MANIFEST_NAME
 
+        out_existed = out.exists()
         with cli_errors():
             plugin = _bind_modality(modality, recipe)
             manifest = shard_folder(src, out, plugin, prefix=prefix, max_count=max_count,
                                     max_bytes=int(max_size * 2**20), workers=workers)
         for skipped in manifest.skipped[:20]:
-            err_console.print(f"[yellow]skipped[/] {skipped.path}: {skipped.error}", highlight=False, soft_wrap=True)
+            err_console.print(f"[yellow]skipped[/] {escape(skipped.path)}: {escape(skipped.error)}", highlight=False,
+                              soft_wrap=True)
         if len(manifest.skipped) > 20:
-            err_console.print(f"[yellow]... and {len(manifest.skipped) - 20} more skipped files (see manifest.json)[/]")
+            where = "" if manifest.total == 0 else " (see manifest.json)"
+            err_console.print(f"[yellow]... and {len(manifest.skipped) - 20} more skipped files{where}[/]")
+        settings = ("" if recipe is not None else f"; they were checked with the default {plugin.name} settings: pass "
+                    "--recipe RECIPE to check them with your recipe's modality section")
         if manifest.total == 0:
+            # an empty shard set is no result: leave nothing behind that would refuse the next attempt
+            (out / MANIFEST_NAME).unlink(missing_ok=True)
+            if not out_existed and out.is_dir() and not any(out.iterdir()):
+                out.rmdir()
             raise user_error(ValueError(f"none of the {plugin.name} files in {src} could be read "
-                                        f"({len(manifest.skipped)} skipped); nothing to train on"))
+                                        f"({len(manifest.skipped)} skipped){settings}; nothing was written"))
         labels = f", {len(manifest.classes)} classes" if manifest.classes else ", unlabelled"
         console.print(f"[green]wrote[/] {manifest.total} samples in {len(manifest.shards)} shards{labels}: "
-                      f"{out / manifest.pattern} ({len(manifest.skipped)} skipped, {manifest.ignored_files} "
+                      f"{escape(str(out / manifest.pattern))} ({len(manifest.skipped)} skipped, {manifest.ignored_files} "
                       "other files ignored)", highlight=False)
 
     @app.command("demo-data")
@@ -196,14 +207,49 @@ def _images(x: Any) -> int:
     return int(x.shape[0])
 
 
+def _raw_samples(urls: list[str], count: int) -> list[dict[str, Any]]:
+    """``count`` raw samples, reading the shards in order and round again as often as needed; a
+    broken shard (truncated, not a tar) gives the samples before the break and is then left out,
+    as the training loader does, with a note.
+
+    Raises:
+        ValueError: a whole round over the shards gives no sample (broken ones named).
+    """
+    from jepa.data import read_shard
+    from jepa.data.reading import SHARD_ERRORS
+
+    out: list[dict[str, Any]] = []
+    broken: dict[str, str] = {}
+    while len(out) < count:
+        before = len(out)
+        for url in urls:
+            if url in broken:
+                continue
+            try:
+                for sample in read_shard(url, limit=count - len(out)):
+                    out.append(sample)
+            except SHARD_ERRORS as exc:
+                broken[url] = f"{type(exc).__name__}: {exc}"
+                err_console.print(f"[yellow]note:[/] shard {escape(url)} is broken ({escape(broken[url])}); it is "
+                                  "left out, as the training loader skips it", highlight=False, soft_wrap=True)
+            if len(out) >= count:
+                break
+        if len(out) == before:
+            what = (f"{len(broken)} of the {len(urls)} shards are broken (e.g. {next(iter(broken))}: "
+                    f"{next(iter(broken.values()))})" + (", the rest hold no samples" if len(broken) < len(urls) else "")
+                    if broken
+                    else f"the {len(urls)} shards hold no samples (e.g. {urls[0]})")
+            raise ValueError(f"data.train_shards gives nothing to benchmark: {what}; check the pattern, or rebuild "
+                             "the shards with `jepa shards`")
+    return out
+
+
 def bench_data_pipeline(recipe: Any, batch_size: int, num_batches: int, repeats: int) -> list[tuple[str, list[float]]]:
     """Measure the recipe's data pipeline; returns ``(stage, images/s per repeat)`` rows."""
-    import itertools
-
     import torch
 
     from jepa import registry
-    from jepa.data import build_train_loader, expand_shards, read_shard
+    from jepa.data import build_train_loader, expand_shards
 
     plugin = registry.bind(recipe.modality)
     sampler = plugin.build_mask_sampler()
@@ -214,15 +260,27 @@ def bench_data_pipeline(recipe: Any, batch_size: int, num_batches: int, repeats:
     try:
         gen = torch.Generator().manual_seed(0)
         if d.source == "shards":
-            urls = expand_shards(d.train_shards)
-            raw = list(itertools.islice((s for u in itertools.cycle(urls) for s in read_shard(u)), batch_size * num_batches))
+            raw = _raw_samples(expand_shards(d.train_shards), batch_size * num_batches)
             items: list[Any] = []
+            undecodable: list[str] = []
 
-            def decode() -> int:
-                items[:] = [plugin.decode(s) for s in raw]
+            def decode() -> int:  # undecodable samples are skipped, as the training loader skips them
+                undecodable.clear()
+                items[:] = []
+                for s in raw:
+                    try:
+                        items.append(plugin.decode(s))
+                    except ValueError as exc:
+                        undecodable.append(str(exc))
                 return len(raw)
 
             rows.append(("decode (1 worker)", _rates(decode, repeats)))
+            if not items:
+                raise ValueError(f"none of the {len(raw)} samples read from {d.train_shards} decodes (first: "
+                                 f"{undecodable[0]}); check data.train_shards, or rebuild the shards with `jepa shards`")
+            if undecodable:
+                err_console.print(f"[yellow]note:[/] {len(undecodable)} of {len(raw)} samples do not decode and were "
+                                  f"skipped (first: {escape(undecodable[0])})", highlight=False, soft_wrap=True)
             chunks = [items[i:i + batch_size] for i in range(0, len(items), batch_size)]
             rows.append(("train view (1 worker)", _rates(
                 lambda: sum(_images(plugin.train_batch(c, gen)) for c in chunks), repeats)))

@@ -22,6 +22,7 @@ from typing import Iterator
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from jepa.interfaces import MissingHookError
 
@@ -67,7 +68,8 @@ def message_of(exc: BaseException) -> str:
 
 def user_error(exc: BaseException, code: int = USER_ERROR) -> typer.Exit:
     """Print ``exc`` as one clear message; raise the returned Exit to leave with ``code``."""
-    err_console.print(f"[bold red]error:[/] {message_of(exc)}", markup=True, highlight=False, soft_wrap=True)
+    # escaped: messages quote key lists ("missing keys [mask_token]") and paths that rich would read as markup
+    err_console.print(f"[bold red]error:[/] {escape(message_of(exc))}", markup=True, highlight=False, soft_wrap=True)
     return typer.Exit(code)
 
 

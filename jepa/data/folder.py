@@ -10,6 +10,7 @@ skipped like one that does not decode; skipped files are listed in the manifest.
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +36,12 @@ class FolderListing:
 
 def _is_hidden(path: Path) -> bool:
     return any(part.startswith(".") for part in path.parts)
+
+
+def _is_file_or_link(path: Path) -> bool:
+    """A file, or a symbolic link that does not lead to a folder: a broken link (a dataset that is not
+    mounted, a link loop) is listed, so reading it fails and it is reported as skipped, never dropped silently."""
+    return path.is_file() or (path.is_symlink() and not path.is_dir())
 
 
 def _ext_of(path: Path, suffixes: Mapping[str, str]) -> str | None:
@@ -66,7 +73,7 @@ def list_folder(src: str | Path, suffixes: Mapping[str, str], modality: str = "?
                          "or of class sub-folders holding them")
     entries = sorted(p for p in root.iterdir() if not p.name.startswith("."))
     class_dirs = [p for p in entries if p.is_dir()]
-    top_files = [p for p in entries if p.is_file()]
+    top_files = [p for p in entries if _is_file_or_link(p)]
     top_samples = [p for p in top_files if _ext_of(p, suffixes)]
     if class_dirs and top_samples:
         raise ValueError(f"{root} mixes {len(top_samples)} files of modality {modality!r} (e.g. {top_samples[0].name}) "
@@ -79,7 +86,7 @@ def list_folder(src: str | Path, suffixes: Mapping[str, str], modality: str = "?
     if class_dirs:
         classes, labels = [d.name for d in class_dirs], []
         for label, d in enumerate(class_dirs):
-            found = sorted(p for p in d.rglob("*") if p.is_file() and not _is_hidden(p.relative_to(root)))
+            found = sorted(p for p in d.rglob("*") if _is_file_or_link(p) and not _is_hidden(p.relative_to(root)))
             samples = [p for p in found if _ext_of(p, suffixes)]
             ignored += len(found) - len(samples)
             files += [p.relative_to(root) for p in samples]
@@ -123,7 +130,9 @@ class _FolderChunk:
                 try:
                     data = Path(self.root, rel).read_bytes()
                 except OSError as exc:
-                    yield SkippedFile(rel, f"{type(exc).__name__}: {exc.strerror or exc}")
+                    path = Path(self.root, rel)
+                    link = f" (a broken symbolic link to {os.readlink(path)})" if path.is_symlink() else ""
+                    yield SkippedFile(rel, f"{type(exc).__name__}: {exc.strerror or exc}{link}")
                     continue
                 problem = screen.check({"__key__": key, ext: data})
                 if problem is not None:
@@ -142,6 +151,10 @@ def shard_folder(src: str | Path, out_dir: str | Path, modality: Modality, *, pr
         MissingHookError: the modality does not name its files (no ``file_suffixes``).
         ValueError: see :func:`list_folder` and :func:`~jepa.data.writer.write_shard_set`.
     """
+    out, root = Path(out_dir).resolve(), Path(src).resolve()
+    if out == root or root in out.parents:
+        raise ValueError(f"the output folder {out_dir} is inside the source folder {src}: its shards would be read "
+                         "back as samples (or as a class) next time; write them outside, e.g. next to it")
     listing = list_folder(src, modality.file_suffixes(), modality.name)
     keys = sample_keys(listing.files)
     jobs: list[ChunkJob] = []
