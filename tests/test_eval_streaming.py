@@ -266,3 +266,40 @@ def test_raw_pixels_reference_is_the_flattened_evaluation_view(tmp_path):
     assert report.tokens == 1 and report.width == x[0].numel() and report.results[0].top1 > 0.9
     with pytest.raises(ValueError, match="name a recipe after 'pixels:'"):
         load_source("pixels:")
+
+
+def _tar_shard(path: Path, samples: list[tuple[str, bytes, int]]) -> None:
+    import io
+    import tarfile
+
+    with tarfile.open(path, "w") as tar:
+        for key, png, label in samples:
+            for name, data in ((f"{key}.png", png), (f"{key}.cls", str(label).encode())):
+                info = tarfile.TarInfo(name)
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+
+
+@pytest.mark.parametrize("protocols", [("knn", "logreg", "linear"), ("attentive",)])
+def test_samples_of_a_shard_that_do_not_decode_are_not_counted_as_used(tmp_path, protocols):
+    # a corrupt sample inside a shard is only found when decoded: it is skipped by every probe, and the
+    # report's sample counts say how many were used (they counted it before)
+    colors = [(20, 20, 220), (20, 200, 20), (220, 20, 20)]
+    good = [(f"s{i:03d}", _png(colors[i % 3], i), i % 3) for i in range(24)]
+    broken = [(f"b{i:03d}", b"\x89PNG\r\n\x1a\n" + b"\0" * 40, i % 3) for i in range(6)]
+    (tmp_path / "train").mkdir()
+    _tar_shard(tmp_path / "train" / "train-000000.tar", good + broken)
+    val = _image_folder(tmp_path / "val", 4, 1)
+    recipe = tmp_path / "tiny.yaml"
+    recipe.write_text(yaml.safe_dump(tiny_image_recipe(1)))
+    settings = EvalSettings(protocols=protocols, k=3, lbfgs_iters=20, device="cpu", epochs=1, linear_lrs=(1e-2,),
+                            linear_wds=(0.0,), attentive_lrs=(1e-3,), attentive_wds=(0.0,), holdout=0.25)
+    report = evaluate_shards(load_source(f"random:{recipe}"), str(tmp_path / "train" / "train-000000.tar"), str(val),
+                             settings)
+    assert report.num_train == 24 and report.num_val == 12
+    labels = torch.tensor([label for _, _, label in good + broken])
+    held = holdout_mask(labels, torch.ones(30, dtype=torch.bool), 0.25, 0)
+    fit_decoded = int((~held[:24]).sum())  # the first 24 decode; the shard's order is the index's
+    assert 0 < fit_decoded < int((~held).sum())
+    for r in report.results:
+        assert r.num_train == (24 if r.protocol in ("knn", "logreg") else fit_decoded), (r.protocol, r.num_train)

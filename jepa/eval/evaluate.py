@@ -379,6 +379,14 @@ class _Run:
                 store.write(idx, encoder_features(self.source.layers, x, spec, self.device, self.precision).flatten(1))
                 self.progress.advance(task, y.shape[0])
 
+    def decoded(self, split: str, keep: Tensor) -> int:
+        """Samples of ``keep`` that a probe reads: with features or tokens stored, those that decoded
+        (an undecodable sample leaves its row unfilled and out of every probe); else all of them."""
+        for store in (getattr(self, f"store_{split}"), getattr(self, f"tokens_{split}")):
+            if store is not None:
+                return int((keep & store.filled_N).sum())
+        return int(keep.sum())
+
     def stored_tokens(self, split: str, keep: Tensor | None, generator: torch.Generator | None = None):
         """Batches ``(tokens_BTD, labels_B)`` of the stored tokens, on the device, shuffled when
         ``generator`` is given."""
@@ -558,18 +566,20 @@ def evaluate(source: EncoderSource, train: LabelledData, val: LabelledData, sett
                 t0 = time.perf_counter()
                 run.store_tokens(shapes)
                 report.feature_seconds += time.perf_counter() - t0
+            report.num_train = run.decoded("train", eligible)
+            report.num_val = run.decoded("val", torch.ones(val_index.num_samples, dtype=torch.bool))
             for protocol in settings.protocols:
                 t0 = time.perf_counter()
                 rows: list[dict] = []
                 if protocol == "knn":
                     acc, info = _run_knn(run, shapes.dim)
-                    num = int(eligible.sum())
+                    num = run.decoded("train", eligible)
                 elif protocol in ("logreg", "logreg4"):
                     acc, info = _run_logreg(protocol, run, shapes.dim)
-                    num = int(eligible.sum())
+                    num = run.decoded("train", eligible)
                 else:
                     acc, info, rows = _run_grid(protocol, run, shapes)
-                    num = splits.num_fit
+                    num = run.decoded("train", splits.fit)
                 report.results.append(ProbeResult(protocol, acc[1], acc.get(5), num, time.perf_counter() - t0,
                                                   info, rows))
         finally:

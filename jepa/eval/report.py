@@ -29,7 +29,9 @@ class ProbeResult:
         top1: top-1 accuracy in [0, 1] (grid protocols: of the head chosen on the held-out split).
         top5: top-5 accuracy in [0, 1], or None with fewer than 10 classes.
         num_train: labelled samples the probe was fitted on (after low-shot subsetting and,
-            for grid protocols, without the held-out part).
+            for grid protocols, without the held-out part; samples that did not decode are left
+            out when features or tokens were stored, as by default, and counted in with
+            ``--augment``, whose passes skip them without a count per sample).
         seconds: wall time of fitting and scoring (stored features excluded).
         settings: the protocol's hyper-parameters (epochs, k, the chosen lr and wd, ...).
         grid: grid protocols: one row per head (lr, wd, held-out and validation accuracy).
