@@ -70,23 +70,25 @@ def read_init_states(cfg: InitFromConfig, modality: Modality) -> tuple[dict[str,
     if not path.exists():
         raise ValueError(f"init_from.path: {path} does not exist; name a released .pth.tar, a run directory, a "
                          "checkpoint directory or a models.pt")
-    if _is_jepa_weights(path):
-        weights = load_model_weights(path)
-        sections = {"encoder": weights.encoder, "predictor": weights.predictor, "target_encoder": weights.target_encoder}
-        source_dir: Path | None = weights.path.parent
-    else:
+    ckpt = None
+    if not _is_jepa_weights(path):
+        from jepa.checkpoint.models import is_models_dict
         from jepa.weights import safe_load
 
         ckpt = safe_load(path, "a checkpoint in another project's layout, e.g. a released I-JEPA .pth.tar "
                          "(init_from.path)", mmap=False)
-        from jepa.checkpoint.models import is_models_dict
-
         if is_models_dict(ckpt):  # a models.pt of `jepa train` under another name (copied out of its run)
-            weights = load_model_weights(path)
-            found = {"encoder": weights.encoder, "predictor": weights.predictor,
-                     "target_encoder": weights.target_encoder}
-        else:
-            found = modality.foreign_state_dicts(ckpt, path) if isinstance(ckpt, dict) else None
+            ckpt = None
+    if ckpt is None:
+        weights = load_model_weights(path)
+        if weights.recipe.modality.name != modality.name:
+            raise ValueError(f"init_from.path: {path} holds weights of a {weights.recipe.modality.name} run (recipe "
+                             f"{weights.recipe.name!r}); this recipe trains the {modality.name} modality. Name weights "
+                             "of this modality")
+        sections = {"encoder": weights.encoder, "predictor": weights.predictor, "target_encoder": weights.target_encoder}
+        source_dir: Path | None = weights.path.parent if _is_jepa_weights(path) else None
+    else:
+        found = modality.foreign_state_dicts(ckpt, path) if isinstance(ckpt, dict) else None
         if found is None:
             top = sorted(ckpt)[:10] if isinstance(ckpt, dict) else type(ckpt).__name__
             raise ValueError(f"init_from.path: {path} is neither a checkpoint of `jepa train` nor in a layout the "

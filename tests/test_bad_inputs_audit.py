@@ -32,6 +32,7 @@ from jepa.cli import app
 from jepa.cli.errors import user_error
 from jepa.sources import load_source
 from jepa.weights import safe_load
+from tar_files import labelled_members, write_tar
 from tiny_recipes import tiny_image_recipe
 
 
@@ -52,14 +53,7 @@ def _tiny_recipe_file(tmp_path: Path, **data) -> Path:
 
 
 def _labelled_shard(path: Path, images: list[bytes]) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tarfile.open(path, "w") as tar:
-        for i, data in enumerate(images):
-            for ext, payload in (("png", data), ("cls", str(i % 2).encode())):
-                info = tarfile.TarInfo(f"s{i:04d}.{ext}")
-                info.size = len(payload)
-                tar.addfile(info, io.BytesIO(payload))
-    return path
+    return write_tar(path, labelled_members([(f"s{i:04d}", "png", data, i % 2) for i, data in enumerate(images)]))
 
 
 @pytest.fixture
@@ -153,6 +147,23 @@ def test_resume_from_a_checkpoint_of_another_modality_says_so(tmp_path, toy_mode
     assert "a checkpoint of a toy run (recipe 'toy'); this recipe trains the image modality" in message, message
     assert "micro batch" not in message and "Resume with the recipe that wrote it" in message
     assert not (recipe.resolved_run_dir / "checkpoints").exists()
+
+
+def test_init_from_weights_of_another_modality_says_so(tmp_path, toy_models):
+    """It listed every mismatched key of every part; the modality is the problem."""
+    from jepa.recipe import load_recipe
+    from jepa.train import train
+
+    copy = tmp_path / "toy_weights.pt"  # also under another name than models.pt
+    copy.write_bytes(toy_models.read_bytes())
+    for path in (toy_models, copy):
+        recipe = load_recipe(_tiny_recipe_file(tmp_path), overrides=[f"init_from.path={path}"])
+        with pytest.raises(ValueError) as info:
+            train(recipe)
+        message = str(info.value)
+        assert f"init_from.path: {path} holds weights of a toy run (recipe 'toy'); this recipe trains the image " \
+               "modality" in message, message
+        assert "does not fit" not in message
 
 
 # ------------------------------------------------------------------------------------ jepa export

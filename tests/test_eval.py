@@ -6,9 +6,7 @@ input) is pinned in ``tests/test_eval_streaming.py``.
 
 from __future__ import annotations
 
-import io
 import json
-import tarfile
 from pathlib import Path
 
 import pytest
@@ -26,6 +24,7 @@ from jepa.eval.training import score_grid, train_grid
 from jepa.sources import load_source
 from jepa.export import export
 from knn_reference import knn_scores
+from tar_files import write_tar
 from tiny_recipes import tiny_image_recipe
 
 
@@ -295,14 +294,8 @@ def test_passes_read_each_chosen_sample_once_and_store_matches_the_encoder(tiny_
 def _unlabelled_shard(path: Path) -> Path:
     from torchvision.io import encode_png
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tarfile.open(path, "w") as tar:
-        for i in range(3):
-            data = encode_png(torch.zeros(3, 32, 32, dtype=torch.uint8)).numpy().tobytes()
-            info = tarfile.TarInfo(f"img{i:03d}.png")
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-    return path
+    data = encode_png(torch.zeros(3, 32, 32, dtype=torch.uint8)).numpy().tobytes()
+    return write_tar(path, {f"img{i:03d}.png": data for i in range(3)})
 
 
 def test_bad_inputs_give_one_clear_message(tiny_recipe, demo_shards, tmp_path):

@@ -20,6 +20,7 @@ from jepa.eval.probes import topk_accuracy
 from jepa.eval.synthetic import SyntheticData, TokenEncoder
 from jepa.sources import EncoderSource, load_source
 from knn_reference import knn_scores
+from tar_files import labelled_members, write_tar
 from tiny_recipes import tiny_image_recipe
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -268,18 +269,6 @@ def test_raw_pixels_reference_is_the_flattened_evaluation_view(tmp_path):
         load_source("pixels:")
 
 
-def _tar_shard(path: Path, samples: list[tuple[str, bytes, int]]) -> None:
-    import io
-    import tarfile
-
-    with tarfile.open(path, "w") as tar:
-        for key, png, label in samples:
-            for name, data in ((f"{key}.png", png), (f"{key}.cls", str(label).encode())):
-                info = tarfile.TarInfo(name)
-                info.size = len(data)
-                tar.addfile(info, io.BytesIO(data))
-
-
 @pytest.mark.parametrize("protocols", [("knn", "logreg", "linear"), ("attentive",)])
 def test_samples_of_a_shard_that_do_not_decode_are_not_counted_as_used(tmp_path, protocols):
     # a corrupt sample inside a shard is only found when decoded: it is skipped by every probe, and the
@@ -287,8 +276,8 @@ def test_samples_of_a_shard_that_do_not_decode_are_not_counted_as_used(tmp_path,
     colors = [(20, 20, 220), (20, 200, 20), (220, 20, 20)]
     good = [(f"s{i:03d}", _png(colors[i % 3], i), i % 3) for i in range(24)]
     broken = [(f"b{i:03d}", b"\x89PNG\r\n\x1a\n" + b"\0" * 40, i % 3) for i in range(6)]
-    (tmp_path / "train").mkdir()
-    _tar_shard(tmp_path / "train" / "train-000000.tar", good + broken)
+    write_tar(tmp_path / "train" / "train-000000.tar",
+              labelled_members([(key, "png", data, label) for key, data, label in good + broken]))
     val = _image_folder(tmp_path / "val", 4, 1)
     recipe = tmp_path / "tiny.yaml"
     recipe.write_text(yaml.safe_dump(tiny_image_recipe(1)))

@@ -39,6 +39,7 @@ from jepa.monitor import read_metrics
 from jepa.preemption import PreemptedError, Preemption
 from jepa.recipe import parse_recipe
 from jepa.run_lock import LOCK_FILE
+from tar_files import write_tar
 from jepa.train import train
 from jepa.weights import safe_load
 
@@ -297,15 +298,6 @@ def test_cli_shards_reports_the_crafted_files(tmp_path, monkeypatch, capsys):
     assert all(name in err for name in CRAFTED) and "Traceback" not in err
 
 
-def _write_tar(path: Path, members: dict[str, bytes]) -> Path:
-    with tarfile.open(path, "w") as tar:
-        for name, data in members.items():
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-    return path
-
-
 def _image_recipe(tmp_path: Path, run: str, shards: str, *extra: str):
     from jepa.recipe import apply_overrides
 
@@ -329,7 +321,7 @@ def test_training_skips_and_counts_crafted_images(tmp_path):
     members = {f"good{i:03d}.png": _image(i) for i in range(32)}
     members.update({f"bad{i:03d}.{name.rsplit('.', 1)[1]}": data for i, (name, data) in enumerate(CRAFTED.items())})
     members["wrongext.jpg"] = _image(99, "PNG")  # readable: a PNG stored as .jpg
-    shard = _write_tar(tmp_path / "crafted-000000.tar", members)
+    shard = write_tar(tmp_path / "crafted-000000.tar", members)
     recipe = _image_recipe(tmp_path, "run", str(shard), "max_steps=5", "data.max_skip_rate=0.5",
                            "data.min_samples_for_skip_check=1000")
     result = train(recipe)  # 5 batches of 8 need 40 images: more than one pass over the shard's 33
@@ -343,7 +335,7 @@ def test_training_skips_and_counts_crafted_images(tmp_path):
 def test_oversized_members_and_streams_are_bounded(tmp_path, monkeypatch):
     import gzip
 
-    shard = _write_tar(tmp_path / "s.tar", {"a.png": _image(0), "big.png": b"\x00" * 5000, "c.png": _image(1)})
+    shard = write_tar(tmp_path / "s.tar", {"a.png": _image(0), "big.png": b"\x00" * 5000, "c.png": _image(1)})
     monkeypatch.setattr(reading_mod, "MAX_MEMBER_BYTES", 4096)
     samples = list(read_shard(str(shard)))
     assert [s["__key__"] for s in samples] == ["a", "big", "c"]
@@ -375,13 +367,13 @@ def test_pipe_urls_can_be_turned_off(tmp_path, monkeypatch):
 
 
 def test_data_health_stops_are_one_line_errors(tmp_path, monkeypatch, capsys):
-    shard = _write_tar(tmp_path / "bad-000000.tar", {f"x{i:03d}.png": truncated_png() for i in range(40)})
+    shard = write_tar(tmp_path / "bad-000000.tar", {f"x{i:03d}.png": truncated_png() for i in range(40)})
     recipe_file = tmp_path / "r.yaml"
     recipe = _image_recipe(tmp_path, "run", str(shard), "max_steps=4", "data.min_samples_for_skip_check=10")
     recipe_file.write_text(recipe.to_yaml())
     code, _, err = _cli(monkeypatch, capsys, "train", str(recipe_file))
     assert code == 1 and "could not be decoded, more than data.max_skip_rate" in err and "Traceback" not in err
-    empty = _write_tar(tmp_path / "empty-000000.tar", {})
+    empty = write_tar(tmp_path / "empty-000000.tar", {})
     recipe_file.write_text(_image_recipe(tmp_path, "run2", str(empty), "max_steps=4").to_yaml())
     code, _, err = _cli(monkeypatch, capsys, "train", str(recipe_file))
     assert code == 1 and "gave no sample" in err and "Traceback" not in err

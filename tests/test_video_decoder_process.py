@@ -8,10 +8,8 @@ probe wrapped to crash, raise or hang on marked bytes: no real file is known to 
 
 from __future__ import annotations
 
-import io
 import json
 import logging
-import tarfile
 import textwrap
 from pathlib import Path
 
@@ -25,6 +23,7 @@ from jepa.modalities.video import decoder_process, pyav_io
 from jepa.modalities.video.decode import probe_video, read_frames
 from jepa.modalities.video.demo import demo_clip
 from jepa.recipe import apply_overrides
+from tar_files import labelled_members, write_tar
 
 ROOT = Path(__file__).resolve().parents[1]
 CRASH, RAISE, HANG = b"CRASH-THE-DECODER", b"RAISE-IN-THE-DECODER", b"HANG-THE-DECODER"
@@ -90,12 +89,7 @@ def test_reading_falls_back_to_decode_order_when_seeking_crashes(faulty_decoder)
 
 
 def _write_shard(path: Path, samples: list[tuple[str, bytes, int]]) -> None:
-    with tarfile.open(path, "w") as tar:
-        for key, data, label in samples:
-            for ext, payload in (("mp4", data), ("cls", str(label).encode())):
-                info = tarfile.TarInfo(f"{key}.{ext}")
-                info.size = len(payload)
-                tar.addfile(info, io.BytesIO(payload))
+    write_tar(path, labelled_members([(key, "mp4", data, label) for key, data, label in samples]))
 
 
 def test_jepa_train_skips_and_counts_videos_that_break_the_decoder(faulty_decoder, tmp_path, caplog):
