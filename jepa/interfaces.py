@@ -117,9 +117,16 @@ class Encoder(nn.Module, ABC):
         """Outputs of the last ``num_last`` blocks, each (B, N, D), for frozen-feature evaluation.
 
         The last entry is the normed final output (equal to ``forward(x)``); earlier entries are
-        normed with the same final norm. Modalities that cannot provide it raise.
+        normed with the same final norm. The default gives the final output alone (every protocol
+        of ``jepa eval`` but the multi-layer ``linear4`` / ``logreg4``); encoders with blocks override it.
+
+        Raises:
+            NotImplementedError: ``num_last > 1`` on an encoder that does not override it.
         """
-        raise NotImplementedError(f"{type(self).__name__} does not expose intermediate layers")
+        if num_last == 1:
+            return [self(x)]
+        raise NotImplementedError(f"{type(self).__name__} does not expose intermediate layers (forward_layers gives "
+                                  f"the final output only, {num_last} asked); use a single-layer protocol")
 
 
 class Predictor(nn.Module, ABC):

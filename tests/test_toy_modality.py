@@ -96,3 +96,23 @@ def test_short_training_run_with_the_toy_modality(toy_recipe):
     assert all(0 < r["loss"] < 10 and r["target_spread"] > 0 for r in records)
     assert (result.run_dir / "recipe.yaml").read_text().startswith("name: toy")
     assert result.checkpoint is not None and result.checkpoint.name == "step_000003"
+
+
+def test_an_encoder_without_forward_layers_gives_its_final_output_to_single_layer_probes():
+    from jepa.interfaces import Encoder
+
+    class Minimal(Encoder):  # the contract's required part only: forward and embed_dim
+        embed_dim = 4
+
+        def __init__(self):
+            super().__init__()
+            self.proj = torch.nn.Linear(3, 4)
+
+        def forward(self, x, keep_idx_BK=None):
+            return self.proj(x)
+
+    enc, x = Minimal(), torch.randn(2, 5, 3)
+    (out,) = enc.forward_layers(x)
+    assert torch.equal(out, enc(x))
+    with pytest.raises(NotImplementedError, match="Minimal does not expose intermediate layers .*2 asked"):
+        enc.forward_layers(x, 2)
