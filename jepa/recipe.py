@@ -289,7 +289,10 @@ def parse_recipe(raw: Any, source: str = "<recipe>") -> Recipe:
     modality_cfg: ModalityConfig | None = None
     if modality_raw is None:
         problems.append(("modality", "required section is missing (e.g. `modality: {name: image}`)"))
-    elif not isinstance(modality_raw, dict) or "name" not in modality_raw:
+    elif not isinstance(modality_raw, dict):
+        problems.append(("modality", f"must be a mapping with at least `name:` (e.g. `modality: {{name: image}}`), "
+                                     f"got {_format_value(modality_raw)}"))
+    elif "name" not in modality_raw:
         problems.append(("modality.name", "required key is missing; it selects the modality plugin (`jepa modalities` lists them)"))
     else:
         try:
