@@ -70,17 +70,18 @@ def read_init_states(cfg: InitFromConfig, modality: Modality) -> tuple[dict[str,
     if not path.exists():
         raise ValueError(f"init_from.path: {path} does not exist; name a released .pth.tar, a run directory, a "
                          "checkpoint directory or a models.pt")
-    ckpt = None
-    if not _is_jepa_weights(path):
-        from jepa.checkpoint.models import is_models_dict
+    ckpt, weights = None, None
+    if _is_jepa_weights(path):
+        weights = load_model_weights(path)
+    else:
+        from jepa.checkpoint.models import is_models_dict, weights_from_models
         from jepa.weights import safe_load
 
         ckpt = safe_load(path, "a checkpoint in another project's layout, e.g. a released I-JEPA .pth.tar "
                          "(init_from.path)", mmap=False)
         if is_models_dict(ckpt):  # a models.pt of `jepa train` under another name (copied out of its run)
-            ckpt = None
-    if ckpt is None:
-        weights = load_model_weights(path)
+            weights = weights_from_models(ckpt, path)
+    if weights is not None:
         if weights.recipe.modality.name != modality.name:
             raise ValueError(f"init_from.path: {path} holds weights of a {weights.recipe.modality.name} run (recipe "
                              f"{weights.recipe.name!r}); this recipe trains the {modality.name} modality. Name weights "

@@ -13,7 +13,6 @@ in ``docs/flops.md``); this module supplies the other half, the peak:
 
 from __future__ import annotations
 
-import functools
 import inspect
 import statistics
 import time
@@ -109,38 +108,9 @@ def measure_gemm(device: torch.device | str = "cpu", dtype: torch.dtype = torch.
     return gemm.flops / statistics.median(gemm.time() for _ in range(repeats)), gemm.n
 
 
-def measure_gemm_flops(device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,
-                       size: int = CPU_GEMM_SIZE, repeats: int = 3) -> float:
-    """FLOP/s of :func:`measure_gemm` (a fresh measurement each call)."""
-    return measure_gemm(device, dtype, size, repeats)[0]
-
-
-@functools.lru_cache(maxsize=None)
-def _cpu_peak(dtype: torch.dtype) -> tuple[float, int]:
-    return measure_gemm("cpu", dtype)
-
-
 def compute_dtype(precision: str) -> torch.dtype:
     """The dtype matmuls run in for an engine precision (autocast for bf16 / fp16)."""
     return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
-
-
-def peak_flops(device: torch.device, precision: str) -> tuple[float | None, str]:
-    """Peak FLOP/s of one device and where the number comes from.
-
-    On CPU the GEMM is measured once per process (cached); call :func:`measure_gemm_flops` for a
-    fresh measurement next to a benchmark.
-
-    Returns:
-        (peak, source): source is e.g. ``"table: NVIDIA H100 80GB HBM3 bf16"`` or
-        ``"measured: cpu fp32 GEMM 2048^3"``; peak is None for a GPU not in the table.
-    """
-    if device.type == "cuda":
-        name = torch.cuda.get_device_name(device)
-        return gpu_peak_flops(name, precision), f"table: {name} {precision}"
-    dtype = compute_dtype(precision)
-    peak, side = _cpu_peak(dtype)
-    return peak, f"measured: {device.type} {precision} GEMM {side}^3"
 
 
 class TrainingPeak:
@@ -157,6 +127,10 @@ class TrainingPeak:
         device: where the run trains.
         precision: the engine precision (the GEMM's dtype on CPU, the table column on GPU).
         interval_s: seconds between two CPU timings (each costs one product, about 0.1-0.5 s at 2048^3).
+
+    Attributes:
+        source: where the number comes from, e.g. ``"table: NVIDIA H100 80GB HBM3 bf16"`` or
+            ``"measured: cpu fp32 GEMM 2048^3, fastest so far"``.
     """
 
     def __init__(self, device: torch.device, precision: str, *, interval_s: float = CPU_PEAK_INTERVAL_S):
@@ -164,9 +138,11 @@ class TrainingPeak:
         self._gemm: _Gemm | None = None
         self._fixed: float | None = None
         if device.type == "cuda":
-            self._fixed = gpu_peak_flops(torch.cuda.get_device_name(device), precision)
+            name = torch.cuda.get_device_name(device)
+            self._fixed, self.source = gpu_peak_flops(name, precision), f"table: {name} {precision}"
             return
         self._gemm = _Gemm(device, compute_dtype(precision), CPU_GEMM_SIZE, GEMM_MIN_SECONDS)
+        self.source = f"measured: {device.type} {precision} GEMM {self._gemm.n}^3, fastest so far"
         self._fastest = min(self._gemm.time() for _ in range(3))
         self._last = time.perf_counter()
 

@@ -29,7 +29,7 @@ import warnings
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 from torch import Tensor, nn
@@ -38,6 +38,9 @@ from jepa import registry
 from jepa.interfaces import Modality
 from jepa.recipe import Recipe
 from jepa.weights import check_state_dict, safe_load
+
+if TYPE_CHECKING:
+    from jepa.checkpoint import LoadedWeights
 
 RANDOM_PREFIX = "random:"
 PIXELS_PREFIX = "pixels:"
@@ -152,10 +155,11 @@ def _random_source(spec: str, which: WhichEncoder) -> EncoderSource:
     return EncoderSource(_freeze(encoder), modality, "random", modality.describe(), which, spec, None, recipe)
 
 
-def _trained_source(path: Path, which: WhichEncoder) -> EncoderSource:
+def _trained_source(path: Path, which: WhichEncoder, weights: LoadedWeights | None = None) -> EncoderSource:
+    """A run, a checkpoint or a ``models.pt`` of ``jepa train`` (``weights`` when already read)."""
     from jepa.checkpoint import load_model_weights
 
-    weights = load_model_weights(path)
+    weights = weights if weights is not None else load_model_weights(path)
     recipe = weights.recipe
     modality = registry.bind(recipe.modality)
     encoder = modality.build_encoder()
@@ -169,17 +173,9 @@ def _trained_source(path: Path, which: WhichEncoder) -> EncoderSource:
     return EncoderSource(_freeze(encoder), modality, kind, describe, which, str(path), weights.step, recipe)
 
 
-def _foreign_source(path: Path, which: WhichEncoder, options: dict[str, Any]) -> EncoderSource:
-    """A checkpoint in another project's layout: the first modality whose ``load_foreign`` knows it."""
-    from jepa.checkpoint.models import is_models_dict
-
-    checkpoint = safe_load(path, "a run dir, a checkpoint (dir or models.pt), a foreign checkpoint such as the "
-                           "authors' released .pth.tar, or a file from `jepa export`")
-    if is_models_dict(checkpoint):  # a models.pt of `jepa train` under another name (copied out of its run)
-        if options:
-            raise ValueError(f"{', '.join('--' + k.replace('_', '-') for k in options)}: these apply to foreign "
-                             f"checkpoints only; {path} is weights of `jepa train`, which carry their recipe")
-        return _trained_source(path, which)
+def _foreign_source(checkpoint: Any, path: Path, which: WhichEncoder, options: dict[str, Any]) -> EncoderSource:
+    """A checkpoint (read from ``path``) in another project's layout: the first modality whose
+    ``load_foreign`` knows it."""
     if isinstance(checkpoint, dict):
         for info in registry.available():
             found = registry.get(info.name).load_foreign(checkpoint, path, which, options)
@@ -271,9 +267,16 @@ def load_source(source: str, *, which: WhichEncoder | None = None, trust_torchsc
     if path.is_file() and path.suffix.lower() in (".yaml", ".yml"):
         raise ValueError(f"{source}: a YAML file (a recipe?), not weights; pass {RANDOM_PREFIX}{source} for the "
                          "recipe's model at random initialisation, or the run directory that recipe trained")
+    weights = None
     if path.is_file() and path.name != "models.pt":
-        return _foreign_source(path, which or "target", options)
+        from jepa.checkpoint.models import is_models_dict, weights_from_models
+
+        checkpoint = safe_load(path, "a run dir, a checkpoint (dir or models.pt), a foreign checkpoint such as the "
+                               "authors' released .pth.tar, or a file from `jepa export`")
+        if not is_models_dict(checkpoint):
+            return _foreign_source(checkpoint, path, which or "target", options)
+        weights = weights_from_models(checkpoint, path)  # a models.pt copied out of its run under another name
     if options:
         raise ValueError(f"{', '.join('--' + k.replace('_', '-') for k in options)}: these apply to foreign "
                          "checkpoints (e.g. released .pth.tar) only; a run or checkpoint of `jepa train` carries its recipe")
-    return _trained_source(path, which or "target")
+    return _trained_source(path, which or "target", weights)

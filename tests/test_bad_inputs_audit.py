@@ -128,7 +128,8 @@ def test_a_renamed_models_pt_is_read_as_jepa_weights(tmp_path, toy_models, toy_r
     shutil.copy(toy_models, renamed)
     src = load_source(str(renamed))
     assert src.kind == "checkpoint" and src.step == 1 and src.modality.name == "toy"
-    with pytest.raises(ValueError, match="--crop-size: these apply to foreign checkpoints only"):
+    with pytest.raises(ValueError, match=r"--crop-size: these apply to foreign checkpoints .* only; a run or "
+                                         r"checkpoint of `jepa train` carries its recipe"):
         load_source(str(renamed), crop_size=32)
     # init_from: the same file starts a new run
     result = train(toy_recipe("fromfile", "max_steps=1", f"init_from.path={renamed}"))

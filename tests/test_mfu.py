@@ -28,10 +28,10 @@ def test_unknown_gpu_has_no_peak_and_no_mfu():
 
 
 def test_cpu_gemm_peak_is_measured():
-    peak, source = mfu.peak_flops(torch.device("cpu"), "fp32")
-    assert peak is not None and 1e8 < peak < 1e14
-    assert source.startswith("measured")
-    assert mfu.measure_gemm_flops(size=256, repeats=2) > 0
+    peak = mfu.TrainingPeak(torch.device("cpu"), "fp32")
+    assert peak.flops_per_s is not None and 1e8 < peak.flops_per_s < 1e14
+    assert peak.source == f"measured: cpu fp32 GEMM {peak._gemm.n}^3, fastest so far"
+    assert mfu.measure_gemm(size=256, repeats=2)[0] > 0
 
 
 def test_gemm_side_grows_only_while_a_product_is_quick():

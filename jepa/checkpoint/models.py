@@ -19,14 +19,16 @@ def is_models_dict(obj: Any) -> bool:
     return isinstance(obj, dict) and {"format_version", "recipe", "encoder", "target_encoder"} <= set(obj)
 
 
-def read_models(path: Path) -> dict[str, Any]:
-    models = safe_load(path, "a jepa weights file (models.pt of `jepa train`)")
+def _checked(models: Any, path: Path) -> dict[str, Any]:
     if not isinstance(models, dict) or models.get("format_version") != FORMAT_VERSION:
         version = models.get("format_version") if isinstance(models, dict) else None
         raise ValueError(f"{path}: not a jepa models.pt of format_version {FORMAT_VERSION} (got {version!r}); "
                          "it was written by another tool or jepa version")
     return models
 
+
+def read_models(path: Path) -> dict[str, Any]:
+    return _checked(safe_load(path, "a jepa weights file (models.pt of `jepa train`)"), path)
 
 
 @dataclass(frozen=True)
@@ -67,7 +69,17 @@ def load_model_weights(path: str | Path) -> LoadedWeights:
             chosen = first_valid(resume_candidates(path), models_problems, f"weights of {path}")
             assert chosen is not None  # _checkpoint_dir found a complete one
         file = chosen / MODELS_FILE
-    models = read_models(file)
+    return weights_from_models(read_models(file), file)
+
+
+def weights_from_models(models: Any, file: Path) -> LoadedWeights:
+    """The weights of a ``models.pt`` already read from ``file`` (e.g. one copied out of its run under
+    another name, recognised by :func:`is_models_dict`); not verified against a checkpoint's digests.
+
+    Raises:
+        ValueError: not a jepa weights file of this format version, or its recipe does not validate.
+    """
+    models = _checked(models, file)
     recipe = parse_recipe(models["recipe"], source=f"{file} (recipe saved with the weights)")
     return LoadedWeights(recipe=recipe, step=int(models["step"]), encoder=models["encoder"],
                          predictor=models["predictor"], target_encoder=models["target_encoder"], path=file)

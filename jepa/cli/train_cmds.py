@@ -199,7 +199,8 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
             where = "between the timed steps" if interleave else "before and after the steps"
             peak_source = f"measured: cpu {r.engine.precision} GEMM {max(n for _, n in gemm)}^3 {where}, this run"
         else:
-            peak, peak_source = mfu.peak_flops(device, r.engine.precision)
+            table = mfu.TrainingPeak(device, r.engine.precision)  # a GPU: the table's peak
+            peak, peak_source = table.flops_per_s, table.source
         utilisation = mfu.mfu(flops * samples_per_s, peak, world) if flops else None
         if interleave and flops:  # the median of per-step ratios, each step over the mean of its two GEMMs
             utilisation = statistics.median(
