@@ -96,3 +96,10 @@ class ModalityConfig(StrictModel):
     ``Literal`` of their registered name and add their own sub-sections."""
 
     name: str
+
+
+class ObjectiveConfig(StrictModel):
+    """Base of an objective's recipe section (``objective:``). Subclasses narrow ``name`` to a
+    ``Literal`` of their registered name and add their own settings."""
+
+    name: str

@@ -1,14 +1,16 @@
-"""The training engine: DeepSpeed ZeRO around the online model, plus the EMA target encoder.
+"""The training engine: DeepSpeed ZeRO around the one module an objective trains, plus its frozen modules.
 
-This is the only module that imports DeepSpeed. The training loop talks to :class:`Engine`
-through a handful of methods (``set_optim_hparams``, ``backward``, ``step``, ``update_target``,
-``save_state`` / ``load_state``, ``full_state_dicts``); every sharding-aware detail lives here.
+This is the only module that imports DeepSpeed. The training loop and the objectives
+(:mod:`jepa.objective`) talk to :class:`Engine` through a handful of methods
+(``set_optim_hparams``, ``backward``, ``step``, ``gathered``, ``save_state`` / ``load_state``,
+``full_state_dicts``); every sharding-aware detail lives here.
 
-What DeepSpeed optimises is :class:`~jepa.model.JEPA` (context encoder + predictor). The target
-encoder is a deep copy of the context encoder taken *before* DeepSpeed partitions anything: it
-is never optimised, has ``requires_grad=False`` and is a full replica on every rank. Under ZeRO-3
-the context encoder's parameters are sharded, so the EMA gathers them first
-(``deepspeed.zero.GatheredParameters``) and every rank lerps its replica from the full tensors.
+What DeepSpeed optimises is the objective's module (I-JEPA: :class:`~jepa.model.JEPA`, context
+encoder + predictor; LeJEPA: encoder + projector); its direct children are the checkpoint parts.
+Frozen modules (an EMA target encoder) are copies the objective took *before* DeepSpeed
+partitions anything: never optimised, ``requires_grad=False``, a full replica on every rank.
+Under ZeRO-3 the trained parameters are sharded, so an EMA gathers them first
+(:meth:`Engine.gathered`) and every rank lerps its replica from the full tensors.
 
 Precision: parameters, gradients, optimiser state and gradient communication stay fp32;
 ``bf16`` / ``fp16`` run the forward passes under ``torch.autocast`` (DeepSpeed's
@@ -31,7 +33,6 @@ is unpickled with ``weights_only=True`` (:func:`_weights_only_torch_load`).
 from __future__ import annotations
 
 import argparse
-import copy
 import io
 import os
 import pickle
@@ -48,9 +49,7 @@ from deepspeed.checkpoint import ds_to_universal
 from deepspeed.runtime.checkpoint_engine import TorchCheckpointEngine
 from torch import Tensor, nn
 
-from jepa.interfaces import Encoder, Predictor, TargetUpdater
 from jepa.launch import detect as detect_launch, free_port
-from jepa.model import JEPA
 from jepa.param_groups import build_param_groups
 from jepa.recipe import EngineConfig, OptimConfig, split_global_batch
 
@@ -218,50 +217,53 @@ def deepspeed_config(cfg: EngineConfig, optim: OptimConfig, global_batch_size: i
 
 
 class Engine:
-    """DeepSpeed-wrapped context encoder + predictor, and the EMA target encoder.
+    """A DeepSpeed-wrapped module (what the objective trains) and its frozen modules.
+
+    Args:
+        module: the trained module; its direct children are the checkpoint parts and the
+            optimiser's parameter groups (in order).
+        frozen: modules kept outside the optimiser (e.g. ``{"target_encoder": ...}``), copied by
+            the objective before this engine is built; moved to the device here.
 
     Attributes:
         dist: rank, world size and device of this process.
-        model: the DeepSpeed engine; ``model(x, masks)`` runs :class:`JEPA` forward.
-        target_encoder: the EMA copy (full replica, no gradients, eval mode).
+        model: the DeepSpeed engine; ``model(...)`` runs ``module.forward``.
+        frozen: the frozen modules (full replicas, no gradients), by name.
         micro_batch_size: per-rank batch of one forward/backward.
         grad_accum_steps: micro batches per optimiser step.
     """
 
-    def __init__(self, encoder: Encoder, predictor: Predictor, *, engine_cfg: EngineConfig, optim_cfg: OptimConfig,
-                 target_updater: TargetUpdater, global_batch_size: int, micro_batch_size: int | None = None):
+    def __init__(self, module: nn.Module, *, frozen: dict[str, nn.Module] | None = None, engine_cfg: EngineConfig,
+                 optim_cfg: OptimConfig, global_batch_size: int, micro_batch_size: int | None = None):
         with _launcher_env():
-            self._setup(encoder, predictor, engine_cfg, optim_cfg, target_updater, global_batch_size, micro_batch_size)
+            self._setup(module, dict(frozen or {}), engine_cfg, optim_cfg, global_batch_size, micro_batch_size)
 
-    def _setup(self, encoder: Encoder, predictor: Predictor, engine_cfg: EngineConfig, optim_cfg: OptimConfig,
-               target_updater: TargetUpdater, global_batch_size: int, micro_batch_size: int | None) -> None:
+    def _setup(self, module: nn.Module, frozen: dict[str, nn.Module], engine_cfg: EngineConfig, optim_cfg: OptimConfig,
+               global_batch_size: int, micro_batch_size: int | None) -> None:
         self.dist = init_distributed()
         # data.micro_batch_size (if set) and engine.grad_accum_steps -> this world's split (jepa.recipe).
         self.micro_batch_size, self.grad_accum_steps = split_global_batch(
             global_batch_size, self.dist.world_size, engine_cfg.grad_accum_steps, micro_batch_size)
         engine_cfg = engine_cfg.model_copy(update={"grad_accum_steps": self.grad_accum_steps})
         self.cfg = engine_cfg
-        self.target_updater = target_updater
-
-        # The target is copied before DeepSpeed moves or partitions the online weights (and before
-        # activation checkpointing, which only the modules that get gradients need).
-        self.target_encoder = copy.deepcopy(encoder).requires_grad_(False).eval().to(self.dist.device)
+        self.frozen = {name: m.to(self.dist.device) for name, m in frozen.items()}
+        parts = dict(module.named_children())
         if engine_cfg.activation_checkpointing:
-            supported = [m for m in (encoder, predictor) if hasattr(m, "set_grad_checkpointing")]
+            supported = [m for m in parts.values() if hasattr(m, "set_grad_checkpointing")]
             if not supported:
-                raise ValueError("engine.activation_checkpointing is true but neither the encoder nor the predictor of this "
-                                 "modality has set_grad_checkpointing(); set engine.activation_checkpointing=false")
+                raise ValueError(f"engine.activation_checkpointing is true but none of the trained modules ({', '.join(parts)}) "
+                                 "has set_grad_checkpointing(); set engine.activation_checkpointing=false")
             for m in supported:
                 m.set_grad_checkpointing(True)
 
-        groups = build_param_groups(encoder, predictor, optim_cfg.weight_decay)
+        groups = build_param_groups(parts, optim_cfg.weight_decay)
         # fused: one kernel over all tensors. On CPU torch would otherwise loop over them in Python
         # (ViT-Ti, 150 tensors: about 4x slower than fused, measured in tools/bench_optimizer.py).
         optimizer = torch.optim.AdamW(groups, lr=optim_cfg.start_lr, betas=optim_cfg.betas, eps=optim_cfg.eps,
                                       weight_decay=optim_cfg.weight_decay,
                                       fused=self.dist.device.type in FUSED_ADAMW_DEVICES)
         config = deepspeed_config(engine_cfg, optim_cfg, global_batch_size, self.dist.world_size)
-        self.model, self.optimizer, _, _ = deepspeed.initialize(model=JEPA(encoder, predictor), optimizer=optimizer,
+        self.model, self.optimizer, _, _ = deepspeed.initialize(model=module, optimizer=optimizer,
                                                                 config=config, dist_init_required=False)
         assert type(self.model.checkpoint_engine) is TorchCheckpointEngine, type(self.model.checkpoint_engine)
         self.model.checkpoint_engine = _WeightsOnlyCheckpointEngine(self.model._config)
@@ -271,7 +273,8 @@ class Engine:
             self.model.enable_backward_allreduce = False
         if engine_cfg.compile:  # in place: state-dict keys stay the same
             self.model.compile()
-            self.target_encoder.compile()
+            for m in self.frozen.values():
+                m.compile()
         # Host-side flags (preemption) are agreed on over a gloo group of their own: they never touch the
         # GPU stream, and an asynchronous vote never interleaves with DeepSpeed's collectives.
         self._host_group = dist.new_group(backend="gloo") if self.dist.world_size > 1 else None
@@ -279,9 +282,13 @@ class Engine:
     # ------------------------------------------------------------------ the per-step API
 
     @property
-    def module(self) -> JEPA:
-        """The wrapped :class:`JEPA` (under ZeRO-3 its parameters are shards; use ``full_state_dicts``)."""
+    def module(self) -> nn.Module:
+        """The wrapped module (under ZeRO-3 its parameters are shards; use ``full_state_dicts``)."""
         return self.model.module
+
+    def _parts(self) -> dict[str, nn.Module]:
+        """The checkpoint parts: the trained module's children, then the frozen modules."""
+        return {**dict(self.module.named_children()), **self.frozen}
 
     @property
     def param_groups(self) -> list[dict[str, Any]]:
@@ -289,7 +296,7 @@ class Engine:
         return self.optimizer.param_groups
 
     def autocast(self) -> AbstractContextManager:
-        """The precision context for forward passes outside the DeepSpeed model (the target encoder)."""
+        """The precision context for forward passes outside the DeepSpeed model (frozen modules)."""
         if self.cfg.precision == "fp32":
             return nullcontext()
         dtype = torch.bfloat16 if self.cfg.precision == "bf16" else torch.float16
@@ -309,42 +316,36 @@ class Engine:
         """Called after every micro batch; DeepSpeed steps the optimiser at accumulation boundaries."""
         self.model.step()
 
-    def _gathered(self, params: list[nn.Parameter]) -> AbstractContextManager:
+    def gathered(self, params: list[nn.Parameter]) -> AbstractContextManager:
+        """Within the context, ``params`` (of the trained module) are full tensors on every rank
+        (under ZeRO-3 they are gathered, read-only; other stages hold them whole already)."""
         if self.cfg.zero_stage == 3:
             return deepspeed.zero.GatheredParameters(params, modifier_rank=None)
         return nullcontext()
 
-    @torch.no_grad()
-    def update_target(self, step: int) -> float:
-        """EMA of the context encoder into the target encoder after optimiser step ``step``; returns the momentum."""
-        momentum = self.target_updater.momentum(step)
-        if momentum < 1.0:
-            online = list(self.module.encoder.parameters())
-            with self._gathered(online):
-                self.target_updater.update(list(self.target_encoder.parameters()), online, step)
-        return momentum
-
     # ------------------------------------------------------------------ state
 
     def full_state_dicts(self) -> dict[str, dict[str, Tensor]] | None:
-        """fp32 CPU state dicts ``{"encoder", "predictor", "target_encoder"}`` on rank 0, None elsewhere.
+        """fp32 CPU state dicts of every checkpoint part (I-JEPA: ``encoder``, ``predictor``,
+        ``target_encoder``) on rank 0, None elsewhere.
 
         Collective under ZeRO-3 (every rank must call it): the shards are gathered one module at a time.
         """
         out = {}
-        for name, module in (("encoder", self.module.encoder), ("predictor", self.module.predictor)):
-            with self._gathered(list(module.parameters())):
+        for name, module in self.module.named_children():
+            with self.gathered(list(module.parameters())):
                 if self.dist.is_main:
                     out[name] = {k: v.detach().float().cpu().clone() for k, v in module.state_dict().items()}
         if not self.dist.is_main:
             return None
-        out["target_encoder"] = {k: v.detach().float().cpu().clone() for k, v in self.target_encoder.state_dict().items()}
+        for name, module in self.frozen.items():
+            out[name] = {k: v.detach().float().cpu().clone() for k, v in module.state_dict().items()}
         return out
 
     def state_shapes(self) -> dict[str, dict[str, tuple[int, ...]]]:
-        """Full (unsharded) shapes of every state-dict entry of the encoder and predictor."""
+        """Full (unsharded) shapes of every state-dict entry of every checkpoint part."""
         shapes = {}
-        for name, module in (("encoder", self.module.encoder), ("predictor", self.module.predictor)):
+        for name, module in self._parts().items():
             params = dict(module.named_parameters())
             shapes[name] = {
                 k: tuple(getattr(params.get(k), "ds_shape", None) or v.shape) for k, v in module.state_dict().items()
@@ -355,13 +356,13 @@ class Engine:
         """DeepSpeed's model/optimiser/ZeRO-shard files into ``directory/deepspeed`` (collective)."""
         self.model.save_checkpoint(str(directory), tag=DEEPSPEED_TAG, save_latest=False)
 
-    def load_state(self, directory: Path, target_encoder_state: dict[str, Tensor], *,
+    def load_state(self, directory: Path, frozen_states: dict[str, dict[str, Tensor]], *,
                    reshard_dir: Path | None = None) -> None:
-        """Restore what :meth:`save_state` wrote, plus the target encoder (strict: every key must fit).
+        """Restore what :meth:`save_state` wrote, plus the frozen modules (strict: every key must fit).
 
         Args:
             directory: the checkpoint directory (its ``deepspeed/`` sub-directory is read).
-            target_encoder_state: the EMA encoder's state dict.
+            frozen_states: a state dict for every frozen module, by name (e.g. the EMA encoder's).
             reshard_dir: set when ``directory`` was written by another number of ranks (collective:
                 every rank passes the same path on the shared filesystem). Under ZeRO 1-3 rank 0
                 converts the shards there into DeepSpeed's universal checkpoint (per-parameter fp32
@@ -372,7 +373,8 @@ class Engine:
             ValueError: the state is missing, holds more than tensors and DeepSpeed's records, or
                 cannot be converted.
         """
-        self.target_encoder.load_state_dict(target_encoder_state, strict=True)
+        for name, module in self.frozen.items():
+            module.load_state_dict(frozen_states[name], strict=True)
         universal = reshard_dir is not None and self.cfg.zero_stage > 0
         if universal:
             self._convert_to_universal(directory / DEEPSPEED_TAG, reshard_dir / DEEPSPEED_TAG)

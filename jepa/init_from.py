@@ -106,16 +106,23 @@ def read_init_states(cfg: InitFromConfig, modality: Modality) -> tuple[dict[str,
     return {p: dict(sections[_SECTION[p]]) for p in cfg.parts}, source_dir
 
 
-def check_init_states(cfg: InitFromConfig, states: Mapping[str, Mapping[str, Tensor]], encoder: nn.Module,
-                      predictor: nn.Module, describe: str) -> None:
-    """Strict fit check of every chosen part at once.
+def check_init_states(cfg: InitFromConfig, states: Mapping[str, Mapping[str, Tensor]], model: nn.Module,
+                      describe: str) -> None:
+    """Strict fit check of every chosen part at once, against the objective's trained ``model``
+    (its ``encoder`` child, and its ``predictor`` where it has one).
 
     Raises:
         ValueError: naming the file and every missing, unexpected and mis-shaped key per part.
     """
     from jepa.weights import state_problems
 
-    expected = {"encoder": encoder.state_dict(), "predictor": predictor.state_dict(), "target": encoder.state_dict()}
+    expected = {"encoder": model.encoder.state_dict(), "target": model.encoder.state_dict()}
+    if hasattr(model, "predictor"):
+        expected["predictor"] = model.predictor.state_dict()
+    absent = [part for part in states if part not in expected]
+    if absent:
+        raise ValueError(f"init_from.parts: this recipe's objective trains no {', '.join(absent)}; drop "
+                         f"{'it' if len(absent) == 1 else 'them'} from init_from.parts (e.g. parts: [encoder])")
     problems = [f"{part}: {p}" for part, state in states.items() for p in state_problems(expected[part], state)]
     if problems:
         raise ValueError(f"init_from.path: {cfg.path} does not fit the model of this recipe ({describe}):\n  "
@@ -123,20 +130,23 @@ def check_init_states(cfg: InitFromConfig, states: Mapping[str, Mapping[str, Ten
                          "drop the parts that differ from init_from.parts")
 
 
-def load_into_modules(states: Mapping[str, Mapping[str, Tensor]], encoder: nn.Module, predictor: nn.Module) -> None:
-    """Load the checked ``encoder`` / ``predictor`` parts into the modules before the engine wraps them."""
+def load_into_modules(states: Mapping[str, Mapping[str, Tensor]], model: nn.Module) -> None:
+    """Load the checked ``encoder`` / ``predictor`` parts into the objective's model before the engine wraps it."""
     if "encoder" in states:
-        encoder.load_state_dict(states["encoder"], strict=True)
+        model.encoder.load_state_dict(states["encoder"], strict=True)
     if "predictor" in states:
-        predictor.load_state_dict(states["predictor"], strict=True)
+        model.predictor.load_state_dict(states["predictor"], strict=True)
 
 
 def load_into_engine(cfg: InitFromConfig, states: Mapping[str, Mapping[str, Tensor]], source_dir: Path | None,
                      engine) -> None:
     """After the engine is built, on a run that does not resume: the ``target`` part and, when
     asked, the optimiser state (the engine restores modules and moments of the checkpoint)."""
+    if "target" in states and "target_encoder" not in engine.frozen:
+        raise ValueError("init_from.parts: target: this recipe's objective keeps no EMA target encoder; drop target "
+                         "from init_from.parts")
     if cfg.optimizer:
         assert source_dir is not None  # read_init_states refused otherwise
-        engine.load_state(source_dir, dict(states["target"]))
+        engine.load_state(source_dir, {"target_encoder": dict(states["target"])})
     elif "target" in states:
-        engine.target_encoder.load_state_dict(states["target"], strict=True)
+        engine.frozen["target_encoder"].load_state_dict(states["target"], strict=True)

@@ -192,6 +192,26 @@ class MissingHookError(NotImplementedError):
 
 
 @dataclass(frozen=True)
+class ViewSpec:
+    """How many augmented views of each sample an objective asks for (see :meth:`Modality.train_views`).
+
+    Attributes:
+        num_global: Vg large views ("global": what the encoder sees at its training size).
+        num_local: Vl small views ("local": smaller crops, where the modality has a notion of size).
+    """
+
+    num_global: int = 2
+    num_local: int = 0
+
+    def __post_init__(self) -> None:
+        assert self.num_global >= 1 and self.num_local >= 0, self
+
+    @property
+    def num_views(self) -> int:
+        return self.num_global + self.num_local
+
+
+@dataclass(frozen=True)
 class DemoDataSpec:
     """What ``jepa demo-data`` asks a modality to generate (see :meth:`Modality.write_demo_data`).
 
@@ -240,7 +260,8 @@ class Modality(ABC):
     from ``self.cfg``; builders hand out only the slice a component needs.
 
     Required: the builders, ``decode``, ``train_batch``, ``eval_batch``, ``example_input``.
-    Optional (defaults below): ``check``, ``describe``, ``train_flops_per_sample``; the data
+    Optional (defaults below): ``check``, ``describe``, ``train_flops_per_sample``, ``train_views``
+    (several augmented views per sample, for view-based objectives such as LeJEPA); the data
     hooks ``file_suffixes`` (``jepa shards FOLDER``) and ``write_demo_data`` (``jepa demo-data``);
     the export hooks ``export_inputs``, ``export_metadata`` and ``export_formats``; and
     ``load_foreign`` (checkpoints in another project's layout). The data hooks have no default:
@@ -298,6 +319,20 @@ class Modality(ABC):
         finish it where the model runs. The default returns ``inputs`` unchanged.
         """
         return inputs
+
+    def train_views(self, items: list[Any], generator: torch.Generator, spec: ViewSpec) -> list[Tensor]:
+        """Several independently augmented views of every item, for view-based objectives (LeJEPA).
+
+        Returns ``spec.num_views`` batches, each one view of every item in order (row b of every
+        batch comes from ``items[b]``): first the ``spec.num_global`` global views (one shape), then
+        the ``spec.num_local`` local views (one shape, which may be smaller than the global one).
+        Every batch goes through :meth:`finish_batch` like a :meth:`train_batch` result.
+
+        The default draws every view with :meth:`train_batch` (each call a fresh random
+        augmentation), so local views have the global shape; modalities with a notion of size
+        (image, video) override it with smaller local crops and stronger augmentation.
+        """
+        return [self.train_batch(items, generator) for _ in range(spec.num_views)]
 
     @abstractmethod
     def eval_batch(self, items: list[Any]) -> Tensor:

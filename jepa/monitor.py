@@ -118,6 +118,7 @@ class Monitor:
         self.peak = peak
         device = engine.dist.device
         self._loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+        self._term_sums: dict[str, Tensor] = {}
         self._first_bad = torch.full((), math.inf, dtype=torch.float64, device=device)
         self._window_steps = 0
         self._data_wait = 0.0
@@ -144,29 +145,35 @@ class Monitor:
         """Leave ``seconds`` of work outside training (the online probe) out of the window's throughput."""
         self._window_start += seconds
 
-    def accumulate(self, loss: Tensor, step: int, weight: float = 1.0) -> None:
+    def accumulate(self, loss: Tensor, step: int, weight: float = 1.0, terms: dict[str, Tensor] | None = None) -> None:
         """Add a micro batch's loss (weight 1/accumulation steps) on the device; remembers the
         first step whose loss is not finite, without a host sync.
 
         Args:
             step: the step's number as logged (optimiser steps done once it finishes).
+            terms: scalar parts of the loss (the objective's), averaged and logged like it.
         """
         loss = loss.detach().double()
         self._loss_sum += loss * weight
+        for name, value in (terms or {}).items():
+            total = self._term_sums.setdefault(name, torch.zeros((), dtype=torch.float64, device=loss.device))
+            total += value.detach().double() * weight
         bad_now = ~torch.isfinite(loss) & torch.isinf(self._first_bad)
         self._first_bad = torch.where(bad_now, torch.full_like(self._first_bad, step), self._first_bad)
 
     def end_step(self) -> None:
         self._window_steps += 1
 
-    def log(self, step: int, *, lr: float, weight_decay: float, momentum: float, targets: Tensor,
-            extra: dict[str, float] | None = None) -> dict[str, Any]:
+    def log(self, step: int, *, lr: float, weight_decay: float, representations: Tensor,
+            objective_metrics: dict[str, float] | None = None, extra: dict[str, float] | None = None) -> dict[str, Any]:
         """Collective: reduce the window over ranks, write the record (rank 0) and check the run's health.
 
         Args:
             step: optimiser steps done.
-            targets: this step's target tokens (..., D), for the collapse signals (spread and
-                RankMe, :mod:`jepa.health`; both averaged over ranks).
+            representations: this step's features (..., D) from the objective (I-JEPA: the target
+                tokens), for the collapse signals (``target_spread`` and ``rankme``,
+                :mod:`jepa.health`; both averaged over ranks).
+            objective_metrics: the objective's post-step values, the same on every rank (``ema_momentum``).
             extra: more metrics of this step, the same on every rank (the online k-NN probe).
 
         Raises:
@@ -176,11 +183,13 @@ class Monitor:
         """
         world = self.engine.dist.world_size
         window = max(1, self._window_steps)
-        sums = torch.stack([self._loss_sum / window, representation_spread(targets).double(), rankme(targets).double()])
+        names = sorted(self._term_sums)
+        sums = torch.stack([self._loss_sum / window, representation_spread(representations).double(),
+                            rankme(representations).double(), *(self._term_sums[n] / window for n in names)])
         self.engine.all_reduce_(sums)
         neg_first_bad = -self._first_bad.clone()
         self.engine.all_reduce_(neg_first_bad, op="max")
-        loss, spread, rank_me = (v / world for v in sums.tolist())  # the host sync
+        loss, spread, rank_me, *term_values = (v / world for v in sums.tolist())  # the host sync
         first_bad = -neg_first_bad.item()
 
         now = time.perf_counter()
@@ -188,8 +197,8 @@ class Monitor:
         samples_per_s = window * self.samples_per_step / elapsed if elapsed > 0 else math.nan
         rate = (step - self._run_start_step) / (now - self._run_start)
         record: dict[str, Any] = {
-            "step": step, "loss": loss, "lr": lr, "weight_decay": weight_decay, "ema_momentum": momentum,
-            "target_spread": spread, "rankme": rank_me, **(extra or {}), "samples_per_s": samples_per_s, "step_time_s": elapsed / window,
+            "step": step, "loss": loss, **dict(zip(names, term_values)), "lr": lr, "weight_decay": weight_decay,
+            **(objective_metrics or {}), "target_spread": spread, "rankme": rank_me, **(extra or {}), "samples_per_s": samples_per_s, "step_time_s": elapsed / window,
             "data_wait_frac": min(1.0, self._data_wait / elapsed) if elapsed > 0 else 0.0,
             "eta_s": (self.last_step - step) / rate if rate > 0 else math.nan,
         }
@@ -200,6 +209,8 @@ class Monitor:
         if self.is_main:
             self._write(record)
         self._loss_sum.zero_()
+        for total in self._term_sums.values():
+            total.zero_()
         self._window_steps, self._data_wait, self._window_start = 0, 0.0, now
         if self.peak is not None:
             self.exclude_time(self.peak.refresh())
@@ -225,8 +236,10 @@ class Monitor:
                 if key != "step":
                     self._tb.add_scalar(f"train/{key}", value, record["step"])
             self._tb.flush()
-        line = (f"loss {record['loss']:.4f}  lr {record['lr']:.2e}  ema {record['ema_momentum']:.4f}  "
-                f"spread {record['target_spread']:.3f}  rankme {record['rankme']:.1f}  "
+        line = (f"loss {record['loss']:.4f}  "
+                + "".join(f"{k} {record[k]:.4f}  " for k in sorted(self._term_sums))
+                + f"lr {record['lr']:.2e}  " + (f"ema {record['ema_momentum']:.4f}  " if "ema_momentum" in record else "")
+                + f"spread {record['target_spread']:.3f}  rankme {record['rankme']:.1f}  "
                 + (f"knn {100 * record['knn_top1']:.1f}%  " if "knn_top1" in record else "")
                 + f"{record['samples_per_s']:.1f} samples/s  "
                 f"data {100 * record['data_wait_frac']:.0f}%" + (f"  mfu {100 * record['mfu']:.1f}%" if "mfu" in record else ""))

@@ -20,13 +20,14 @@ def is_no_decay(name: str, param: Tensor) -> bool:
     return "bias" in name or param.ndim == 1
 
 
-def build_param_groups(encoder: nn.Module, predictor: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    """The 4 AdamW groups in the authors' order (:data:`PARAM_GROUP_NAMES`). Each group carries
-    its ``name`` and ``apply_weight_decay``; empty groups are left out (ZeRO cannot flatten an
-    empty group)."""
+def build_param_groups(parts: dict[str, nn.Module], weight_decay: float) -> list[dict[str, Any]]:
+    """AdamW groups: every part's decayed parameters, then every part's others, parts in order
+    (for I-JEPA's ``{"encoder", "predictor"}`` the authors' 4 groups, :data:`PARAM_GROUP_NAMES`).
+    Each group carries its ``name`` (``PART_decay`` / ``PART_no_decay``) and ``apply_weight_decay``;
+    empty groups are left out (ZeRO cannot flatten an empty group)."""
     groups = []
     for decay in (True, False):
-        for part, module in (("encoder", encoder), ("predictor", predictor)):
+        for part, module in parts.items():
             params = [p for n, p in module.named_parameters() if p.requires_grad and is_no_decay(n, p) != decay]
             if params:
                 groups.append({"params": params, "name": f"{part}_{'decay' if decay else 'no_decay'}",

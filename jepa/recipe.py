@@ -4,8 +4,11 @@ A recipe states what differs from the defaults in code. Validation happens in th
 all before anything heavy is built:
 
 1. the modality section, by the plugin's own ``config_model`` (``modality.name`` picks it);
-2. the core sections (data, optim, ema, loss, engine, checkpoint, log) by the models below;
-3. semantic checks (``check_recipe``): the core's and the modality's ``check``.
+2. the objective section, by the objective's own ``config_model`` (``objective.name`` picks it,
+   default ``ijepa``; the older top-level ``ema:`` / ``loss:`` sections are read as the ijepa
+   objective's);
+3. the core sections (data, optim, engine, checkpoint, log, eval) by the models below;
+4. semantic checks (``check_recipe``): the core's, the objective's and the modality's ``check``.
 
 Every problem is reported as ``FILE: field.path: problem (got VALUE)`` in one
 :class:`RecipeError`, never as a traceback.
@@ -22,9 +25,10 @@ from typing import Any, Literal
 import yaml
 from pydantic import Field, SerializeAsAny, ValidationError, field_validator
 
-from jepa import registry
-from jepa.config import ModalityConfig, StrictModel
+from jepa import objectives, registry
+from jepa.config import ModalityConfig, ObjectiveConfig, StrictModel
 from jepa.init_from import InitFromConfig
+from jepa.objectives.ijepa import IJEPAConfig
 from jepa.recipe_yaml import MAX_BYTES, YAMLProblem, load_yaml
 
 __all__ = ["Recipe", "RecipeError", "StrictModel", "ModalityConfig", "load_recipe", "parse_recipe", "apply_overrides"]
@@ -93,19 +97,6 @@ class OptimConfig(StrictModel):
         return betas
 
 
-class EMAConfig(StrictModel):
-    """Target-encoder momentum, linear from ``momentum`` to ``final_momentum`` over the run."""
-
-    momentum: float = Field(0.996, ge=0, le=1)
-    final_momentum: float = Field(1.0, ge=0, le=1)
-
-
-class LossConfig(StrictModel):
-    kind: Literal["l2", "smooth_l1", "l1"] = Field(
-        "l2", description="'l2' (I-JEPA paper), 'smooth_l1' with beta 1 (I-JEPA authors' code) or 'l1' (V-JEPA)")
-    normalize_targets: bool = Field(True, description="Layer-norm target features (no affine) before the loss")
-
-
 class EngineConfig(StrictModel):
     """DeepSpeed settings."""
 
@@ -119,7 +110,7 @@ class EngineConfig(StrictModel):
 
 
 HEALTH_METRICS: dict[str, Literal["max", "min"]] = {
-    "loss": "min", "target_spread": "max", "rankme": "max", "knn_top1": "max", "knn_top5": "max"}
+    "loss": "min", "pred_loss": "min", "sigreg": "min", "target_spread": "max", "rankme": "max", "knn_top1": "max", "knn_top5": "max"}
 """Metrics a run can keep its best checkpoint by, and which direction is better."""
 
 
@@ -175,10 +166,11 @@ class Recipe(StrictModel):
     run_dir: str | None = Field(None, description="Where checkpoints, metrics and the resolved recipe go (default runs/<name>)")
     max_steps: int | None = Field(None, gt=0, description="Stop after this many steps (schedules still span the full run)")
     modality: SerializeAsAny[ModalityConfig] = Field(description="The modality section; 'name' selects the plugin")
+    objective: SerializeAsAny[ObjectiveConfig] = Field(
+        default_factory=IJEPAConfig, description="How the encoder learns; 'name' selects the objective plugin "
+        "(ijepa: latent prediction against an EMA target; lejepa: views + SIGReg)")
     data: DataConfig = DataConfig()
     optim: OptimConfig = OptimConfig()
-    ema: EMAConfig = EMAConfig()
-    loss: LossConfig = LossConfig()
     engine: EngineConfig = EngineConfig()
     checkpoint: CheckpointConfig = CheckpointConfig()
     log: LogConfig = LogConfig()
@@ -305,8 +297,14 @@ def parse_recipe(raw: Any, source: str = "<recipe>") -> Recipe:
             except ValidationError as exc:
                 problems += _problems_from(exc, ("modality",))
 
+    objective_cfg, objective_problems = _objective_section(raw)
+    problems += objective_problems
+
     try:
-        recipe = Recipe.model_validate({**raw, "modality": modality_cfg or _Placeholder()})
+        fields = {**raw, "modality": modality_cfg or _Placeholder()}
+        if objective_cfg is not None:
+            fields["objective"] = objective_cfg
+        recipe = Recipe.model_validate(fields)
     except ValidationError as exc:
         problems += _problems_from(exc)
         recipe = None
@@ -317,6 +315,44 @@ def parse_recipe(raw: Any, source: str = "<recipe>") -> Recipe:
     if semantic:
         raise RecipeError(source, semantic)
     return recipe
+
+
+LEGACY_OBJECTIVE_SECTIONS = ("ema", "loss")
+"""Top-level sections of recipes written before objectives were plugins: the ijepa objective's."""
+
+
+def _objective_section(raw: dict[str, Any]) -> tuple[ObjectiveConfig | None, list[tuple[str, str]]]:
+    """Pop and validate the objective section of ``raw`` (moving legacy ``ema`` / ``loss`` under it).
+
+    Returns:
+        ``(config, problems)``: config None when it does not validate (the problems say why).
+    """
+    section = raw.pop("objective", None)
+    legacy = {key: raw.pop(key) for key in LEGACY_OBJECTIVE_SECTIONS if key in raw}
+    if section is None:
+        section = {"name": objectives.DEFAULT}
+    if not isinstance(section, dict):
+        return None, [("objective", f"must be a mapping with at least `name:` (e.g. `objective: {{name: lejepa}}`), "
+                                    f"got {_format_value(section)}")]
+    section = dict(section)
+    name = str(section.setdefault("name", objectives.DEFAULT))
+    problems: list[tuple[str, str]] = []
+    for key, value in legacy.items():
+        if name != "ijepa":
+            problems.append((key, f"is a setting of the ijepa objective, and this recipe's objective is {name!r}; "
+                                  "remove it"))
+        elif key in section:
+            problems.append((key, f"given twice: at the top level and as objective.{key}; keep objective.{key}"))
+        else:
+            section[key] = value
+    try:
+        plugin = objectives.OBJECTIVES.get(name)
+    except (ValueError, TypeError) as exc:
+        return None, [*problems, ("objective.name", str(exc))]
+    try:
+        return plugin.config_model.model_validate(section), problems
+    except ValidationError as exc:
+        return None, [*problems, *_problems_from(exc, ("objective",))]
 
 
 class _Placeholder(ModalityConfig):
@@ -445,8 +481,6 @@ def check_recipe(recipe: Recipe) -> list[tuple[str, str]]:
         problems.append(("optim.warmup_epochs", f"must be shorter than optim.epochs={o.epochs} (got {o.warmup_epochs})"))
     if o.final_lr > o.lr or o.start_lr > o.lr:
         problems.append(("optim.lr", f"peak lr {o.lr} must be >= start_lr {o.start_lr} and final_lr {o.final_lr}"))
-    if recipe.ema.final_momentum < recipe.ema.momentum:
-        problems.append(("ema.final_momentum", f"must be >= ema.momentum={recipe.ema.momentum} (got {recipe.ema.final_momentum})"))
     if d.samples_per_epoch < d.global_batch_size:
         problems.append(("data.samples_per_epoch", f"an epoch must hold at least one global batch of {d.global_batch_size} (got {d.samples_per_epoch})"))
     if d.source == "shards" and not d.train_shards:
@@ -460,7 +494,10 @@ def check_recipe(recipe: Recipe) -> list[tuple[str, str]]:
     if best is not None and best.metric.startswith("knn") and e.every_steps is None:
         problems.append(("checkpoint.keep_best.metric", f"{best.metric} is measured by the online k-NN probe: set "
                          "eval.every_steps, eval.train_shards and eval.val_shards, or rank by loss/rankme/target_spread"))
-    problems += [(f"modality.{path}" if path else "modality", msg) for path, msg in registry.bind(recipe.modality).check()]
+    modality = registry.bind(recipe.modality)
+    problems += [(f"modality.{path}" if path else "modality", msg) for path, msg in modality.check()]
+    objective = objectives.bind(recipe.objective, modality)
+    problems += [(f"objective.{path}" if path else "objective", msg) for path, msg in objective.check()]
     return problems
 
 
@@ -477,4 +514,13 @@ def recipe_json_schema() -> dict[str, Any]:
         defs[key] = sub
         options.append({"$ref": f"#/$defs/{key}"})
     schema["properties"]["modality"] = {"description": "The modality section; 'name' selects the plugin", "oneOf": options}
+    options = []
+    for info in objectives.OBJECTIVES.available():
+        prefix = f"objective.{info.name}."
+        sub = objectives.OBJECTIVES.get(info.name).config_model.model_json_schema(ref_template=f"#/$defs/{prefix}{{model}}")
+        defs.update({prefix + name: model for name, model in sub.pop("$defs", {}).items()})
+        key = prefix + sub.get("title", "config")
+        defs[key] = sub
+        options.append({"$ref": f"#/$defs/{key}"})
+    schema["properties"]["objective"] = {"description": "The objective section; 'name' selects the plugin", "oneOf": options}
     return schema

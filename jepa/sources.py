@@ -163,7 +163,7 @@ def _trained_source(path: Path, which: WhichEncoder, weights: LoadedWeights | No
     recipe = weights.recipe
     modality = registry.bind(recipe.modality)
     encoder = modality.build_encoder()
-    state = weights.target_encoder if which == "target" else weights.encoder
+    state = weights.eval_encoder if which == "target" else weights.encoder  # no EMA target (LeJEPA): the encoder
     describe = modality.describe()
     check_state_dict(encoder, state, f"{path} ({which} encoder) vs {describe} (recipe {recipe.name!r})",
                      "The checkpoint holds another architecture than its recipe says; evaluate it with the recipe "

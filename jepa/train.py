@@ -1,10 +1,12 @@
 """The training loop: one flat function, readable top to bottom.
 
-Per optimiser step: schedules (pure functions of the step) -> for each micro batch: data,
-forward (target tokens without gradients, then context encoder + predictor per mask pair), latent
-loss averaged over the pairs, backward, DeepSpeed step -> EMA of the target encoder -> stop vote (SIGTERM, see
-:mod:`jepa.preemption`) -> online k-NN probe (every ``eval.every_steps``, :mod:`jepa.online_eval`)
--> log (every ``log.every_steps`` and with each probe; loss, spread, RankMe) -> checkpoint (every
+Per optimiser step: schedules (pure functions of the step) -> for each micro batch: data, the
+objective's forward and loss (:mod:`jepa.objective`; I-JEPA: target tokens without gradients, then
+context encoder + predictor per mask pair; LeJEPA: every view through encoder and projector,
+prediction + SIGReg), backward, DeepSpeed step -> the objective's post-step update (I-JEPA: EMA of
+the target encoder) -> stop vote (SIGTERM, see :mod:`jepa.preemption`) -> online k-NN probe (every
+``eval.every_steps``, :mod:`jepa.online_eval`) -> log (every ``log.every_steps`` and with each
+probe; loss and its terms, spread, RankMe) -> checkpoint (every
 ``checkpoint.every_steps``, at the end, and when preempted; the best by ``checkpoint.keep_best``
 kept in ``RUN_DIR/best``, :mod:`jepa.best_checkpoint`).
 
@@ -28,20 +30,17 @@ from typing import Any, Callable, Literal
 
 import torch
 
-from jepa import checkpoint, init_from, registry
+from jepa import checkpoint, init_from, objectives, registry
 from jepa.best_checkpoint import BestCheckpoint
 from jepa.data import build_train_loader
 from jepa.engine import Engine
 from jepa.host_memory import retain_freed_memory
-from jepa.loss import latent_loss, mean_over_pairs
-from jepa.model import cut_targets, target_representations
-from jepa.mfu import TrainingPeak, flops_per_sample
+from jepa.mfu import TrainingPeak
 from jepa.monitor import Monitor
 from jepa.preemption import PreemptedError, Preemption, StopVote
 from jepa.recipe import Recipe, micro_batch_warning
 from jepa.run_lock import RunLock
 from jepa.schedules import cosine, warmup_cosine
-from jepa.target import EMATargetUpdater
 
 RECIPE_FILE = "recipe.yaml"
 
@@ -100,8 +99,8 @@ def train(recipe: Recipe, resume: str = "auto", *, save_checkpoints: bool = True
             (or starts fresh if there is none), ``"none"`` starts fresh (refused if the run
             directory holds checkpoints), a path names a checkpoint or run directory to continue.
         save_checkpoints: False for throughput benchmarks (nothing but metrics is written).
-        step_hook: called with the number of steps done after each optimiser step and its EMA
-            update, before logging (``jepa bench train`` times steps and advances its profiler there).
+        step_hook: called with the number of steps done after each optimiser step and the
+            objective's update (EMA), before logging (``jepa bench train`` times steps and advances its profiler there).
 
     Raises:
         ValueError: the run directory is in use, the checkpoint is invalid or does not fit the
@@ -115,18 +114,18 @@ def train(recipe: Recipe, resume: str = "auto", *, save_checkpoints: bool = True
     total_steps, warmup_steps = recipe.total_steps, recipe.warmup_steps
     last_step = min(total_steps, recipe.max_steps or total_steps)
     o = recipe.optim
+    objective = objectives.bind(recipe.objective, modality, total_steps=total_steps, seed=recipe.seed)
 
     torch.manual_seed(recipe.seed)  # identical initial weights on every rank
-    encoder, predictor = modality.build_encoder(), modality.build_predictor()
+    model = objective.build_model()
     init_states, init_dir = init_from.read_init_states(recipe.init_from, modality) if recipe.init_from else ({}, None)
     if recipe.init_from:  # checked now, before anything runs; loaded only if the run does not resume
-        init_from.check_init_states(recipe.init_from, init_states, encoder, predictor, modality.describe())
-        init_from.load_into_modules(init_states, encoder, predictor)
-    mask_sampler = modality.build_mask_sampler()
+        init_from.check_init_states(recipe.init_from, init_states, model, modality.describe())
+        init_from.load_into_modules(init_states, model)
+    batch_maker = objective.batch_maker()
     # a checkpoint of another number of processes keeps its micro batch: the accumulation steps follow
     engine_cfg, micro_batch_size = checkpoint.resume_batch_split(recipe, resume if save_checkpoints else "none")
-    engine = Engine(encoder, predictor, engine_cfg=engine_cfg, optim_cfg=o,
-                    target_updater=EMATargetUpdater(recipe.ema.momentum, recipe.ema.final_momentum, total_steps),
+    engine = Engine(model, frozen=objective.build_frozen(model), engine_cfg=engine_cfg, optim_cfg=o,
                     global_batch_size=recipe.data.global_batch_size, micro_batch_size=micro_batch_size)
     if engine.dist.device.type == "cpu":
         retain_freed_memory()  # no page faults on the same activations every step (jepa.host_memory)
@@ -149,13 +148,15 @@ def train(recipe: Recipe, resume: str = "auto", *, save_checkpoints: bool = True
             start_step, loader_state = point.step, point.loader_state
         elif recipe.init_from:
             init_from.load_into_engine(recipe.init_from, init_states, init_dir, engine)
-        loader = build_train_loader(recipe.data, modality, mask_sampler, seed=recipe.seed, rank=engine.dist.rank,
+        loader = build_train_loader(recipe.data, modality, batch_maker, seed=recipe.seed, rank=engine.dist.rank,
                                     world_size=engine.dist.world_size, micro_batch_size=engine.micro_batch_size,
                                     state=loader_state)
         online_knn = None
         if recipe.eval.every_steps:  # imported here: training without it does not load the evaluation package
             from jepa.online_eval import OnlineKNN
             online_knn = OnlineKNN(recipe.eval, modality, engine)
+            part = objective.eval_part  # the EMA target, or the online encoder of objectives without one
+            eval_encoder = engine.frozen[part] if part in engine.frozen else getattr(engine.module, part)
         started = True  # every check passed: from here on the run writes into its directory
         if engine.dist.is_main and (note := micro_batch_warning(recipe, engine.dist.world_size, engine.micro_batch_size)):
             warnings.warn(note, stacklevel=1)
@@ -164,7 +165,7 @@ def train(recipe: Recipe, resume: str = "auto", *, save_checkpoints: bool = True
                      if recipe.checkpoint.keep_best and save_checkpoints and engine.dist.is_main else None)
         monitor = Monitor(recipe.log, run_dir, engine, start_step=start_step, last_step=last_step,
                           samples_per_step=recipe.data.global_batch_size,
-                          flops_per_sample=flops_per_sample(modality, engine.micro_batch_size),
+                          flops_per_sample=objective.train_flops_per_sample(engine.micro_batch_size),
                           peak=TrainingPeak(engine.dist.device, recipe.engine.precision))
         device, accum = engine.dist.device, engine.grad_accum_steps
         batches = iter(loader)
@@ -184,19 +185,14 @@ def train(recipe: Recipe, resume: str = "auto", *, save_checkpoints: bool = True
                     batch = next(batches)
                 batch = batch.to(device, non_blocking=True)
                 monitor.data_wait(time.perf_counter() - t0)
-                inputs = modality.finish_batch(batch.inputs)  # e.g. uint8 pixels normalised on the device
-                with engine.autocast():  # target encoder once; context encoder + predictor once per mask pair
-                    h_BND = target_representations(engine.target_encoder, inputs,
-                                                   normalize=recipe.loss.normalize_targets)
-                    pairs = [(engine.model(inputs, masks, mask_index=i), cut_targets(h_BND, masks))
-                             for i, masks in enumerate(batch.masks)]
-                loss = mean_over_pairs([latent_loss(pred, tgt, recipe.loss.kind) for pred, tgt in pairs])
-                targets = pairs[0][1]
-                engine.backward(loss)
+                if monitor.flops_per_sample is None:  # objectives that count on the views' shapes
+                    monitor.flops_per_sample = objective.train_flops_per_sample(engine.micro_batch_size, batch)
+                out = objective.loss(engine, batch, step)
+                engine.backward(out.loss)
                 engine.step()
-                monitor.accumulate(loss, step + 1, weight=1.0 / accum)
+                monitor.accumulate(out.loss, step + 1, weight=1.0 / accum, terms=out.terms)
 
-            momentum = engine.update_target(step)
+            updated = objective.after_step(engine, step)
             monitor.end_step()
             done = step + 1
             if step_hook is not None:
@@ -207,12 +203,12 @@ def train(recipe: Recipe, resume: str = "auto", *, save_checkpoints: bool = True
             evaluated = None
             if online_knn and online_knn.due(done, last_step) and not preempted:  # SIGTERM: save first
                 t0 = time.perf_counter()
-                evaluated = online_knn(engine.target_encoder)
+                evaluated = online_knn(eval_encoder)
                 evaluated["eval_time_s"] = time.perf_counter() - t0
                 monitor.exclude_time(evaluated["eval_time_s"])
             if done % recipe.log.every_steps == 0 or done == last_step or preempted or evaluated:
-                record = monitor.log(done, lr=lr, weight_decay=weight_decay, momentum=momentum, targets=targets,
-                                     extra=evaluated)
+                record = monitor.log(done, lr=lr, weight_decay=weight_decay, representations=out.representations,
+                                     objective_metrics=updated, extra=evaluated)
                 if keep_best:
                     keep_best.observe(record)
             if save_checkpoints and (done % recipe.checkpoint.every_steps == 0 or done == last_step or preempted):

@@ -13,6 +13,7 @@ import pytest
 import torch
 from PIL import Image
 
+from jepa.objectives.ijepa import MaskBatches
 from jepa import data as data_mod
 from jepa.data import Batch, ShardSample, build_train_loader, expand_shards, read_shard, write_shard_set
 from jepa.data import stream as stream_mod
@@ -109,7 +110,7 @@ def _cfg(shards: list[str] | str, **kw) -> DataConfig:
 
 def _loader(cfg: DataConfig, modality=None, *, seed=0, rank=0, world=1, mb=8, state=None, sampler=None):
     modality = modality or IdModality()
-    return build_train_loader(cfg, modality, sampler or TinySampler(), seed=seed, rank=rank,
+    return build_train_loader(cfg, modality, MaskBatches(modality, sampler or TinySampler()), seed=seed, rank=rank,
                               world_size=world, micro_batch_size=mb, state=state)
 
 
@@ -245,7 +246,7 @@ def test_exact_resume_with_real_mask_sampler(image_shards):
     cfg = _cfg(f"{image_shards}/train")
 
     def make(state=None):
-        return build_train_loader(cfg, modality, sampler, seed=1, rank=0, world_size=1, micro_batch_size=8,
+        return build_train_loader(cfg, modality, MaskBatches(modality, sampler), seed=1, rank=0, world_size=1, micro_batch_size=8,
                                   state=state)
 
     full = _take(iter(make()), 10)
@@ -340,7 +341,7 @@ def test_synthetic_global_batch_is_the_same_for_any_world_size():
     modality = ImageModality(IMAGE_CFG)
 
     def batches(rank, world, mb, n=4, state=None):
-        return _take(iter(build_train_loader(cfg, modality, TinySampler(), seed=3, rank=rank,
+        return _take(iter(build_train_loader(cfg, modality, MaskBatches(modality, TinySampler()), seed=3, rank=rank,
                                              world_size=world, micro_batch_size=mb, state=state)), n)
 
     def step_rows(world, mb, step):  # the step's micro batches in global row order
@@ -360,7 +361,7 @@ def test_synthetic_global_batch_is_the_same_for_any_world_size():
         assert torch.equal(whole.inputs, torch.cat([b.inputs for b in ref]))
     one = batches(0, 1, 4)
     assert one[0].inputs.shape == (4, 3, 32, 32)
-    loader = build_train_loader(cfg, modality, TinySampler(), seed=3, rank=0, world_size=1, micro_batch_size=4)
+    loader = build_train_loader(cfg, modality, MaskBatches(modality, TinySampler()), seed=3, rank=0, world_size=1, micro_batch_size=4)
     it = iter(loader)
     _take(it, 1)
     assert loader.state_dict()["step"] == 1

@@ -13,7 +13,7 @@ from jepa.model import target_tokens
 from jepa.monitor import read_metrics
 from jepa.recipe import EngineConfig, OptimConfig
 from jepa.schedules import cosine, linear, warmup_cosine
-from jepa.target import EMATargetUpdater
+from jepa.objectives.ijepa import IJEPAConfig, IJEPAObjective
 from jepa.train import train
 
 from toy_modality import ToyConfig, ToyModality
@@ -23,9 +23,13 @@ MODALITY = ToyModality()
 
 def _engine(global_batch_size: int = 8, momentum: float = 0.9, optim: OptimConfig | None = None, **engine_cfg) -> Engine:
     torch.manual_seed(0)
-    return Engine(MODALITY.build_encoder(), MODALITY.build_predictor(),
-                  engine_cfg=EngineConfig(**{"precision": "fp32", **engine_cfg}), optim_cfg=optim or OptimConfig(),
-                  target_updater=EMATargetUpdater(momentum, 1.0, total_steps=100), global_batch_size=global_batch_size)
+    objective = IJEPAObjective(IJEPAConfig(ema={"momentum": momentum, "final_momentum": 1.0}), MODALITY, total_steps=100)
+    model = objective.build_model()
+    engine = Engine(model, frozen=objective.build_frozen(model),
+                    engine_cfg=EngineConfig(**{"precision": "fp32", **engine_cfg}), optim_cfg=optim or OptimConfig(),
+                    global_batch_size=global_batch_size)
+    engine.test_objective = objective  # the EMA update after a step: objective.after_step(engine, step)
+    return engine
 
 
 def _batch(n: int, seed: int = 0):
@@ -35,7 +39,7 @@ def _batch(n: int, seed: int = 0):
 
 def _train_step(engine: Engine, x, masks) -> torch.Tensor:
     with engine.autocast():
-        targets = target_tokens(engine.target_encoder, x, masks)
+        targets = target_tokens(engine.frozen["target_encoder"], x, masks)
         predictions = engine.model(x, masks)
     loss = latent_loss(predictions, targets)
     engine.backward(loss)
@@ -46,7 +50,7 @@ def _train_step(engine: Engine, x, masks) -> torch.Tensor:
 def test_param_groups_follow_the_authors_layout():
     torch.manual_seed(0)
     encoder, predictor = MODALITY.build_encoder(), MODALITY.build_predictor()
-    groups = build_param_groups(encoder, predictor, weight_decay=0.04)
+    groups = build_param_groups({"encoder": encoder, "predictor": predictor}, weight_decay=0.04)
     assert [g["name"] for g in groups] == list(PARAM_GROUP_NAMES)
     assert PARAM_GROUP_NAMES == ("encoder_decay", "predictor_decay", "encoder_no_decay", "predictor_no_decay")
     names = {id(p): f"encoder.{n}" for n, p in encoder.named_parameters()}
@@ -97,7 +101,7 @@ def test_lr_wd_and_momentum_used_at_each_step_equal_the_closed_forms(toy_recipe,
 def test_target_encoder_is_a_frozen_replica_updated_only_by_ema():
     engine = _engine(momentum=0.5)
     try:
-        target = engine.target_encoder
+        target = engine.frozen["target_encoder"]
         online = engine.module.encoder
         assert all(not p.requires_grad for p in target.parameters())
         optimised = {id(p) for g in engine.param_groups for p in g["params"]}
@@ -109,7 +113,7 @@ def test_target_encoder_is_a_frozen_replica_updated_only_by_ema():
         _train_step(engine, *_batch(8))
         assert all(p.grad is None for p in target.parameters()), "the target encoder received gradients"
         assert all(torch.equal(a, b) for a, b in zip(before, target.parameters())), "the optimiser moved the target"
-        momentum = engine.update_target(step=0)
+        momentum = engine.test_objective.after_step(engine, 0)["ema_momentum"]
         assert momentum == 0.5
         for b, t, o in zip(before, target.parameters(), online.parameters()):
             torch.testing.assert_close(t, 0.5 * b + 0.5 * o, rtol=0, atol=1e-7)
@@ -172,7 +176,7 @@ def test_mixed_precision_autocasts_and_keeps_fp32_weights(precision, dtype):
         losses = [_train_step(engine, x, masks).item() for _ in range(3)]
         assert all(torch.isfinite(torch.tensor(losses)))
         assert all(p.dtype == torch.float32 for p in engine.module.parameters())
-        assert all(p.dtype == torch.float32 for p in engine.target_encoder.parameters())
+        assert all(p.dtype == torch.float32 for p in engine.frozen["target_encoder"].parameters())
     finally:
         engine.close()
 
@@ -205,9 +209,9 @@ def test_activation_checkpointing_is_switched_on_and_changes_nothing():
         try:
             assert engine.module.encoder.grad_checkpointing is enabled
             assert engine.module.predictor.grad_checkpointing is enabled
-            assert engine.target_encoder.grad_checkpointing is False  # no gradients there: nothing to recompute
+            assert engine.frozen["target_encoder"].grad_checkpointing is False  # no gradients there: nothing to recompute
             with engine.autocast():
-                targets = target_tokens(engine.target_encoder, x, masks)
+                targets = target_tokens(engine.frozen["target_encoder"], x, masks)
                 loss = latent_loss(engine.model(x, masks), targets)
             engine.backward(loss)
             grads.append([p.grad.clone() for p in engine.module.parameters()])

@@ -12,6 +12,7 @@ import pytest
 import torch
 import yaml
 
+from jepa.objectives.ijepa import MaskBatches
 from jepa.checkpoint import load_model_weights
 from jepa.data import build_train_loader
 from jepa.data.loader import sample_masks, step_generator
@@ -129,7 +130,7 @@ def test_faithful_block_sizes_are_shared_by_every_rank_and_worker(demo_shards):
                      samples_per_epoch=160)
     per_rank = []
     for rank in range(2):
-        loader = build_train_loader(cfg, modality, sampler, seed=5, rank=rank, world_size=2, micro_batch_size=4)
+        loader = build_train_loader(cfg, modality, MaskBatches(modality, sampler), seed=5, rank=rank, world_size=2, micro_batch_size=4)
         it = iter(loader)
         per_rank.append([next(it).masks[0] for _ in range(8)])
         it.close()
@@ -156,7 +157,7 @@ def test_one_process_accumulating_2_has_the_masks_of_2_processes(mode):
     data = DataConfig(source="synthetic", global_batch_size=8, samples_per_epoch=64)
 
     def stream(rank: int, world: int, n: int) -> list:
-        loader = build_train_loader(data, modality, modality.build_mask_sampler(), seed=1, rank=rank,
+        loader = build_train_loader(data, modality, MaskBatches(modality, modality.build_mask_sampler()), seed=1, rank=rank,
                                     world_size=world, micro_batch_size=4)
         it = iter(loader)
         return [next(it) for _ in range(n)]

@@ -44,7 +44,7 @@ def test_every_shipped_recipe_checks(path):
 def test_defaults_fill_in_and_roundtrip():
     r = parse_recipe(SMALL)
     assert r.modality.mask.num_targets == 4 and r.modality.mask.target_scale == (0.15, 0.2)
-    assert r.optim.lr == 1e-3 and r.ema.momentum == 0.996
+    assert r.optim.lr == 1e-3 and r.objective.ema.momentum == 0.996 and r.objective.name == "ijepa"
     assert r.steps_per_epoch == 8 and r.total_steps == 16 and r.warmup_steps == 8
     again = parse_recipe(yaml.safe_load(r.to_yaml()))
     assert again == r

@@ -28,6 +28,7 @@ import pytest
 import torch
 import yaml
 
+from jepa.objectives.ijepa import MaskBatches
 from jepa import checkpoint
 from jepa.data import ShardSample, ShardTrainLoader, expand_shards, write_shard_set
 from jepa.data.redeal import carry_shares, redeal
@@ -77,7 +78,7 @@ def ids_of(x: torch.Tensor) -> list[int]:
 # to ids<command>_rank<R>.txt in $JEPA_TEST_IDS.
 RUNNER = '''
 import os, sys
-import jepa.train as T
+import jepa.objectives.ijepa as T
 _target, _command = T.target_representations, [0]
 def _record(encoder, x, *args, **kwargs):
     rank = os.environ.get("SLURM_PROCID", os.environ.get("RANK", "0"))
@@ -101,7 +102,7 @@ while args:
 
 def record_ids_in_process(monkeypatch) -> list[list[int]]:
     """Micro batches (their sample ids) the in-process training loop runs from now on."""
-    import jepa.train as loop
+    import jepa.objectives.ijepa as loop
 
     seen: list[list[int]] = []
     target = loop.target_representations
@@ -357,7 +358,7 @@ def _loader_cfg(shards: Path, workers: int) -> DataConfig:
 def _consume(shards: Path, world: int, workers: int, steps: int, states=None, micro: int = 4):
     """Sample ids of ``steps`` optimiser steps of ``world`` rank loaders, and their states afterwards."""
     mod = ToyModality(ToyConfig())
-    loaders = [ShardTrainLoader(expand_shards(str(shards)), _loader_cfg(shards, workers), mod, mod.build_mask_sampler(),
+    loaders = [ShardTrainLoader(expand_shards(str(shards)), _loader_cfg(shards, workers), mod, MaskBatches(mod, mod.build_mask_sampler()),
                                 seed=3, rank=r, world_size=world, micro_batch_size=micro,
                                 state=None if states is None else states[r]) for r in range(world)]
     batches = [iter(loader) for loader in loaders]
@@ -466,7 +467,7 @@ def test_resharding_never_unpickles_unsafely(tmp_path, victim):
     cannot: a crafted file in the ZeRO state is refused, its code does not run, the scratch dir is removed."""
     from jepa.engine import Engine
     from jepa.recipe import EngineConfig, OptimConfig
-    from jepa.target import EMATargetUpdater
+    from jepa.objectives.ijepa import IJEPAConfig, IJEPAObjective
     from jepa.weights import safe_load
 
     train(_recipe(tmp_path / "run", "synthetic", "max_steps=1"))
@@ -474,14 +475,16 @@ def test_resharding_never_unpickles_unsafely(tmp_path, victim):
     marker = tmp_path / "ran"
     torch.save({"state": _Payload(marker)}, ckpt / "deepspeed" / victim)
     modality = ToyModality(ToyConfig())
-    engine = Engine(modality.build_encoder(), modality.build_predictor(),
+    objective = IJEPAObjective(IJEPAConfig(), modality, total_steps=10)
+    model = objective.build_model()
+    engine = Engine(model, frozen=objective.build_frozen(model),
                     engine_cfg=EngineConfig(precision="fp32", zero_stage=2), optim_cfg=OptimConfig(),
-                    target_updater=EMATargetUpdater(0.99, 1.0, 10), global_batch_size=8, micro_batch_size=4)
+                    global_batch_size=8, micro_batch_size=4)
     try:
         target = safe_load(ckpt / "models.pt", "models.pt")["target_encoder"]
         scratch = ckpt.with_name(ckpt.name + checkpoint.RESHARD_SUFFIX)
         with pytest.raises(ValueError, match="could not convert this ZeRO state .*UnpicklingError"):
-            engine.load_state(ckpt, target, reshard_dir=scratch)
+            engine.load_state(ckpt, {"target_encoder": target}, reshard_dir=scratch)
     finally:
         engine.close()
     assert not marker.exists(), "the pickle's code ran"

@@ -26,7 +26,7 @@ def test_toy_is_discovered_through_the_entry_point_group(toy_plugin_dir):
     assert len(eps) == 1 and eps[0].dist is not None and eps[0].dist.name == "toy-jepa"
     infos = {i.name: i for i in registry.available()}
     assert infos["toy"].package == "toy-jepa" and infos["toy"].target == "toy_modality:ToyModality"
-    assert "toy" not in registry._extra  # not registered by hand
+    assert "toy" not in registry.MODALITIES._extra  # not registered by hand
     assert registry.get("toy") is ToyModality
 
 

@@ -78,7 +78,7 @@ def test_non_finite_loss_stops_the_run_naming_the_step(toy_recipe, monkeypatch):
         loss = latent_loss(pred, target, kind)
         return loss * float("nan") if calls["n"] == 3 else loss
 
-    monkeypatch.setattr("jepa.train.latent_loss", poisoned_loss)
+    monkeypatch.setattr("jepa.objectives.ijepa.latent_loss", poisoned_loss)
     recipe = toy_recipe("run", "max_steps=8", "log.every_steps=2", "checkpoint.every_steps=2")
     with pytest.raises(NonFiniteLossError, match=r"non-finite at step 3\b"):
         train(recipe)
@@ -112,7 +112,8 @@ def test_info_counts_parameters_and_flops(toy_recipe_file):
     n_enc = sum(p.numel() for p in ToyModality(cfg).build_encoder().parameters())
     n_pred = sum(p.numel() for p in ToyModality(cfg).build_predictor().parameters())
     text = " ".join(out.output.split())
-    assert f"context encoder parameters │ {n_enc:,}" in text
+    assert f"encoder parameters │ {n_enc:,}" in text
+    assert f"target_encoder parameters (EMA copy, not trained) │ {n_enc:,}" in text
     assert f"predictor parameters │ {n_pred:,}" in text
     assert f"total trainable parameters │ {n_enc + n_pred:,}" in text
     assert "training FLOPs per sample" in text

@@ -5,8 +5,10 @@ Layout of a run directory (the file names and ``models.pt`` keys are public API)
     RUN_DIR/checkpoints/
         latest                 "step_000123": the checkpoint written last (written atomically after it is complete)
         step_000123/
-            models.pt          rank 0: {"format_version": 1, "encoder", "predictor", "target_encoder",
-                               "step", "recipe"}: full fp32 state dicts (gathered under ZeRO-3)
+            models.pt          rank 0: {"format_version": 1, "step", "recipe", and a full fp32 state dict
+                               (gathered under ZeRO-3) per checkpoint part of the objective: ijepa
+                               "encoder", "predictor", "target_encoder"; lejepa "encoder", "projector"
+                               (+ "target_encoder", "target_projector" with an EMA teacher)}
             meta.json          step, world size, micro batch, accumulation steps, ZeRO stage, precision
             rank_00000.pt      per rank: data-loader position and RNG states (tensors and plain types)
             deepspeed/         DeepSpeed's model / optimiser / ZeRO-shard files

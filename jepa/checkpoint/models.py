@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +16,7 @@ from jepa.weights import safe_load
 
 def is_models_dict(obj: Any) -> bool:
     """Whether a loaded file has the top level of a ``models.pt`` of ``jepa train`` (whatever the file's name)."""
-    return isinstance(obj, dict) and {"format_version", "recipe", "encoder", "target_encoder"} <= set(obj)
+    return isinstance(obj, dict) and {"format_version", "recipe", "encoder"} <= set(obj)
 
 
 def _checked(models: Any, path: Path) -> dict[str, Any]:
@@ -38,8 +38,10 @@ class LoadedWeights:
     Attributes:
         recipe: the validated recipe that trained them (its modality must be installed).
         step: optimiser steps done when they were saved.
-        encoder, predictor, target_encoder: state dicts (CPU tensors, no ``module.`` prefixes).
+        encoder, predictor, target_encoder: state dicts (CPU tensors, no ``module.`` prefixes); the
+            predictor and target encoder are empty for objectives without them (LeJEPA).
         path: the ``models.pt`` file they came from.
+        parts: every module state dict of the file by name (an objective's other parts, e.g. LeJEPA's ``projector``).
     """
 
     recipe: Recipe
@@ -48,6 +50,13 @@ class LoadedWeights:
     predictor: dict[str, Tensor]
     target_encoder: dict[str, Tensor]
     path: Path
+    parts: dict[str, dict[str, Tensor]] = field(default_factory=dict)
+
+    @property
+    def eval_encoder(self) -> dict[str, Tensor]:
+        """The encoder evaluation and export read by default: the EMA target where the objective
+        keeps one, else the trained encoder."""
+        return self.target_encoder or self.encoder
 
 
 def load_model_weights(path: str | Path) -> LoadedWeights:
@@ -81,5 +90,7 @@ def weights_from_models(models: Any, file: Path) -> LoadedWeights:
     """
     models = _checked(models, file)
     recipe = parse_recipe(models["recipe"], source=f"{file} (recipe saved with the weights)")
+    parts = {k: v for k, v in models.items() if isinstance(v, dict) and k not in ("recipe", "loader", "rng")}
     return LoadedWeights(recipe=recipe, step=int(models["step"]), encoder=models["encoder"],
-                         predictor=models["predictor"], target_encoder=models["target_encoder"], path=file)
+                         predictor=models.get("predictor") or {}, target_encoder=models.get("target_encoder") or {},
+                         path=file, parts=parts)

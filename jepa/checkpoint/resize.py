@@ -69,7 +69,7 @@ def resume_batch_split(recipe: Recipe, resume: str) -> tuple[EngineConfig, int |
     return recipe.engine.model_copy(update={"grad_accum_steps": None}), saved_micro
 
 
-def load_resized(engine: Engine, path: Path, recipe: Recipe, target_encoder: dict[str, Any], saved_world: int) -> dict[str, Any]:
+def load_resized(engine: Engine, path: Path, recipe: Recipe, frozen_states: dict[str, Any], saved_world: int) -> dict[str, Any]:
     """Restore a checkpoint of ``saved_world`` processes on this engine's; returns this rank's loader state.
 
     The data positions come first (cheap, and every refusal comes before anything is written): every
@@ -85,6 +85,6 @@ def load_resized(engine: Engine, path: Path, recipe: Recipe, target_encoder: dic
     rank_states = [read_rank_state(path, r) for r in range(saved_world)]
     loader_state = redeal([s["loader"] for s in rank_states], recipe.data, seed=recipe.seed, rank=engine.dist.rank,
                           world_size=engine.dist.world_size, micro_batch_size=engine.micro_batch_size)
-    engine.load_state(path, target_encoder, reshard_dir=path.with_name(path.name + RESHARD_SUFFIX))
+    engine.load_state(path, frozen_states, reshard_dir=path.with_name(path.name + RESHARD_SUFFIX))
     restore_rng(rank_states[engine.dist.rank % saved_world]["rng"])
     return loader_state

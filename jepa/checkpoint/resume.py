@@ -107,7 +107,7 @@ class ResumePoint:
 
 
 def load_checkpoint(engine: Engine, path: Path, recipe: Recipe) -> ResumePoint:
-    """Restore engine state, target encoder, RNG states and this rank's loader position.
+    """Restore engine state, frozen modules (the EMA target), RNG states and this rank's loader position.
 
     A checkpoint of another number of processes is resharded (:func:`~jepa.checkpoint.resize.load_resized`);
     this engine must have been built with the checkpoint's micro batch (:func:`~jepa.checkpoint.resize.resume_batch_split`).
@@ -134,9 +134,9 @@ def load_checkpoint(engine: Engine, path: Path, recipe: Recipe) -> ResumePoint:
                          f"({engine.dist.world_size} x {engine.micro_batch_size} x {engine.grad_accum_steps}), which would "
                          f"change the masks and the data stream. Set data.micro_batch_size={saved_micro} (the accumulation "
                          f"steps follow) or resume on {saved_world} processes")
-    expected = engine.state_shapes()
-    problems = [f"{part}: {p}" for part in ("encoder", "predictor") for p in state_problems(expected[part], models[part])]
-    problems += [f"target_encoder: {p}" for p in state_problems(expected["encoder"], models["target_encoder"])]
+    expected = engine.state_shapes()  # every checkpoint part of this recipe's objective
+    problems = [f"{part}: {p}" for part, shapes in expected.items()
+                for p in state_problems(shapes, models.get(part) if isinstance(models.get(part), dict) else {})]
     diffs = recipe_differences(models["recipe"], recipe.model_dump(mode="json"))
     recipe_note = "; ".join(f"{k}: {old!r} -> {new!r}" for k, old, new in diffs)
     if problems:
@@ -147,9 +147,9 @@ def load_checkpoint(engine: Engine, path: Path, recipe: Recipe) -> ResumePoint:
         raise ValueError(f"{path}: the recipe differs from the one that wrote this checkpoint in fields that shape the "
                          f"model or the optimisation: {recipe_note}. Restore them, or start a new run (another run_dir)")
     if saved_world != engine.dist.world_size:
-        loader_state = load_resized(engine, path, recipe, models["target_encoder"], saved_world)
+        loader_state = load_resized(engine, path, recipe, {k: models[k] for k in engine.frozen}, saved_world)
         return ResumePoint(step=int(models["step"]), loader_state=loader_state, path=path)
     rank_state = read_rank_state(path, engine.dist.rank)
-    engine.load_state(path, models["target_encoder"])
+    engine.load_state(path, {k: models[k] for k in engine.frozen})
     restore_rng(rank_state["rng"])
     return ResumePoint(step=int(models["step"]), loader_state=rank_state["loader"], path=path)

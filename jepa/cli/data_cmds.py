@@ -248,11 +248,13 @@ def bench_data_pipeline(recipe: Any, batch_size: int, num_batches: int, repeats:
     """Measure the recipe's data pipeline; returns ``(stage, images/s per repeat)`` rows."""
     import torch
 
-    from jepa import registry
+    from jepa import objectives, registry
     from jepa.data import build_train_loader, expand_shards
 
     plugin = registry.bind(recipe.modality)
-    sampler = plugin.build_mask_sampler()
+    maker = objectives.bind(recipe.objective, plugin).batch_maker()
+    sampler = getattr(maker, "mask_sampler", None)  # objectives that train on masks (ijepa)
+    spec = getattr(maker, "spec", None)  # objectives that train on several views (lejepa)
     d = recipe.data
     rows: list[tuple[str, list[float]]] = []
     threads = torch.get_num_threads()
@@ -282,12 +284,17 @@ def bench_data_pipeline(recipe: Any, batch_size: int, num_batches: int, repeats:
                 err_console.print(f"[yellow]note:[/] {len(undecodable)} of {len(raw)} samples do not decode and were "
                                   f"skipped (first: {escape(undecodable[0])})", highlight=False, soft_wrap=True)
             chunks = [items[i:i + batch_size] for i in range(0, len(items), batch_size)]
-            rows.append(("train view (1 worker)", _rates(
-                lambda: sum(_images(plugin.train_batch(c, gen)) for c in chunks), repeats)))
-        rows.append(("masks (1 worker)", _rates(
-            lambda: sum(as_mask_pairs(sampler(batch_size, gen))[0].batch_size for _ in range(num_batches)), repeats)))
+            if spec is not None:
+                rows.append((f"train views x{spec.num_views} (1 worker)", _rates(
+                    lambda: sum(_images(plugin.train_views(c, gen, spec)[0]) for c in chunks), repeats)))
+            else:
+                rows.append(("train view (1 worker)", _rates(
+                    lambda: sum(_images(plugin.train_batch(c, gen)) for c in chunks), repeats)))
+        if sampler is not None:
+            rows.append(("masks (1 worker)", _rates(
+                lambda: sum(as_mask_pairs(sampler(batch_size, gen))[0].batch_size for _ in range(num_batches)), repeats)))
         one = d.model_copy(update={"num_workers": 0})
-        loader = iter(build_train_loader(one, plugin, sampler, seed=recipe.seed, rank=0, world_size=1,
+        loader = iter(build_train_loader(one, plugin, maker, seed=recipe.seed, rank=0, world_size=1,
                                          micro_batch_size=batch_size))
         next(loader)  # fills the shuffle buffer
         rows.append((PER_WORKER_ROW, _rates(
@@ -295,7 +302,7 @@ def bench_data_pipeline(recipe: Any, batch_size: int, num_batches: int, repeats:
     finally:
         torch.set_num_threads(threads)
     if d.source == "shards" and d.num_workers > 0:
-        loader = iter(build_train_loader(d, plugin, sampler, seed=recipe.seed, rank=0, world_size=1,
+        loader = iter(build_train_loader(d, plugin, maker, seed=recipe.seed, rank=0, world_size=1,
                                          micro_batch_size=batch_size))
         for _ in range(2 * d.num_workers):  # every worker started and its buffer filled
             next(loader)

@@ -14,7 +14,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from jepa import registry
+from jepa import objectives, registry
 from jepa.cli.errors import cli_errors
 from jepa.cli.options import ResumeOption, SetOption
 from jepa.recipe import RecipeError, load_recipe, split_global_batch
@@ -99,18 +99,19 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
         with cli_errors():
             r = load_recipe(recipe, overrides or [])
             modality = registry.bind(r.modality)
+            objective = objectives.bind(r.objective, modality, total_steps=r.total_steps, seed=r.seed)
             with torch.device("meta"):
-                encoder, predictor = modality.build_encoder(), modality.build_predictor()
-        n_enc = sum(p.numel() for p in encoder.parameters())
-        n_pred = sum(p.numel() for p in predictor.parameters())
-        trainable = sum(p.numel() for m in (encoder, predictor) for p in m.parameters() if p.requires_grad)
-        flops = modality.train_flops_per_sample()
-        table = Table(title=f"{r.name}: {modality.describe()}", show_header=False)
-        table.add_row("context encoder parameters", f"{n_enc:,}")
-        table.add_row("target encoder parameters (EMA copy, not trained)", f"{n_enc:,}")
-        table.add_row("predictor parameters", f"{n_pred:,}")
-        table.add_row("total trainable parameters", f"{trainable:,}")
-        table.add_row("training FLOPs per sample (expectation, docs/flops.md)", _fmt_count(flops) + "FLOP" if flops else "unknown")
+                model = objective.build_model()
+                frozen = objective.build_frozen(model)
+        flops = objective.train_flops_per_sample()
+        table = Table(title=f"{r.name}: {modality.describe()}, {objective.describe()}", show_header=False)
+        for name, part in model.named_children():
+            table.add_row(f"{name} parameters", f"{sum(p.numel() for p in part.parameters()):,}")
+        for name, part in frozen.items():
+            table.add_row(f"{name} parameters (EMA copy, not trained)", f"{sum(p.numel() for p in part.parameters()):,}")
+        table.add_row("total trainable parameters", f"{sum(p.numel() for p in model.parameters() if p.requires_grad):,}")
+        table.add_row("training FLOPs per sample (expectation, docs/flops.md)",
+                      _fmt_count(flops) + "FLOP" if flops else "unknown (counted on the first batch in training)")
         if flops:
             table.add_row(f"training FLOPs per step (batch {r.data.global_batch_size})",
                           _fmt_count(flops * r.data.global_batch_size) + "FLOP")
@@ -193,7 +194,9 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
         data_wait = read_metrics(r.resolved_run_dir)[-1]["data_wait_frac"]  # one record: the whole run
         samples_per_s = r.data.global_batch_size / step_time
         micro, _ = split_global_batch(r.data.global_batch_size, world, r.engine.grad_accum_steps, r.data.micro_batch_size)
-        flops = mfu.flops_per_sample(registry.bind(r.modality), micro)
+        record = read_metrics(r.resolved_run_dir)[-1]
+        flops = (objectives.bind(r.objective, registry.bind(r.modality)).train_flops_per_sample(micro)
+                 or (record["flops_per_s"] / record["samples_per_s"] if record.get("flops_per_s") else None))
         if gemm:
             peak = statistics.median(flops_per_s for flops_per_s, _ in gemm)
             where = "between the timed steps" if interleave else "before and after the steps"

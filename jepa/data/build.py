@@ -8,11 +8,12 @@ from jepa.data.loader import TrainLoader
 from jepa.data.reading import expand_shards
 from jepa.data.shard_loader import ShardTrainLoader
 from jepa.data.synthetic import SyntheticTrainLoader
-from jepa.interfaces import MaskSampler, Modality
+from jepa.interfaces import Modality
+from jepa.objective import BatchMaker
 from jepa.recipe import DataConfig
 
 
-def build_train_loader(data_cfg: DataConfig, modality: Modality, mask_sampler: MaskSampler, *,
+def build_train_loader(data_cfg: DataConfig, modality: Modality, batch_maker: BatchMaker, *,
                        seed: int, rank: int, world_size: int, micro_batch_size: int,
                        state: dict[str, Any] | None = None) -> TrainLoader:
     """The training stream of one rank.
@@ -20,7 +21,8 @@ def build_train_loader(data_cfg: DataConfig, modality: Modality, mask_sampler: M
     Args:
         data_cfg: the recipe's ``data`` section.
         modality: the bound modality; decodes samples and builds batches (``decode``, ``train_batch``, ``example_input``).
-        mask_sampler: masks for each batch (runs in the loader workers).
+        batch_maker: the objective's batches of decoded items: one view and masks, or several views
+            (runs in the loader workers; ``Objective.batch_maker()``).
         seed: the run seed.
         rank: this process's rank in ``[0, world_size)``.
         world_size: number of data-parallel processes.
@@ -35,10 +37,10 @@ def build_train_loader(data_cfg: DataConfig, modality: Modality, mask_sampler: M
     if micro_batch_size < 1:
         raise ValueError(f"micro_batch_size must be >= 1 (got {micro_batch_size})")
     if data_cfg.source == "synthetic":
-        return SyntheticTrainLoader(modality, mask_sampler, seed=seed, rank=rank, world_size=world_size,
+        return SyntheticTrainLoader(modality, batch_maker, seed=seed, rank=rank, world_size=world_size,
                                     micro_batch_size=micro_batch_size, global_batch_size=data_cfg.global_batch_size,
                                     state=state)
     if not data_cfg.train_shards:
         raise ValueError("data.train_shards is required when data.source is 'shards'")
-    return ShardTrainLoader(expand_shards(data_cfg.train_shards), data_cfg, modality, mask_sampler,
+    return ShardTrainLoader(expand_shards(data_cfg.train_shards), data_cfg, modality, batch_maker,
                             seed=seed, rank=rank, world_size=world_size, micro_batch_size=micro_batch_size, state=state)

@@ -27,34 +27,50 @@ class DataStreamError(RunStoppedError):
 
 @dataclass
 class Batch:
-    """One micro-batch for the training loop.
+    """One micro-batch for the training loop (what an objective's :class:`~jepa.objective.BatchMaker` makes).
 
     Attributes:
-        inputs: (B, ...) from ``modality.train_batch`` (images: (B, 3, S, S) float32).
+        inputs: (B, ...) from ``modality.train_batch`` (images: (B, 3, S, S) float32), or the first
+            view of view-based objectives.
         masks: the (context, target) pairs for the B rows, one :class:`MaskSet` per pair (a single
-            MaskSet passed in is stored as a 1-tuple; see :func:`~jepa.interfaces.as_mask_pairs`).
+            MaskSet passed in is stored as a 1-tuple; see :func:`~jepa.interfaces.as_mask_pairs`);
+            empty for objectives without masks.
+        extra_views: the further views of every row (view-based objectives: ``views`` is
+            ``(inputs, *extra_views)``, global views first; ``modality.train_views``).
     """
 
     inputs: Tensor
-    masks: tuple[MaskSet, ...]
+    masks: tuple[MaskSet, ...] = ()
+    extra_views: tuple[Tensor, ...] = ()
 
     def __post_init__(self) -> None:
-        self.masks = as_mask_pairs(self.masks)
-        assert self.masks[0].batch_size == self.inputs.shape[0], (self.masks[0].batch_size, self.inputs.shape)
+        if isinstance(self.masks, MaskSet) or len(self.masks):
+            self.masks = as_mask_pairs(self.masks)
+            assert self.masks[0].batch_size == self.inputs.shape[0], (self.masks[0].batch_size, self.inputs.shape)
+        self.masks, self.extra_views = tuple(self.masks), tuple(self.extra_views)
+        assert all(v.shape[0] == self.inputs.shape[0] for v in self.extra_views), [v.shape for v in self.extra_views]
+
+    @property
+    def views(self) -> tuple[Tensor, ...]:
+        """Every view of the rows: ``inputs`` first."""
+        return (self.inputs, *self.extra_views)
 
     def to(self, device: torch.device | str, non_blocking: bool = True) -> "Batch":
         return Batch(self.inputs.to(device, non_blocking=non_blocking),
-                     tuple(m.to(device, non_blocking=non_blocking) for m in self.masks))
+                     tuple(m.to(device, non_blocking=non_blocking) for m in self.masks),
+                     tuple(v.to(device, non_blocking=non_blocking) for v in self.extra_views))
 
     def pin_memory(self) -> "Batch":
         """Called by the DataLoader's pinning thread when CUDA is available; inputs already on the
         GPU (decoded there, e.g. ``modality.input.decode_device: cuda``) are left as they are."""
-        inputs = self.inputs if self.inputs.is_cuda else self.inputs.pin_memory()
-        return Batch(inputs, tuple(m.pin_memory() for m in self.masks))
+        def pin(t: Tensor) -> Tensor:
+            return t if t.is_cuda else t.pin_memory()
+
+        return Batch(pin(self.inputs), tuple(m.pin_memory() for m in self.masks), tuple(pin(v) for v in self.extra_views))
 
     def __getitem__(self, rows: slice) -> "Batch":
-        """Rows ``rows`` of the inputs and of every mask pair."""
-        return Batch(self.inputs[rows], tuple(m[rows] for m in self.masks))
+        """Rows ``rows`` of the inputs, of every mask pair and of every view."""
+        return Batch(self.inputs[rows], tuple(m[rows] for m in self.masks), tuple(v[rows] for v in self.extra_views))
 
 
 class TrainLoader(ABC):

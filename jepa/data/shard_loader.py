@@ -3,9 +3,10 @@
 
 In each loader worker, after the shuffle buffer (:mod:`jepa.data.stream`), each sample is
 decoded (``modality.decode``); a ``ValueError`` skips it and is counted. Every
-``micro_batch_size`` decoded items make a batch: one ``torch.Generator`` seeded by
-(seed, rank, w, batch index) drives ``modality.train_batch`` and the mask sampler, whose per-step
-draws (image block sizes) come from the step's shared generator: the rank's micro batch number is
+``micro_batch_size`` decoded items make a batch (the objective's
+:class:`~jepa.objective.BatchMaker`): one ``torch.Generator`` seeded by (seed, rank, w, batch index)
+drives the augmentation (``modality.train_batch`` or ``train_views``) and the mask sampler, whose
+per-step draws (image block sizes) come from the step's shared generator: the rank's micro batch number is
 ``batch index x num_workers + w`` (the DataLoader takes batches round-robin), its step that number
 over the accumulation steps (:func:`~jepa.data.loader.sample_masks`).
 
@@ -37,11 +38,12 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from jepa.data.loader import (STATE_VERSION, Batch, DataStreamError, TrainLoader, accumulation_steps, collate_as_is,
-                              sample_masks, step_generator)
+                              step_generator)
 from jepa.data.manifest import shards_total
 from jepa.data.pieces import Piece
 from jepa.data.stream import WorkerStream, derive_seed, initial_position
-from jepa.interfaces import MaskSampler, Modality
+from jepa.interfaces import Modality
+from jepa.objective import BatchMaker
 from jepa.preemption import ignore_sigterm_until
 from jepa.recipe import DataConfig
 
@@ -49,14 +51,14 @@ log = logging.getLogger(__name__)
 
 
 class _ShardBatches(IterableDataset):
-    """The per-worker pipeline: raw stream -> decode -> batch -> augment + masks. Yields
+    """The per-worker pipeline: raw stream -> decode -> batch -> augment + masks (or views). Yields
     ``(Batch, report)`` where the report carries the worker's position and new problems."""
 
     def __init__(self, urls: list[str], data_cfg: DataConfig, modality: Modality,
-                 mask_sampler: MaskSampler, *, seed: int, rank: int, world_size: int, batch_size: int,
+                 batch_maker: BatchMaker, *, seed: int, rank: int, world_size: int, batch_size: int,
                  positions: list[dict[str, Any]], rotation: int, from_epoch: int, carry: list[list[Piece]]):
         self.urls, self.data_cfg, self.modality = urls, data_cfg, modality
-        self.mask_sampler, self.seed, self.rank, self.world_size = mask_sampler, seed, rank, world_size
+        self.batch_maker, self.seed, self.rank, self.world_size = batch_maker, seed, rank, world_size
         self.batch_size, self.positions, self.rotation = batch_size, positions, rotation
         self.from_epoch, self.carry = from_epoch, carry
         self.num_logical = max(1, data_cfg.num_workers)
@@ -89,10 +91,9 @@ class _ShardBatches(IterableDataset):
             if len(items) < self.batch_size:
                 continue
             gen = torch.Generator().manual_seed(derive_seed(self.seed, self.rank, worker, batches))
-            inputs = self.modality.train_batch(items, gen)
             accum = accumulation_steps(self.data_cfg.global_batch_size, self.world_size, self.batch_size)
-            masks = sample_masks(self.mask_sampler, len(items), gen,
-                                 step_generator(self.seed, (batches * self.num_logical + worker) // accum))
+            batch = self.batch_maker.from_items(
+                items, gen, step_generator(self.seed, (batches * self.num_logical + worker) // accum))
             items = []
             batches += 1
             report = {
@@ -101,7 +102,7 @@ class _ShardBatches(IterableDataset):
                 "last_error": last_error,
                 "broken_shards": stream.take_new_broken(),
             }
-            yield Batch(inputs, masks), report
+            yield batch, report
             window_seen = window_skipped = 0
             last_error = None
 
@@ -157,10 +158,10 @@ class ShardTrainLoader(TrainLoader):
     """The WebDataset training stream of one rank (see the module docstring and :mod:`jepa.data.stream`)."""
 
     def __init__(self, urls: list[str], data_cfg: DataConfig, modality: Modality,
-                 mask_sampler: MaskSampler, *, seed: int, rank: int, world_size: int, micro_batch_size: int,
+                 batch_maker: BatchMaker, *, seed: int, rank: int, world_size: int, micro_batch_size: int,
                  state: dict[str, Any] | None = None):
         self.urls, self.data_cfg, self.modality = urls, data_cfg, modality
-        self.mask_sampler, self.seed, self.rank, self.world_size = mask_sampler, seed, rank, world_size
+        self.batch_maker, self.seed, self.rank, self.world_size = batch_maker, seed, rank, world_size
         self.micro_batch_size = micro_batch_size
         self.num_logical = max(1, data_cfg.num_workers)
         self._fingerprint = fingerprint(urls, data_cfg, seed=seed, rank=rank, world_size=world_size,
@@ -209,7 +210,7 @@ class ShardTrainLoader(TrainLoader):
 
     def __iter__(self) -> Iterator[Batch]:
         d = self.data_cfg
-        dataset = _ShardBatches(self.urls, d, self.modality, self.mask_sampler, seed=self.seed,
+        dataset = _ShardBatches(self.urls, d, self.modality, self.batch_maker, seed=self.seed,
                                 rank=self.rank, world_size=self.world_size, batch_size=self.micro_batch_size,
                                 positions=[dict(p) for p in self._positions], rotation=self._next_worker,
                                 from_epoch=self._from_epoch, carry=self._carry)

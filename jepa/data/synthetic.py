@@ -7,9 +7,10 @@ from typing import Any, Iterator
 
 import torch
 
-from jepa.data.loader import STATE_VERSION, Batch, TrainLoader, accumulation_steps, sample_masks, step_generator
+from jepa.data.loader import STATE_VERSION, Batch, TrainLoader, accumulation_steps, step_generator
 from jepa.data.stream import derive_seed
-from jepa.interfaces import MaskSampler, Modality
+from jepa.interfaces import Modality
+from jepa.objective import BatchMaker
 
 
 class SyntheticTrainLoader(TrainLoader):
@@ -26,10 +27,10 @@ class SyntheticTrainLoader(TrainLoader):
     one process), while each rank only builds its own rows.
     """
 
-    def __init__(self, modality: Modality, mask_sampler: MaskSampler, *, seed: int, rank: int,
+    def __init__(self, modality: Modality, batch_maker: BatchMaker, *, seed: int, rank: int,
                  world_size: int, micro_batch_size: int, global_batch_size: int,
                  state: dict[str, Any] | None = None):
-        self.modality, self.mask_sampler = modality, mask_sampler
+        self.modality, self.batch_maker = modality, batch_maker
         self.seed, self.rank, self.world_size, self.micro_batch_size = seed, rank, world_size, micro_batch_size
         self.global_batch_size = global_batch_size
         self._step = 0
@@ -48,11 +49,10 @@ class SyntheticTrainLoader(TrainLoader):
         mb, world = self.micro_batch_size, self.world_size
         optim_step, a = divmod(step, accumulation_steps(self.global_batch_size, world, mb))
         slot = a * world + self.rank
-        masks = sample_masks(self.mask_sampler, mb, torch.Generator().manual_seed(derive_seed(self.seed, optim_step, -1, slot)),
-                             step_generator(self.seed, optim_step))
         inputs = torch.cat([self.modality.example_input(
             1, torch.Generator().manual_seed(derive_seed(self.seed, optim_step, slot * mb + r))) for r in range(mb)])
-        return Batch(inputs, masks)
+        return self.batch_maker.from_inputs(inputs, torch.Generator().manual_seed(derive_seed(self.seed, optim_step, -1, slot)),
+                                            step_generator(self.seed, optim_step))
 
     def __iter__(self) -> Iterator[Batch]:
         while True:

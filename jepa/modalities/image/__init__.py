@@ -8,7 +8,7 @@ from typing import Any, Mapping
 import torch
 from torch import Tensor
 
-from jepa.interfaces import DemoDataSpec, Encoder, ForeignEncoder, Modality
+from jepa.interfaces import DemoDataSpec, Encoder, ForeignEncoder, Modality, ViewSpec
 from jepa.modalities.image.config import ImageConfig
 
 
@@ -59,6 +59,14 @@ class ImageModality(Modality):
 
         return train_batch(items, self.cfg.input, generator)
 
+    def train_views(self, items: list[Any], generator: torch.Generator, spec: ViewSpec) -> list[Tensor]:
+        """Global views at ``input.crop_size``, local views at ``views.local_size``, with flips, colour
+        jitter, grayscale, blur and solarization (:mod:`jepa.modalities.image.views`)."""
+        from jepa.modalities.image.views import local_view_size, train_views
+
+        size = local_view_size(self.cfg.views, self.cfg.input.crop_size, self.cfg.encoder.patch_size)
+        return train_views(items, self.cfg.input, self.cfg.views, size, spec, generator)
+
     def finish_batch(self, inputs: Tensor) -> Tensor:
         from jepa.modalities.image.transforms import finish_batch
 
@@ -75,6 +83,7 @@ class ImageModality(Modality):
 
     def check(self) -> list[tuple[str, str]]:
         from jepa.modalities.image.masks import check_mask_feasibility
+        from jepa.modalities.image.views import check_views
 
         problems: list[tuple[str, str]] = []
         s, p = self.cfg.input.crop_size, self.cfg.encoder.patch_size
@@ -95,6 +104,7 @@ class ImageModality(Modality):
                              "lower crop_size or raise patch_size"))
         if not problems:
             problems += [(f"mask.{k}" if k else "mask", m) for k, m in check_mask_feasibility(self.cfg.grid_size, self.cfg.mask)]
+        problems += [(f"views.{k}", m) for k, m in check_views(self.cfg.views, s, p)]
         return problems
 
     def describe(self) -> str:

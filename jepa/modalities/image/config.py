@@ -104,6 +104,44 @@ class InputConfig(StrictModel):
         "Evaluation views stay float32")
 
 
+class PhotometricConfig(StrictModel):
+    """Per-view flip and colour augmentation of view-based objectives (LeJEPA; shared by the image and
+    video views). Every probability is drawn independently per view of every sample."""
+
+    flip_p: float = Field(0.5, ge=0, le=1, description="Probability of a left-right flip")
+    jitter_p: float = Field(0.8, ge=0, le=1, description="Probability of colour jitter (the four adjustments below, "
+                            "in a random order per view)")
+    brightness: float = Field(0.4, ge=0, description="Brightness factor drawn from [max(0, 1 - x), 1 + x]")
+    contrast: float = Field(0.4, ge=0, description="Contrast factor drawn from [max(0, 1 - x), 1 + x]")
+    saturation: float = Field(0.2, ge=0, description="Saturation factor drawn from [max(0, 1 - x), 1 + x]")
+    hue: float = Field(0.1, ge=0, le=0.5, description="Hue shift drawn from [-x, x] (fractions of the colour circle)")
+    grayscale_p: float = Field(0.2, ge=0, le=1, description="Probability of converting a view to grey (kept 3 channels)")
+
+
+class ViewsConfig(PhotometricConfig):
+    """Multi-view augmentation (``Modality.train_views``) for view-based objectives such as LeJEPA; I-JEPA
+    does not use it. Defaults are the LeJEPA paper's (2 global views at 224 px, local views at 96 px)."""
+
+    global_scale: tuple[float, float] = Field((0.3, 1.0), description="RandomResizedCrop area fraction of a global "
+                                              "view (cropped to input.crop_size)")
+    local_scale: tuple[float, float] = Field((0.05, 0.3), description="RandomResizedCrop area fraction of a local view")
+    local_size: int | None = Field(
+        None, gt=0, description="Side of a local view in pixels, a multiple of encoder.patch_size and at most "
+        "input.crop_size; None: round(crop_size * 96 / 224) rounded to a multiple of the patch (at least one patch)")
+    blur_p: float = Field(0.5, ge=0, le=1, description="Probability of a Gaussian blur of a global view")
+    local_blur_p: float = Field(0.5, ge=0, le=1, description="Probability of a Gaussian blur of a local view")
+    blur_sigma: tuple[float, float] = Field((0.1, 2.0), description="Blur standard deviation in output pixels, drawn "
+                                            "uniformly (the kernel is cut at 3 sigma)")
+    solarize_p: float = Field(0.2, ge=0, le=1, description="Probability of solarizing a view (values >= 128 of 255 inverted)")
+
+    @model_validator(mode="after")
+    def _ranges(self) -> "ViewsConfig":
+        check_range("global_scale", self.global_scale, 1.0)
+        check_range("local_scale", self.local_scale, 1.0)
+        check_range("blur_sigma", self.blur_sigma)
+        return self
+
+
 class ImageConfig(ModalityConfig):
     """Image I-JEPA: ViT encoders, ViT predictor, multi-block masks."""
 
@@ -112,6 +150,8 @@ class ImageConfig(ModalityConfig):
     predictor: PredictorConfig = PredictorConfig()
     mask: MaskConfig = MaskConfig()
     input: InputConfig = InputConfig()
+    views: ViewsConfig = Field(default_factory=ViewsConfig, description="Multi-view augmentation for view-based "
+                               "objectives (LeJEPA); unused by I-JEPA")
 
     @property
     def grid_size(self) -> int:

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from jepa.interfaces import DemoDataSpec, Encoder, Modality
+from jepa.interfaces import DemoDataSpec, Encoder, Modality, ViewSpec
 from jepa.modalities.video.config import VideoConfig
 
 _SHORT_ARCH = {"vit_tiny": "ViT-Ti", "vit_small": "ViT-S", "vit_base": "ViT-B", "vit_large": "ViT-L",
@@ -70,6 +70,16 @@ class VideoModality(Modality):
 
         return train_batch(items, self.cfg.input, generator)
 
+    def train_views(self, items: list[Any], generator: torch.Generator, spec: ViewSpec) -> list[Tensor]:
+        """Global clips as the training view, local clips smaller (``views.local_size``, ``views.local_num_frames``),
+        each with flips, colour jitter and grayscale (:mod:`jepa.modalities.video.views`)."""
+        from jepa.modalities.video.views import local_clip_frames, local_clip_size, train_views
+
+        c = self.cfg
+        return train_views(items, c.input, c.views, spec, generator,
+                           local_size=local_clip_size(c.views, c.input.crop_size, c.encoder.patch_size),
+                           local_frames=local_clip_frames(c.views, c.input.num_frames))
+
     def finish_batch(self, inputs: Tensor) -> Tensor:
         from jepa.modalities.video.transforms import finish_batch
 
@@ -103,6 +113,7 @@ class VideoModality(Modality):
     def check(self) -> list[tuple[str, str]]:
         from jepa.modalities.video.masks import check_mask_feasibility
         from jepa.modalities.video.pos_embed import axis_widths
+        from jepa.modalities.video.views import check_views
 
         c, problems = self.cfg, []
         f, t = c.input.num_frames, c.encoder.tubelet_size
@@ -130,6 +141,7 @@ class VideoModality(Modality):
             problems.append(("input", f"the token grid {c.grid} is empty; use more frames or a larger crop"))
         if not problems:
             problems += [(f"mask.{k}", m) for k, m in check_mask_feasibility(c.grid, c.mask)]
+        problems += [(f"views.{k}", m) for k, m in check_views(c.views, c.input, p, t)]
         return problems
 
     def describe(self) -> str:
