@@ -89,6 +89,9 @@ class Objective(ABC):
     config_model: ClassVar[type[ObjectiveConfig]]
     #: The checkpoint part that evaluation, export and the online probe read by default.
     eval_part: ClassVar[str] = "encoder"
+    #: Sections of a modality's recipe section this objective does not use (their semantic checks
+    #: are skipped: e.g. LeJEPA builds no predictor and samples no masks).
+    unused_modality_sections: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, cfg: ObjectiveConfig, modality: Modality, *, total_steps: int = 1, seed: int = 0):
         if not isinstance(cfg, self.config_model):

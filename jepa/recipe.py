@@ -495,8 +495,10 @@ def check_recipe(recipe: Recipe) -> list[tuple[str, str]]:
         problems.append(("checkpoint.keep_best.metric", f"{best.metric} is measured by the online k-NN probe: set "
                          "eval.every_steps, eval.train_shards and eval.val_shards, or rank by loss/rankme/target_spread"))
     modality = registry.bind(recipe.modality)
-    problems += [(f"modality.{path}" if path else "modality", msg) for path, msg in modality.check()]
     objective = objectives.bind(recipe.objective, modality)
+    unused = objective.unused_modality_sections  # e.g. LeJEPA samples no masks: their checks do not apply
+    problems += [(f"modality.{path}" if path else "modality", msg) for path, msg in modality.check()
+                 if path.split(".")[0] not in unused]
     problems += [(f"objective.{path}" if path else "objective", msg) for path, msg in objective.check()]
     return problems
 

@@ -133,6 +133,7 @@ class LeJEPAObjective(Objective):
     name = "lejepa"
     config_model = LeJEPAConfig
     eval_part = "encoder"
+    unused_modality_sections = ("mask", "predictor")
     cfg: LeJEPAConfig
 
     def __init__(self, cfg: LeJEPAConfig, modality: Modality, *, total_steps: int = 1, seed: int = 0):

@@ -106,7 +106,7 @@ def quadrature(num_points: int, t_max: float, *, device: torch.device | str | No
         raise ValueError(f"epps_pulley: t_max must be > 0, got {t_max}")
     t_T = torch.linspace(0.0, t_max, num_points, device=device, dtype=dtype)
     dt = t_max / (num_points - 1)
-    weights_T = torch.full((num_points,), dt, device=device, dtype=dtype)
+    weights_T = torch.full((num_points,), 2 * dt, device=device, dtype=dtype)
     weights_T[0] = weights_T[-1] = dt
     return t_T, weights_T * torch.exp(-0.5 * t_T.square())
 
