@@ -460,5 +460,16 @@ class Engine:
         return result
 
     def close(self) -> None:
-        """Release what the engine holds (the process group outlives it, see :func:`init_distributed`)."""
+        """Release what the engine holds (the process group outlives it, see :func:`init_distributed`).
+
+        ZeRO-3 replaces ``torch.nn.functional.linear`` with DeepSpeed's memory-efficient version for
+        the rest of the process; it is put back here, so that a later run in the same process (tests,
+        notebooks, benchmarks) computes exactly as in a fresh one.
+        """
         self.model.destroy()
+        if self.cfg.zero_stage == 3:
+            from deepspeed.runtime.zero.partition_parameters import InsertPostInitMethodToModuleSubClasses
+
+            original = getattr(InsertPostInitMethodToModuleSubClasses, "linear_bk", None)
+            if original is not None:
+                torch.nn.functional.linear = original

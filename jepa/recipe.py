@@ -503,26 +503,24 @@ def check_recipe(recipe: Recipe) -> list[tuple[str, str]]:
     return problems
 
 
-def recipe_json_schema() -> dict[str, Any]:
-    """JSON Schema of a recipe, the modality section being one of the registered plugins' models."""
-    schema = Recipe.model_json_schema()
+def _plugin_schemas(schema: dict[str, Any], field: str, group: "registry.PluginGroup[Any]", prefix: str) -> None:
+    """Point ``schema``'s ``field`` at one of the group's plugins' config models, each plugin's models
+    under its own prefix in ``$defs`` (plugins reuse class names)."""
     defs = schema.setdefault("$defs", {})
     options = []
-    for info in registry.available():  # each plugin's models under its own prefix: plugins reuse class names
-        prefix = f"{info.name}."
-        sub = registry.get(info.name).config_model.model_json_schema(ref_template=f"#/$defs/{prefix}{{model}}")
-        defs.update({prefix + name: model for name, model in sub.pop("$defs", {}).items()})
-        key = prefix + sub.get("title", "config")
+    for info in group.available():
+        plugin_prefix = f"{prefix}{info.name}."
+        sub = group.get(info.name).config_model.model_json_schema(ref_template=f"#/$defs/{plugin_prefix}{{model}}")
+        defs.update({plugin_prefix + name: model for name, model in sub.pop("$defs", {}).items()})
+        key = plugin_prefix + sub.get("title", "config")
         defs[key] = sub
         options.append({"$ref": f"#/$defs/{key}"})
-    schema["properties"]["modality"] = {"description": "The modality section; 'name' selects the plugin", "oneOf": options}
-    options = []
-    for info in objectives.OBJECTIVES.available():
-        prefix = f"objective.{info.name}."
-        sub = objectives.OBJECTIVES.get(info.name).config_model.model_json_schema(ref_template=f"#/$defs/{prefix}{{model}}")
-        defs.update({prefix + name: model for name, model in sub.pop("$defs", {}).items()})
-        key = prefix + sub.get("title", "config")
-        defs[key] = sub
-        options.append({"$ref": f"#/$defs/{key}"})
-    schema["properties"]["objective"] = {"description": "The objective section; 'name' selects the plugin", "oneOf": options}
+    schema["properties"][field] = {"description": f"The {field} section; 'name' selects the plugin", "oneOf": options}
+
+
+def recipe_json_schema() -> dict[str, Any]:
+    """JSON Schema of a recipe, the modality and objective sections each one of the registered plugins' models."""
+    schema = Recipe.model_json_schema()
+    _plugin_schemas(schema, "modality", registry.MODALITIES, "")
+    _plugin_schemas(schema, "objective", objectives.OBJECTIVES, "objective.")
     return schema

@@ -406,3 +406,36 @@ def test_demo_pretraining_beats_random_init(tmp_path):
     base_linear, base_knn = (b.top1 for b in baseline.results)
     assert linear >= base_linear + 0.10, summary
     assert knn >= base_knn - 0.03, summary
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", [0, 1])
+def test_lejepa_demo_beats_random_init_by_the_issue_margins(tmp_path, seed):
+    """`bash tools/demo.sh`'s default: `recipes/image_demo_lejepa.yaml` (LeJEPA, 390 steps), then
+    linear and k-NN probes of the trained encoder against the same architecture at random init with
+    the same seed: linear at least 15 points and k-NN at least 10 points above it (the objectives
+    issue's margins; measured margins in the README are about +25 and +20)."""
+    import subprocess
+    import sys
+
+    import yaml as _yaml
+
+    recipe = ROOT / "recipes" / "image_demo_lejepa.yaml"
+    data, run = tmp_path / "demo", tmp_path / "run"
+    cli = [sys.executable, "-m", "jepa.cli"]
+    subprocess.run([*cli, "demo-data", str(data)], check=True, timeout=600)
+    subprocess.run([*cli, "train", str(recipe), "--set", f"run_dir={run}", "--set", f"seed={seed}",
+                    "--set", "eval.every_steps=null", "--set", "checkpoint.keep_best=null",
+                    "--set", f"data.train_shards={data}/train/train-{{000000..000009}}.tar"], check=True, timeout=5400)
+    seeded = tmp_path / "random_init.yaml"
+    seeded.write_text(_yaml.safe_dump({**_yaml.safe_load(recipe.read_text()), "seed": seed}))
+    train_pat, val_pat = f"{data}/train/train-{{000000..000009}}.tar", f"{data}/val/val-{{000000..000001}}.tar"
+    settings = EvalSettings(protocols=("linear", "knn"), batch_size=128, seed=seed)
+    trained = evaluate_shards(load_source(str(run)), train_pat, val_pat, settings)
+    baseline = evaluate_shards(load_source(f"random:{seeded}"), train_pat, val_pat, settings)
+    summary = {r.protocol: (round(r.top1, 3), round(b.top1, 3)) for r, b in zip(trained.results, baseline.results)}
+    print("top-1 (trained, random init):", summary)
+    linear, knn = (r.top1 for r in trained.results)
+    base_linear, base_knn = (b.top1 for b in baseline.results)
+    assert linear >= base_linear + 0.15, summary
+    assert knn >= base_knn + 0.10, summary

@@ -64,7 +64,7 @@ def train_command(plan: dict, row: dict, seed: int, run_dir: Path) -> list[str]:
 
 def eval_command(plan: dict, source: str, seed: int, out_json: Path) -> list[str]:
     return ["jepa", "eval", source, "--train-data", plan["train_data"], "--val-data", plan["val_data"],
-            "--protocol", ",".join(PROTOCOLS), "--seed", str(seed), "--json", str(out_json),
+            "--protocol", ",".join(plan.get("protocols", PROTOCOLS)), "--seed", str(seed), "--json", str(out_json),
             *plan.get("eval_args", [])]
 
 
@@ -83,7 +83,11 @@ def _run(cmd: list[str], log: Path) -> None:
 
 def _top1(report: Path) -> dict[str, float]:
     results = json.loads(report.read_text())["results"]
-    return {r["protocol"]: r["top1"] for r in results}
+    top1 = {r["protocol"]: r["top1"] for r in results}
+    metrics = report.parent / "metrics.jsonl"  # a trained cell: its final training loss (label-free signal)
+    if metrics.is_file() and (lines := metrics.read_text().splitlines()):
+        top1["final_loss"] = json.loads(lines[-1])["loss"]
+    return top1
 
 
 def run_cell(plan: dict, row: dict, seed: int, out: Path) -> dict[str, float]:
@@ -124,17 +128,19 @@ def _cell(values: list[float]) -> str:
 
 
 def table(plan: dict, results: dict[str, dict[int, dict[str, float]]]) -> str:
-    lines = ["| row | change against the base | linear top-1 % | k-NN top-1 % | reproduce |",
-             "|---|---|---|---|---|"]
+    protocols = plan.get("protocols", PROTOCOLS)
+    lines = ["| row | change against the base | " + " | ".join(f"{p} top-1 %" for p in protocols)
+             + " | final training loss | reproduce |", "|---|---|" + "---|" * len(protocols) + "---|---|"]
     rows = [(k, v, "") for k, v in REFERENCES.items()] + [(r["name"], r.get("why", ""), r) for r in plan["rows"]]
     for name, why, row in rows:
         per_seed = results.get(name, {})
         seeds = sorted(per_seed)
-        lin = [per_seed[s]["linear"] for s in seeds]
-        knn = [per_seed[s]["knn"] for s in seeds]
+        cells = [_cell([per_seed[s][p] for s in seeds if p in per_seed[s]]) for p in protocols]
+        losses = [per_seed[s]["final_loss"] for s in seeds if "final_loss" in per_seed[s]]
+        loss = " / ".join(f"{v:.4f}" for v in losses) or "-"
         change = why if not row else (why or ", ".join(row.get("set", [])) or "(base)")
         command = "" if not row else f"`--rows {name}`"
-        lines.append(f"| {name} | {change} | {_cell(lin)} | {_cell(knn)} | {command} |")
+        lines.append(f"| {name} | {change} | {' | '.join(cells)} | {loss} | {command} |")
     return "\n".join(lines)
 
 
@@ -174,7 +180,7 @@ def main() -> None:
     text = table(plan, results)
     base_set, budget = " ".join(plan.get("base_set", [])), " ".join(plan.get("budget", [])) or "(the base)"
     header = (f"Base `{plan['base']}` {base_set}, budget {budget}, seeds {', '.join(map(str, seeds))}; "
-              f"probes `jepa eval --protocol {','.join(PROTOCOLS)}` on "
+              f"probes `jepa eval --protocol {','.join(plan.get('protocols', PROTOCOLS))}` on "
               f"{plan['train_data']} -> {plan['val_data']}. Command: `python tools/ablate.py {args.plan} --out "
               f"{args.out}` (add `--rows NAME` for one row).")
     print(header + "\n\n" + text)

@@ -1,24 +1,39 @@
 #!/usr/bin/env bash
-# The demo: set up (or reuse) .venv, generate labelled demo shards, pretrain a small I-JEPA on CPU
-# without labels, then measure linear-probe and k-NN accuracy of the pretrained target encoder
-# against the same architecture at random initialisation.
-# Re-running continues the run from its newest checkpoint. Extra arguments go to `jepa train`
-# (e.g. --set optim.epochs=8). `tools/demo.sh video` runs the video (V-JEPA) demo instead.
+# The demo: set up (or reuse) .venv, generate labelled demo shards, pretrain a small encoder on CPU
+# without labels (LeJEPA by default, the objective that beats random init at this budget), then
+# measure linear-probe and k-NN accuracy of the pretrained encoder against the same architecture at
+# random initialisation.
+#   bash tools/demo.sh [video] [--objective lejepa|ijepa] [jepa train arguments...]
+# `video` runs the video demo; `--objective ijepa` the I-JEPA (V-JEPA) demo of the same encoder.
+# Re-running continues the run from its newest checkpoint. Other arguments go to `jepa train`
+# (e.g. --set optim.epochs=8).
 set -euo pipefail
 source "$(dirname "$0")/env.sh" || exit 1
 set -euo pipefail
 export DS_ACCELERATOR="${DS_ACCELERATOR:-cpu}"
 start=$(date +%s)
 
-if [ "${1:-}" = video ]; then
+modality=image
+[ "${1:-}" = video ] && { modality=video; shift; }
+objective=lejepa
+if [ "${1:-}" = --objective ]; then
+    objective="${2:-}"
+    shift 2 || { echo "tools/demo.sh: --objective needs a value: lejepa or ijepa" >&2; exit 2; }
+fi
+case "$objective" in
+    lejepa) suffix=_lejepa ;;
+    ijepa) suffix= ;;
+    *) echo "tools/demo.sh: --objective must be lejepa or ijepa (got '$objective')" >&2; exit 2 ;;
+esac
+
+if [ "$modality" = video ]; then
     # The video demo: clips whose label is the motion. Pretrain a small V-JEPA on the clips and, for the
     # single-frame baseline, an image I-JEPA of the same width, depth and patch for the same steps on the
     # middle frame of every clip; then probe the pretrained video encoder, the same video encoder at random
     # init, and the image encoder (pretrained and at random init) on the middle frames of the held-out clips.
-    shift
-    recipe=recipes/video_demo.yaml
+    recipe=recipes/video_demo$suffix.yaml
     image_recipe=recipes/video_demo_image_baseline.yaml
-    run=runs/video_demo
+    run=runs/video_demo$suffix
     image_run=runs/video_demo_image_baseline
     data=data/video_demo
     frames=$data/middle_frames
@@ -43,8 +58,8 @@ if [ "${1:-}" = video ]; then
     exit 0
 fi
 
-recipe=recipes/image_demo.yaml
-run=runs/image_demo
+recipe=recipes/image_demo$suffix.yaml
+run=runs/image_demo$suffix
 
 # Data (and a run trained on it) from an older demo generator are moved aside, not deleted, and made again.
 generator=$(python -c 'from jepa.modalities.image.demo_data import GENERATOR; print(GENERATOR)')
@@ -52,16 +67,18 @@ if [ -d data/demo ] && [ "$(cat data/demo/generator.txt 2>/dev/null)" != "$gener
     old=$(date +%Y%m%d-%H%M%S)-$$  # the process id keeps two moves in one second apart
     echo "data/demo was made by an older demo generator: moving it to data/demo.old-$old and generating it again"
     mv data/demo "data/demo.old-$old"
-    if [ -d "$run" ]; then
-        echo "moving $run (trained on the old data) to $run.old-$old"
-        mv "$run" "$run.old-$old"
-    fi
+    for old_run in runs/image_demo runs/image_demo_lejepa; do
+        if [ -d "$old_run" ]; then
+            echo "moving $old_run (trained on the old data) to $old_run.old-$old"
+            mv "$old_run" "$old_run.old-$old"
+        fi
+    done
 fi
 [ -f data/demo/train/manifest.json ] && [ -f data/demo/val/manifest.json ] || jepa demo-data data/demo
 jepa train "$recipe" "$@"
 trained=$(date +%s)
 
-echo "== linear probe and k-NN on frozen features: pretrained vs random init =="
+echo "== linear probe and k-NN on frozen features ($objective): pretrained vs random init =="
 jepa eval "$run" --train-shards data/demo/train --val-shards data/demo/val --json "$run/eval_pretrained.json"
 jepa eval "random:$recipe" --train-shards data/demo/train --val-shards data/demo/val --json "$run/eval_random_init.json"
 end=$(date +%s)

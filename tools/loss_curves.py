@@ -41,6 +41,9 @@ COMMON = {"data": {"source": "synthetic", "samples_per_epoch": 64, "global_batch
           "optim": {"epochs": 1, "warmup_epochs": 0.25},
           "engine": {"precision": "fp32"}, "log": {"every_steps": 1}, "checkpoint": {"every_steps": 1000}}
 
+TINY_LEJEPA = ["objective.num_local_views=2", "objective.num_slices=32", "objective.projector.hidden_dim=64",
+               "objective.projector.out_dim=16"]
+
 # family -> (recipe file it shrinks, overrides of that recipe, steps)
 FAMILIES: dict[str, tuple[str, list[str], int]] = {
     "image_faithful_zero0": ("recipes/image_vith14_in1k.yaml", [], 6),
@@ -49,6 +52,10 @@ FAMILIES: dict[str, tuple[str, list[str], int]] = {
     "image_faithful_zero3": ("recipes/image_vith14_in1k.yaml", ["engine.zero_stage=3"], 4),
     "image_fixed_demo": ("recipes/image_demo.yaml", [], 6),
     "video_vjepa": ("recipes/video_vitl16_k400.yaml", [], 4),
+    "lejepa_image": ("recipes/lejepa_vitl_in1k.yaml", [*TINY_LEJEPA, "modality.views.local_size=null"], 4),
+    "lejepa_image_teacher_zero3": ("recipes/lejepa_vitl_in1k.yaml", [
+        *TINY_LEJEPA, "modality.views.local_size=null", "objective.teacher={momentum: 0.9}", "engine.zero_stage=3"], 4),
+    "lejepa_video": ("recipes/video_demo_lejepa.yaml", TINY_LEJEPA, 4),
 }
 
 
@@ -81,8 +88,8 @@ def weights_digest(run_dir: Path) -> str:
     """SHA-256 over the final checkpoint's tensors (every module, keys sorted)."""
     weights = load_model_weights(run_dir)
     h = hashlib.sha256()
-    for part in ("encoder", "predictor", "target_encoder"):
-        state = getattr(weights, part) or {}
+    for part in sorted(weights.parts):
+        state = weights.parts[part]
         for key in sorted(state):
             h.update(f"{part}.{key}".encode())
             h.update(state[key].detach().float().contiguous().numpy().tobytes())
@@ -90,12 +97,17 @@ def weights_digest(run_dir: Path) -> str:
 
 
 def run_family(family: str) -> dict[str, Any]:
-    torch.use_deterministic_algorithms(False)
-    with tempfile.TemporaryDirectory() as tmp:
-        run_dir = Path(tmp) / family
-        train(tiny_recipe(family, run_dir))
-        losses = [r["loss"] for r in read_metrics(run_dir)]
-        return {"losses": losses, "weights_sha256": weights_digest(run_dir)}
+    """One family's curve, on one CPU thread (the sums' order, so the bits, depend on the thread count)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            run_dir = Path(tmp) / family
+            train(tiny_recipe(family, run_dir))
+            losses = [r["loss"] for r in read_metrics(run_dir)]
+            return {"losses": losses, "weights_sha256": weights_digest(run_dir)}
+    finally:
+        torch.set_num_threads(threads)
 
 
 def run_demo(which: str) -> dict[str, Any]:
