@@ -12,11 +12,14 @@ stage      parameters   gradients    fp32 master (ZeRO)   Adam (m, v)
 3          4 P / N      4 P / N      4 P / N              8 P / N
 =========  ===========  ===========  ===================  ====================
 
-plus the EMA target encoder, a full fp32 replica on every rank (4 P_e), DeepSpeed's gradient
+plus the objective's frozen modules (I-JEPA's EMA target encoder, P_e parameters), a full fp32
+replica on every rank (4 P_e), DeepSpeed's gradient
 reduce bucket under ZeRO 1-2 (``reduce_bucket_size``, 5e8 elements by default, capped at P) and,
 under ZeRO-3, the gathered working set (``stage3_prefetch_bucket_size`` + the largest layer, both
 fp32), and activations per sample from the modality (``activation_bytes_per_sample``, checked
-against the bytes autograd saves in ``tests/test_plan.py``). A reserve covers the CUDA context,
+against the bytes autograd saves in ``tests/test_plan.py``). The activation model is I-JEPA's (one
+masked context, the targets, the predictor) whatever the objective: for LeJEPA, whose every view
+runs the whole encoder, it underestimates; check with ``jepa bench train``. A reserve covers the CUDA context,
 allocator fragmentation and kernel workspaces: :data:`RESERVE_BYTES` + :data:`RESERVE_FRACTION`
 of the GPU. These are estimates: check the largest micro batch with ``jepa bench train``.
 """
@@ -27,8 +30,9 @@ from dataclasses import dataclass, field
 
 import torch
 
-from jepa import registry
+from jepa import objectives, registry
 from jepa.interfaces import Modality
+from jepa.objective import Objective
 from jepa.recipe import Recipe
 
 RESERVE_BYTES = 2 * 2**30
@@ -84,14 +88,17 @@ def _act_bytes(precision: str) -> int:
     return 4 if precision == "fp32" else 2
 
 
-def _parameter_counts(modality: Modality) -> tuple[int, int, int]:
-    """(trainable, encoder, largest single tensor) from a meta-device build (no memory)."""
+def _parameter_counts(objective: Objective) -> tuple[int, int, int]:
+    """(trainable, frozen replicas, largest single tensor) of the objective's modules (I-JEPA: encoder +
+    predictor, the EMA target encoder; LeJEPA: encoder + projector, none or the teacher), from a
+    meta-device build (no memory)."""
     with torch.device("meta"):
-        encoder, predictor = modality.build_encoder(), modality.build_predictor()
-    enc = sum(p.numel() for p in encoder.parameters())
-    trainable = sum(p.numel() for m in (encoder, predictor) for p in m.parameters() if p.requires_grad)
-    largest = max(p.numel() for m in (encoder, predictor) for p in m.parameters())
-    return trainable, enc, largest
+        model = objective.build_model()
+        frozen = objective.build_frozen(model)
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    replicas = sum(p.numel() for m in frozen.values() for p in m.parameters())
+    largest = max(p.numel() for p in model.parameters())
+    return trainable, replicas, largest
 
 
 def activation_bytes(modality: Modality, micro_batch: int, precision: str, checkpointing: bool) -> float:
@@ -144,7 +151,7 @@ def plan_recipe(recipe: Recipe, gpus: int, gpu_memory: float) -> Plan:
     if gpus < 1:
         raise ValueError(f"--gpus must be at least 1, got {gpus}")
     modality = registry.bind(recipe.modality)
-    trainable, enc, largest = _parameter_counts(modality)
+    trainable, enc, largest = _parameter_counts(objectives.bind(recipe.objective, modality))
     usable = gpu_memory * (1 - RESERVE_FRACTION) - RESERVE_BYTES
     precision, ckpt = recipe.engine.precision, recipe.engine.activation_checkpointing
     per_gpu = recipe.data.global_batch_size // gpus if recipe.data.global_batch_size % gpus == 0 else 0

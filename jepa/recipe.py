@@ -340,7 +340,7 @@ def _objective_section(raw: dict[str, Any]) -> tuple[ObjectiveConfig | None, lis
     for key, value in legacy.items():
         if name != "ijepa":
             problems.append((key, f"is a setting of the ijepa objective, and this recipe's objective is {name!r}; "
-                                  "remove it"))
+                                  "remove it (LeJEPA's optional EMA is objective.teacher)"))
         elif key in section:
             problems.append((key, f"given twice: at the top level and as objective.{key}; keep objective.{key}"))
         else:

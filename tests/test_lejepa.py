@@ -378,8 +378,6 @@ def test_plan_and_bench_train_on_a_lejepa_recipe(tmp_path):
     assert re.search(r"MFU │ [\d.]+ %", text), text
 
 
-@pytest.mark.xfail(strict=True, reason="jepa.plan counts I-JEPA's modules (encoder + predictor, an EMA target) "
-                   "whatever the objective; LeJEPA trains encoder + projector")
 def test_plan_counts_the_lejepa_modules(tmp_path):
     recipe = _recipe(tmp_path / "run")
     _, objective = _bind(recipe)
@@ -402,7 +400,7 @@ def test_recipe_errors_of_the_objective(tmp_path):
     unknown = _problems(tmp_path, {"name": "nope"})
     assert "objective.name: unknown objective 'nope'; known objectives: ijepa, lejepa" in unknown
     legacy = _problems(tmp_path, dict(OBJECTIVE), ema={"momentum": 0.9})
-    assert "ema: is a setting of the ijepa objective, and this recipe's objective is 'lejepa'; remove it" in legacy
+    assert "ema: is a setting of the ijepa objective, and this recipe's objective is 'lejepa'; remove it (LeJEPA's optional EMA is objective.teacher)" in legacy
     views = _problems(tmp_path, {**OBJECTIVE, "num_global_views": 1, "num_local_views": 0})
     assert "objective.num_global_views: LeJEPA needs at least 2 views per sample" in views
     # one global view and local views is a valid (if weaker) setting

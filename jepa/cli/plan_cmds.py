@@ -36,7 +36,7 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
         ck = "with" if p.checkpointing else "without"
         table = Table(title=f"{r.name} on {gpus} x {gpu_memory} ({r.engine.precision}, {ck} activation checkpointing; "
                       f"GiB per rank; usable {_gib(p.usable)})")
-        for col in ("ZeRO", "params", "grads", "fp32 master", "Adam", "EMA target", "buffers", "static",
+        for col in ("ZeRO", "params", "grads", "fp32 master", "Adam", "frozen (EMA)", "buffers", "static",
                     "act./sample at max", "max micro batch (<= global/GPUs)"):
             table.add_column(col, justify="right")
         for s in p.stages:
@@ -44,7 +44,7 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
                           _gib(s.target), _gib(s.buffers), _gib(s.static), _gib(s.activations_per_sample),
                           str(s.max_micro_batch))
         console.print(table)
-        console.print(f"trainable parameters {p.trainable:,} (encoder {p.encoder:,}); global batch "
+        console.print(f"trainable parameters {p.trainable:,} (frozen replicas such as the EMA target {p.encoder:,}); global batch "
                       f"{r.data.global_batch_size}", highlight=False)
         if p.suggestion:
             stage, mb, accum, ckpt = p.suggestion
