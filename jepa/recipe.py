@@ -6,7 +6,7 @@ all before anything heavy is built:
 1. the modality section, by the plugin's own ``config_model`` (``modality.name`` picks it);
 2. the objective section, by the objective's own ``config_model`` (``objective.name`` picks it,
    default ``ijepa``; the older top-level ``ema:`` / ``loss:`` sections are read as the ijepa
-   objective's);
+   objective's, their keys overriding those under ``objective:``);
 3. the core sections (data, optim, engine, checkpoint, log, eval) by the models below;
 4. semantic checks (``check_recipe``): the core's, the objective's and the modality's ``check``.
 
@@ -341,8 +341,8 @@ def _objective_section(raw: dict[str, Any]) -> tuple[ObjectiveConfig | None, lis
         if name != "ijepa":
             problems.append((key, f"is a setting of the ijepa objective, and this recipe's objective is {name!r}; "
                                   "remove it (LeJEPA's optional EMA is objective.teacher)"))
-        elif key in section:
-            problems.append((key, f"given twice: at the top level and as objective.{key}; keep objective.{key}"))
+        elif isinstance(value, dict) and isinstance(section.get(key), dict):
+            section[key] = {**section[key], **value}  # e.g. `--set ema.momentum=...` on a recipe with objective.ema
         else:
             section[key] = value
     try:

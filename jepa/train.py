@@ -170,6 +170,7 @@ def train(recipe: Recipe, resume: str = "auto", *, save_checkpoints: bool = True
         device, accum = engine.dist.device, engine.grad_accum_steps
         batches = iter(loader)
         record, saved, preempted, done = None, None, False, start_step
+        count_flops = monitor.flops_per_sample is None  # objectives that count on the views' shapes: first batch
 
         for step in range(start_step, last_step):
             lr = warmup_cosine(step, warmup_steps=warmup_steps, total_steps=total_steps,
@@ -185,8 +186,9 @@ def train(recipe: Recipe, resume: str = "auto", *, save_checkpoints: bool = True
                     batch = next(batches)
                 batch = batch.to(device, non_blocking=True)
                 monitor.data_wait(time.perf_counter() - t0)
-                if monitor.flops_per_sample is None:  # objectives that count on the views' shapes
+                if count_flops:
                     monitor.flops_per_sample = objective.train_flops_per_sample(engine.micro_batch_size, batch)
+                    count_flops = False
                 out = objective.loss(engine, batch, step)
                 engine.backward(out.loss)
                 engine.step()
