@@ -118,13 +118,24 @@ class PhotometricConfig(StrictModel):
     grayscale_p: float = Field(0.2, ge=0, le=1, description="Probability of converting a view to grey (kept 3 channels)")
 
 
-class ViewsConfig(PhotometricConfig):
-    """Multi-view augmentation (``Modality.train_views``) for view-based objectives such as LeJEPA; I-JEPA
-    does not use it. Defaults are the LeJEPA paper's (2 global views at 224 px, local views at 96 px)."""
+class CropViewsConfig(PhotometricConfig):
+    """The crop scales of global and local views (shared by the image and video views)."""
 
     global_scale: tuple[float, float] = Field((0.3, 1.0), description="RandomResizedCrop area fraction of a global "
                                               "view (cropped to input.crop_size)")
     local_scale: tuple[float, float] = Field((0.05, 0.3), description="RandomResizedCrop area fraction of a local view")
+
+    @model_validator(mode="after")
+    def _crop_ranges(self) -> "CropViewsConfig":
+        check_range("global_scale", self.global_scale, 1.0)
+        check_range("local_scale", self.local_scale, 1.0)
+        return self
+
+
+class ViewsConfig(CropViewsConfig):
+    """Multi-view augmentation (``Modality.train_views``) for view-based objectives such as LeJEPA; I-JEPA
+    does not use it. Defaults are the LeJEPA paper's (2 global views at 224 px, local views at 96 px)."""
+
     local_size: int | None = Field(
         None, gt=0, description="Side of a local view in pixels, a multiple of encoder.patch_size and at most "
         "input.crop_size; None: round(crop_size * 96 / 224) rounded to a multiple of the patch (at least one patch)")
@@ -135,9 +146,7 @@ class ViewsConfig(PhotometricConfig):
     solarize_p: float = Field(0.2, ge=0, le=1, description="Probability of solarizing a view (values >= 128 of 255 inverted)")
 
     @model_validator(mode="after")
-    def _ranges(self) -> "ViewsConfig":
-        check_range("global_scale", self.global_scale, 1.0)
-        check_range("local_scale", self.local_scale, 1.0)
+    def _blur_range(self) -> "ViewsConfig":
         check_range("blur_sigma", self.blur_sigma)
         return self
 

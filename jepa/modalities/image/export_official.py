@@ -50,6 +50,10 @@ def export_official(
         raise ValueError("--pooled does not apply to --format official: the file holds whole models")
     weights = load_model_weights(source.source)
     modality, recipe = source.modality, weights.recipe
+    if not (weights.predictor and weights.target_encoder):
+        raise ValueError(f"{source.source}: --format official writes the I-JEPA authors' encoder, predictor and target "
+                         f"encoder, and this run's objective ({recipe.objective.name}) trains no predictor or EMA target; "
+                         "export its encoder with --format torchscript, torch-export, timm, safetensors-timm or hf")
     models = {"encoder": modality.build_encoder(), "predictor": modality.build_predictor(),
               "target_encoder": modality.build_encoder()}
     for key, module in models.items():

@@ -15,7 +15,7 @@ from pydantic import Field, model_validator
 from jepa.config import ModalityConfig, StrictModel, check_range
 from jepa.modalities.image.config import ArchName
 from jepa.modalities.image.config import EncoderConfig as ImageEncoderConfig
-from jepa.modalities.image.config import PhotometricConfig
+from jepa.modalities.image.config import CropViewsConfig
 from jepa.modalities.image.config import PredictorConfig as ImagePredictorConfig
 
 
@@ -108,27 +108,18 @@ class VideoInputConfig(StrictModel):
         return (self.num_frames - 1) * self.frame_step + 1
 
 
-class VideoViewsConfig(PhotometricConfig):
+class VideoViewsConfig(CropViewsConfig):
     """Multi-view augmentation (``Modality.train_views``) for view-based objectives such as LeJEPA; V-JEPA
     does not use it. Every view is a clip of frames ``input.frame_step`` apart from its own random start,
     with its own crop box for the whole clip (aspect ``input.crop_aspect``), then the flip (``flip_p``,
     in place of ``input.horizontal_flip``) and colour augmentation of the image views, one draw per clip."""
 
-    global_scale: tuple[float, float] = Field((0.3, 1.0), description="RandomResizedCrop area fraction of a global "
-                                              "view (input.num_frames frames cropped to input.crop_size)")
-    local_scale: tuple[float, float] = Field((0.05, 0.3), description="RandomResizedCrop area fraction of a local view")
     local_size: int | None = Field(
         None, gt=0, description="Side of a local view in pixels, a multiple of encoder.patch_size and at most "
         "input.crop_size; None: half of input.crop_size rounded to a multiple of the patch (at least one patch)")
     local_num_frames: int | None = Field(
         None, gt=0, description="Frames of a local view, a multiple of encoder.tubelet_size and at most "
         "input.num_frames; None: input.num_frames")
-
-    @model_validator(mode="after")
-    def _ranges(self) -> "VideoViewsConfig":
-        check_range("global_scale", self.global_scale, 1.0)
-        check_range("local_scale", self.local_scale, 1.0)
-        return self
 
 
 class VideoConfig(ModalityConfig):
