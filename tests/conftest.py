@@ -17,6 +17,7 @@ import tempfile
 from pathlib import Path
 
 import pytest
+import torch
 
 os.environ.setdefault("DS_ACCELERATOR", "cpu")
 
@@ -101,3 +102,13 @@ def toy_recipe_file(tmp_path):
         return path
 
     return make
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One torch thread for a whole test module (``pytestmark = pytest.mark.usefixtures("one_thread")``):
+    as in loader workers, and small ops on 2 busy cores run far slower with 2 threads."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -22,13 +22,7 @@ NUM_CLIPS, BATCH = 10_000, 50
 NUM_CLIPS_FIXED = 2_000  # 'fixed' differs only in the collation; fewer clips keep the test fast
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """The sampler runs in loader workers with one thread; small ops on 2 busy cores are far slower with 2."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
 
 
 @dataclass

@@ -57,7 +57,7 @@ class MaskBatches(BatchMaker):
         self.modality, self.mask_sampler = modality, mask_sampler
 
     def from_items(self, items: list[Any], generator: torch.Generator, step_generator: torch.Generator) -> Any:
-        from jepa.data.loader import Batch, sample_masks
+        from jepa.data.loader import Batch, sample_masks  # deferred: jepa.data imports the recipe, which imports this
 
         inputs = self.modality.train_batch(items, generator)
         return Batch(inputs, sample_masks(self.mask_sampler, len(items), generator, step_generator))

@@ -77,7 +77,7 @@ class ViewBatches(BatchMaker):
         self.modality, self.spec = modality, spec
 
     def from_items(self, items: list[Any], generator: torch.Generator, step_generator: torch.Generator) -> Any:
-        from jepa.data.loader import Batch
+        from jepa.data.loader import Batch  # deferred: jepa.data imports the recipe, which imports this
 
         views = self.modality.train_views(items, generator, self.spec)
         if len(views) != self.spec.num_views:
