@@ -8,6 +8,12 @@ view. Features are the average over tokens of the last (normed) layer, as for ``
 samples (cosine similarity, weights ``exp(sim / eval.temperature)``), and ``knn_top1`` /
 ``knn_top5`` (in [0, 1]) join that step's record of ``metrics.jsonl``.
 
+Labels are checked as ``jepa eval`` checks them (:func:`jepa.eval.reader.label_of`), but a sample
+with a bad label, or one that does not decode, is skipped and counted (a warning names the last
+one), never the end of the run. When both shard sets' manifests name their classes, the query
+labels are numbered by the bank's class names, and a query class the bank lacks is refused before
+training starts. The votes are counted over the classes that occur, so no label's value sizes them.
+
 The work is shared: each rank encodes its part of the shards (whole shards when there are at
 least as many shards as ranks, every ``world``-th batch otherwise), pooled features are
 gathered on every rank and every rank scores the same k-NN, so every rank holds the same
@@ -16,6 +22,7 @@ numbers (the stop rule and ``checkpoint.keep_best`` may use them).
 
 from __future__ import annotations
 
+import logging
 from itertools import islice
 from typing import TYPE_CHECKING, Iterator
 
@@ -32,6 +39,8 @@ from jepa.recipe import EvalConfig
 if TYPE_CHECKING:
     from jepa.engine import Engine
 
+log = logging.getLogger("jepa.eval")
+
 
 class OnlineKNN:
     """k-NN accuracy of the target encoder on a small labelled set; call it on every rank.
@@ -42,27 +51,33 @@ class OnlineKNN:
         engine: rank, device, precision and the gather.
 
     Raises:
-        ValueError: a shard spec names nothing (checked here, before training starts).
+        ValueError: a shard spec names nothing, or the query shards' manifest names a class the bank's
+            lacks (checked here, before training starts).
     """
 
     def __init__(self, cfg: EvalConfig, modality: Modality, engine: Engine):
         assert cfg.every_steps is not None and cfg.train_shards and cfg.val_shards
         self.cfg, self.modality, self.engine = cfg, modality, engine
         self.urls = {"eval.train_shards": expand_shards(cfg.train_shards), "eval.val_shards": expand_shards(cfg.val_shards)}
+        self.classes = {name: _class_names(getattr(cfg, name.split(".")[1])) for name in self.urls}
+        self.query_to_bank = _query_to_bank(self.classes["eval.train_shards"], self.classes["eval.val_shards"], cfg)
 
     def due(self, step: int, last_step: int) -> bool:
         """Whether the probe runs after optimiser step ``step``."""
         return step % self.cfg.every_steps == 0 or step == last_step  # type: ignore[operator]
 
-    def _my_batches(self, urls: list[str]) -> Iterator[tuple[Tensor, Tensor]]:
+    def _my_batches(self, name: str, skipped: list[str]) -> Iterator[tuple[Tensor, Tensor]]:
+        urls, classes = self.urls[name], self.classes[name]
         rank, world = self.engine.dist.rank, self.engine.dist.world_size
         batches_cap = -(-self.cfg.max_samples // self.cfg.batch_size)
+        options = {"num_classes": None if classes is None else len(classes), "skipped": skipped}
         if len(urls) >= world:  # whole shards per rank; the sample cap is shared out evenly
             mine = urls[rank::world]
-            yield from islice(labelled_batches("::".join(mine), self.modality, self.cfg.batch_size),
+            yield from islice(labelled_batches("::".join(mine), self.modality, self.cfg.batch_size, **options),
                               -(-batches_cap // world))
         else:
-            batches = islice(labelled_batches("::".join(urls), self.modality, self.cfg.batch_size), batches_cap)
+            batches = islice(labelled_batches("::".join(urls), self.modality, self.cfg.batch_size, **options),
+                             batches_cap)
             yield from islice(batches, rank, None, world)
 
     @torch.no_grad()
@@ -70,13 +85,17 @@ class OnlineKNN:
         pooled, labels = [], []
         device = self.engine.dist.device
         error = None
+        skipped: list[str] = []
         try:  # a failure on one rank is raised on every rank, not left waiting in the gather
             with self.engine.autocast():
-                for x, y in self._my_batches(self.urls[name]):
+                for x, y in self._my_batches(name, skipped):
                     pooled.append(encoder(x.to(device, non_blocking=True)).float().mean(dim=1).cpu())
                     labels.append(y)
         except (ValueError, RuntimeError, OSError) as exc:
             error = f"{name}: {exc}"
+        if skipped:
+            log.warning("rank %d: online evaluation skipped %d samples of %s (a bad label or not decodable); last: %s",
+                        self.engine.dist.rank, len(skipped), name, skipped[-1])
         mine = (torch.cat(pooled), torch.cat(labels)) if labels else (torch.empty(0), torch.empty(0, dtype=torch.int64))
         gathered = self.engine.all_gather_object((error, mine))
         errors = [e for e, _ in gathered if e is not None]
@@ -102,9 +121,40 @@ class OnlineKNN:
             query, query_labels = self._features(encoder, "eval.val_shards")
         finally:
             encoder.train(was_training)
-        num_classes = int(max(bank_labels.max(), query_labels.max())) + 1
+        if self.query_to_bank is not None:
+            query_labels = self.query_to_bank[query_labels]
+        # the votes are counted over the classes that occur (numbered in order), never sized by a label's value
+        occurring, compact = torch.unique(torch.cat([bank_labels, query_labels]), return_inverse=True)
+        bank_labels, query_labels = compact[:bank_labels.numel()], compact[bank_labels.numel():]
+        num_classes = int(occurring.numel())
         knn = StreamingKNN(query, k=self.cfg.k, temperature=self.cfg.temperature)
         knn.add(bank, bank_labels)
         scores = knn.scores(num_classes)
         ks = (1, 5) if num_classes >= 5 else (1,)
         return {f"knn_top{k}": acc for k, acc in topk_accuracy(scores, query_labels, ks).items()}
+
+
+def _class_names(shards: str) -> list[str] | None:
+    """The class names of a shard set's manifest, or None when it names none (or has no manifest)."""
+    from jepa.data import read_manifest
+
+    try:
+        manifest = read_manifest(shards)
+    except ValueError:
+        return None
+    return list(manifest.classes) if manifest is not None and manifest.classes else None
+
+
+def _query_to_bank(bank: list[str] | None, query: list[str] | None, cfg: EvalConfig) -> Tensor | None:
+    """(C_query,) int64: each query class's number in the bank's numbering; None when they agree or
+    either set names no classes (the numbers are then taken as they are)."""
+    if bank is None or query is None or bank == query:
+        return None
+    position = {name: i for i, name in enumerate(bank)}
+    unknown = [c for c in query if c not in position]
+    if unknown:
+        raise ValueError(f"eval.val_shards={cfg.val_shards!r}: its manifest names class {unknown[0]!r}"
+                         f"{f' (and {len(unknown) - 1} more)' if len(unknown) > 1 else ''}, not among the "
+                         f"{len(bank)} classes of eval.train_shards={cfg.train_shards!r}; the k-NN bank cannot "
+                         "vote for it: use query shards whose classes are the bank's or some of them")
+    return torch.tensor([position[c] for c in query], dtype=torch.int64)

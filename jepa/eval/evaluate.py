@@ -40,7 +40,7 @@ from jepa.eval.knn import StreamingKNN
 from jepa.eval.memory import (F32, Need, attentive_step_bytes, check_fits, device_available_bytes, disk_free_bytes,
                               encoder_forward_bytes, host_available_bytes, knn_bytes, linear_step_bytes, place_of)
 from jepa.eval.probes import class_balanced_subset, linear_probe_scores, topk_accuracy
-from jepa.eval.reader import AUGMENTS, LabelledData, PassSpec, open_labelled
+from jepa.eval.reader import AUGMENTS, LabelledData, PassSpec, align_classes, open_labelled
 from jepa.eval.report import EvalReport, ProbeResult
 from jepa.eval.training import score_grid, train_grid
 from jepa.host_memory import retain_freed_memory
@@ -303,7 +303,8 @@ def _plan(settings: EvalSettings, shapes: _Shapes, num_classes: int, n_train: in
                               "--feature-cache DIR on a disk with more room"))
         if "knn" in settings.protocols:
             needs.append(Need("knn", dev, [("queries, top-k and similarity blocks",
-                                            knn_bytes(n_val, D, settings.k, max(B, 8192)))],
+                                            knn_bytes(n_val, D, settings.k, max(B, 8192))),
+                                           (f"votes, {n_val} x {num_classes} classes", n_val * num_classes * F32)],
                               "lower --k; or --device cpu"))
         for p in ("logreg", "logreg4"):
             if p in settings.protocols:
@@ -511,17 +512,22 @@ def _run_grid(protocol: str, run: _Run, shapes: _Shapes) -> tuple[dict, dict, li
 def evaluate(source: EncoderSource, train: LabelledData, val: LabelledData, settings: EvalSettings) -> EvalReport:
     """Run every protocol of ``settings`` on ``source``'s frozen encoder.
 
-    Steps: scan both splits (labels; a folder's files are checked to decode), choose the
-    low-shot subset and the held-out split, measure the encoder's output on two samples, check
-    that every protocol fits in memory (refusing with numbers otherwise), store pooled features
-    when a protocol reads them, then train and score the protocols in order.
+    Steps: scan both splits (labels; a folder's files are checked to decode), number the
+    validation labels by the training split's class names, choose the low-shot subset and the
+    held-out split, measure the encoder's output on two samples, check that every protocol fits
+    in memory (refusing with numbers otherwise), store pooled features when a protocol reads
+    them, then train and score the protocols in order.
 
     Raises:
-        ValueError: unreadable or unlabelled data, or a plan that does not fit in memory.
+        ValueError: unreadable or unlabelled data, a bad label, a validation class the training split
+            lacks, or a plan that does not fit in memory.
     """
     start = time.perf_counter()
     workers = settings.num_workers
-    train_index, val_index = train.scan(workers), val.scan(workers)
+    train_index, _ = train.scan(workers), val.scan(workers)
+    align_classes(train, val)  # the validation labels in the training split's numbering, by class name
+    val_index = val.index
+    assert val_index is not None
     num_classes = max(train_index.num_classes, val_index.num_classes)
     eligible = torch.ones(train_index.num_samples, dtype=torch.bool)
     if settings.low_shot is not None:

@@ -3,8 +3,8 @@
 Two readers live here:
 
 * :func:`labelled_batches`: one deterministic pass over labelled shards, in the modality's
-  evaluation view, every sample once (no shuffling, no skipping); the online k-NN of pretraining
-  uses it.
+  evaluation view, every sample once (no shuffling); samples that do not decode or carry a bad
+  label are skipped and counted (the online k-NN of pretraining uses it: no sample may stop a run).
 * :class:`LabelledData` (:class:`ShardData`, :class:`FolderData`, made by :func:`open_labelled`):
   what ``jepa eval`` reads. A split is first *scanned* (labels of every sample, no decoding of
   shards; a folder's files are listed and each is checked to decode in a child process, as
@@ -14,6 +14,15 @@ Two readers live here:
   view or augmented. Every batch carries the samples' positions in the scan (``idx_B``), so a
   pass can fill a feature cache row by row. Samples that fail to decode during a pass are
   skipped and counted, never fatal.
+
+Labels are data, not trusted (:func:`label_of`): a ``cls`` value must be a class number in ASCII
+digits, ``0 <= label < C`` with ``C`` the number of class names of the split's manifest, or
+:data:`MAX_CLASSES` when no manifest names them; nothing is ever sized by a label's value before
+it is checked. A scan refuses a split holding a bad label (one line naming the sample and its shard:
+evaluating on a split with a corrupt label would score the wrong thing); the online k-NN skips it.
+The splits of an evaluation are numbered by class *name* (:func:`align_classes`): the validation
+split's labels are mapped to the training split's numbering, so a validation split holding a
+subset of the classes scores right, and one holding a class the training split lacks is refused.
 
 Shuffling is seeded by (seed, epoch, worker): shards are read in a per-epoch permutation,
 ``open_shards`` of them interleaved at random, through a buffer of ``shuffle_buffer`` raw samples
@@ -25,6 +34,7 @@ from __future__ import annotations
 
 import os
 import random
+import re
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,65 +49,113 @@ from jepa.interfaces import Modality
 
 
 class _LabelledBatches(IterableDataset):
-    """Shards ``worker::num_workers`` read in order, decoded, evaluation view, ``(inputs, labels)``."""
+    """Shards ``worker::num_workers`` read in order, decoded, evaluation view, ``(inputs, labels, skipped)``:
+    ``skipped`` holds why each sample left out since the previous batch was (a batch of no rows
+    carries the last ones)."""
 
-    def __init__(self, urls: list[str], modality: Modality, batch_size: int):
-        self.urls, self.modality, self.batch_size = urls, modality, batch_size
+    def __init__(self, urls: list[str], modality: Modality, batch_size: int, num_classes: int | None):
+        self.urls, self.modality, self.batch_size, self.num_classes = urls, modality, batch_size, num_classes
 
-    def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
+    def __iter__(self) -> Iterator[tuple[Tensor, Tensor, list[str]]]:
         info = get_worker_info()
         urls = self.urls[info.id::info.num_workers] if info is not None else self.urls
         items: list[Any] = []
         labels: list[int] = []
+        skipped: list[str] = []
         for url in urls:
             try:
                 for sample in read_shard(url):
-                    labels.append(_label_of(sample))
-                    items.append(self.modality.decode(sample))
+                    if "cls" not in sample:  # unlabelled shards: the set is wrong, not one sample
+                        label_of(sample)
+                    try:
+                        label = label_of(sample, self.num_classes)
+                        items.append(self.modality.decode(sample))
+                    except ValueError as exc:
+                        skipped.append(str(exc))
+                        continue
+                    labels.append(label)
                     if len(items) == self.batch_size:
-                        yield self.modality.eval_batch(items), torch.tensor(labels, dtype=torch.int64)
-                        items, labels = [], []
+                        yield self.modality.eval_batch(items), torch.tensor(labels, dtype=torch.int64), skipped
+                        items, labels, skipped = [], [], []
             except SHARD_ERRORS as exc:
                 raise RuntimeError(f"evaluation shard {url} is unreadable ({type(exc).__name__}: {exc}); "
                                    "evaluation needs every sample: rewrite the shard") from exc
         if items:
-            yield self.modality.eval_batch(items), torch.tensor(labels, dtype=torch.int64)
+            yield self.modality.eval_batch(items), torch.tensor(labels, dtype=torch.int64), skipped
+        elif skipped:
+            yield torch.empty(0), torch.empty(0, dtype=torch.int64), skipped
 
 
-def _label_of(sample: dict[str, Any]) -> int:
+MAX_CLASSES = 1 << 20
+"""Most classes (1,048,576) a split may have when no class names bound it: without a manifest the
+class count is the largest label + 1, and it sizes the label counts, the probes' heads and the k-NN
+votes, so one corrupt label (``cls`` = 10**12) would otherwise ask for terabytes. Far above any
+labelled set in use (ImageNet-21k: 21,841 classes); ``jepa eval``'s memory plan covers what a
+class count up to it costs."""
+
+_LABEL_TEXT = re.compile(rb"[+-]?[0-9]{1,30}")
+
+
+def label_of(sample: dict[str, Any], num_classes: int | None = None) -> int:
+    """The class number a labelled shard sample carries (its ``cls`` key), checked.
+
+    Args:
+        sample: a raw shard sample.
+        num_classes: the split's class count (its manifest's class names); None: :data:`MAX_CLASSES`.
+
+    Raises:
+        ValueError: no ``cls`` key, a value that is not a class number in ASCII digits, or one
+            outside ``0 .. num_classes - 1``; the message names the sample and its shard.
+    """
+    where = f"sample {sample.get('__key__')!r} of {sample.get('__url__')}"
     if "cls" not in sample:
-        raise ValueError(f"shards have no labels (no 'cls' key in sample {sample['__key__']!r} of {sample['__url__']}); "
-                         "write labelled shards with `jepa shards` from a folder of class sub-folders")
-    try:
-        return int(bytes(sample["cls"]).decode().strip())
-    except ValueError as exc:
-        raise ValueError(f"sample {sample['__key__']!r} of {sample['__url__']}: 'cls' is not an integer "
-                         f"({bytes(sample['cls'])[:20]!r})") from exc
+        raise ValueError(f"shards have no labels (no 'cls' key in {where}); write labelled shards with "
+                         "`jepa shards` from a folder of class sub-folders")
+    raw = sample["cls"]
+    text = bytes(raw).strip() if isinstance(raw, (bytes, bytearray, memoryview)) else None
+    if text is None or not _LABEL_TEXT.fullmatch(text):
+        shown = repr(bytes(raw)[:20]) if text is not None else type(raw).__name__
+        raise ValueError(f"{where}: 'cls' is {shown}, not a class number (ASCII digits); rewrite the shard with "
+                         "`jepa shards`")
+    label, bound = int(text), MAX_CLASSES if num_classes is None else num_classes
+    if not 0 <= label < bound:
+        named = f"its manifest names {num_classes} classes" if num_classes is not None else \
+            f"without a manifest naming the classes at most {MAX_CLASSES:,} are allowed"
+        raise ValueError(f"{where}: label {label} is outside 0..{bound - 1} ({named}); rewrite the shard with "
+                         "`jepa shards`")
+    return label
 
 
-def labelled_batches(shards: str, modality: Modality, batch_size: int,
-                     num_workers: int = 0) -> Iterator[tuple[Tensor, Tensor]]:
-    """One pass over labelled shards, in a deterministic order, no shuffling, every sample once.
+def labelled_batches(shards: str, modality: Modality, batch_size: int, num_workers: int = 0, *,
+                     num_classes: int | None = None,
+                     skipped: list[str] | None = None) -> Iterator[tuple[Tensor, Tensor]]:
+    """One pass over labelled shards, in a deterministic order, no shuffling, every readable sample once.
 
     Args:
         shards: shard spec (see :func:`expand_shards`).
         modality: provides ``decode`` and ``eval_batch``.
         batch_size: rows per batch (each worker's last batch may be smaller).
         num_workers: loader processes (shards are dealt out round-robin).
+        num_classes: labels must be below it (:func:`label_of`; None: :data:`MAX_CLASSES`).
+        skipped: when given, why each sample that was left out was (it does not decode, or its
+            label is bad) is appended to it as the pass goes.
 
     Yields:
         ``(inputs, labels)``: (B, ...) from ``eval_batch`` and (B,) int64 from the ``cls`` key.
 
     Raises:
-        ValueError: shards have no labels, a sample does not decode, or the spec is bad.
+        ValueError: shards have no labels, or the spec is bad.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1 (got {batch_size})")
-    dataset = _LabelledBatches(expand_shards(shards), modality, batch_size)
-    if num_workers == 0:
-        yield from dataset
-        return
-    yield from DataLoader(dataset, batch_size=None, num_workers=min(num_workers, len(dataset.urls)), collate_fn=collate_as_is)
+    dataset = _LabelledBatches(expand_shards(shards), modality, batch_size, num_classes)
+    batches = iter(dataset) if num_workers == 0 else iter(DataLoader(
+        dataset, batch_size=None, num_workers=min(num_workers, len(dataset.urls)), collate_fn=collate_as_is))
+    for x, y, left_out in batches:
+        if skipped is not None:
+            skipped.extend(left_out)
+        if y.numel():
+            yield x, y
 
 
 # --------------------------------------------------------------------------- splits read in passes
@@ -272,6 +330,41 @@ class LabelledData(ABC):
         raise ValueError(f"{self.spec}: no sample decodes; check the data")
 
 
+def align_classes(train: LabelledData, val: LabelledData) -> None:
+    """Number the validation split's labels by the training split's class names (both scanned).
+
+    Each split numbers its own class names (sorted folder names, a manifest's list), so a validation
+    split lacking one class numbers the others differently, and scoring its numbers against a probe
+    trained on the training split's would be silently wrong. When both splits name their classes,
+    the validation labels are mapped to the training split's numbering (``val.index`` is replaced);
+    when either does not, the numbers are taken as they are (nothing to compare).
+
+    Raises:
+        ValueError: a validation sample's class is not among the training split's (no probe trained
+            there can predict it), or a split names a class twice.
+    """
+    t, v = train.index, val.index
+    assert t is not None and v is not None, "scan() both splits first"
+    if t.classes is None or v.classes is None or t.classes == v.classes:
+        return
+    for split, names in ((train, t.classes), (val, v.classes)):
+        twice = sorted({c for c in names if names.count(c) > 1})
+        if twice:
+            raise ValueError(f"{split.spec}: class {twice[0]!r} is named twice in its class list; rewrite the "
+                             "manifest (or the shards with `jepa shards`) so every class has one name")
+    position = {name: i for i, name in enumerate(t.classes)}
+    used = torch.bincount(v.labels_N, minlength=len(v.classes))[:len(v.classes)] > 0
+    unknown = [c for c, u in zip(v.classes, used.tolist()) if u and c not in position]
+    if unknown:
+        shown = ", ".join(map(repr, unknown[:5])) + (f" and {len(unknown) - 5} more" if len(unknown) > 5 else "")
+        raise ValueError(f"{val.spec}: class{'es' if len(unknown) > 1 else ''} {shown} not among the "
+                         f"{len(t.classes)} classes of {train.spec}, so no probe trained there can predict "
+                         f"{'them' if len(unknown) > 1 else 'it'}; evaluate on a split whose classes (folder or "
+                         "manifest names) are the training split's or some of them")
+    mapping = torch.tensor([position.get(c, -1) for c in v.classes], dtype=torch.int64)
+    val.index = LabelIndex(mapping[v.labels_N], list(t.classes), v.skipped)
+
+
 class ShardData(LabelledData):
     """Labelled WebDataset shards (``cls`` key): a shard spec, a shard folder or a pattern."""
 
@@ -286,24 +379,32 @@ class ShardData(LabelledData):
         return len(self.urls)
 
     def scan(self, num_workers: int = 0) -> LabelIndex:
+        """Every sample's label (:func:`label_of`, below the manifest's class count when it names the classes).
+
+        Raises:
+            ValueError: an unreadable shard, or a sample without a valid label (one line naming it).
+        """
         from jepa.data import read_manifest
 
+        try:
+            manifest = read_manifest(self.spec)
+        except ValueError:
+            manifest = None
+        classes = manifest.classes if manifest is not None and manifest.classes else None
         found: dict[int, Tensor] = {}
-        dataset = _ScanShards(self.urls)
+        dataset = _ScanShards(self.urls, None if classes is None else len(classes))
         workers = min(num_workers, len(self.urls))
-        for u, labels in (dataset if workers == 0 else DataLoader(dataset, batch_size=None, num_workers=workers,
-                                                                   collate_fn=collate_as_is)):
+        for u, labels, problem in (dataset if workers == 0 else DataLoader(
+                dataset, batch_size=None, num_workers=workers, collate_fn=collate_as_is)):
+            if problem is not None:  # raised here, not in a loader worker: one line, not a worker's traceback
+                raise ValueError(problem)
             found[u] = labels
         counts = [found[u].numel() for u in range(len(self.urls))]
         self.offsets = [sum(counts[:u]) for u in range(len(self.urls))]
         labels_N = torch.cat([found[u] for u in range(len(self.urls))])
         if labels_N.numel() == 0:
             raise ValueError(f"{self.spec}: the shards hold no samples; check the shard pattern")
-        try:
-            manifest = read_manifest(self.spec)
-        except ValueError:
-            manifest = None
-        self.index = LabelIndex(labels_N, manifest.classes if manifest is not None else None)
+        self.index = LabelIndex(labels_N, classes)
         return self.index
 
     def _dataset(self, spec: PassSpec) -> _PassDataset:
@@ -312,21 +413,25 @@ class ShardData(LabelledData):
 
 
 class _ScanShards(IterableDataset):
-    """``(shard number, (n,) int64 labels)`` for every shard of this worker; images are not decoded."""
+    """``(shard number, (n,) int64 labels, None)`` for every shard of this worker, or ``(shard number,
+    None, why)`` for a shard with a bad label; images are not decoded."""
 
-    def __init__(self, urls: list[str]):
-        self.urls = urls
+    def __init__(self, urls: list[str], num_classes: int | None = None):
+        self.urls, self.num_classes = urls, num_classes
 
-    def __iter__(self) -> Iterator[tuple[int, Tensor]]:
+    def __iter__(self) -> Iterator[tuple[int, Tensor | None, str | None]]:
         info = get_worker_info()
         mine = range(len(self.urls))[info.id::info.num_workers] if info is not None else range(len(self.urls))
         for u in mine:
             try:
-                labels = [_label_of(sample) for sample in read_shard(self.urls[u])]
+                labels = [label_of(sample, self.num_classes) for sample in read_shard(self.urls[u])]
             except SHARD_ERRORS as exc:
                 raise ValueError(f"evaluation shard {self.urls[u]} is unreadable ({type(exc).__name__}: {exc}); "
                                  "evaluation reads every sample: rewrite the shard") from exc
-            yield u, torch.tensor(labels, dtype=torch.int64)
+            except ValueError as exc:
+                yield u, None, str(exc)
+                return
+            yield u, torch.tensor(labels, dtype=torch.int64), None
 
 
 class _ShardPass(_PassDataset):

@@ -14,6 +14,13 @@ Three kinds of decoded item, one per ``modality.input`` setting (see :class:`~.c
   damage inside the entropy-coded data is found only by the GPU decode, which then fails the
   batch with an error naming the file.
 
+Every image is also bounded here, from its header, before a pixel is decoded: neither the decoded
+image nor any view's resize of it may hold more than :data:`MAX_PIXELS` pixels
+(:func:`view_size_problem`). The evaluation view resizes the shorter side, so a tall-thin image of
+a few hundred bytes (1 x 60000 px) would grow by the resize factor in both directions; the bound
+on the resized size is what bounds the aspect ratio. Such a sample is skipped and counted like an
+undecodable one.
+
 Why the reduction is decided here, from the header, and not per crop box: the box is drawn only
 when the batch is made, and a sample that fails to decode must fail *here*, where the loader skips
 and counts it (:mod:`jepa.data.shard_loader`); a decode put off until the batch is made cannot be
@@ -42,8 +49,11 @@ IMAGE_KEYS: tuple[str, ...] = ("jpg", "jpeg", "png", "webp", "ppm", "bmp")
 IMAGE_SUFFIXES: dict[str, str] = {
     ".jpg": "jpg", ".jpeg": "jpeg", ".png": "png", ".webp": "webp", ".ppm": "ppm", ".bmp": "bmp",
 }
-#: Most pixels (width x height) an image may declare; larger ones are refused before decoding
-#: (Pillow's own default, ``PIL.Image.MAX_IMAGE_PIXELS``: about 9459 x 9459).
+#: Most pixels (width x height) an image may declare, and most pixels any view may resize it to
+#: (:func:`view_size_problem`); larger ones are refused before decoding (Pillow's own default,
+#: ``PIL.Image.MAX_IMAGE_PIXELS``: about 9459 x 9459). One bound for both: no view then allocates
+#: more than the largest image that may be decoded, and a square image passes at every crop size
+#: a ViT here takes (8192 px: the evaluation resize to 9362 x 9362 is 87.6 M pixels).
 MAX_PIXELS = 89_478_485
 #: Aspect-ratio (w/h) range of the training crop, as in RandomResizedCrop.
 CROP_RATIO: tuple[float, float] = (3 / 4, 4 / 3)
@@ -132,15 +142,72 @@ def decode_image(sample: dict[str, Any], cfg: InputConfig | None = None) -> Imag
                 if width * height > MAX_PIXELS:
                     raise ValueError(f"{width}x{height} = {width * height:,} pixels, more than the {MAX_PIXELS:,} "
                                      "allowed (a decompression bomb?)")
+                too_large = view_size_problem(height, width, DEFAULT_CROP_SIZE if cfg is None else cfg.crop_size)
+                if too_large is not None:
+                    raise _TooLarge(too_large)
                 if pil.format == "JPEG":
                     image = _decode_jpeg(data, pil, cfg, where)
                     if image is not None:
                         return image
                 pil = ImageOps.exif_transpose(pil)
                 return _pil_to_rgb(pil)
+    except _TooLarge as exc:
+        raise ValueError(f"{where}: '{key}' is refused: {exc}") from None
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError, EOFError, struct.error,
             Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise ValueError(f"{where}: '{key}' is not a readable image ({type(exc).__name__}: {exc})") from None
+
+
+class _TooLarge(Exception):
+    """A readable image that a view would resize past :data:`MAX_PIXELS` (the message says which)."""
+
+
+# --------------------------------------------------------------------------- the size bound
+
+
+#: The crop size the bound assumes when :func:`decode_image` is given no input section (InputConfig's default).
+DEFAULT_CROP_SIZE = 224
+
+
+def eval_resize_size(crop_size: int) -> int:
+    """Shorter-side resize before the centre crop: 256 for a 224 crop (the usual ratio)."""
+    return round(crop_size * 256 / 224)
+
+
+def resized_size(height: int, width: int, shorter: int) -> list[int]:
+    """(h, w) after resizing the shorter side to ``shorter``, as torchvision computes it."""
+    if height <= width:
+        return [shorter, int(shorter * width / height)]
+    return [int(shorter * height / width), shorter]
+
+
+def view_size_problem(height: int, width: int, crop_size: int) -> str | None:
+    """Why an image (or video frame) of this size is refused, or None when every view stays within
+    :data:`MAX_PIXELS`.
+
+    Two sizes are bounded: the decoded image, and the evaluation view's shorter-side resize to
+    :func:`eval_resize_size`, which grows (or shrinks) both sides by the same factor, so a tall-thin
+    image grows by that factor times its aspect ratio. It is the largest thing any view allocates:
+    a training or LeJEPA crop is resized to at most ``crop_size`` squared, less than the evaluation
+    resize, from a box inside the decoded image, and a separable resize's intermediate is no larger
+    than its input or its output.
+
+    Args:
+        height: full-size height (after EXIF orientation; the bound does not depend on it).
+        width: full-size width.
+        crop_size: the views' output side (``input.crop_size``).
+    """
+    if height < 1 or width < 1:
+        return f"its size is {width}x{height}"
+    if height * width > MAX_PIXELS:
+        return f"{width}x{height} = {height * width:,} pixels, more than the {MAX_PIXELS:,} allowed"
+    h, w = resized_size(height, width, eval_resize_size(crop_size))
+    if h * w > MAX_PIXELS:
+        ratio = max(height, width) / min(height, width)
+        return (f"the evaluation view would resize its {width}x{height} pixels (aspect ratio {ratio:,.0f}:1) to "
+                f"{w}x{h} = {h * w:,} pixels, more than the {MAX_PIXELS:,} any view may allocate; such "
+                "samples are skipped")
+    return None
 
 
 def _decode_jpeg(data: bytes | bytearray | memoryview, pil: Any, cfg: InputConfig | None,
@@ -228,8 +295,6 @@ def jpeg_reduction(height: int, width: int, cfg: InputConfig) -> int:
         width: full-size image width.
         cfg: crop size and scale.
     """
-    from jepa.modalities.image.transforms import eval_resize_size
-
     side = smallest_crop_side(height, width, cfg.crop_scale[0])
     shorter = min(height, width)
     for scale in JPEG_REDUCTIONS:

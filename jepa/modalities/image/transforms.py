@@ -30,7 +30,7 @@ from torch.utils.data import get_worker_info
 from jepa.modalities.image.config import InputConfig
 from jepa.modalities.image.decode import (  # noqa: F401 - decode_image and the constants are re-exported
     CROP_RATIO, IMAGE_KEYS, IMAGE_SUFFIXES, MAX_PIXELS, EncodedJPEG, ImageItem, ReducedImage, decode_image,
-    decode_jpegs_on_device,
+    decode_jpegs_on_device, eval_resize_size, resized_size, view_size_problem,
 )
 
 #: Attempts at a crop box per image before falling back to a centre crop (as in torchvision).
@@ -105,18 +105,25 @@ def _norm_constants(mean: tuple[float, ...], std: tuple[float, ...], device: tor
 
 
 def _check_items(items: list[ImageItem], cfg: InputConfig) -> None:
+    """Refuse a batch the views cannot make, before anything is resized: wrong items, or an image
+    larger than the size bound (:func:`~.decode.view_size_problem`; :func:`decode_image` already
+    refuses those samples, one at a time, so that the loader skips them)."""
     if not items:
         raise ValueError("cannot build a batch from zero images")
-    for x in items:
-        if isinstance(x, EncodedJPEG):
-            continue  # decodes to RGB
-        pixels = x.pixels if isinstance(x, ReducedImage) else x
-        if not isinstance(pixels, Tensor) or pixels.ndim != 3 or pixels.dtype != torch.uint8 \
-                or pixels.shape[0] != cfg.in_chans:
-            what = f"{tuple(pixels.shape)} {pixels.dtype}" if isinstance(pixels, Tensor) else type(pixels).__name__
-            raise ValueError(
-                f"expected decoded images of shape ({cfg.in_chans}, H, W) uint8, got {what}; "
-                "images decode to RGB, so input.in_chans must be 3")
+    for i, x in enumerate(items):
+        if not isinstance(x, EncodedJPEG):  # that one decodes to RGB
+            pixels = x.pixels if isinstance(x, ReducedImage) else x
+            if not isinstance(pixels, Tensor) or pixels.ndim != 3 or pixels.dtype != torch.uint8 \
+                    or pixels.shape[0] != cfg.in_chans:
+                what = f"{tuple(pixels.shape)} {pixels.dtype}" if isinstance(pixels, Tensor) else type(pixels).__name__
+                raise ValueError(
+                    f"expected decoded images of shape ({cfg.in_chans}, H, W) uint8, got {what}; "
+                    "images decode to RGB, so input.in_chans must be 3")
+        height, width = (x.height, x.width) if isinstance(x, (ReducedImage, EncodedJPEG)) else x.shape[1:]
+        problem = view_size_problem(int(height), int(width), cfg.crop_size)
+        if problem is not None:
+            raise ValueError(f"image {i} of the batch is refused: {problem}; decode images with decode_image, "
+                             "which refuses them one at a time (the loaders skip and count them)")
 
 
 def _full_sizes(items: list[ImageItem]) -> tuple[Tensor, Tensor, Tensor]:
@@ -232,18 +239,6 @@ def train_batch(items: list[ImageItem], cfg: InputConfig, generator: torch.Gener
 # --------------------------------------------------------------------------- evaluation view
 
 
-def eval_resize_size(crop_size: int) -> int:
-    """Shorter-side resize before the centre crop: 256 for a 224 crop (the usual ratio)."""
-    return round(crop_size * 256 / 224)
-
-
-def _resized_size(height: int, width: int, shorter: int) -> list[int]:
-    """(h, w) after resizing the shorter side to ``shorter``, as torchvision computes it."""
-    if height <= width:
-        return [shorter, int(shorter * width / height)]
-    return [int(shorter * height / width), shorter]
-
-
 def eval_batch(items: list[ImageItem], cfg: InputConfig) -> Tensor:
     """The evaluation view: resize the shorter side to ``round(S*256/224)``, centre-crop S, normalise.
 
@@ -259,6 +254,6 @@ def eval_batch(items: list[ImageItem], cfg: InputConfig) -> Tensor:
     heights, widths, _ = _full_sizes(items)
     pixels, device = _decoded_pixels(items, cfg)
     s, r = cfg.crop_size, eval_resize_size(cfg.crop_size)
-    views = (TF.center_crop(TF.resize(x, _resized_size(h, w, r), antialias=True), [s, s])
+    views = (TF.center_crop(TF.resize(x, resized_size(h, w, r), antialias=True), [s, s])
              for x, h, w in zip(pixels, heights.tolist(), widths.tolist()))
     return _stack_normalized(views, len(items), cfg, device)

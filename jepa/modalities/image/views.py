@@ -18,6 +18,9 @@ agree bitwise. Every random number comes from the generator passed in, drawn per
 order (crop boxes, then the photometric draws), so the views are a pure function of the items and the
 generator's seed.
 
+Every item is first checked against the size bound of :func:`~jepa.modalities.image.decode.view_size_problem`
+(as ``train_batch`` checks it), before anything is cropped or resized.
+
 Items decoded at reduced size (``input.jpeg_reduced_decode``) were reduced for ``input.crop_scale``
 at ``input.crop_size``; a local crop may then be enlarged slightly more than at full size.
 """

@@ -63,7 +63,7 @@ class VideoModality(Modality):
     def decode(self, sample: dict[str, Any]):
         from jepa.modalities.video.decode import probe_video
 
-        return probe_video(sample, self.cfg.input.clip_span, self.cfg.input.decoder)
+        return probe_video(sample, self.cfg.input.clip_span, self.cfg.input.decoder, crop_size=self.cfg.input.crop_size)
 
     def train_batch(self, items: list[Any], generator: torch.Generator) -> Tensor:
         from jepa.modalities.video.transforms import train_batch

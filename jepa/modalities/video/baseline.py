@@ -50,6 +50,7 @@ class _MiddleFrames:
     cfg: VideoInputConfig
 
     def __call__(self) -> Iterator[ShardSample]:
+        from jepa.eval.reader import label_of
         from jepa.modalities.video.decode import probe_video, read_frames
 
         for sample in read_shard(self.url):
@@ -57,9 +58,9 @@ class _MiddleFrames:
                 raise ValueError(f"{self.url} sample {sample['__key__']!r} has no label (cls); the single-frame "
                                  "baseline needs labelled clips (jepa demo-data --modality video, or jepa shards on "
                                  "class folders)")
-            item = probe_video(sample, self.cfg.clip_span, self.cfg.decoder)
+            item = probe_video(sample, self.cfg.clip_span, self.cfg.decoder, crop_size=self.cfg.crop_size)
             frame = read_frames(item, [middle_frame_index(item.num_frames, self.cfg)])[0].numpy()
-            yield ShardSample(sample["__key__"], "png", png_bytes(frame), int(sample["cls"]))
+            yield ShardSample(sample["__key__"], "png", png_bytes(frame), label_of(sample))
 
 
 def write_middle_frame_shards(src: str | Path, out_dir: str | Path, cfg: VideoInputConfig, *, max_count: int = 500,

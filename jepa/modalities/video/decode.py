@@ -5,9 +5,12 @@ Decoding a video is split in two so that a decoded item never holds a whole vide
 
 * :func:`probe_video` (``Modality.decode``, per sample) decodes every frame once to validate the
   file and records the frame count, size and presentation timestamps, keeping only the bytes.
-  A corrupt file, one without a video stream or with too few frames, and one on which the decoder
-  raises anything, crashes or hangs, raises ``ValueError``, so the loader skips and counts it.
-  Frames are decoded but not converted to RGB.
+  A corrupt file, one without a video stream or with too few frames, one whose frames are larger
+  than the image modality's size bound (:func:`~jepa.modalities.image.decode.view_size_problem`:
+  the frame, and with ``crop_size`` its evaluation resize; the size the stream declares is checked
+  before any frame is decoded), and one on which the decoder raises anything, crashes or hangs,
+  raises ``ValueError``, so the loader skips and counts it. Frames are decoded but not converted
+  to RGB.
 * :func:`read_frames` (``train_batch`` / ``eval_batch``) decodes just the frames a clip needs:
   it seeks to the key frame before the first one and decodes up to the last; if seeking does not
   land where the timestamps say (containers without an index, repeated timestamps), it re-reads
@@ -27,6 +30,7 @@ import torch
 from torch import Tensor
 
 from jepa.data.reading import sample_payload, sample_where
+from jepa.modalities.image.decode import DEFAULT_CROP_SIZE, view_size_problem
 from jepa.modalities.video import pyav_io
 
 #: Sample keys that may hold an encoded video, in the order they are looked for.
@@ -58,7 +62,8 @@ class VideoItem:
     decoder: Decoder = "process"
 
 
-def probe_video(sample: dict[str, Any], min_frames: int, decoder: Decoder = "process") -> VideoItem:
+def probe_video(sample: dict[str, Any], min_frames: int, decoder: Decoder = "process", *,
+                crop_size: int | None = None) -> VideoItem:
     """Validate the video of one shard sample by decoding all of its frames once.
 
     Args:
@@ -66,13 +71,17 @@ def probe_video(sample: dict[str, Any], min_frames: int, decoder: Decoder = "pro
         min_frames: fewest frames a usable video has (one clip's span).
         decoder: ``process`` (PyAV in a child process: a crash or hang of the decoder is a
             ``ValueError`` too) or ``in_process``.
+        crop_size: the views' ``input.crop_size``: frames whose evaluation resize would pass the size
+            bound are refused here too. None: the bound at the default crop size (224), as
+            :func:`~jepa.modalities.image.decode.decode_image` assumes without an input section; a
+            larger crop's views refuse a batch holding a frame past the bound at that size.
 
     Returns:
         The :class:`VideoItem` (bytes + frame count, size, timestamps).
 
     Raises:
-        ValueError: no video key, empty or unreadable bytes, no video stream, fewer than
-            ``min_frames`` frames, or the decoder raised, crashed or hung on the file.
+        ValueError: no video key, empty or unreadable bytes, no video stream, frames larger than the
+            size bound, fewer than ``min_frames`` frames, or the decoder raised, crashed or hung on the file.
     """
     where = sample_where(sample)
     key, data = sample_payload(sample, VIDEO_KEYS, "video")
@@ -81,7 +90,7 @@ def probe_video(sample: dict[str, Any], min_frames: int, decoder: Decoder = "pro
         if decoder == "process":
             from jepa.modalities.video.decoder_process import decoder as child
 
-            found = child().probe(data)
+            found = child().probe(data)  # frames are bounded by pyav_io.MAX_FRAME_PIXELS (= MAX_PIXELS)
         else:
             found = pyav_io.probe(data)
     except Exception as exc:  # noqa: BLE001 - any failure of the decoder (or its process) is the file's problem
@@ -89,6 +98,10 @@ def probe_video(sample: dict[str, Any], min_frames: int, decoder: Decoder = "pro
     if found["num_frames"] < min_frames or found["num_frames"] == 0:
         raise ValueError(f"{where}: '{key}' has {found['num_frames']} frames, fewer than the {min_frames} one clip "
                          "spans (input.num_frames at input.frame_step); lower them or drop short videos")
+    crop_size = DEFAULT_CROP_SIZE if crop_size is None else crop_size
+    too_large = view_size_problem(found["height"], found["width"], crop_size)
+    if too_large is not None:
+        raise ValueError(f"{where}: '{key}' is refused by its frame size: {too_large}")
     pts = found["pts"]
     return VideoItem(data, found["num_frames"], found["height"], found["width"],
                      None if pts is None else tuple(pts), where, decoder)

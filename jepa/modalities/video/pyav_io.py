@@ -30,6 +30,9 @@ from av.video.reformatter import VideoReformatter  # noqa: E402
 
 #: FFmpeg decoder threads per video; data-loader workers already decode in parallel.
 DECODE_THREADS = 1
+#: Most pixels a frame may have: the image modality's ``MAX_PIXELS`` (this module imports no ``jepa``:
+#: a test pins the two equal).
+MAX_FRAME_PIXELS = 89_478_485
 
 
 def open_container(data: bytes) -> Any:
@@ -48,23 +51,40 @@ def open_container(data: bytes) -> Any:
     return container
 
 
-def probe(data: bytes) -> dict[str, Any]:
+def probe(data: bytes, max_pixels: int = MAX_FRAME_PIXELS) -> dict[str, Any]:
     """Decode every frame of ``data`` once (without converting to RGB).
+
+    Args:
+        data: the encoded video.
+        max_pixels: most pixels a frame may have. The size the stream declares is checked before any
+            frame is decoded, and every decoded frame's size too (a stream may change size midway).
 
     Returns:
         ``num_frames``, ``height`` and ``width`` (of the first frame; 0 when there is none), and
         ``pts``: the presentation timestamps in decode order, or None when they cannot be used
         to seek (missing, or not strictly increasing).
+
+    Raises:
+        ValueError: a frame (or the declared size) has more than ``max_pixels`` pixels.
     """
     pts: list[Any] = []
     size = (0, 0)
     with open_container(data) as container:
-        for frame in container.decode(container.streams.video[0]):
+        stream = container.streams.video[0]
+        _check_frame_size(stream.codec_context.height or 0, stream.codec_context.width or 0, max_pixels, "declares")
+        for frame in container.decode(stream):
+            _check_frame_size(frame.height, frame.width, max_pixels, "has")
             if not pts:
                 size = (frame.height, frame.width)
             pts.append(frame.pts)
     usable = all(p is not None for p in pts) and all(a < b for a, b in zip(pts, pts[1:]))
     return {"num_frames": len(pts), "height": size[0], "width": size[1], "pts": pts if usable else None}
+
+
+def _check_frame_size(height: int, width: int, max_pixels: int, verb: str) -> None:
+    if height * width > max_pixels:
+        raise ValueError(f"the video {verb} {width}x{height} = {height * width:,} pixels a frame, more than the "
+                         f"{max_pixels:,} allowed")
 
 
 def read(data: bytes, num_frames: int, height: int, width: int, pts: Sequence[int] | None,

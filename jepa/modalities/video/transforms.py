@@ -13,6 +13,9 @@ frames, steps of ~4.27 for 16 x 4); videos shorter than one clip are rejected by
 repeat the last frame).
 
 Evaluation view: the centre clip, shorter side resized to ``round(S * 256 / 224)``, centre crop S.
+
+Every view first checks each video's frame size against the image modality's bound
+(:func:`~jepa.modalities.image.decode.view_size_problem`), before a frame is read or resized.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import torch
 import torchvision.transforms.v2.functional as TF
 from torch import Tensor
 
+from jepa.modalities.image.decode import view_size_problem
 from jepa.modalities.image.transforms import eval_resize_size, normalize_uint8, sample_crop_boxes
 from jepa.modalities.video.config import VideoInputConfig
 from jepa.modalities.video.decode import VideoItem, read_frames
@@ -37,6 +41,9 @@ def _check_items(items: list[VideoItem], cfg: VideoInputConfig) -> None:
         if item.num_frames < cfg.clip_span:
             raise ValueError(f"{item.where} has {item.num_frames} frames, fewer than the {cfg.clip_span} a clip "
                              "spans; it was decoded under another input.num_frames / input.frame_step")
+        too_large = view_size_problem(item.height, item.width, cfg.crop_size)
+        if too_large is not None:
+            raise ValueError(f"{item.where} is refused by its frame size: {too_large}")
 
 
 def clip_indices(starts_B: Tensor, cfg: VideoInputConfig) -> Tensor:
