@@ -21,7 +21,10 @@ Process group: under ``torchrun`` / the ``deepspeed`` launcher (also multi-node 
 or ``mpirun`` the launcher's environment is used; under Slurm's ``srun`` the ranks and the
 rendezvous come from the ``SLURM_*`` variables (:mod:`jepa.launch`); a plain ``python`` process
 creates a world of one itself (gloo on CPU, nccl on GPU) and keeps it for later engines in the
-same process.
+same process. Training builds no C++ extension: DeepSpeed's CPU shared-memory comm op, which it
+would JIT-compile at every process-group setup, serves only its inference all-reduce and is left
+unbuilt (:func:`_skip_shm_comm_op`); whatever else is built goes to a folder of the active Python
+environment (:func:`use_environment_extensions_dir`), so two environments never share builds.
 
 Another world size: a checkpoint written by N ranks is loaded by M through DeepSpeed's
 universal checkpoint (:meth:`Engine.load_state` with ``reshard_dir``): rank 0 converts the
@@ -33,10 +36,12 @@ is unpickled with ``weights_only=True`` (:func:`_weights_only_torch_load`).
 from __future__ import annotations
 
 import argparse
+import hashlib
 import io
 import os
 import pickle
 import shutil
+import sys
 from contextlib import AbstractContextManager, contextmanager, nullcontext, redirect_stderr, redirect_stdout
 from dataclasses import dataclass
 from pathlib import Path
@@ -152,13 +157,61 @@ def _launcher_env() -> Iterator[None]:
                 os.environ[key] = value
 
 
+def use_environment_extensions_dir() -> Path:
+    """Point ``TORCH_EXTENSIONS_DIR`` at this Python environment's own folder, unless the user set it.
+
+    torch builds C++ extensions (DeepSpeed's JIT ops) into ``~/.cache/torch_extensions/py311_cu130``
+    by default, one folder for every environment of that Python and CUDA: two environments with
+    another torch or ninja rebuild each other's ops every time they alternate (measured: tiny runs
+    of 69-134 s instead of 6 s). ``sys.prefix/var/torch_extensions`` belongs to one environment; where
+    the environment is read-only, a folder of the user's cache named for it. Set for the rest of the
+    process, so the processes it starts build into the same folder.
+
+    Returns:
+        the folder builds go to.
+    """
+    if os.environ.get("TORCH_EXTENSIONS_DIR"):
+        return Path(os.environ["TORCH_EXTENSIONS_DIR"])
+    prefix = Path(sys.prefix).resolve()
+    folder = prefix / "var" / "torch_extensions"
+    if not os.access(next(p for p in (folder, *folder.parents) if p.exists()), os.W_OK):
+        cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+        folder = cache / "torch_extensions" / f"{prefix.name}-{hashlib.sha256(str(prefix).encode()).hexdigest()[:12]}"
+    os.environ["TORCH_EXTENSIONS_DIR"] = str(folder)
+    return folder
+
+
+def _skip_shm_comm_op() -> None:
+    """Keep DeepSpeed from JIT-compiling its CPU shared-memory comm op (``deepspeed_shm_comm``).
+
+    DeepSpeed's ``TorchBackend`` (behind every ``deepspeed.init_distributed``, one process included)
+    builds that op with the system C++ compiler and ninja whenever the accelerator offers a
+    ``ShareMemCommBuilder`` (the CPU accelerator) and ``deepspeed.ops.__compatible_ops__`` lists it as
+    compatible: where there is no compiler, training dies with a build traceback before its first
+    step, and a cold build takes about a minute. The op serves only ``inference_all_reduce``
+    (tensor-parallel inference); training's collectives are torch.distributed's (gloo on CPU), so
+    the op is marked incompatible in that table, the one thing ``build_shm_op`` consults (DeepSpeed
+    0.19 has no environment variable or config option for it), and is never built, for any number
+    of processes (measured: same 2-process CPU step time with and without it). Must run before the
+    first ``deepspeed.init_distributed`` of the process. A no-op on accelerators without the op (CUDA).
+    """
+    import deepspeed.ops
+    from deepspeed.accelerator import get_accelerator
+
+    builder = get_accelerator().create_op_builder("ShareMemCommBuilder")
+    if builder is not None:
+        deepspeed.ops.__compatible_ops__[builder.NAME] = False
+
+
 def init_distributed() -> DistInfo:
     """Join the launcher's process group, or create a world of one for a plain process.
 
     A world of one is kept for the life of the process (DeepSpeed caches its process groups, so
     a destroyed world cannot be created again); later engines in the same process reuse it.
-    Call inside ``_launcher_env()``.
+    Call inside ``_launcher_env()``. Needs no C++ compiler (:func:`_skip_shm_comm_op`).
     """
+    use_environment_extensions_dir()
+    _skip_shm_comm_op()
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     if torch.cuda.is_available():
         # before NCCL starts, so every rank talks from its own GPU (one visible GPU per task: srun --gpus-per-task)
