@@ -18,6 +18,7 @@ from rich.table import Table
 from jepa.cli.errors import cli_errors, err_console, user_error
 from jepa.cli.options import SetOption
 from jepa.interfaces import DemoDataSpec, as_mask_pairs
+from jepa.text import printable
 
 if TYPE_CHECKING:
     from jepa.interfaces import Modality
@@ -74,7 +75,7 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
             manifest = shard_folder(src, out, plugin, prefix=prefix, max_count=max_count,
                                     max_bytes=int(max_size * 2**20), workers=workers)
         for skipped in manifest.skipped[:20]:
-            err_console.print(f"[yellow]skipped[/] {escape(skipped.path)}: {escape(skipped.error)}", highlight=False,
+            err_console.print(f"[yellow]skipped[/] {_shown(skipped.path)}: {_shown(skipped.error)}", highlight=False,
                               soft_wrap=True)
         if len(manifest.skipped) > 20:
             where = "" if manifest.total == 0 else " (see manifest.json)"
@@ -86,11 +87,11 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
             (out / MANIFEST_NAME).unlink(missing_ok=True)
             if not out_existed and out.is_dir() and not any(out.iterdir()):
                 out.rmdir()
-            raise user_error(ValueError(f"none of the {plugin.name} files in {src} could be read "
+            raise user_error(ValueError(f"none of the {plugin.name} files in {printable(str(src))} could be read "
                                         f"({len(manifest.skipped)} skipped){settings}; nothing was written"))
         labels = f", {len(manifest.classes)} classes" if manifest.classes else ", unlabelled"
         console.print(f"[green]wrote[/] {manifest.total} samples in {len(manifest.shards)} shards{labels}: "
-                      f"{escape(str(out / manifest.pattern))} ({len(manifest.skipped)} skipped, {manifest.ignored_files} "
+                      f"{_shown(str(out / manifest.pattern))} ({len(manifest.skipped)} skipped, {manifest.ignored_files} "
                       "other files ignored)", highlight=False)
 
     @app.command("demo-data")
@@ -122,7 +123,7 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
             manifests = cls().write_demo_data(out, spec)
         for split, m in manifests.items():
             console.print(f"[green]{split}[/]: wrote {m.total} samples in {len(m.shards)} shards: "
-                          f"{out / split / m.pattern}", highlight=False)
+                          f"{_shown(str(out / split / m.pattern))}", highlight=False)
 
     @bench.command("data")
     def bench_data(
@@ -149,7 +150,7 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
             mb = batch_size or recipe.data.micro_batch_size or min(
                 128, recipe.data.global_batch_size // (recipe.engine.grad_accum_steps or 1))
             rows = bench_data_pipeline(recipe, mb, batches, repeats)
-        table = Table(title=f"data pipeline: {recipe.name}, batch {mb}, median of {repeats}")
+        table = Table(title=f"data pipeline: {_shown(recipe.name)}, batch {mb}, median of {repeats}")
         for col in ("what", "images/s", "range"):
             table.add_column(col, justify="left" if col == "what" else "right")
         for what, values in rows:
@@ -157,6 +158,12 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
         console.print(table)
         for line in worker_summary(rows, recipe.data.num_workers, target):
             console.print(line, highlight=False)
+
+
+def _shown(text: str) -> str:
+    """Untrusted text (file names, URLs, decoder messages) for a rich line: no terminal control
+    characters (:func:`~jepa.text.printable`), no markup."""
+    return escape(printable(text))
 
 
 def _rates(fn: Callable[[], int], repeats: int) -> list[float]:
@@ -229,16 +236,16 @@ def _raw_samples(urls: list[str], count: int) -> list[dict[str, Any]]:
                 for sample in read_shard(url, limit=count - len(out)):
                     out.append(sample)
             except SHARD_ERRORS as exc:
-                broken[url] = f"{type(exc).__name__}: {exc}"
-                err_console.print(f"[yellow]note:[/] shard {escape(url)} is broken ({escape(broken[url])}); it is "
+                broken[url] = printable(f"{type(exc).__name__}: {exc}")
+                err_console.print(f"[yellow]note:[/] shard {_shown(url)} is broken ({escape(broken[url])}); it is "
                                   "left out, as the training loader skips it", highlight=False, soft_wrap=True)
             if len(out) >= count:
                 break
         if len(out) == before:
-            what = (f"{len(broken)} of the {len(urls)} shards are broken (e.g. {next(iter(broken))}: "
+            what = (f"{len(broken)} of the {len(urls)} shards are broken (e.g. {printable(next(iter(broken)))}: "
                     f"{next(iter(broken.values()))})" + (", the rest hold no samples" if len(broken) < len(urls) else "")
                     if broken
-                    else f"the {len(urls)} shards hold no samples (e.g. {urls[0]})")
+                    else f"the {len(urls)} shards hold no samples (e.g. {printable(urls[0])})")
             raise ValueError(f"data.train_shards gives nothing to benchmark: {what}; check the pattern, or rebuild "
                              "the shards with `jepa shards`")
     return out
@@ -273,12 +280,12 @@ def bench_data_pipeline(recipe: Any, batch_size: int, num_batches: int, repeats:
                     try:
                         items.append(plugin.decode(s))
                     except ValueError as exc:
-                        undecodable.append(str(exc))
+                        undecodable.append(printable(str(exc)))
                 return len(raw)
 
             rows.append(("decode (1 worker)", _rates(decode, repeats)))
             if not items:
-                raise ValueError(f"none of the {len(raw)} samples read from {d.train_shards} decodes (first: "
+                raise ValueError(f"none of the {len(raw)} samples read from {printable(d.train_shards)} decodes (first: "
                                  f"{undecodable[0]}); check data.train_shards, or rebuild the shards with `jepa shards`")
             if undecodable:
                 err_console.print(f"[yellow]note:[/] {len(undecodable)} of {len(raw)} samples do not decode and were "

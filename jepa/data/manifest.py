@@ -14,21 +14,48 @@ import os
 import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any, Optional
 
 import braceexpand
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from jepa.text import printable
 
 MANIFEST_NAME = "manifest.json"
 MANIFEST_VERSION = 1
 
+#: What URL parsers strip around a URL before reading its scheme: C0 control characters and space.
+_URL_SPACE = "".join(map(chr, range(0x21)))
+_SCHEME = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*):")
+
+
+def split_url(url: str) -> tuple[str, str]:
+    """``(scheme, rest)`` of a shard URL: the scheme lower-case and without its colon (``"pipe"``,
+    ``"http"``, ``"file"``), ``""`` for a plain path; ``rest`` is the text after ``scheme:``.
+
+    The scheme is read as URL parsers read it (webdataset's included): case-insensitively and
+    after the control characters and spaces around the URL, so ``" PIPE:cmd"`` is a ``pipe``
+    URL. A scheme is letters, digits, ``+``, ``.`` and ``-`` starting with a letter, so a path
+    such as ``data/a:b.tar`` or ``./a:b.tar`` has none.
+    """
+    text = url.strip(_URL_SPACE)
+    match = _SCHEME.match(text)
+    if match is None:
+        return "", url
+    return match.group(1).lower(), text[match.end():]
+
 
 def is_local(url: str) -> bool:
     """True for a local path or ``file:`` URL; False for any other scheme (``http:``, ``pipe:``, ...)."""
-    return url.startswith("file:") or not re.match(r"^[A-Za-z][A-Za-z0-9+.-]*:", url)
+    return split_url(url)[0] in ("", "file")
 
 
 def local_path(url: str) -> str:
     """The file path of a local shard URL (``file://`` or ``file:`` prefix removed)."""
-    return re.sub(r"^file://?", "", url)
+    scheme, rest = split_url(url)
+    if scheme != "file":
+        return url
+    return rest[2:] if rest.startswith("//") else rest
 
 
 @dataclass(frozen=True)
@@ -89,19 +116,120 @@ class Manifest:
 
     @classmethod
     def load(cls, path: str | Path) -> "Manifest":
-        """Read a ``manifest.json``.
+        """Read a ``manifest.json``, checking its structure (a manifest is data: it may be damaged
+        or made by someone else).
 
         Raises:
-            ValueError: the file is not a jepa shard manifest or has an unknown version.
+            ValueError: the file is not valid JSON, not a jepa shard manifest, of an unknown
+                version, or a field is missing, unknown, of the wrong type or inconsistent; the
+                message names the file and the field.
         """
-        raw = json.loads(Path(path).read_text())
+        raw = _read_json(Path(path))
         if raw.get("format") != "jepa-shards" or raw.get("version") != MANIFEST_VERSION:
-            raise ValueError(f"{path}: not a version-{MANIFEST_VERSION} jepa shard manifest "
-                             f"(format={raw.get('format')!r}, version={raw.get('version')!r}); rewrite it with `jepa shards`")
-        return cls(
-            prefix=raw["prefix"], shards=[ShardInfo(**s) for s in raw["shards"]], classes=raw["classes"],
-            skipped=[SkippedFile(**s) for s in raw["skipped"]], ignored_files=raw["ignored_files"],
+            raise ValueError(f"{_shown(path)}: not a version-{MANIFEST_VERSION} jepa shard manifest "
+                             f"(format={_short(raw.get('format'))}, version={_short(raw.get('version'))}); "
+                             "rewrite it with `jepa shards`")
+        try:
+            checked = _ManifestFile.model_validate(raw, strict=True)
+        except ValidationError as exc:
+            errors = exc.errors()
+            problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'top level'}: {e['msg']}" for e in errors[:3])
+            problems += f"; and {len(errors) - 3} more" if len(errors) > 3 else ""
+            raise ValueError(f"{_shown(path)}: not a valid jepa shard manifest ({printable(problems)}); "
+                             "rewrite it with `jepa shards`") from None
+        manifest = cls(
+            prefix=checked.prefix, shards=[ShardInfo(s.name, s.count, s.bytes) for s in checked.shards],
+            classes=checked.classes, skipped=[SkippedFile(s.path, s.error) for s in checked.skipped],
+            ignored_files=checked.ignored_files,
         )
+        derived = {"total": manifest.total, "num_shards": len(manifest.shards), "pattern": manifest.pattern}
+        wrong = [f"{k} is {_short(raw[k])} but the shards give {_short(v)}"
+                 for k, v in derived.items() if raw[k] != v]
+        if wrong:
+            raise ValueError(f"{_shown(path)}: inconsistent jepa shard manifest ({'; '.join(wrong)}); "
+                             "rewrite it with `jepa shards`")
+        return manifest
+
+
+def _shown(path: str | Path) -> str:
+    return printable(str(path))
+
+
+def _short(value: Any) -> str:
+    """A value of a manifest, quoted for a message (at most 60 characters)."""
+    text = repr(value)
+    return printable(text if len(text) <= 60 else text[:57] + "...")
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    """The JSON object in ``path``.
+
+    Raises:
+        ValueError: the file is not UTF-8 JSON, repeats a key or holds something else than an object.
+    """
+    def no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+        out = dict(pairs)
+        if len(out) < len(pairs):
+            seen: set[str] = set()
+            repeated = next(k for k, _ in pairs if k in seen or seen.add(k))
+            raise ValueError(f"{_shown(path)}: key {_short(repeated)} appears twice; "
+                             "rewrite it with `jepa shards`")
+        return out
+
+    try:
+        raw = json.loads(path.read_bytes().decode("utf-8"), object_pairs_hook=no_duplicates)
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{_shown(path)}: not a jepa shard manifest (not UTF-8 text: {exc.reason} at byte {exc.start}); "
+                         "rewrite it with `jepa shards`") from None
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{_shown(path)}: not valid JSON ({exc.msg} at line {exc.lineno} column {exc.colno}); "
+                         "rewrite it with `jepa shards`") from None
+    except RecursionError:
+        raise ValueError(f"{_shown(path)}: not a jepa shard manifest (nested too deeply); "
+                         "rewrite it with `jepa shards`") from None
+    if not isinstance(raw, dict):
+        kind = {list: "array", str: "string", int: "number", float: "number", bool: "boolean"}.get(type(raw), "null")
+        raise ValueError(f"{_shown(path)}: holds a JSON {kind} where a manifest object is expected; "
+                         "rewrite it with `jepa shards`")
+    return raw
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+class _ShardEntry(_Strict):
+    name: str
+    count: int = Field(ge=0)
+    bytes: int = Field(ge=0)
+
+    @field_validator("name")
+    @classmethod
+    def _in_folder(cls, name: str) -> str:
+        """A shard of a manifest is a file beside it, never a path elsewhere."""
+        if "/" in name or "\x00" in name or not name.endswith(".tar") or name == ".tar":
+            raise ValueError("must be the name of a .tar file in the manifest's folder (no '/')")
+        return name
+
+
+class _SkippedEntry(_Strict):
+    path: str
+    error: str
+
+
+class _ManifestFile(_Strict):
+    """The structure of ``manifest.json`` as :meth:`Manifest.to_json` writes it."""
+
+    format: str
+    version: int
+    prefix: str
+    pattern: str
+    total: int
+    num_shards: int
+    classes: Optional[list[str]]
+    shards: list[_ShardEntry]
+    skipped: list[_SkippedEntry]
+    ignored_files: int = Field(ge=0)
 
 
 def read_manifest(shards: str | Path) -> Manifest | None:

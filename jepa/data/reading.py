@@ -9,9 +9,15 @@ read into memory (its sample is marked as an error, so the loader skips and coun
 shard whose stream (decompressed, for ``.tar.gz`` and the like) passes :data:`MAX_SHARD_BYTES`
 is broken off as a broken shard, so a small compressed bomb cannot run on without end.
 
-``pipe:`` URLs run their text as a shell command (webdataset's convention); a recipe or shard
-spec from someone else must be read before it is used (see the README's "Security"), or such
-URLs refused altogether with the environment variable ``JEPA_NO_PIPE=1``.
+Which URLs may be opened is decided in one place, :func:`check_shard_url`, and every shard is
+opened through :func:`open_shard`, which asks it first: local paths and ``file:`` URLs,
+``http://`` and ``https://`` (read with ``curl``, no shell) and ``pipe:`` commands. Schemes are
+read case-insensitively and around spaces (``" PIPE:cmd"`` is a ``pipe:`` URL), as URL parsers
+read them; any other scheme is refused with a message. ``pipe:`` URLs run their text as a shell
+command (webdataset's convention); a recipe or shard spec from someone else must be read before
+it is used (see the README's "Security"), or such URLs refused altogether with the environment
+variable ``JEPA_NO_PIPE=1``. The refusal is a check that always runs (no ``assert``), and
+webdataset's own opener, which also honours URL-rewriting environment variables, is not used.
 """
 
 from __future__ import annotations
@@ -21,10 +27,11 @@ import tarfile
 from typing import Any, Iterator
 
 import braceexpand
-from webdataset.gopen import gopen
+from webdataset.gopen import gopen_curl, gopen_pipe
 from webdataset.tariterators import base_plus_ext
 
-from jepa.data.manifest import is_local, local_path, read_manifest
+from jepa.data.manifest import is_local, local_path, read_manifest, split_url
+from jepa.text import printable
 
 #: Errors of the tar reader / stream that mark a shard as broken (counted, warned, skipped).
 SHARD_ERRORS: tuple[type[BaseException], ...] = (tarfile.TarError, OSError, EOFError)
@@ -34,6 +41,54 @@ NO_PIPE_ENV = "JEPA_NO_PIPE"
 MAX_MEMBER_BYTES = 1 << 30
 #: Most bytes read from one shard's stream (after decompression) before it counts as broken.
 MAX_SHARD_BYTES = 1 << 40
+#: URL schemes of shards, besides plain local paths ("" below); see :func:`check_shard_url`.
+SHARD_SCHEMES = ("file", "http", "https", "pipe")
+
+
+def pipes_allowed() -> bool:
+    """False when :data:`NO_PIPE_ENV` is set to anything but "" or "0"."""
+    return os.environ.get(NO_PIPE_ENV, "").strip() in ("", "0")
+
+
+def check_shard_url(url: str) -> tuple[str, str]:
+    """The one decision on which shard URLs may be opened: ``(scheme, target)`` of an allowed one.
+
+    ``scheme`` is ``""`` (a local path; ``target`` is the path, ``file:`` removed), ``"http"`` or
+    ``"https"`` (``target`` is the URL), or ``"pipe"`` (``target`` is the shell command).
+
+    Raises:
+        ValueError: the scheme is not one of :data:`SHARD_SCHEMES`, or it is ``pipe`` and
+            :data:`NO_PIPE_ENV` is set; the message names the URL and the fix.
+    """
+    scheme, rest = split_url(url)
+    if scheme not in ("", *SHARD_SCHEMES):
+        streamed = ("; or stream them with a pipe: command (e.g. pipe:aws s3 cp s3://bucket/shard-000000.tar -)"
+                    if pipes_allowed() else "")
+        raise ValueError(f"{printable(repr(url))}: shard URLs of scheme {printable(scheme)}: are not supported; shards "
+                         "are local paths (a file, a shard folder or a brace pattern), file:, http://, https:// or pipe: "
+                         f"URLs; download the shards and point at the local copy{streamed} (a local file whose name "
+                         "has a colon: write it as ./NAME)")
+    if scheme == "pipe" and not pipes_allowed():
+        raise ValueError(f"{printable(repr(url))}: pipe: shard URLs run shell commands and {NO_PIPE_ENV} is set; use "
+                         "local paths, shard folders or http(s):// URLs, or unset it if you trust this shard spec")
+    if scheme in ("", "file"):
+        return "", local_path(url)
+    return scheme, rest if scheme == "pipe" else f"{scheme}:{rest}"
+
+
+def open_shard(url: str) -> Any:
+    """A binary stream of one shard, after :func:`check_shard_url`; no other code opens shard URLs.
+
+    Raises:
+        ValueError: see :func:`check_shard_url`.
+        OSError: a local shard cannot be opened.
+    """
+    scheme, target = check_shard_url(url)
+    if scheme == "":
+        return open(target, "rb")
+    if scheme == "pipe":
+        return gopen_pipe(f"pipe:{target}", "rb")  # webdataset's pipe, with the spelling it expects
+    return gopen_curl(target, "rb")
 
 
 class _BoundedStream:
@@ -59,24 +114,24 @@ def expand_shards(spec: str) -> list[str]:
     manifest lists), ``http(s)://`` URLs and ``pipe:`` commands, several joined with ``'::'``.
 
     Raises:
-        ValueError: the spec is empty, or local shards do not exist.
+        ValueError: the spec is empty, a URL is refused (:func:`check_shard_url`), or local
+            shards do not exist.
     """
     urls: list[str] = []
     for part in spec.split("::"):
         part = part.strip()
         if not part:
-            raise ValueError(f"empty shard pattern in {spec!r}; join patterns with '::' and leave none empty")
-        if is_local(part) and os.path.isdir(part):
-            urls += _folder_shards(part)
+            raise ValueError(f"empty shard pattern in {printable(repr(spec))}; join patterns with '::' and leave "
+                             "none empty")
+        if is_local(part) and os.path.isdir(local_path(part)):
+            urls += _folder_shards(local_path(part))
         else:
             urls += braceexpand.braceexpand(part)
-    pipes = [u for u in urls if u.startswith("pipe:")]
-    if pipes and os.environ.get(NO_PIPE_ENV, "") not in ("", "0"):
-        raise ValueError(f"{pipes[0]!r}: pipe: shard URLs run shell commands and {NO_PIPE_ENV} is set; use local "
-                         "paths, shard folders or http(s):// URLs, or unset it if you trust this shard spec")
+    for url in urls:
+        check_shard_url(url)
     missing = [u for u in urls if is_local(u) and not os.path.isfile(local_path(u))]
     if missing:
-        raise ValueError(f"{len(missing)} of {len(urls)} shards do not exist (first: {missing[0]}); "
+        raise ValueError(f"{len(missing)} of {len(urls)} shards do not exist (first: {printable(missing[0])}); "
                          "check the shard pattern (brace ranges like shard-{000000..000099}.tar are expanded)")
     return urls
 
@@ -87,7 +142,8 @@ def _folder_shards(folder: str) -> list[str]:
     names = [s.name for s in manifest.shards] if manifest is not None else sorted(
         f for f in os.listdir(folder) if f.endswith(".tar"))
     if not names:
-        raise ValueError(f"shard folder {folder} holds no .tar shards; write some with `jepa shards` or `jepa demo-data`")
+        raise ValueError(f"shard folder {printable(folder)} holds no .tar shards; write some with `jepa shards` or "
+                         "`jepa demo-data`")
     return [os.path.join(folder, n) for n in names]
 
 
@@ -160,16 +216,17 @@ def read_shard(url: str, limit: int | None = None) -> Iterator[dict[str, Any]]:
     two members of the same extension gets an ``__error__`` entry (it is skipped as corrupt).
 
     Args:
-        url: anything ``webdataset.gopen`` opens (path, http(s) URL, ``pipe:`` command).
+        url: a shard URL (local path, ``file:``, ``http(s)://`` URL, ``pipe:`` command).
         limit: stop after this many samples without reading further.
 
     Raises:
+        ValueError: the URL is refused (:func:`check_shard_url`).
         tarfile.TarError, OSError, EOFError: the shard is broken (see ``SHARD_ERRORS``); the
             samples yielded before are complete.
     """
     if limit is not None and limit <= 0:
         return
-    stream = gopen(url, "rb")
+    stream = open_shard(url)
     try:
         current: dict[str, Any] | None = None
         done = 0
@@ -200,7 +257,8 @@ def read_shard(url: str, limit: int | None = None) -> Iterator[dict[str, Any]]:
 
 def sample_where(sample: dict[str, Any]) -> str:
     """Names a raw sample in messages: its key and, when known, its shard."""
-    return f"sample {sample.get('__key__', '?')!r}" + (f" of {sample['__url__']}" if "__url__" in sample else "")
+    where = f"sample {sample.get('__key__', '?')!r}" + (f" of {sample['__url__']}" if "__url__" in sample else "")
+    return printable(where)
 
 
 def sample_payload(sample: dict[str, Any], keys: tuple[str, ...], what: str) -> tuple[str, bytes | bytearray | memoryview]:
@@ -212,8 +270,9 @@ def sample_payload(sample: dict[str, Any], keys: tuple[str, ...], what: str) -> 
     key = next((k for k in keys if k in sample), None)
     if key is None:
         found = sorted(k for k in sample if not k.startswith("__"))
-        raise ValueError(f"{sample_where(sample)} has no {what} (looked for {', '.join(keys)}; found {found})")
+        raise ValueError(f"{sample_where(sample)} has no {what} (looked for {', '.join(keys)}; "
+                         f"found {printable(repr(found))})")
     data = sample[key]
     if not isinstance(data, (bytes, bytearray, memoryview)) or len(data) == 0:
-        raise ValueError(f"{sample_where(sample)}: '{key}' is empty or not bytes")
+        raise ValueError(f"{sample_where(sample)}: {printable(repr(key))} is empty or not bytes")
     return key, data

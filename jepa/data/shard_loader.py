@@ -46,6 +46,7 @@ from jepa.interfaces import Modality
 from jepa.objective import BatchMaker
 from jepa.preemption import ignore_sigterm_until
 from jepa.recipe import DataConfig
+from jepa.text import printable
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +86,7 @@ class _ShardBatches(IterableDataset):
             except ValueError as exc:
                 skipped += 1
                 window_skipped += 1
-                last_error = f"{sample['__url__']} sample {sample['__key__']!r}: {exc}"
+                last_error = printable(f"{sample['__url__']} sample {sample['__key__']!r}: {exc}")
                 self._check_window(window_seen, window_skipped, last_error)
                 continue
             if len(items) < self.batch_size:
@@ -239,7 +240,8 @@ class ShardTrainLoader(TrainLoader):
         for url, error in report["broken_shards"]:
             if url not in self._warned_urls:
                 self._warned_urls.add(url)
-                log.warning("rank %d: shard %s is broken (%s); skipped the rest of it", self.rank, url, error)
+                log.warning("rank %d: shard %s is broken (%s); skipped the rest of it", self.rank, printable(url),
+                            printable(error))
         s = self.stats
         if s["skipped"] > self._warned_skips and s["skipped"] >= 2 * self._warned_skips:  # 1, 2, 4, 8, ... skips
             self._warned_skips = s["skipped"]

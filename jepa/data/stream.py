@@ -36,6 +36,7 @@ from typing import Any, Iterator, Sequence
 from jepa.data.loader import DataStreamError
 from jepa.data.pieces import Piece
 from jepa.data.reading import SHARD_ERRORS, read_shard
+from jepa.text import printable
 
 #: Consecutive shard-epochs without a single sample before a worker gives up.
 _MAX_EMPTY_EPOCHS = 10
@@ -130,7 +131,7 @@ class WorkerStream:
             if empty >= _MAX_EMPTY_EPOCHS:
                 example = next(iter(self.epoch_shards(self.epoch)), "(none)")
                 raise DataStreamError(f"rank {self.rank} loader worker {self.worker}: {empty} shard-epochs in a row gave "
-                                      f"no sample (shards empty or unreadable, e.g. {example}); "
+                                      f"no sample (shards empty or unreadable, e.g. {printable(str(example))}); "
                                       "check data.train_shards, or rebuild the shards with `jepa shards`")
             self.epoch, self.consumed, self.emitted, self.shard_counts = self.epoch + 1, 0, 0, []
 
@@ -190,10 +191,11 @@ class WorkerStream:
                                 buf[slot_of[idx + got]] = sample
                             got += 1
                     except SHARD_ERRORS as exc:
-                        raise ValueError(f"cannot resume the data stream exactly: {url} failed after {got} samples "
-                                         f"({type(exc).__name__}: {exc}) but gave {count} before the checkpoint") from exc
+                        raise ValueError(f"cannot resume the data stream exactly: {printable(url)} failed after {got} "
+                                         f"samples ({printable(f'{type(exc).__name__}: {exc}')}) but gave {count} "
+                                         "before the checkpoint") from exc
                     if got != count:
-                        raise ValueError(f"cannot resume the data stream exactly: {url} now holds {got} samples, "
+                        raise ValueError(f"cannot resume the data stream exactly: {printable(url)} now holds {got} samples, "
                                          f"{count} before the checkpoint; the shards changed")
                 idx += count
                 continue
@@ -210,9 +212,9 @@ class WorkerStream:
                     count += 1
             except SHARD_ERRORS as exc:
                 self.broken += 1
-                self.new_broken.append((url, f"{type(exc).__name__}: {exc}"))
+                self.new_broken.append((url, printable(f"{type(exc).__name__}: {exc}")))
             if idx < resumed_at:
-                raise ValueError(f"cannot resume the data stream exactly: {url} ended after {count} samples, "
+                raise ValueError(f"cannot resume the data stream exactly: {printable(url)} ended after {count} samples, "
                                  "fewer than before the checkpoint; the shards changed")
             self.shard_counts.append(count)
 

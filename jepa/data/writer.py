@@ -7,26 +7,37 @@ there is one, and a stable ``__key__``.
 Writing is parallel: the samples are cut into chunks, a process pool writes each chunk to its
 own temporary shards, and the shards are renamed into one contiguous sequence in chunk order,
 so the result does not depend on the number of workers.
+
+One writer at a time per output folder: :func:`write_shard_set` holds an exclusive lock on
+``OUT/.jepa-shards.lock`` (``flock``, so the kernel releases it when the process ends, however
+it ends) while it writes, and a second writer into the same folder is refused at once naming
+the first one's process id, instead of both tripping over each other's temporary files.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import functools
 import os
 import re
 import shutil
 import tarfile
+import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
+from typing import Callable, Iterable, Iterator, Sequence
 
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from webdataset import TarWriter
 
 from jepa.data.manifest import MANIFEST_NAME, Manifest, ShardInfo, SkippedFile
+from jepa.text import printable
 
 _TAR_MTIME = 946_684_800  # fixed member mtime (2000-01-01) so equal inputs give byte-identical shards
+#: The lock file of an output folder being written (hidden: folder listings and shard globs skip it).
+LOCK_NAME = ".jepa-shards.lock"
 
 
 @dataclass(frozen=True)
@@ -114,6 +125,54 @@ def _write_chunk(index: int, job: ChunkJob, tmp_dir: str, max_count: int, max_by
     return _ChunkResult(index, shards, skipped, sum(s.count for s in shards) + len(skipped))
 
 
+def _holder(fd: int) -> str:
+    """The process id written into a lock file by its holder ("?" if it has not written it yet)."""
+    for _ in range(10):  # the holder writes its pid just after taking the lock
+        text = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
+        if text.isdigit():
+            return text
+        time.sleep(0.02)
+    return "?"
+
+
+@contextlib.contextmanager
+def folder_lock(out: Path) -> Iterator[None]:
+    """Hold the exclusive writer lock of the folder ``out`` (which must exist).
+
+    Raises:
+        ValueError: another process (or another call in this one) holds it; the message names
+            its process id.
+    """
+    path = out / LOCK_NAME
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            pid = _holder(fd)
+            os.close(fd)
+            raise ValueError(f"{printable(str(out))} is being written by another `jepa shards` (pid {pid}); wait for "
+                             "it or choose another folder") from None
+        except BaseException:
+            os.close(fd)
+            raise
+        try:
+            same = os.path.samestat(os.fstat(fd), os.stat(path))
+        except FileNotFoundError:
+            same = False
+        if same:
+            break
+        os.close(fd)  # the holder removed this file as we locked it: lock the one now in its place
+    try:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        yield
+    finally:
+        with contextlib.suppress(FileNotFoundError):  # removed while locked: a process that opened it before
+            os.unlink(path)                           # and locks it now sees it is gone and tries again
+        os.close(fd)
+
+
 def write_shard_set(
     jobs: Sequence[ChunkJob],
     out_dir: str | Path,
@@ -147,7 +206,8 @@ def write_shard_set(
         The manifest, also saved as ``out_dir/manifest.json``.
 
     Raises:
-        ValueError: bad limits, or ``out_dir`` already holds shards with this prefix.
+        ValueError: bad limits, ``out_dir`` already holds shards with this prefix, or another
+            writer is writing into ``out_dir`` (see :func:`folder_lock`).
     """
     if max_count < 1 or max_bytes < 1 or workers < 1:
         raise ValueError(f"max_count, max_bytes and workers must be >= 1 (got {max_count}, {max_bytes}, {workers})")
@@ -155,9 +215,20 @@ def write_shard_set(
         raise ValueError(f"shard prefix {prefix!r} may only use letters, digits, '_', '.' and '-'")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    with folder_lock(out):
+        return _write_locked(jobs, out, prefix=prefix, max_count=max_count, max_bytes=max_bytes, workers=workers,
+                             classes=classes, ignored_files=ignored_files, total_items=total_items,
+                             show_progress=show_progress)
+
+
+def _write_locked(jobs: Sequence[ChunkJob], out: Path, *, prefix: str, max_count: int, max_bytes: int, workers: int,
+                  classes: list[str] | None, ignored_files: int, total_items: int | None,
+                  show_progress: bool) -> Manifest:
+    """:func:`write_shard_set` with the folder's lock held."""
     existing = sorted(out.glob(f"{prefix}-*.tar"))
     if existing or (out / MANIFEST_NAME).exists():
-        raise ValueError(f"{out} already holds a shard set ({existing[0].name if existing else MANIFEST_NAME}); "
+        raise ValueError(f"{printable(str(out))} already holds a shard set "
+                         f"({printable(existing[0].name) if existing else MANIFEST_NAME}); "
                          "write into an empty folder or pick another --prefix")
     tmp = out / f".{prefix}-partial"
     shutil.rmtree(tmp, ignore_errors=True)
