@@ -11,7 +11,12 @@ all before anything heavy is built:
 4. semantic checks (``check_recipe``): the core's, the objective's and the modality's ``check``.
 
 Every problem is reported as ``FILE: field.path: problem (got VALUE)`` in one
-:class:`RecipeError`, never as a traceback.
+:class:`RecipeError`, never as a traceback; its text shows control characters of file names and
+keys as escapes (:func:`jepa.text.printable`), one line per problem.
+
+Counts that size memory, processes or work per step have upper bounds far above any real use
+(``le=``, the reason in each field's description): a typo such as ``prefetch_factor: 200000``
+is refused by ``jepa recipe check`` instead of filling the machine's memory before step 1.
 """
 
 from __future__ import annotations
@@ -20,22 +25,27 @@ import copy
 import math
 import reprlib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import yaml
-from pydantic import Field, SerializeAsAny, ValidationError, field_validator
+from pydantic import BaseModel, Field, SerializeAsAny, ValidationError, field_validator
 
 from jepa import objectives, registry
 from jepa.config import ModalityConfig, ObjectiveConfig, StrictModel
 from jepa.init_from import InitFromConfig
 from jepa.objectives.ijepa import IJEPAConfig
 from jepa.recipe_yaml import MAX_BYTES, YAMLProblem, load_yaml
+from jepa.text import printable
 
 __all__ = ["Recipe", "RecipeError", "StrictModel", "ModalityConfig", "load_recipe", "parse_recipe", "apply_overrides"]
 
 
 MAX_STEPS = 2**53
 """Most optimiser steps a recipe may span (steps are counted exactly in float64 below this)."""
+MAX_GLOBAL_BATCH = 2**20
+"""Largest ``data.global_batch_size`` (published JEPA/SSL batches are at most 64 Ki)."""
+MAX_MICRO_BATCH = 2**16
+"""Largest batch of one forward pass (``data.micro_batch_size``, ``eval.batch_size``)."""
 
 
 class RecipeError(ValueError):
@@ -44,8 +54,9 @@ class RecipeError(ValueError):
     def __init__(self, source: str, problems: list[tuple[str, str]]):
         self.source = source
         self.problems = problems
-        lines = [f"{source}: {path}: {msg}" if path else f"{source}: {msg}" for path, msg in problems]
-        header = f"{source}: invalid recipe ({len(problems)} problem{'s' if len(problems) != 1 else ''})"
+        shown = printable(source)  # names from the command line and the file: no control character reaches a terminal
+        lines = [printable(f"{source}: {path}: {msg}" if path else f"{source}: {msg}") for path, msg in problems]
+        header = f"{shown}: invalid recipe ({len(problems)} problem{'s' if len(problems) != 1 else ''})"
         super().__init__("\n".join([header, *("  " + line for line in lines)]))
 
 
@@ -62,15 +73,23 @@ class DataConfig(StrictModel):
         None, description="Shard list: brace pattern, local path, http(s):// URL or pipe: command; "
         "several patterns may be joined with '::'")
     samples_per_epoch: int = Field(1_281_167, gt=0, description="Samples that make one epoch (IN-1K: 1281167, IN-22K: ~14.2M)")
-    global_batch_size: int = Field(2048, gt=0, description="Images per optimiser step over all ranks")
+    global_batch_size: int = Field(
+        2048, gt=0, le=MAX_GLOBAL_BATCH, description="Samples per optimiser step over all ranks (at most 2^20, 16x the "
+        "largest published batches: without data.micro_batch_size one rank's micro batch is global / (world_size x "
+        "accumulation), held in memory whole)")
     micro_batch_size: int | None = Field(
-        None, gt=0, description="Samples per rank in one forward/backward: the batch the mask sampler collates "
-        "(faithful image masks are cut to the shortest context of it, so it sets what the encoder sees). Set: "
+        None, gt=0, le=MAX_MICRO_BATCH, description="Samples per rank in one forward/backward: the batch the mask "
+        "sampler collates (faithful image masks are cut to the shortest context of it, so it sets what the encoder sees). Set: "
         "engine.grad_accum_steps is derived as global_batch_size / (world_size x micro_batch_size), so the masks are the "
-        "same on any number of GPUs. Unset: global_batch_size / (world_size x engine.grad_accum_steps)")
-    num_workers: int = Field(8, ge=0, description="Data-loader worker processes per rank")
-    shuffle_buffer: int = Field(2000, ge=1, description="Samples in each worker's shuffle buffer")
-    prefetch_factor: int = Field(2, ge=1, description="Batches prefetched per worker")
+        "same on any number of GPUs. Unset: global_batch_size / (world_size x engine.grad_accum_steps). At most 65536: "
+        "its inputs and activations are in memory at once")
+    num_workers: int = Field(8, ge=0, le=256, description="Data-loader worker processes per rank (at most 256: each is "
+                             "a process holding its own shuffle buffer and prefetched batches)")
+    shuffle_buffer: int = Field(2000, ge=1, le=100_000, description="Raw samples in each worker's shuffle buffer (at most "
+                                "100,000: every worker fills its buffer in memory before its first batch; 100,000 "
+                                "ImageNet JPEGs are about 11 GB)")
+    prefetch_factor: int = Field(2, ge=1, le=64, description="Batches prefetched per worker (at most 64: each prefetched "
+                                 "batch is held in memory by every worker)")
     max_skip_rate: float = Field(0.01, ge=0.0, le=1.0, description="Stop when more than this share of samples is corrupt")
     min_samples_for_skip_check: int = Field(1000, ge=1, description="Samples seen before the skip rate is enforced")
 
@@ -152,10 +171,14 @@ class EvalConfig(StrictModel):
     every_steps: int | None = Field(None, ge=1, description="Run the k-NN probe every N optimiser steps (and at the end)")
     train_shards: str | None = Field(None, description="Labelled shards for the k-NN bank (a small set: a few thousand samples)")
     val_shards: str | None = Field(None, description="Labelled shards classified by the k-NN probe")
-    k: int = Field(20, ge=1, description="Neighbours per query")
+    k: int = Field(20, ge=1, le=10_000, description="Neighbours per query (at most 10,000: every query keeps its k "
+                   "nearest bank samples)")
     temperature: float = Field(0.07, gt=0, description="Softness of the neighbours' vote weights")
-    batch_size: int = Field(64, ge=1, description="Samples per encoder forward")
-    max_samples: int = Field(10_000, ge=1, description="At most this many samples are read from each shard set")
+    batch_size: int = Field(64, ge=1, le=MAX_MICRO_BATCH, description="Samples per encoder forward (at most 65536: "
+                            "the batch and its activations are in memory at once)")
+    max_samples: int = Field(10_000, ge=1, le=2_000_000, description="At most this many samples are read from each "
+                             "shard set (at most 2,000,000, above ImageNet-1K's 1.28 M: the features of every one are "
+                             "kept in host memory and gathered to every rank)")
 
 
 class Recipe(StrictModel):
@@ -213,7 +236,37 @@ def _format_value(value: Any) -> str:
     return text if len(text) <= 80 else text[:77] + "..."
 
 
-def _problems_from(err: ValidationError, prefix: tuple[Any, ...] = ()) -> list[tuple[str, str]]:
+_BOUND_ERRORS = ("less_than_equal", "less_than", "too_long")
+
+
+def _model_of(annotation: Any) -> type[BaseModel] | None:
+    """The config model a field holds (``Section``, ``Section | None``, ``list[Section]``), or None."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for kind in get_args(annotation):
+        found = _model_of(kind)
+        if found is not None:
+            return found
+    return None
+
+
+def _description(model: type[BaseModel] | None, loc: tuple[Any, ...]) -> str | None:
+    """The description of the field at ``loc`` (list indices skipped) in ``model``, or None."""
+    field = None
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        field = model.model_fields.get(str(part)) if model is not None else None
+        if field is None:
+            return None
+        model = _model_of(field.annotation)
+    return field.description if field is not None else None
+
+
+def _problems_from(err: ValidationError, prefix: tuple[Any, ...] = (),
+                   model: type[BaseModel] | None = None) -> list[tuple[str, str]]:
+    """One ``(field path, message)`` per error; a value above a bound also gets the field's
+    description, which says why the bound is there."""
     problems = []
     for e in err.errors():
         loc = ".".join(str(p) for p in (*prefix, *e["loc"]))
@@ -225,6 +278,9 @@ def _problems_from(err: ValidationError, prefix: tuple[Any, ...] = ()) -> list[t
             msg = f"{e['msg'].removeprefix('Value error, ')} (got {_format_value(e.get('input'))})"
         else:
             msg = f"{e['msg']} (got {_format_value(e.get('input'))})"
+            why = _description(model, e["loc"]) if e["type"] in _BOUND_ERRORS else None
+            if why:
+                msg += f"; {e['loc'][-1]}: {why}"
         problems.append((loc, msg))
     return problems
 
@@ -295,7 +351,7 @@ def parse_recipe(raw: Any, source: str = "<recipe>") -> Recipe:
             try:
                 modality_cfg = plugin.config_model.model_validate(modality_raw)
             except ValidationError as exc:
-                problems += _problems_from(exc, ("modality",))
+                problems += _problems_from(exc, ("modality",), plugin.config_model)
 
     objective_cfg, objective_problems = _objective_section(raw)
     problems += objective_problems
@@ -306,7 +362,7 @@ def parse_recipe(raw: Any, source: str = "<recipe>") -> Recipe:
             fields["objective"] = objective_cfg
         recipe = Recipe.model_validate(fields)
     except ValidationError as exc:
-        problems += _problems_from(exc)
+        problems += _problems_from(exc, model=Recipe)
         recipe = None
     if problems:
         raise RecipeError(source, problems)
@@ -352,7 +408,7 @@ def _objective_section(raw: dict[str, Any]) -> tuple[ObjectiveConfig | None, lis
     try:
         return plugin.config_model.model_validate(section), problems
     except ValidationError as exc:
-        return None, [*problems, *_problems_from(exc, ("objective",))]
+        return None, [*problems, *_problems_from(exc, ("objective",), plugin.config_model)]
 
 
 class _Placeholder(ModalityConfig):
@@ -505,12 +561,13 @@ def check_recipe(recipe: Recipe) -> list[tuple[str, str]]:
 
 def _plugin_schemas(schema: dict[str, Any], field: str, group: "registry.PluginGroup[Any]", prefix: str) -> None:
     """Point ``schema``'s ``field`` at one of the group's plugins' config models, each plugin's models
-    under its own prefix in ``$defs`` (plugins reuse class names)."""
+    under its own prefix in ``$defs`` (plugins reuse class names). A plugin that cannot be loaded is
+    left out (``group.problems()`` says why)."""
     defs = schema.setdefault("$defs", {})
     options = []
-    for info in group.available():
-        plugin_prefix = f"{prefix}{info.name}."
-        sub = group.get(info.name).config_model.model_json_schema(ref_template=f"#/$defs/{plugin_prefix}{{model}}")
+    for name in group.loadable():
+        plugin_prefix = f"{prefix}{name}."
+        sub = group.get(name).config_model.model_json_schema(ref_template=f"#/$defs/{plugin_prefix}{{model}}")
         defs.update({plugin_prefix + name: model for name, model in sub.pop("$defs", {}).items()})
         key = plugin_prefix + sub.get("title", "config")
         defs[key] = sub
@@ -519,8 +576,14 @@ def _plugin_schemas(schema: dict[str, Any], field: str, group: "registry.PluginG
 
 
 def recipe_json_schema() -> dict[str, Any]:
-    """JSON Schema of a recipe, the modality and objective sections each one of the registered plugins' models."""
+    """JSON Schema of a recipe, the modality and objective sections each one of the registered plugins' models
+    (of those that load: see :func:`plugin_problems`)."""
     schema = Recipe.model_json_schema()
     _plugin_schemas(schema, "modality", registry.MODALITIES, "")
     _plugin_schemas(schema, "objective", objectives.OBJECTIVES, "objective.")
     return schema
+
+
+def plugin_problems() -> list[str]:
+    """One line for every installed modality or objective plugin that cannot be used (imports them all)."""
+    return [*registry.MODALITIES.problems().values(), *objectives.OBJECTIVES.problems().values()]

@@ -9,7 +9,8 @@ mistakes or hang the process, so recipes and ``--set`` values are read with :fun
   dates stay strings;
 * a document that expands to more than :data:`MAX_VALUES` values through aliases (a "billion
   laughs" alias bomb) or a text longer than :data:`MAX_BYTES` is refused before anything is built;
-* text that is not UTF-8 is refused naming the byte offset.
+* text that is not UTF-8 is refused naming the byte offset, and a character YAML does not allow
+  (NUL, ESC and the other control characters but tab and line breaks) naming its line and column.
 
 Every problem is a :class:`YAMLProblem` (a ``ValueError``) with a one-line message.
 """
@@ -21,6 +22,9 @@ from typing import Any
 
 import yaml
 from yaml.nodes import MappingNode, Node, ScalarNode
+from yaml.reader import Reader
+
+from jepa.text import printable
 
 MAX_BYTES = 1 << 20
 """Longest recipe text read (1 MiB; real recipes are a few KiB)."""
@@ -107,8 +111,10 @@ def load_yaml(text: str | bytes, where: str) -> Any:
         except UnicodeDecodeError as exc:
             raise YAMLProblem(f"{where}: not UTF-8 text (byte {exc.start}: {text[exc.start:exc.start + 1]!r}); "
                               "save the recipe as UTF-8") from None
-    loader = StrictLoader(text)
+    _check_characters(text, where)
+    loader = None
     try:
+        loader = StrictLoader(text)  # inside the try: its reader raises on characters YAML refuses
         node = loader.get_single_node()
         if node is None:
             return None
@@ -124,4 +130,18 @@ def load_yaml(text: str | bytes, where: str) -> Any:
     except RecursionError:
         raise YAMLProblem(f"{where}: nested too deeply to read") from None
     finally:
-        loader.dispose()
+        if loader is not None:
+            loader.dispose()
+
+
+def _check_characters(text: str, where: str) -> None:
+    """Refuse a character that YAML does not allow in a document (the reader's own rule), naming
+    its line and column."""
+    bad = Reader.NON_PRINTABLE.search(text)
+    if bad is None:
+        return
+    at = bad.start()
+    line = text.count("\n", 0, at) + 1
+    column = at - (text.rfind("\n", 0, at) + 1) + 1
+    raise YAMLProblem(f"{where}: line {line}, column {column}: character {printable(bad.group())} "
+                      f"(U+{ord(bad.group()):04X}) is not allowed in YAML text; delete it")

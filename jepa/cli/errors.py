@@ -5,14 +5,18 @@ one line each) and no traceback:
 
 * exit 2: a user mistake or the environment (bad recipe, bad path, a checkpoint that does not fit
   or fails its checksums, an unsupported modality hook, a run directory in use: every
-  ``ValueError``, ``MissingHookError`` included; and operating-system errors such as a full disk
-  or a missing permission, shown with their path);
+  ``ValueError``, ``MissingHookError`` included; operating-system errors such as a full disk
+  or a missing permission, shown with their path; and running out of memory, GPU or host, shown
+  with the settings that size it);
 * exit 1: a run stopped by its own health checks (non-finite loss, representation collapse,
   too many undecodable samples);
 * exit 143 (128 + SIGTERM): a run stopped by SIGTERM before it could save a checkpoint (while
   waiting for data, or on a second SIGTERM); the last complete checkpoint is intact.
 
 Anything else is a bug and keeps its traceback.
+
+Messages quote untrusted text (file names, recipe keys, shard URLs), so every line is passed
+through :func:`jepa.text.printable`: no control character from them reaches the terminal.
 """
 
 from __future__ import annotations
@@ -24,7 +28,10 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
+import torch
+
 from jepa.interfaces import MissingHookError
+from jepa.text import printable
 
 err_console = Console(stderr=True)
 
@@ -45,14 +52,46 @@ def exit_code_for(exc: BaseException) -> int | None:
         return PREEMPTED
     if isinstance(exc, RunStoppedError):
         return RUN_STOPPED
-    if isinstance(exc, (ValueError, MissingHookError, OSError)):
+    if isinstance(exc, (ValueError, MissingHookError, OSError)) or _out_of_memory(exc) is not None:
         return USER_ERROR
     return None
 
 
+_CPU_ALLOC_FAILED = "DefaultCPUAllocator: can't allocate memory"
+"""torch's host allocator raises a plain RuntimeError with this text when an allocation fails."""
+
+_GPU_HINT = ("lower data.micro_batch_size (training: the batch of one forward/backward on a rank) or --batch-size / "
+             "eval.batch_size (evaluation), or turn on engine.activation_checkpointing or a higher engine.zero_stage; "
+             "`jepa plan RECIPE --gpus N --gpu-memory SIZE` estimates what a recipe needs per GPU")
+_HOST_HINT = ("lower data.micro_batch_size, data.num_workers, data.prefetch_factor or data.shuffle_buffer (each loader "
+              "worker holds its shuffle buffer and prefetched batches), or eval.batch_size / eval.max_samples; "
+              "`jepa plan RECIPE --gpus N --gpu-memory SIZE` estimates what a recipe needs")
+
+
+def _out_of_memory(exc: BaseException) -> str | None:
+    """The one-line message for running out of GPU or host memory, or None when ``exc`` is not that."""
+    if isinstance(exc, torch.OutOfMemoryError):  # CUDA's (a RuntimeError); its text runs on with allocator statistics
+        detail = ". ".join(str(exc).split("\n")[0].split(". ")[:2]).strip().rstrip(".") or "CUDA out of memory"
+        return f"out of GPU memory ({detail}); {_GPU_HINT}"
+    if isinstance(exc, MemoryError) or (isinstance(exc, RuntimeError) and _CPU_ALLOC_FAILED in str(exc)):
+        text = str(exc).strip()  # MemoryError: often empty; from a loader worker: its traceback, the error last
+        detail = text[text.find(_CPU_ALLOC_FAILED):].split("\n")[0] if _CPU_ALLOC_FAILED in text else text.split("\n")[-1]
+        return f"out of host memory{f' ({detail})' if detail else ''}; {_HOST_HINT}"
+    return None
+
+
 def message_of(exc: BaseException) -> str:
-    """What the user reads for ``exc``: operating-system errors with their path and a hint; an
-    error re-raised from a data-loader worker without the worker's traceback."""
+    """What the user reads for ``exc``: operating-system errors with their path and a hint; running
+    out of memory with the settings to lower; an error re-raised from a data-loader worker without
+    the worker's traceback. Every line escaped with :func:`jepa.text.printable`."""
+    return "\n".join(printable(line) for line in _text_of(exc).split("\n"))
+
+
+def _text_of(exc: BaseException) -> str:
+    """``exc``'s message as the user reads it, before escaping."""
+    memory = _out_of_memory(exc)
+    if memory is not None:
+        return memory
     if isinstance(exc, OSError) and not isinstance(exc, ValueError):
         where = f"{exc.filename}: " if exc.filename else ""
         hint = {28: "; free some space or point run_dir / the output elsewhere",

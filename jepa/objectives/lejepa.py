@@ -43,8 +43,10 @@ from jepa.target import EMATargetUpdater
 class ProjectorConfig(StrictModel):
     """The MLP from pooled encoder features to the embedding SIGReg shapes."""
 
-    hidden_dim: int = Field(2048, gt=0, description="Width of the hidden layers (paper: 2048)")
-    out_dim: int = Field(64, gt=0, description="Embedding width K (paper: smaller is better, 64 beat 1024)")
+    hidden_dim: int = Field(2048, gt=0, le=65_536, description="Width of the hidden layers (paper: 2048; at most 65536: "
+                            "the projector's weights grow with its square)")
+    out_dim: int = Field(64, gt=0, le=65_536, description="Embedding width K (paper: smaller is better, 64 beat 1024; at "
+                         "most 65536: SIGReg projects every view's K values on every slice each step)")
     num_layers: int = Field(3, ge=2, le=8, description="Linear layers in all (paper: one-layer projectors are much worse)")
 
 

@@ -19,16 +19,34 @@ VIT_ARCHS: dict[str, tuple[int, int, int, int]] = {
 }
 ArchName = Literal["vit_tiny", "vit_small", "vit_base", "vit_large", "vit_huge", "vit_giant"]
 
+# Upper bounds of the sizes that set memory, far above any real model (ViT-22B: width 6144, depth 48,
+# MLP 24576), so that a typo is a recipe error instead of an allocation that fills the machine.
+MAX_WIDTH = 32_768
+"""Widest encoder or predictor (``embed_dim``)."""
+MAX_DEPTH = 1024
+"""Most transformer blocks (``depth``)."""
+MAX_HEADS = 1024
+"""Most attention heads (``num_heads``)."""
+MAX_MLP_DIM = 262_144
+"""Widest MLP hidden layer (``mlp_dim``, or predictor ``embed_dim x mlp_ratio``)."""
+MAX_CROP = 8192
+"""Largest crop side in pixels (8192 x 8192 = 67 Mpixel, below the 89.5 Mpixel decoding limit)."""
+MAX_CHANNELS = 1024
+"""Most input channels."""
+_SIZE_WHY = "bounded far above any real model, since parameters and activations grow with it"
+
 
 class EncoderConfig(StrictModel):
     """Context/target ViT. ``embed_dim``/``depth``/``num_heads``/``mlp_dim`` override the arch's values."""
 
     arch: ArchName = Field("vit_huge", description="One of " + ", ".join(VIT_ARCHS))
     patch_size: int = Field(14, gt=0, description="Patch side in pixels (14 or 16 in the paper)")
-    embed_dim: int | None = Field(None, gt=0)
-    depth: int | None = Field(None, gt=0)
-    num_heads: int | None = Field(None, gt=0)
-    mlp_dim: int | None = Field(None, gt=0)
+    embed_dim: int | None = Field(None, gt=0, le=MAX_WIDTH, description=f"Width (at most {MAX_WIDTH}: {_SIZE_WHY})")
+    depth: int | None = Field(None, gt=0, le=MAX_DEPTH, description=f"Blocks (at most {MAX_DEPTH}: {_SIZE_WHY})")
+    num_heads: int | None = Field(None, gt=0, le=MAX_HEADS, description=f"Attention heads (at most {MAX_HEADS}: "
+                                  f"{_SIZE_WHY})")
+    mlp_dim: int | None = Field(None, gt=0, le=MAX_MLP_DIM, description=f"MLP hidden width (at most {MAX_MLP_DIM}: "
+                                f"{_SIZE_WHY})")
     drop_path: float = Field(0.0, ge=0, lt=1)
 
     @property
@@ -43,10 +61,21 @@ class EncoderConfig(StrictModel):
 class PredictorConfig(StrictModel):
     """Narrow ViT predictor."""
 
-    embed_dim: int = Field(384, gt=0, description="Predictor width")
-    depth: int = Field(12, gt=0, description="12 for ViT-H/14, 16 for ViT-g/16")
-    num_heads: int | None = Field(None, gt=0, description="Default: the encoder's head count")
-    mlp_ratio: float = Field(4.0, gt=0)
+    embed_dim: int = Field(384, gt=0, le=MAX_WIDTH, description=f"Predictor width (at most {MAX_WIDTH}: {_SIZE_WHY})")
+    depth: int = Field(12, gt=0, le=MAX_DEPTH, description=f"12 for ViT-H/14, 16 for ViT-g/16 (at most {MAX_DEPTH}: "
+                       f"{_SIZE_WHY})")
+    num_heads: int | None = Field(None, gt=0, le=MAX_HEADS, description=f"Default: the encoder's head count (at most "
+                                  f"{MAX_HEADS}: {_SIZE_WHY})")
+    mlp_ratio: float = Field(4.0, gt=0, description=f"MLP hidden width / embed_dim (the hidden width at most "
+                             f"{MAX_MLP_DIM}: {_SIZE_WHY})")
+
+    @model_validator(mode="after")
+    def _mlp_width(self) -> "PredictorConfig":
+        if self.embed_dim * self.mlp_ratio > MAX_MLP_DIM:
+            raise ValueError(f"embed_dim x mlp_ratio = {self.embed_dim} x {self.mlp_ratio:g} is an MLP hidden width of "
+                             f"{self.embed_dim * self.mlp_ratio:.4g}, more than {MAX_MLP_DIM} ({_SIZE_WHY}); "
+                             "lower mlp_ratio")
+        return self
 
 
 class MaskConfig(StrictModel):
@@ -76,9 +105,11 @@ class MaskConfig(StrictModel):
 class InputConfig(StrictModel):
     """Training view (RandomResizedCrop only: no flips, no colour jitter, as in the paper) and JPEG decoding."""
 
-    crop_size: int = Field(224, gt=0, description="Side of the square training crop in pixels")
+    crop_size: int = Field(224, gt=0, le=MAX_CROP, description=f"Side of the square training crop in pixels (at most "
+                           f"{MAX_CROP}: every sample of a batch is crop_size^2 x channels values in memory)")
     crop_scale: tuple[float, float] = (0.3, 1.0)
-    in_chans: int = Field(3, gt=0)
+    in_chans: int = Field(3, gt=0, le=MAX_CHANNELS, description=f"Input channels (at most {MAX_CHANNELS}: every sample "
+                          "and the patch embedding grow with it)")
     mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
     std: tuple[float, float, float] = (0.229, 0.224, 0.225)
     jpeg_reduced_decode: bool = Field(

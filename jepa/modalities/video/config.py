@@ -13,10 +13,17 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from jepa.config import ModalityConfig, StrictModel, check_range
-from jepa.modalities.image.config import ArchName
+from jepa.modalities.image.config import MAX_CROP, MAX_DEPTH, ArchName
 from jepa.modalities.image.config import EncoderConfig as ImageEncoderConfig
 from jepa.modalities.image.config import CropViewsConfig
 from jepa.modalities.image.config import PredictorConfig as ImagePredictorConfig
+
+MAX_FRAMES = 1024
+"""Most frames per clip (V-JEPA: 16; long-clip models 64)."""
+MAX_BLOCKS = 1024
+"""Most mask blocks per generator (V-JEPA: 8 and 2)."""
+MAX_GENERATORS = 64
+"""Most mask generators (V-JEPA: 2)."""
 
 
 class VideoEncoderConfig(ImageEncoderConfig):
@@ -34,7 +41,8 @@ class VideoEncoderConfig(ImageEncoderConfig):
 class VideoPredictorConfig(ImagePredictorConfig):
     """Narrow ViT predictor (the image predictor's fields) with one learned mask token per mask generator."""
 
-    depth: int = Field(12, gt=0, description="Predictor blocks (12 in V-JEPA)")
+    depth: int = Field(12, gt=0, le=MAX_DEPTH, description=f"Predictor blocks (12 in V-JEPA; at most {MAX_DEPTH}: "
+                       "parameters and activations grow with it)")
 
 
 class MaskGeneratorConfig(StrictModel):
@@ -44,7 +52,8 @@ class MaskGeneratorConfig(StrictModel):
     spatial_scale: tuple[float, float] = Field((0.15, 0.15), description="Block area as a fraction of the spatial patch grid")
     temporal_scale: tuple[float, float] = Field((1.0, 1.0), description="Block length as a fraction of the token time steps")
     aspect_ratio: tuple[float, float] = Field((0.75, 1.5), description="Block height / width, in patches")
-    num_blocks: int = Field(8, gt=0, description="Blocks per clip; the target is their union")
+    num_blocks: int = Field(8, gt=0, le=MAX_BLOCKS, description=f"Blocks per clip; the target is their union (at most "
+                            f"{MAX_BLOCKS}: the sampler draws and paints every block of every clip)")
     max_temporal_keep: float = Field(
         1.0, gt=0, le=1, description="Fraction of the token time steps the context may use; later steps are targets")
 
@@ -69,17 +78,20 @@ class VideoMaskConfig(StrictModel):
         "first tokens in raster order (the authors' collation, which drops the last time steps of longer rows); "
         "'fixed' keeps a uniformly random subset of each row")
     generators: list[MaskGeneratorConfig] = Field(
-        default_factory=_vjepa_generators, min_length=1,
-        description="Mask generators; V-JEPA: 8 blocks at spatial scale 0.15 and 2 blocks at 0.7")
+        default_factory=_vjepa_generators, min_length=1, max_length=MAX_GENERATORS,
+        description=f"Mask generators; V-JEPA: 8 blocks at spatial scale 0.15 and 2 blocks at 0.7 (at most "
+        f"{MAX_GENERATORS}: every generator is one more context-encoder and predictor pass per step)")
     min_keep: int = Field(1, gt=0, description="Fewest context tokens a clip may keep (V-JEPA: a non-empty context)")
 
 
 class VideoInputConfig(StrictModel):
     """Clip sampling and the training view (one RandomResizedCrop per clip, optional flip)."""
 
-    num_frames: int = Field(16, gt=0, description="Frames per clip")
+    num_frames: int = Field(16, gt=0, le=MAX_FRAMES, description=f"Frames per clip (at most {MAX_FRAMES}: every clip of "
+                            "a batch is num_frames x crop_size^2 x 3 values in memory)")
     frame_step: int = Field(4, gt=0, description="Stride between sampled frames of the source video")
-    crop_size: int = Field(224, gt=0, description="Side of the square training crop in pixels")
+    crop_size: int = Field(224, gt=0, le=MAX_CROP, description=f"Side of the square training crop in pixels (at most "
+                           f"{MAX_CROP}: every clip of a batch is num_frames x crop_size^2 x 3 values in memory)")
     crop_scale: tuple[float, float] = Field((0.3, 1.0), description="RandomResizedCrop area fraction")
     crop_aspect: tuple[float, float] = Field((0.75, 1.35), description="RandomResizedCrop aspect ratio (w/h)")
     horizontal_flip: bool = Field(True, description="Flip the whole clip left-right with probability 0.5 (V-JEPA)")
