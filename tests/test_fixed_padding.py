@@ -130,9 +130,9 @@ def test_padding_entries_change_no_real_output_and_get_no_gradient(models):
     assert torch.equal(a[valid], b[valid])
     enc.train()
     try:
-        tokens = enc._tokens(x)
+        tokens = enc.embed_tokens(x)
         gathered = torch.gather(tokens, 1, idx[..., None].expand(-1, -1, 64)).detach().requires_grad_(True)
-        out = enc.norm(enc._run_blocks(gathered, valid[:, None, None, :]))
+        out = enc.norm(enc.run_blocks(gathered, valid[:, None, None, :]))
         ctx = out.detach().requires_grad_(True)
         pred(ctx, idx, masks.target_idx_BMT[:, 0], context_valid_BK=valid).square().sum().backward()
         out.backward(ctx.grad)

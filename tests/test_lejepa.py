@@ -189,7 +189,7 @@ def test_bf16_runs_with_finite_losses_close_to_fp32(zero_runs, tmp_path):
 
 
 def test_activation_checkpointing_gives_the_same_losses(zero_runs, tmp_path, monkeypatch):
-    from jepa.modalities.image.vit import TransformerEncoder
+    from jepa.nn.transformer import TransformerEncoder
 
     switched = []
     original = TransformerEncoder.set_grad_checkpointing

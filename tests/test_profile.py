@@ -74,9 +74,9 @@ def test_patch_tokens_are_row_major_and_the_encoder_output_unchanged():
     torch.manual_seed(0)
     enc = ViTEncoder(img_size=32, patch_size=8, in_chans=3, embed_dim=64, depth=2, num_heads=4, mlp_dim=128).eval()
     x = torch.randn(3, 3, 32, 32)
-    raw = enc._tokens(x)
-    assert not raw.is_contiguous()  # the conv patch embedding's transposed view: why _embed exists
-    assert enc._embed(x).is_contiguous()
+    raw = enc.embed_tokens(x)
+    assert not raw.is_contiguous()  # the conv patch embedding's transposed view: why embed exists
+    assert enc.embed(x).is_contiguous()
     with torch.no_grad():
         ref = raw
         for blk in enc.blocks:

@@ -2,14 +2,9 @@
 
 from __future__ import annotations
 
+from jepa.nn.flops import block_flops
 from jepa_timeseries.config import TimeSeriesConfig
 from jepa_timeseries.masks import span_lengths
-
-
-def block_flops(tokens: int, dim: int, mlp_ratio: float) -> float:
-    """Forward matmul FLOPs of one transformer block (2 per multiply-add): qkv + proj, MLP, attention."""
-    hidden = int(dim * mlp_ratio)
-    return 2 * tokens * (4 * dim * dim + 2 * dim * hidden) + 4 * tokens * tokens * dim
 
 
 def train_flops_per_sequence(cfg: TimeSeriesConfig) -> float:
@@ -24,7 +19,8 @@ def train_flops_per_sequence(cfg: TimeSeriesConfig) -> float:
     t = (shortest + longest) / 2
     k = max(cfg.mask.min_context, n - m * t)
     embed = 2 * cfg.input.seq_len * cfg.input.in_chans * e.embed_dim
-    target = embed + e.depth * block_flops(n, e.embed_dim, e.mlp_ratio)
-    context = embed * k / n + e.depth * block_flops(round(k), e.embed_dim, e.mlp_ratio)
-    predictor = m * (p.depth * block_flops(round(k + t), p.embed_dim, p.mlp_ratio) + 2 * (k + t) * e.embed_dim * p.embed_dim * 2)
+    e_mlp, p_mlp = int(e.embed_dim * e.mlp_ratio), int(p.embed_dim * p.mlp_ratio)
+    target = embed + e.depth * block_flops(n, e.embed_dim, e_mlp)
+    context = embed * k / n + e.depth * block_flops(round(k), e.embed_dim, e_mlp)
+    predictor = m * (p.depth * block_flops(round(k + t), p.embed_dim, p_mlp) + 2 * (k + t) * e.embed_dim * p.embed_dim * 2)
     return float(target + 3 * (context + predictor))

@@ -4,7 +4,8 @@ Per batch one span length ``T = round(s * N)`` is drawn (``s`` uniform in ``mask
 so all spans of a batch stack into one ``(B, M, T)`` tensor); per sequence, M span starts are drawn
 uniformly in ``[0, N - T]`` (spans may overlap). The context is every token covered by no span;
 contexts are collated to the batch's shortest one by a uniformly random subset of each row, kept
-sorted, so the collation has no bias towards the start of the sequence.
+sorted, so the collation has no bias towards the start of the sequence (the core's
+``jepa.nn.grid_masks.cut_to_shortest``).
 
 Feasibility is a deterministic bound: when ``M * T_max <= N - min_context`` every row keeps at
 least ``min_context`` context tokens whatever the draw, so the sampler never re-draws.
@@ -15,6 +16,7 @@ from __future__ import annotations
 import torch
 
 from jepa.interfaces import MaskSampler, MaskSet
+from jepa.nn.grid_masks import cut_to_shortest
 from jepa_timeseries.config import MaskConfig
 
 
@@ -74,8 +76,6 @@ class SpanMaskSampler(MaskSampler):
         target_idx_BMT = starts_BM.unsqueeze(-1) + torch.arange(t)
         covered_BN = torch.zeros(batch_size, n, dtype=torch.bool)
         covered_BN.scatter_(1, target_idx_BMT.flatten(1), True)
-        k = int((~covered_BN).sum(1, dtype=torch.int32).min())
-        assert k >= self.cfg.min_context, (k, self.cfg)  # guaranteed by the feasibility bound
-        keys_BN = torch.rand(batch_size, n, generator=generator).masked_fill_(covered_BN, 2.0)
-        context_idx_BK = keys_BN.topk(k, dim=1, largest=False, sorted=False).indices.sort(dim=1).values
+        context_idx_BK = cut_to_shortest(~covered_BN, "random", generator)  # the core's collation
+        assert context_idx_BK.shape[1] >= self.cfg.min_context, (context_idx_BK.shape, self.cfg)  # the feasibility bound
         return MaskSet(context_idx_BK, target_idx_BMT)

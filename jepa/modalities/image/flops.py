@@ -1,4 +1,5 @@
-"""Analytic training FLOPs of image I-JEPA (the counting rules for every modality: ``docs/flops.md``).
+"""Analytic training FLOPs of image I-JEPA (the counting rules for every modality: ``docs/flops.md``;
+the transformer formulas are the core's, :mod:`jepa.nn.flops`).
 
 Counting rules: a matmul of (m x k) by (k x n) costs ``2 m n k``; per transformer block on
 ``n`` tokens of width ``D`` with MLP width ``H`` that is the qkv, output and MLP projections
@@ -28,22 +29,14 @@ import torch
 
 from jepa.modalities.image.config import ImageConfig, MaskConfig
 from jepa.modalities.image.masks import MultiBlockMaskSampler
-
-FORWARD_BACKWARD = 3.0
-"""Cost of forward + backward relative to the forward alone (backward ~ 2x forward)."""
-
-
-def block_flops(num_tokens: float, width: int, mlp_dim: int) -> float:
-    """Forward FLOPs of one pre-norm transformer block on ``num_tokens`` tokens."""
-    n, d = num_tokens, width
-    projections = 2 * n * (3 * d * d + d * d + 2 * d * mlp_dim)  # qkv, proj, fc1, fc2
-    attention = 2 * 2 * n * n * d  # Q K^T and A V over all heads
-    return float(projections + attention)
+from jepa.nn import flops as nn_flops
+from jepa.nn.flops import FORWARD_BACKWARD, predictor_forward_flops
 
 
 def encoder_forward_flops(num_tokens: float, *, num_patches: int, embed_dim: int, depth: int, mlp_dim: int,
                           patch_size: int, in_chans: int = 3) -> float:
-    """Forward FLOPs of the ViT encoder: patch embedding on all patches, blocks on the kept ones.
+    """Forward FLOPs of the ViT encoder: patch embedding on all patches, blocks on the kept ones
+    (:func:`jepa.nn.flops.encoder_forward_flops` with ``in_chans * patch_size ** 2`` values per patch).
 
     Args:
         num_tokens: tokens that go through the blocks (N for the target encoder, K for the context).
@@ -51,16 +44,8 @@ def encoder_forward_flops(num_tokens: float, *, num_patches: int, embed_dim: int
         embed_dim, depth, mlp_dim: the encoder's width, depth and MLP width.
         patch_size, in_chans: patch side and input channels.
     """
-    patch_embed = 2.0 * num_patches * in_chans * patch_size ** 2 * embed_dim
-    return patch_embed + depth * block_flops(num_tokens, embed_dim, mlp_dim)
-
-
-def predictor_forward_flops(num_context: float, num_target: float, *, embed_dim: int, predictor_dim: int,
-                            depth: int, mlp_dim: int) -> float:
-    """Forward FLOPs of the predictor for one target block (K context + T mask tokens)."""
-    embed = 2.0 * num_context * embed_dim * predictor_dim
-    project = 2.0 * num_target * predictor_dim * embed_dim
-    return embed + depth * block_flops(num_context + num_target, predictor_dim, mlp_dim) + project
+    return nn_flops.encoder_forward_flops(num_tokens, num_patches=num_patches, embed_dim=embed_dim, depth=depth,
+                                          mlp_dim=mlp_dim, patch_values=in_chans * patch_size ** 2)
 
 
 def _coverage_1d(grid_size: int, sides: torch.Tensor, faithful: bool) -> torch.Tensor:

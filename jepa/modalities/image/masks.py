@@ -51,6 +51,13 @@ target corners as well, instead of progressively letting the context overlap the
 ``MAX_POSITION_ROUNDS`` rounds the sampler raises ``RuntimeError`` naming the geometry. Every loop
 is bounded, so the sampler can never hang; :func:`check_mask_feasibility` rejects the geometries
 where the bounded re-draws are not safe.
+
+What comes from the core (:mod:`jepa.nn.grid_masks`): the collations (``faithful``: cut to the
+shortest, first indices; ``fixed``: pad to the longest). The block draws stay here in both modes:
+I-JEPA's context is a block of its own minus the targets (not the complement of the targets, as
+in the core's block sampler), its targets are the blocks themselves, and each mode has its own
+size law and draw order (``fixed``: four uniforms per batch, area not floored, corners drawn axis
+by axis), which the core sampler could not reproduce bit for bit.
 """
 
 from __future__ import annotations
@@ -60,6 +67,7 @@ from torch import Tensor
 
 from jepa.interfaces import MaskSampler, MaskSet
 from jepa.modalities.image.config import MaskConfig
+from jepa.nn.grid_masks import cut_to_shortest, pad_to_longest, row_counts
 
 MAX_SIZE_ROUNDS = 100
 """Batch-level block-size draws tried before giving up (each needs blocks of >= min_keep patches)."""
@@ -293,7 +301,7 @@ class MultiBlockMaskSampler(MaskSampler):
         c_top = self.corners(ch, (batch_size,), generator)
         c_left = self.corners(cw, (batch_size,), generator)
         context = self.context_mask(t_top, t_left, (th, tw), c_top, c_left, (ch, cw))
-        bad = _count(context) < min_keep
+        bad = row_counts(context) < min_keep
         rounds = 0
         while bool(bad.any()):
             if rounds == MAX_POSITION_ROUNDS:
@@ -311,7 +319,7 @@ class MultiBlockMaskSampler(MaskSampler):
             c_left[rows] = self.corners(cw, (n,), generator)
             redrawn = self.context_mask(t_top[rows], t_left[rows], (th, tw), c_top[rows], c_left[rows], (ch, cw))
             context[rows] = redrawn
-            bad[rows] = _count(redrawn) < min_keep
+            bad[rows] = row_counts(redrawn) < min_keep
             rounds += 1
         return context, self.block_indices(t_top, t_left, th, tw)
 
@@ -321,7 +329,8 @@ class MultiBlockMaskSampler(MaskSampler):
         ``faithful`` cuts every row to the batch-minimum length K by keeping its first K indices
         in raster order (the authors' collation). ``fixed`` keeps every token: K is the batch's
         longest context, shorter rows are padded with their own first index, and the validity
-        mask marks the padding.
+        mask marks the padding. Both are the core's collations (:mod:`jepa.nn.grid_masks`:
+        ``cut_to_shortest(..., "first")`` and ``pad_to_longest``).
 
         Args:
             context_mask_BN: (B, N) bool un-collated contexts (every row non-empty).
@@ -331,19 +340,9 @@ class MultiBlockMaskSampler(MaskSampler):
             context_valid_BK: (B, K) bool, False on padding; None when no row is padded
                 (``faithful`` always, ``fixed`` when all rows are equally long).
         """
-        counts = _count(context_mask_BN)
-        batch = context_mask_BN.shape[0]
         if self.faithful:
-            k = int(counts.min())
-            keep = context_mask_BN & (context_mask_BN.cumsum(1) <= k)
-            return keep.nonzero()[:, 1].view(batch, k), None  # nonzero is row-major: ascending per row
-        k_min, k = (int(v) for v in torch.aminmax(counts))
-        # A stable sort of the negated mask lists each row's context tokens first, in raster order.
-        idx = torch.sort(~context_mask_BN, dim=1, stable=True).indices[:, :k]
-        if k_min == k:
-            return idx, None
-        valid = torch.arange(k) < counts[:, None]
-        return torch.where(valid, idx, idx[:, :1]), valid
+            return cut_to_shortest(context_mask_BN, "first"), None
+        return pad_to_longest(context_mask_BN)
 
     def __call__(self, batch_size: int, generator: torch.Generator,
                  step_generator: torch.Generator | None = None) -> MaskSet:
@@ -369,11 +368,6 @@ class MultiBlockMaskSampler(MaskSampler):
 def _union(masks: Tensor, dim: int) -> Tensor:
     """Logical OR along ``dim`` (as a uint8 max: several times faster than ``any`` on CPU)."""
     return masks.view(torch.uint8).amax(dim).view(torch.bool)
-
-
-def _count(mask_RN: Tensor) -> Tensor:
-    """True entries per row, (R,) int32 (an int32 sum of a bool tensor is far faster than int64)."""
-    return mask_RN.sum(-1, dtype=torch.int32)
 
 
 def _kept_counts(t_top: Tensor, t_left: Tensor, th: Tensor, tw: Tensor, c_top: Tensor, c_left: Tensor,
@@ -436,7 +430,7 @@ def _context_counts(sampler: MultiBlockMaskSampler, pair_t: Tensor, pair_c: Tens
     for i in range(0, rows, chunk):
         part = slice(i, i + chunk)
         if by_masks:
-            kept = _count(sampler.context_mask(t_top[part], t_left[part], (th[part], tw[part]), c_top[part],
+            kept = row_counts(sampler.context_mask(t_top[part], t_left[part], (th[part], tw[part]), c_top[part],
                                                c_left[part], (ch[part], cw[part]))).long()
         else:
             kept = _kept_counts(t_top[part], t_left[part], th[part], tw[part], c_top[part], c_left[part],

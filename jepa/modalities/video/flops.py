@@ -1,9 +1,9 @@
-"""Analytic training FLOPs of video V-JEPA, with the image modality's counting rules
-(:mod:`jepa.modalities.image.flops`: matmuls ``2 m n k``, blocks ``2 n (4 D^2 + 2 D H) + 4 n^2 D``,
+"""Analytic training FLOPs of video V-JEPA, with the core's transformer formulas and counting rules
+(:mod:`jepa.nn.flops`: matmuls ``2 m n k``, blocks ``2 n (4 D^2 + 2 D H) + 4 n^2 D``,
 norms / softmax / GELU not counted, backward = 2x forward).
 
-The tubelet embedding is a matmul over flattened tubelets of ``C * t * p^2`` values, i.e. the
-image patch embedding with ``C * t`` input channels. One training clip costs:
+The tubelet embedding is a matmul over flattened tubelets of ``C * t * p^2`` values (the core's
+``patch_values``). One training clip costs:
 
 * the target encoder's forward on all N tokens (no backward: EMA update only);
 * per mask generator g (V-JEPA's encoder wrapper runs the context encoder once per generator):
@@ -19,9 +19,9 @@ from __future__ import annotations
 
 import torch
 
-from jepa.modalities.image.flops import FORWARD_BACKWARD, encoder_forward_flops, predictor_forward_flops
 from jepa.modalities.video.config import VideoConfig, VideoMaskConfig
 from jepa.modalities.video.masks import BlockMaskGenerator
+from jepa.nn.flops import FORWARD_BACKWARD, encoder_forward_flops, predictor_forward_flops
 
 
 def expected_mask_tokens(grid: tuple[int, int, int], cfg: VideoMaskConfig, num_rows: int = 2048) -> list[tuple[float, float]]:
@@ -56,8 +56,8 @@ def train_flops_per_clip(cfg: VideoConfig, mask_tokens: list[tuple[float, float]
     width, depth, _, mlp_dim = cfg.encoder.dims
     if mask_tokens is None:
         mask_tokens = expected_mask_tokens(grid, cfg.mask)
-    enc = dict(num_patches=n, embed_dim=width, depth=depth, mlp_dim=mlp_dim, patch_size=cfg.encoder.patch_size,
-               in_chans=cfg.input.in_chans * cfg.encoder.tubelet_size)
+    enc = dict(num_patches=n, embed_dim=width, depth=depth, mlp_dim=mlp_dim,
+               patch_values=cfg.input.in_chans * cfg.encoder.tubelet_size * cfg.encoder.patch_size ** 2)
     p = cfg.predictor
     pred = dict(embed_dim=width, predictor_dim=p.embed_dim, depth=p.depth, mlp_dim=int(p.embed_dim * p.mlp_ratio))
     total = encoder_forward_flops(n, **enc)

@@ -3,7 +3,9 @@
 The token grid of a clip is ``T' x H' x W'`` (``N`` tokens, raster index ``(t * H' + r) * W' + c``).
 A generator draws ``num_blocks`` blocks of ``t x h x w`` tokens per clip; its **target** is the union
 of the blocks and its **context** everything else (the two are disjoint and cover the clip). With
-V-JEPA's ``temporal_scale = (1, 1)`` every block spans all time steps, so masks are "tubes".
+V-JEPA's ``temporal_scale = (1, 1)`` every block spans all time steps, so masks are "tubes". A
+generator is the core's 3-D block sampler (:class:`jepa.nn.grid_masks.GridBlockMaskSampler`) with
+this section's names; what stays here is the configuration, the messages and the feasibility check.
 
 Block size (one per batch and generator, as in the authors' sampler; in training one per optimiser
 step, shared by all its micro batches through ``step_generator``), from three uniforms
@@ -40,8 +42,10 @@ from torch import Tensor
 
 from jepa.interfaces import MaskSampler, MaskSet
 from jepa.modalities.video.config import MaskGeneratorConfig, VideoMaskConfig
+from jepa.nn import grid_masks
+from jepa.nn.grid_masks import BlockSpec, GridBlockMaskSampler, cut_to_shortest
 
-MAX_POSITION_ROUNDS = 100
+MAX_POSITION_ROUNDS = grid_masks.MAX_POSITION_ROUNDS
 """Re-draw rounds for the clips whose context is below min_keep before giving up."""
 MIN_VALID_PROBABILITY = 0.5
 """check_mask_feasibility rejects generators whose clips are valid less often than this ..."""
@@ -50,28 +54,30 @@ MIN_VALID_PROBABILITY_PER_SIZE = 0.25
 
 
 @dataclass(frozen=True)
-class BlockDraw:
-    """One generator's un-collated draw for a batch.
+class BlockDraw(grid_masks.BlockDraw):
+    """One generator's un-collated draw for a batch (:class:`jepa.nn.grid_masks.BlockDraw` on a 3-D grid).
 
     Attributes:
         sides: (3,) int64 block size ``(t, h, w)`` in tokens, shared by the batch.
-        corners_BM3: (B, M, 3) int64 ``(start, top, left)`` of every block.
+        corners_BMA: (B, M, 3) int64 ``(start, top, left)`` of every block (also ``corners_BM3``).
         target_mask_BN: (B, N) bool, the union of the blocks (plus the time steps the context may
             not use); the context is its complement.
     """
 
-    sides: Tensor
-    corners_BM3: Tensor
-    target_mask_BN: Tensor
+    @property
+    def corners_BM3(self) -> Tensor:
+        return self.corners_BMA
 
 
-class BlockMaskGenerator(MaskSampler):
-    """One V-JEPA mask generator on a ``T' x H' x W'`` token grid, vectorised over clips and blocks.
+class BlockMaskGenerator(GridBlockMaskSampler):
+    """One V-JEPA mask generator on a ``T' x H' x W'`` token grid: the core's 3-D block sampler
+    (:class:`jepa.nn.grid_masks.GridBlockMaskSampler`, union targets) configured by a generator section.
 
     Args:
         grid: ``(T', H', W')`` token grid of a training clip.
-        cfg: this generator's section.
-        mode: ``"faithful"`` or ``"fixed"`` collation (see the module docstring).
+        cfg: this generator's section (``temporal_scale`` is the core's ``leading_scale``,
+            ``spatial_scale`` its ``scale``, ``max_temporal_keep`` its ``leading_keep``).
+        mode: ``"faithful"`` (core collation ``"first"``) or ``"fixed"`` (``"random"``); see the module docstring.
         min_keep: fewest context tokens a clip may keep.
 
     Attributes:
@@ -79,75 +85,24 @@ class BlockMaskGenerator(MaskSampler):
         num_context_steps: time steps the context may use (``max_temporal_keep``).
     """
 
+    infeasible_fix = "see check_mask_feasibility: lower num_blocks or spatial_scale, or min_keep"
+
     def __init__(self, grid: tuple[int, int, int], cfg: MaskGeneratorConfig, mode: str = "faithful", min_keep: int = 1):
         if min(grid) < 1:
             raise ValueError(f"BlockMaskGenerator: the token grid {grid} must be non-empty")
         if mode not in ("faithful", "fixed"):
             raise ValueError(f"BlockMaskGenerator: mode must be 'faithful' or 'fixed', got {mode!r}")
-        self.grid = tuple(int(g) for g in grid)
-        self.cfg, self.mode, self.min_keep = cfg, mode, min_keep
-        self.num_tokens = self.grid[0] * self.grid[1] * self.grid[2]
-        self.num_context_steps = max(1, int(self.grid[0] * cfg.max_temporal_keep))
+        spec = BlockSpec(num_blocks=cfg.num_blocks, scale=tuple(cfg.spatial_scale), aspect_ratio=tuple(cfg.aspect_ratio),
+                         leading_scale=tuple(cfg.temporal_scale), leading_keep=cfg.max_temporal_keep)
+        super().__init__(grid, spec, collation="first" if mode == "faithful" else "random", targets="union",
+                         min_keep=min_keep)
+        self.cfg, self.mode = cfg, mode
+        self.num_context_steps = self.num_context_leading
 
-    # ------------------------------------------------------------------ sizes
     def block_sides(self, u_t: Tensor, u_s: Tensor, u_a: Tensor) -> Tensor:
         """Block sizes for uniforms in [0, 1] (same shapes, float64) -> (..., 3) int64 ``(t, h, w)``."""
-        c, (gt, gh, gw) = self.cfg, self.grid
-        s_t = c.temporal_scale[0] + u_t * (c.temporal_scale[1] - c.temporal_scale[0])
-        s_s = c.spatial_scale[0] + u_s * (c.spatial_scale[1] - c.spatial_scale[0])
-        a = c.aspect_ratio[0] + u_a * (c.aspect_ratio[1] - c.aspect_ratio[0])
-        t = (gt * s_t).floor().clamp(1, gt)
-        area = (gh * gw * s_s).floor()
-        h = (area * a).sqrt().round().clamp(1, gh)
-        w = (area / a).sqrt().round().clamp(1, gw)
-        return torch.stack([t, h, w], dim=-1).long()
+        return self.sides_from_uniforms(torch.stack([u_t, u_s, u_a], dim=-1))
 
-    def sample_sides(self, num_draws: int, generator: torch.Generator) -> Tensor:
-        """(num_draws, 3) block sizes, drawn like a batch's (three uniforms per draw)."""
-        u = torch.rand(num_draws, 3, dtype=torch.float64, generator=generator)
-        return self.block_sides(u[:, 0], u[:, 1], u[:, 2])
-
-    # ------------------------------------------------------------------ geometry
-    def corners(self, sides: Tensor, num_rows: int, generator: torch.Generator) -> Tensor:
-        """Uniform inclusive corners ``(start, top, left)`` of ``num_blocks`` blocks per row.
-
-        Args:
-            sides: (3,) or (R, 3) int64 block sizes (one per row when 2-D).
-            num_rows: R.
-
-        Returns:
-            (R, M, 3) int64.
-        """
-        num_positions = torch.tensor(self.grid) - sides + 1  # (3,) or (R, 3)
-        if num_positions.dim() == 2:
-            num_positions = num_positions[:, None, :]
-        u = torch.rand(num_rows, self.cfg.num_blocks, 3, dtype=torch.float64, generator=generator)
-        return torch.minimum((u * num_positions).long(), num_positions - 1)  # float rounding guard
-
-    def target_mask(self, corners_RM3: Tensor, sides: Tensor) -> Tensor:
-        """Union of each row's blocks plus the time steps the context may not use.
-
-        Args:
-            corners_RM3: (R, M, 3) int64 block corners.
-            sides: (3,) or (R, 3) int64 block sizes.
-
-        Returns:
-            (R, N) bool, True for target tokens.
-        """
-        ends = corners_RM3 + (sides[:, None, :] if sides.dim() == 2 else sides)  # (R, M, 3) exclusive
-        inside = []
-        for axis, length in enumerate(self.grid):  # three axes, not tokens
-            pos = torch.arange(length)
-            inside.append((pos >= corners_RM3[..., axis, None]) & (pos < ends[..., axis, None]))  # (R, M, L)
-        in_t, in_h, in_w = inside
-        in_hw = (in_h[..., :, None] & in_w[..., None, :]).flatten(2)  # (R, M, H' * W')
-        # Blocks are separable, so the union over blocks is a boolean matrix product over M:
-        # covered[r, t, s] = OR_m in_t[r, m, t] AND in_hw[r, m, s] (exact: counts <= M in float32).
-        union = torch.bmm(in_t.transpose(1, 2).float(), in_hw.float()) > 0  # (R, T', H' * W')
-        union[:, self.num_context_steps:] = True
-        return union.flatten(1)
-
-    # ------------------------------------------------------------------ sampling
     def describe(self, sides: Tensor | None = None) -> str:
         c, (gt, gh, gw) = self.cfg, self.grid
         size = f"blocks of {'x'.join(str(int(s)) for s in sides)}" if sides is not None else "blocks"
@@ -165,25 +120,8 @@ class BlockMaskGenerator(MaskSampler):
         Raises:
             RuntimeError: some clips are still invalid after ``MAX_POSITION_ROUNDS`` re-draws.
         """
-        if batch_size < 1:
-            raise ValueError(f"BlockMaskGenerator: batch_size must be >= 1, got {batch_size}")
-        sides = self.sample_sides(1, generator if step_generator is None else step_generator)[0]
-        corners = self.corners(sides, batch_size, generator)
-        target = self.target_mask(corners, sides)
-        bad = _count(~target) < self.min_keep
-        rounds = 0
-        while bool(bad.any()):
-            if rounds == MAX_POSITION_ROUNDS:
-                raise RuntimeError(
-                    f"BlockMaskGenerator: {int(bad.sum())} of {batch_size} contexts still have fewer than min_keep="
-                    f"{self.min_keep} tokens after {MAX_POSITION_ROUNDS} re-draws ({self.describe(sides)}); this "
-                    "geometry is infeasible, see check_mask_feasibility: lower num_blocks or spatial_scale, or min_keep")
-            rows = bad.nonzero().squeeze(1)
-            corners[rows] = self.corners(sides, rows.numel(), generator)
-            target[rows] = self.target_mask(corners[rows], sides)
-            bad[rows] = _count(~target[rows]) < self.min_keep
-            rounds += 1
-        return BlockDraw(sides, corners, target)
+        d = super().sample_blocks(batch_size, generator, step_generator)
+        return BlockDraw(d.sides, d.corners_BMA, d.target_mask_BN)
 
     def collate(self, mask_BN: Tensor, generator: torch.Generator) -> Tensor:
         """Cut every row of ``mask_BN`` to the batch-minimum count L: the first L in raster order
@@ -192,27 +130,7 @@ class BlockMaskGenerator(MaskSampler):
         Returns:
             (B, L) int64 indices, ascending in every row.
         """
-        length = int(_count(mask_BN).min())
-        batch = mask_BN.shape[0]
-        if self.mode == "faithful":
-            keep = mask_BN & (mask_BN.cumsum(1) <= length)
-            return keep.nonzero()[:, 1].view(batch, length)  # nonzero is row-major: ascending per row
-        keys = torch.rand(mask_BN.shape, generator=generator)
-        keys.masked_fill_(~mask_BN, 2.0)
-        return keys.topk(length, dim=1, largest=False, sorted=False).indices.sort(dim=1).values
-
-    def __call__(self, batch_size: int, generator: torch.Generator,
-                 step_generator: torch.Generator | None = None) -> MaskSet:
-        """Masks of this generator for a batch (``step_generator``: see :meth:`sample_blocks`).
-
-        Returns:
-            MaskSet with ``context_idx_BK`` (B, K) and ``target_idx_BMT`` (B, 1, T), int64,
-            ascending raster indices, disjoint within every row.
-        """
-        draw = self.sample_blocks(batch_size, generator, step_generator)
-        context = self.collate(~draw.target_mask_BN, generator)
-        target = self.collate(draw.target_mask_BN, generator)
-        return MaskSet(context, target.unsqueeze(1))
+        return cut_to_shortest(mask_BN, self.collation, generator)
 
 
 class MultiMaskSampler(MaskSampler):
@@ -249,18 +167,7 @@ class MultiMaskSampler(MaskSampler):
         return tuple(g(batch_size, generator, step_generator) for g in self.generators)
 
 
-def _count(mask_RN: Tensor) -> Tensor:
-    """True entries per row, (R,) int32."""
-    return mask_RN.sum(-1, dtype=torch.int32)
-
-
 # ---------------------------------------------------------------------- feasibility
-def _valid_fraction(gen: BlockMaskGenerator, sides_R3: Tensor, generator: torch.Generator) -> Tensor:
-    """(R,) bool: does a clip with these block sizes keep >= min_keep context tokens (no re-draws)?"""
-    corners = gen.corners(sides_R3, sides_R3.shape[0], generator)
-    return _count(~gen.target_mask(corners, sides_R3)) >= gen.min_keep
-
-
 def check_mask_feasibility(grid: tuple[int, int, int], cfg: VideoMaskConfig,
                            num_rows: int = 2048) -> list[tuple[str, str]]:
     """Problems that make a generator's masks infeasible or unsafe on the token grid ``grid``.
@@ -290,9 +197,9 @@ def check_mask_feasibility(grid: tuple[int, int, int], cfg: VideoMaskConfig,
                 f"{grid[0]} time steps ({gen.num_context_steps * grid[1] * grid[2]} tokens), below "
                 f"min_keep={cfg.min_keep}. Fix: raise max_temporal_keep or lower min_keep")))
             continue
-        overall = float(_valid_fraction(gen, gen.sample_sides(num_rows, rng), rng).double().mean())
+        overall = float(gen.valid_rows(gen.sample_sides(num_rows, rng), rng).double().mean())
         sizes = gen.block_sides(u_t, u_s, u_a).repeat_interleave(per_size_rows, 0)  # (27 * R, 3)
-        per_size = _valid_fraction(gen, sizes, rng).view(27, per_size_rows).double().mean(1)
+        per_size = gen.valid_rows(sizes, rng).view(27, per_size_rows).double().mean(1)
         worst = int(per_size.argmin())
         if overall >= MIN_VALID_PROBABILITY and float(per_size[worst]) >= MIN_VALID_PROBABILITY_PER_SIZE:
             continue

@@ -1,15 +1,16 @@
 """The V-JEPA Vision Transformer: tubelet patch embedding, context/target encoder, predictor.
 
-The transformer blocks, their initialisation and the keep-index gather are the image ViT's
-(:mod:`jepa.modalities.image.vit`): timm's pre-norm ``Block`` with fused scaled-dot-product
-attention. What is video-specific lives here: clips ``(B, C, T, H, W)`` are cut into tubelets of
-``tubelet_size`` frames x ``patch_size`` x ``patch_size`` pixels, giving a token grid
-``T' x H' x W'`` in raster order (time slowest), with fixed 3-D sin-cos positions
-(:func:`jepa.modalities.video.pos_embed.sincos_3d`).
+Both models subclass the core's transformer bases (:mod:`jepa.nn.transformer`): timm's pre-norm
+``Block`` with fused scaled-dot-product attention, the final norm, the keep-index gather and the
+predictor's forward come from there, as for the image ViT. What is video-specific lives here: clips
+``(B, C, T, H, W)`` are cut into tubelets of ``tubelet_size`` frames x ``patch_size`` x ``patch_size``
+pixels, giving a token grid ``T' x H' x W'`` in raster order (time slowest), with fixed 3-D sin-cos
+positions (:func:`jepa.nn.pos_embed.sincos_3d`), and one mask token per mask generator.
 
-Initialisation, as in the authors' code once ``init_video_model`` has re-initialised the modules:
-every Linear and the tubelet convolution truncated normal std 0.02 with zero bias, LayerNorm 1 / 0,
-no depth-dependent rescale; the predictor's mask tokens start at zero (``zero_init_mask_tokens``).
+Initialisation, as in the authors' code once ``init_video_model`` has re-initialised the modules
+(:func:`jepa.nn.init.init_weights`): every Linear and the tubelet convolution truncated normal std
+0.02 with zero bias, LayerNorm 1 / 0, no depth-dependent rescale; the predictor's mask tokens start
+at zero (``zero_init_mask_tokens``).
 
 Parameter names follow the authors' layout (``patch_embed.proj``, ``blocks.i``, ``norm``;
 ``predictor_embed``, ``predictor_blocks.i``, ``predictor_norm``, ``predictor_proj``), except
@@ -22,23 +23,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from jepa.modalities.image.vit import (INIT_STD, TransformerEncoder, TransformerPredictor, check_encoder_args,
-                                       check_heads, init_weights)
-from jepa.modalities.video.pos_embed import axis_widths, sincos_3d
-
-
-def _init_video_weights(module: nn.Module) -> None:
-    """The image ViT initialisation, extended to the tubelet convolution."""
-    init_weights(module)
-    if isinstance(module, nn.Conv3d):
-        nn.init.trunc_normal_(module.weight, std=INIT_STD)
-        if module.bias is not None:
-            nn.init.zeros_(module.bias)
+from jepa.nn.geometry import check_heads, check_patch_tiles, check_sincos_width, check_stack
+from jepa.nn.init import init_weights
+from jepa.nn.pos_embed import sincos_3d
+from jepa.nn.transformer import TransformerEncoder, TransformerPredictor
 
 
 def _check_width(where: str, dim: int, num_heads: int, uniform_power: bool) -> None:
     check_heads(where, dim, num_heads)
-    axis_widths(dim, uniform_power)  # raises for widths the sin-cos split cannot use
+    check_sincos_width(where, dim, num_axes=3, uniform_power=uniform_power)
 
 
 class TubeletEmbed(nn.Module):
@@ -86,41 +79,45 @@ class VideoViTEncoder(TransformerEncoder):
         num_heads: attention heads (must divide ``embed_dim``).
         mlp_dim: hidden width of each block's MLP.
         drop_path: stochastic-depth rate of the last block (0 in V-JEPA).
-        uniform_power: the sin-cos channel split (see :mod:`jepa.modalities.video.pos_embed`).
+        uniform_power: the sin-cos channel split (see :mod:`jepa.nn.pos_embed`).
 
     Attributes:
         grid_t, grid_size: token time steps and patches per side of a training clip.
         num_patches: N = grid_t * grid_size ** 2.
     """
 
+    patch_size: int
     tubelet_size: int
+    img_size: int
+    in_chans: int
     num_frames: int
+    num_heads: int
     grid_t: int
+    grid_size: int
+    num_patches: int
     uniform_power: bool
 
     def __init__(self, num_frames: int, img_size: int, patch_size: int, tubelet_size: int, in_chans: int,
                  embed_dim: int, depth: int, num_heads: int, mlp_dim: int, drop_path: float = 0.0,
                  uniform_power: bool = True):
         super().__init__()
-        check_encoder_args("VideoViTEncoder", img_size, patch_size, depth, drop_path)
-        if tubelet_size <= 0 or num_frames % tubelet_size or num_frames < tubelet_size:
-            raise ValueError(f"VideoViTEncoder: num_frames={num_frames} must be a positive multiple of "
-                             f"tubelet_size={tubelet_size}")
+        check_patch_tiles("VideoViTEncoder", "img_size", img_size, "patch_size", patch_size)
+        check_stack("VideoViTEncoder", depth, drop_path)
+        check_patch_tiles("VideoViTEncoder", "num_frames", num_frames, "tubelet_size", tubelet_size)
         _check_width("VideoViTEncoder", embed_dim, num_heads, uniform_power)
-        self.embed_dim, self.depth, self.num_heads = embed_dim, depth, num_heads
+        self.num_heads = num_heads
         self.patch_size, self.tubelet_size, self.in_chans = patch_size, tubelet_size, in_chans
         self.num_frames, self.img_size, self.uniform_power = num_frames, img_size, uniform_power
         self.grid_t, self.grid_size = num_frames // tubelet_size, img_size // patch_size
         self.num_patches = self.grid_t * self.grid_size ** 2
-        self.grad_checkpointing = False
 
         self.patch_embed = TubeletEmbed(in_chans, embed_dim, tubelet_size, patch_size)
         table = sincos_3d(embed_dim, self.grid_t, self.grid_size, self.grid_size, uniform_power)
         self.register_buffer("pos_embed", table.unsqueeze(0))
-        self._build_blocks(embed_dim, depth, num_heads, mlp_dim, drop_path)
-        self.apply(_init_video_weights)
+        self.build_blocks(embed_dim, depth, num_heads, mlp_dim, drop_path)
+        self.apply(init_weights)
 
-    def _tokens(self, x: Tensor) -> Tensor:
+    def embed_tokens(self, x: Tensor) -> Tensor:
         """(B, C, T, H, W) -> (B, N, D) tubelet embeddings plus positions of the actual grid."""
         if x.dim() != 5:
             raise ValueError("VideoViTEncoder: expected clips (B, C, T, H, W), got " + str(x.dim()) + " dimensions")
@@ -156,6 +153,9 @@ class VideoViTPredictor(TransformerPredictor):
     """
 
     grid_t: int
+    grid_size: int
+    num_patches: int
+    num_heads: int
     num_mask_tokens: int
 
     def __init__(self, grid_t: int, grid_size: int, embed_dim: int, predictor_dim: int = 384, depth: int = 12,
@@ -168,17 +168,16 @@ class VideoViTPredictor(TransformerPredictor):
         _check_width("VideoViTPredictor", predictor_dim, num_heads, uniform_power)
         self.grid_t, self.grid_size = grid_t, grid_size
         self.num_patches = grid_t * grid_size ** 2
-        self.embed_dim, self.predictor_dim, self.depth, self.num_heads = embed_dim, predictor_dim, depth, num_heads
+        self.num_heads = num_heads
         self.num_mask_tokens = num_mask_tokens
-        self.grad_checkpointing = False
 
         self.mask_tokens = nn.Parameter(torch.zeros(num_mask_tokens, 1, predictor_dim))
         table = sincos_3d(predictor_dim, grid_t, grid_size, grid_size, uniform_power)
         self.register_buffer("predictor_pos_embed", table.unsqueeze(0))
-        self._build_layers(embed_dim, predictor_dim, depth, num_heads, mlp_ratio)
-        self.apply(_init_video_weights)  # mask tokens stay zero
+        self.build_layers(embed_dim, predictor_dim, depth, num_heads, mlp_ratio)
+        self.apply(init_weights)  # mask tokens stay zero
 
-    def _mask_token(self, mask_index: int) -> Tensor:
+    def mask_token_for(self, mask_index: int) -> Tensor:
         """The (1, P) mask token of generator ``mask_index``."""
         if mask_index < 0 or mask_index >= self.num_mask_tokens:
             raise ValueError("VideoViTPredictor: mask_index=" + str(mask_index) + " must be in 0.."
