@@ -13,6 +13,9 @@ carries it). Each checkpoint that strictly improves on the best so far replaces
 not supported), so pruning by ``keep_last`` does not remove them. The swap goes through
 ``best.tmp`` and ``best.old``: a crash leaves either the old or the new best complete, and the
 next run finishes or undoes the swap. Rank 0 does the work, after the checkpoint is complete.
+A ``best`` (or leftover ``best.tmp`` / ``best.old``) that is a symbolic link is replaced or
+removed as a link, never followed (:func:`jepa.outputs.remove_tree`). A ``best.json`` that is not
+such a record is refused, naming the file, rather than overwritten with a worse checkpoint.
 """
 
 from __future__ import annotations
@@ -24,10 +27,14 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from jepa.checkpoint.json_file import read_json_object
+from jepa.outputs import remove_tree
 from jepa.recipe import KeepBestConfig
 
 BEST_DIR = "best"
 BEST_FILE = "best.json"
+_BEST_FIX = (f"restore it, or move the {BEST_DIR} folder out of the run directory to keep the best checkpoint from "
+             "scratch")
 
 
 def _link_or_copy(src: str, dst: str) -> None:
@@ -40,16 +47,32 @@ def _link_or_copy(src: str, dst: str) -> None:
 def _recover(run_dir: Path) -> None:
     """Finish or undo a swap a crash interrupted."""
     best, tmp, old = run_dir / BEST_DIR, run_dir / f"{BEST_DIR}.tmp", run_dir / f"{BEST_DIR}.old"
-    if not best.exists() and old.exists():
+    if not best.exists() and not best.is_symlink() and (old.exists() or old.is_symlink()):
         old.rename(best)
-    shutil.rmtree(tmp, ignore_errors=True)
-    shutil.rmtree(old, ignore_errors=True)
+    remove_tree(tmp)
+    remove_tree(old)
 
 
 def read_best(run_dir: str | Path) -> dict[str, Any] | None:
-    """The ``best.json`` record of a run, or None when it keeps no best checkpoint yet."""
+    """The ``best.json`` record of a run, or None when it keeps no best checkpoint yet.
+
+    Raises:
+        ValueError: ``best.json`` is unreadable or not such a record (the file named).
+    """
     path = Path(run_dir) / BEST_DIR / BEST_FILE
-    return json.loads(path.read_text()) if path.is_file() else None
+    try:
+        record = read_json_object(path, "the best checkpoint's record")
+    except FileNotFoundError:
+        return None
+    except ValueError as exc:
+        raise ValueError(f"{exc}; {_BEST_FIX}") from None
+    value, step = record.get("value"), record.get("step")
+    if not (isinstance(record.get("metric"), str) and record.get("mode") in ("max", "min")
+            and isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+            and type(step) is int):
+        raise ValueError(f"{path}: not a record of checkpoint.keep_best (it needs metric, mode max|min, a finite value "
+                         f"and an integer step); {_BEST_FIX}")
+    return record
 
 
 class BestCheckpoint:
@@ -89,13 +112,13 @@ class BestCheckpoint:
             return False
         value, metric_step = self.latest
         best, tmp, old = self.run_dir / BEST_DIR, self.run_dir / f"{BEST_DIR}.tmp", self.run_dir / f"{BEST_DIR}.old"
-        shutil.rmtree(tmp, ignore_errors=True)
+        remove_tree(tmp)
         shutil.copytree(checkpoint_dir, tmp, copy_function=_link_or_copy)
         (tmp / BEST_FILE).write_text(json.dumps({"metric": self.metric, "mode": self.mode, "value": value,
                                                  "step": step, "metric_step": metric_step}) + "\n")
-        if best.exists():
+        if best.exists() or best.is_symlink():  # a link is renamed itself, and then unlinked
             best.rename(old)
         tmp.rename(best)
-        shutil.rmtree(old, ignore_errors=True)
+        remove_tree(old)
         self.best = value
         return True

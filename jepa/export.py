@@ -28,7 +28,6 @@ import datetime as _dt
 import json
 import math
 import os
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, List
@@ -38,6 +37,7 @@ from torch import Tensor, nn
 
 import jepa
 from jepa.interfaces import Encoder
+from jepa.outputs import check_output_file, remove_tree, write_errors
 from jepa.sources import EXPORT_METADATA_NAME, EncoderSource, quiet_jit_deprecation
 
 EXPORT_FORMAT_VERSION = 1
@@ -188,16 +188,20 @@ def atomic_write(out: Path, write: Callable[[str], None]) -> None:
 
     The temporary file has ``out``'s name (TorchScript names its archive folder after it) inside
     a hidden scratch folder, and is created by ``write`` itself, so it gets the usual permissions.
+    ``out`` is checked again (:func:`check_out_path`) right before it is replaced; a write torch
+    reports as a ``RuntimeError`` (a full disk) becomes an ``OSError`` naming ``out``.
     """
     out.parent.mkdir(parents=True, exist_ok=True)
     scratch = out.parent / f".{out.name}.{os.getpid()}.tmp"
     scratch.mkdir()
     try:
         tmp = scratch / out.name
-        write(str(tmp))
+        with write_errors(out, "the export", "--out"):
+            write(str(tmp))
+        check_out_path(out)  # nothing but a regular file (or nothing) is ever replaced
         os.replace(tmp, out)
     finally:
-        shutil.rmtree(scratch)
+        remove_tree(scratch)
 
 
 def export_torchscript(
@@ -250,17 +254,12 @@ def check_out_path(out: Path) -> None:
     """Refuse an ``--out`` that cannot be written, before any export work.
 
     Raises:
-        ValueError: ``out`` is an existing folder (every format writes a new file or folder), or a
-            file stands where one of its parent folders should be.
+        ValueError: ``out`` exists and is no regular file (a folder: every format writes a new file
+            or folder; a named pipe, device or socket, which replacing would destroy), or something
+            other than a folder stands where one of its parent folders should be
+            (:func:`jepa.outputs.check_output_file`).
     """
-    if out.is_dir():
-        raise ValueError(f"--out {out} is an existing folder; name the file or new folder to write, "
-                         f"e.g. --out {out / 'encoder.pt'}")
-    for parent in out.parents:
-        if parent.exists():
-            if not parent.is_dir():
-                raise ValueError(f"--out {out}: {parent} is a file, not a folder; write the export elsewhere")
-            break
+    check_output_file(out, "--out", example="encoder.pt", folders=True)
 
 
 def export(

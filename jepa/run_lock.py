@@ -24,6 +24,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from jepa.checkpoint.json_file import read_json_object
+
 log = logging.getLogger(__name__)
 
 LOCK_FILE = "run.lock"
@@ -32,6 +34,9 @@ HEARTBEAT_S = 30.0
 STALE_AFTER_S = 600.0
 """A lock of another host whose heartbeat is older than this is stale (clock skew and slow
 shared filesystems leave a wide margin)."""
+
+
+_MAX_PID = 2**22  # Linux's limit; a lock naming another number (0, -1: process groups) was not written by a process
 
 
 def _pid_alive(pid: int, started: float) -> bool:
@@ -64,8 +69,10 @@ def _stale_reason(owner: dict[str, Any], age_s: float) -> str | None:
     if job and owner.get("slurm_job_id") == job and owner.get("slurm_restart_count") != restart:
         return f"it belongs to an earlier start of this Slurm job {job} (requeued since)"
     if owner.get("host") == socket.gethostname():
-        pid = owner.get("pid")
-        if not isinstance(pid, int) or not _pid_alive(pid, float(owner.get("started", 0.0))):
+        pid, started = owner.get("pid"), owner.get("started")
+        if type(started) not in (int, float):
+            started = 0.0
+        if type(pid) is not int or not 0 < pid <= _MAX_PID or not _pid_alive(pid, float(started)):
             return "that process is no longer running"
         return None
     if age_s > STALE_AFTER_S:
@@ -113,15 +120,14 @@ class RunLock:
                     f.write(json.dumps(owner) + "\n")
                 return cls(path, owner)
             try:
-                text, age = path.read_text(), time.time() - path.stat().st_mtime
+                age = time.time() - path.stat().st_mtime
+                held = read_json_object(path, "the run lock")
             except FileNotFoundError:
                 continue
-            try:
-                held = json.loads(text)
-                assert isinstance(held, dict)
-            except (ValueError, AssertionError):
-                held = {}
-            reason = _stale_reason(held, age) if held else "it is unreadable"
+            except ValueError as exc:  # damaged, or no lock of jepa (the message names the file): stale
+                held, reason = {}, str(exc)
+            else:
+                reason = _stale_reason(held, age) if held else "it names no owner"
             if reason is None:
                 raise ValueError(f"run_dir {run_dir} is in use by another `jepa train` ({_describe(held)}; lock file "
                                  f"{path}); wait for it to end, or set run_dir to another directory. If that run is "
@@ -145,7 +151,7 @@ class RunLock:
         """Remove the lock if it is still ours."""
         self._stop.set()
         try:
-            if json.loads(self.path.read_text()) == self.owner:
+            if read_json_object(self.path, "the run lock") == self.owner:
                 os.remove(self.path)
         except (OSError, ValueError):
             pass

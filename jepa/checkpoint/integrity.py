@@ -4,14 +4,18 @@ size and SHA-256 (written last by :func:`~jepa.checkpoint.save.save_checkpoint`)
 from __future__ import annotations
 
 import hashlib
-import json
-from pathlib import Path
+import re
+import stat
+from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any, Callable
 
+from jepa.checkpoint.json_file import read_json_object
 from jepa.checkpoint.layout import DIGESTS_FILE, DIGESTS_VERSION, META_FILE, MODELS_FILE
 
 if TYPE_CHECKING:  # the engine imports DeepSpeed; this package only talks to its object
     from jepa.engine import Engine
+
+_SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
 def file_digest(path: Path) -> str:
@@ -26,33 +30,60 @@ def checkpoint_files(directory: Path) -> list[str]:
                   if p.is_file() and p.name != DIGESTS_FILE)
 
 
+def _name_inside(name: str) -> bool:
+    """Whether a digest table's file name is a relative path inside the checkpoint."""
+    parts = PurePosixPath(name).parts
+    return bool(parts) and not name.startswith("/") and "\0" not in name and ".." not in parts
+
+
+def _table_problem(table: dict[str, Any]) -> str | None:
+    """What is wrong with the shape of a digests table, or None."""
+    version, algorithm, files = table.get("format_version"), table.get("algorithm"), table.get("files")
+    if version != DIGESTS_VERSION or algorithm != "sha256":
+        return f"format_version {version!r}, algorithm {algorithm!r}; this jepa writes {DIGESTS_VERSION}, 'sha256'"
+    if not isinstance(files, dict):
+        return f"its 'files' is {type(files).__name__}, not an object of files"
+    for name, entry in files.items():
+        if not _name_inside(name):
+            return f"it lists {name[:200]!r}, which is not a path inside the checkpoint"
+        size = entry.get("size") if isinstance(entry, dict) else None
+        digest = entry.get("sha256") if isinstance(entry, dict) else None
+        if type(size) is not int or size < 0 or not isinstance(digest, str) or not _SHA256.fullmatch(digest):
+            return f"its entry for {name[:200]!r} is not {{\"size\": bytes, \"sha256\": 64 hex digits}}"
+    return None
+
+
 def read_digests(directory: Path) -> dict[str, dict[str, Any]]:
-    """The ``files`` table of a checkpoint's digests.json.
+    """The ``files`` table of a checkpoint's digests.json (names inside the checkpoint, each with
+    an int ``size`` and a hex ``sha256``).
 
     Raises:
-        ValueError: it is missing or unreadable.
+        ValueError: it is missing, unreadable (not a regular file, not JSON, nested too deeply) or
+            not a digests table; the message names the file. Verification turns this into a
+            problem of the checkpoint, so ``--resume auto`` falls back with a warning.
     """
     path = directory / DIGESTS_FILE
     try:
-        table = json.loads(path.read_text())
-        files = table["files"]
-        if table.get("format_version") != DIGESTS_VERSION or table.get("algorithm") != "sha256" or not isinstance(files, dict):
-            raise ValueError(f"format_version {table.get('format_version')!r}, algorithm {table.get('algorithm')!r}")
-        return files
+        table = read_json_object(path, "the checkpoint's digests")
     except FileNotFoundError:
         raise ValueError(f"no {DIGESTS_FILE}, so its files cannot be verified (written by an older jepa, or copied "
                          "incompletely)") from None
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise ValueError(f"{DIGESTS_FILE} is unreadable ({type(exc).__name__}: {exc})") from None
+    problem = _table_problem(table)
+    if problem:
+        raise ValueError(f"{path}: not a digests table of this jepa ({problem})")
+    return table["files"]
 
 
 def file_problem(directory: Path, name: str, expected: Any) -> str | None:
     """Why ``directory/name`` does not match its digest entry, or None."""
     path = directory / name
     try:
-        size = path.stat().st_size
+        info = path.stat()
     except OSError:
         return f"{name} is missing"
+    if not stat.S_ISREG(info.st_mode):  # a named pipe would block the hashing for ever
+        return f"{name} is not a regular file"
+    size = info.st_size
     if not isinstance(expected, dict) or size != expected.get("size"):
         return f"{name} has {size} bytes, {DIGESTS_FILE} says {expected.get('size') if isinstance(expected, dict) else '?'}"
     if file_digest(path) != expected.get("sha256"):

@@ -51,7 +51,7 @@ def resume_candidates(run_dir: str | Path) -> list[Path]:
     found = [path for _, path in reversed(complete_checkpoints(run_dir))]
     latest = Path(run_dir) / CHECKPOINTS / LATEST_FILE
     try:
-        named = latest.read_text().strip()
+        named = latest.read_text().strip() if latest.is_file() else ""  # not a named pipe: reading it would block
     except (OSError, UnicodeDecodeError):
         return found
     first = [p for p in found if p.name == named]

@@ -3,10 +3,10 @@ accumulation steps) and the per-rank state files (data position and RNG states).
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
+from jepa.checkpoint.json_file import read_json_object
 from jepa.checkpoint.layout import META_FILE, MODELS_FILE
 from jepa.checkpoint.models import read_models
 from jepa.recipe import split_global_batch
@@ -14,10 +14,27 @@ from jepa.weights import safe_load
 
 
 def read_meta(path: Path) -> dict[str, Any]:
-    if not (path / META_FILE).is_file():
+    """A checkpoint's ``meta.json``, with an int ``world_size`` >= 1 (and int batch split fields when present).
+
+    Raises:
+        ValueError: it is missing, unreadable or not a meta table of ``jepa train`` (the file named).
+    """
+    file = path / META_FILE
+    try:
+        meta = read_json_object(file, "the checkpoint's meta table")
+    except FileNotFoundError:
         raise ValueError(f"{path}: has {MODELS_FILE} but no {META_FILE}, so it holds weights only and cannot be resumed "
-                         "from; resume from a checkpoint directory written by `jepa train`")
-    return json.loads((path / META_FILE).read_text())
+                         "from; resume from a checkpoint directory written by `jepa train`") from None
+    except ValueError as exc:
+        raise ValueError(f"{exc}; resume from another checkpoint (pass the run directory to take the newest valid one)"
+                         ) from None
+    fields = ["world_size", *(("micro_batch_size", "grad_accum_steps") if "micro_batch_size" in meta else ())]
+    bad = [k for k in fields if type(meta.get(k)) is not int or meta[k] < 1]
+    if bad:
+        found = ", ".join(f"{k}: {meta.get(k)!r}" for k in bad)
+        raise ValueError(f"{file}: not a meta table of `jepa train` ({found}, expected whole numbers >= 1); resume from "
+                         "another checkpoint (pass the run directory to take the newest valid one)")
+    return meta
 
 
 def read_rank_state(path: Path, rank: int) -> dict[str, Any]:

@@ -3,13 +3,12 @@ build the engine with, and the engine state and data positions of N processes de
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from jepa.checkpoint.layout import META_FILE, RESHARD_SUFFIX, checkpoint_dir, resume_candidates
-from jepa.checkpoint.meta import read_rank_state, saved_split
+from jepa.checkpoint.layout import RESHARD_SUFFIX, checkpoint_dir, resume_candidates
+from jepa.checkpoint.meta import read_meta, read_rank_state, saved_split
 from jepa.checkpoint.rng import restore_rng
 from jepa.data.redeal import redeal
 from jepa.launch import detect as detect_launch
@@ -53,7 +52,7 @@ def resume_batch_split(recipe: Recipe, resume: str) -> tuple[EngineConfig, int |
     if path is None or recipe.data.micro_batch_size is not None:
         return unchanged  # a pinned micro batch that differs from the checkpoint's is refused when loading
     try:
-        meta = json.loads((path / META_FILE).read_text())
+        meta = read_meta(path)
         if int(meta["world_size"]) == world:
             return unchanged
         saved_world, saved_micro = int(meta["world_size"]), saved_split(meta, path)[0]

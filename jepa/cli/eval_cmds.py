@@ -112,9 +112,12 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
                                                "use only files from a source you trust"),
     ) -> None:
         from jepa.eval.evaluate import EvalSettings, evaluate_shards, parse_protocols
+        from jepa.outputs import check_output_file
         from jepa.sources import load_source
 
         with cli_errors():
+            if json_out and json_out != "-":  # before any work: the report would be lost at the end
+                check_output_file(json_out, "--json", example="report.json")
             settings = EvalSettings(
                 protocols=parse_protocols(protocol), k=k, temperature=temperature, low_shot=low_shot, epochs=epochs,
                 lbfgs_iters=lbfgs_iters, batch_size=batch_size, linear_lrs=_floats(linear_lrs, "--linear-lrs"),
@@ -134,5 +137,6 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
         for table in report.grid_tables():
             console.print(table)
         if json_out:
-            report.write_json(json_out)
+            with cli_errors():
+                report.write_json(json_out)
             console.print(f"[green]wrote[/] {json_out}", highlight=False)

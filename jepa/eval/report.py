@@ -11,11 +11,14 @@ memory plan.
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from rich.table import Table
+
+from jepa.outputs import check_output_file
 
 REPORT_VERSION = 2
 
@@ -76,9 +79,20 @@ class EvalReport:
         return {"report_version": REPORT_VERSION, **asdict(self)}
 
     def write_json(self, path: str | Path) -> None:
-        path = Path(path)
+        """Write :meth:`to_dict` to ``path`` through a temporary file beside it (complete or absent).
+
+        Raises:
+            ValueError: ``path`` is a folder, named pipe, device or socket
+                (:func:`jepa.outputs.check_output_file`).
+        """
+        path = check_output_file(path, "--json", example="report.json")
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        try:
+            tmp.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
 
     def table(self) -> Table:
         """A rich table: one row per protocol, accuracies in percent."""
