@@ -38,9 +38,9 @@ from __future__ import annotations
 import argparse
 import hashlib
 import io
+import logging
 import os
 import pickle
-import shutil
 import sys
 from contextlib import AbstractContextManager, contextmanager, nullcontext, redirect_stderr, redirect_stdout
 from dataclasses import dataclass
@@ -55,8 +55,11 @@ from deepspeed.runtime.checkpoint_engine import TorchCheckpointEngine
 from torch import Tensor, nn
 
 from jepa.launch import detect as detect_launch, free_port
+from jepa.outputs import remove_tree
 from jepa.param_groups import build_param_groups
 from jepa.recipe import EngineConfig, OptimConfig, split_global_batch
+
+log = logging.getLogger(__name__)
 
 DEEPSPEED_TAG = "deepspeed"  # sub-directory of a checkpoint holding DeepSpeed's own files
 FUSED_ADAMW_DEVICES = ("cpu", "cuda")
@@ -93,6 +96,16 @@ class _WeightsOnlyCheckpointEngine(TorchCheckpointEngine):
                              f"written by `jepa train`. Detail: {' '.join(str(exc).split())[:300]}") from None
         except (RuntimeError, EOFError, OSError) as exc:
             raise ValueError(f"{path}: cannot read this DeepSpeed state file ({type(exc).__name__}: {exc})") from None
+
+
+def _remove_scratch(path: Path) -> None:
+    """Remove the resharding scratch folder (a symbolic link there: the link only). A failure is a
+    warning: what is left is removed by the next attempt, and an error being raised stays the one shown."""
+    try:
+        remove_tree(path)
+    except OSError as exc:
+        log.warning("could not remove the resharding scratch folder %s (%s); remove it by hand", path,
+                    exc.strerror or exc)
 
 
 @contextmanager
@@ -455,31 +468,37 @@ class Engine:
             if universal:
                 self.all_gather_object(None)  # every rank has read the converted files
                 if self.dist.is_main:
-                    shutil.rmtree(reshard_dir, ignore_errors=True)
+                    _remove_scratch(reshard_dir)
         if error:
             raise ValueError(error)
 
     def _convert_to_universal(self, source: Path, target: Path) -> None:
         """Rank 0 runs ``ds_to_universal`` from ``source`` (ZeRO shards of another world size) into
         ``target``; every rank raises the same error if it fails."""
+        scratch = target.parent
         error = None
         if self.dist.is_main:
-            try:
-                if target.parent.exists():  # left behind by an interrupted earlier attempt
-                    shutil.rmtree(target.parent)
-                target.parent.mkdir(parents=True)
-                args = argparse.Namespace(input_folder=str(source), output_folder=str(target), num_extract_workers=1,
-                                          num_merge_workers=1, keep_temp_folder=False, strict=True,
-                                          inject_missing_state=True)
-                with _weights_only_torch_load(), redirect_stdout(io.StringIO()), redirect_stderr(io.StringIO()):
-                    ds_to_universal.main(args)
-            except Exception as exc:  # noqa: BLE001 - every rank re-raises it below, as a ValueError naming it
-                error = f"{type(exc).__name__}: {' '.join(str(exc).split())[:500]}"
-                shutil.rmtree(target.parent, ignore_errors=True)
+            try:  # a folder left by an interrupted earlier attempt, or a link (dangling or not) in its place
+                remove_tree(scratch)
+                scratch.mkdir(parents=True)
+            except OSError as exc:
+                error = (f"{scratch}: cannot make the scratch folder for resharding ({exc.strerror or exc}); remove "
+                         "what is there or make its folder writable")
+            if error is None:
+                try:
+                    args = argparse.Namespace(input_folder=str(source), output_folder=str(target),
+                                              num_extract_workers=1, num_merge_workers=1, keep_temp_folder=False,
+                                              strict=True, inject_missing_state=True)
+                    with _weights_only_torch_load(), redirect_stdout(io.StringIO()), redirect_stderr(io.StringIO()):
+                        ds_to_universal.main(args)
+                except Exception as exc:  # noqa: BLE001 - every rank re-raises it below, as a ValueError naming it
+                    error = (f"{source}: DeepSpeed could not convert this ZeRO state to another number of processes "
+                             f"({type(exc).__name__}: {' '.join(str(exc).split())[:500]}); resume with the number of "
+                             "processes that wrote it (meta.json: world_size)")
+                    _remove_scratch(scratch)
         error = self.all_gather_object(error)[0]
         if error:
-            raise ValueError(f"{source}: DeepSpeed could not convert this ZeRO state to another number of processes "
-                             f"({error}); resume with the number of processes that wrote it (meta.json: world_size)")
+            raise ValueError(error)
 
     def barrier(self) -> None:
         dist.barrier()

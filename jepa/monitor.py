@@ -51,15 +51,30 @@ def _parse_metrics(path: Path) -> list[tuple[str, dict[str, Any]]]:
     """``(line, record)`` pairs; a torn last line (a process killed mid-write) is left out."""
     if not path.exists():
         return []
-    text = path.read_text()
+    if not path.is_file():  # a named pipe would block the read
+        raise ValueError(f"{path}: not a regular file; move it away (the run's metrics are appended to it)")
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start}); the file was edited or "
+                         "corrupted") from None
     complete = text.split("\n")[:-1]  # text after the last newline is a torn write
     out = []
     for number, line in enumerate(complete, 1):
         if line.strip():
+            problem = None
             try:
-                out.append((line, json.loads(line)))
+                record = json.loads(line)
+            except RecursionError:
+                problem = "JSON nested too deeply"
             except json.JSONDecodeError as exc:
-                raise ValueError(f"{path}:{number}: not a JSON record ({exc}); the file was edited or corrupted") from exc
+                problem = str(exc)
+            else:
+                if not isinstance(record, dict) or not isinstance(record.get("step"), int):
+                    problem = "not an object with an integer step"
+            if problem is not None:
+                raise ValueError(f"{path}:{number}: not a JSON record ({problem}); the file was edited or corrupted")
+            out.append((line, record))
     return out
 
 

@@ -91,16 +91,18 @@ class OnlineKNN:
                 for x, y in self._my_batches(name, skipped):
                     pooled.append(encoder(x.to(device, non_blocking=True)).float().mean(dim=1).cpu())
                     labels.append(y)
-        except (ValueError, RuntimeError, OSError) as exc:
-            error = f"{name}: {exc}"
+        except (ValueError, RuntimeError, OSError, MemoryError) as exc:
+            error = _failure(exc, name, self.engine.dist.rank)
+            pooled, labels = [], []  # what this rank holds goes; its features are not gathered
         if skipped:
             log.warning("rank %d: online evaluation skipped %d samples of %s (a bad label or not decodable); last: %s",
                         self.engine.dist.rank, len(skipped), name, skipped[-1])
         mine = (torch.cat(pooled), torch.cat(labels)) if labels else (torch.empty(0), torch.empty(0, dtype=torch.int64))
         gathered = self.engine.all_gather_object((error, mine))
         errors = [e for e, _ in gathered if e is not None]
-        if errors:
-            raise ValueError(f"online evaluation failed: {errors[0]}")
+        if errors:  # the same exception on every rank: running out of memory stays that (the CLI names the knobs)
+            kind, text = next((e for e in errors if e[0] != "error"), errors[0])
+            raise _RAISED[kind](text)
         parts = [part for _, part in gathered]
         feats = torch.cat([f for f, _ in parts if f.numel()]) if any(f.numel() for f, _ in parts) else torch.empty(0)
         labels_N = torch.cat([y for _, y in parts])
@@ -132,6 +134,28 @@ class OnlineKNN:
         scores = knn.scores(num_classes)
         ks = (1, 5) if num_classes >= 5 else (1,)
         return {f"knn_top{k}": acc for k, acc in topk_accuracy(scores, query_labels, ks).items()}
+
+
+_CPU_ALLOC_FAILED = "DefaultCPUAllocator: can't allocate memory"
+"""torch's host allocator raises a plain RuntimeError with this text when an allocation fails."""
+
+_RAISED = {"gpu memory": torch.OutOfMemoryError, "host memory": MemoryError, "error": ValueError}
+"""The exception every rank raises for a failure of each kind (:func:`_failure`)."""
+
+
+def _failure(exc: BaseException, name: str, rank: int) -> tuple[str, str]:
+    """``(kind, message)`` of a failure on this rank while encoding ``name``, for every rank to raise
+    the same: running out of GPU or host memory keeps its kind (``torch.OutOfMemoryError`` /
+    ``MemoryError``), anything else becomes a ``ValueError``."""
+    text, where = str(exc).strip(), f"online evaluation of {name} on rank {rank}"
+    if isinstance(exc, torch.OutOfMemoryError):  # its first line says how much; the rest is allocator statistics
+        return "gpu memory", f"{where}: {text.splitlines()[0] if text else 'CUDA out of memory'}"
+    if isinstance(exc, MemoryError) or (isinstance(exc, RuntimeError) and _CPU_ALLOC_FAILED in text):
+        # one line, the allocator's words first (the CLI quotes from them on); a MemoryError: often empty
+        detail = text[text.find(_CPU_ALLOC_FAILED):].splitlines()[0] if _CPU_ALLOC_FAILED in text else \
+            (text.splitlines() or [""])[-1]
+        return "host memory", f"{detail} ({where})" if detail else where
+    return "error", f"online evaluation failed: {name}: {exc}"
 
 
 def _class_names(shards: str) -> list[str] | None:

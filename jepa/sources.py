@@ -177,14 +177,22 @@ def _foreign_source(checkpoint: Any, path: Path, which: WhichEncoder, options: d
     """A checkpoint (read from ``path``) in another project's layout: the first modality whose
     ``load_foreign`` knows it."""
     if isinstance(checkpoint, dict):
-        for info in registry.available():
-            found = registry.get(info.name).load_foreign(checkpoint, path, which, options)
+        for name in registry.MODALITIES.loadable():  # a broken plugin (a warning elsewhere) is not asked
+            found = registry.get(name).load_foreign(checkpoint, path, which, options)
             if found is not None:
                 return EncoderSource(_freeze(found.encoder), found.modality, "foreign", found.description, which,
                                      str(path), found.step)
     keys = sorted(checkpoint)[:10] if isinstance(checkpoint, dict) else type(checkpoint).__name__
-    raise ValueError(f"{path}: no installed modality recognises this checkpoint (top level: {keys}); pass a run dir, "
-                     "a checkpoint of `jepa train`, the authors' released .pth.tar, or a file from `jepa export`")
+    broken = sorted(registry.MODALITIES.problems())
+    unasked = (f"; not asked: the broken modality plugin(s) {', '.join(broken)} (`jepa modalities` says why)"
+               if broken else "")
+    raise ValueError(f"{path}: no installed modality recognises this checkpoint (top level: {keys}){unasked}; pass "
+                     "a run dir, a checkpoint of `jepa train`, the authors' released .pth.tar, or a file from "
+                     "`jepa export`")
+
+
+_EXPORT_METADATA_KEYS = {"model": str, "modality_name": str, "modality": dict, "encoder": str}
+"""What :func:`_torchscript_source` reads from the metadata, and of which type."""
 
 
 def _is_torchscript(path: Path) -> bool:
@@ -207,10 +215,20 @@ def read_export_metadata(path: str | Path) -> dict[str, Any]:
             name = next((n for n in zf.namelist() if n.split("/", 1)[-1] == f"extra/{EXPORT_METADATA_NAME}"), None)
             if name is None or zf.getinfo(name).file_size > 1 << 20:
                 raise ValueError("missing or oversized")
-            return json.loads(zf.read(name))
+            meta = json.loads(zf.read(name))  # at most the size checked above: zipfile stops there
+        if not isinstance(meta, dict):
+            raise ValueError(f"a JSON {type(meta).__name__} where an object belongs")
+        wrong = [key for key, kind in _EXPORT_METADATA_KEYS.items() if not isinstance(meta.get(key), kind)]
+        if wrong:
+            raise ValueError(f"no {', '.join(wrong)} of the right type")
+    except RecursionError:
+        problem = "JSON nested too deeply"
     except (OSError, zipfile.BadZipFile, ValueError) as exc:
-        raise ValueError(f"{path}: a TorchScript file without readable {EXPORT_METADATA_NAME} metadata ({exc}); "
-                         "only files written by `jepa export` can be evaluated") from None
+        problem = str(exc)
+    else:
+        return meta
+    raise ValueError(f"{path}: a TorchScript file without readable {EXPORT_METADATA_NAME} metadata ({problem}); "
+                     "only files written by `jepa export` can be evaluated")
 
 
 def _torchscript_source(path: Path, which: WhichEncoder | None) -> EncoderSource:

@@ -319,7 +319,7 @@ def test_second_writer_into_one_folder_is_refused_and_the_first_finishes(tmp_pat
         second_done.set()
         thread.join(60)
     msg = str(info.value)
-    assert f"{out} is being written by another `jepa shards` (pid {os.getpid()})" in msg, msg
+    assert f"{out} is being written by another writer (jepa shards / jepa demo-data) (pid {os.getpid()})" in msg, msg
     assert "wait for it or choose another folder" in msg
     assert not isinstance(outcome["first"], BaseException), outcome["first"]
     assert outcome["first"].total == 2 and [s["__key__"] for s in read_shard(str(out / "s-000000.tar"))] == ["a", "b"]
@@ -348,8 +348,8 @@ def test_shards_cli_refuses_a_folder_being_written(tmp_path, plain_consoles):
         release.set()
         thread.join(60)
     assert res.exit_code == 2, res.stderr
-    assert res.stderr.strip() == (f"error: {out} is being written by another `jepa shards` (pid {os.getpid()}); "
-                                  "wait for it or choose another folder"), res.stderr
+    assert res.stderr.strip() == (f"error: {out} is being written by another writer (jepa shards / jepa demo-data) "
+                                  f"(pid {os.getpid()}); wait for it or choose another folder"), res.stderr
     res = CliRunner().invoke(app, ["shards", str(src), str(tmp_path / "out2"), "--workers", "1"])
     assert res.exit_code == 0, res.output
 

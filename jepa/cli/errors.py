@@ -7,7 +7,8 @@ one line each) and no traceback:
   or fails its checksums, an unsupported modality hook, a run directory in use: every
   ``ValueError``, ``MissingHookError`` included; operating-system errors such as a full disk
   or a missing permission, shown with their path; and running out of memory, GPU or host, shown
-  with the settings that size it);
+  with the settings that size it, a data-loader worker killed by the OOM killer or a bus error
+  (shared memory) included);
 * exit 1: a run stopped by its own health checks (non-finite loss, representation collapse,
   too many undecodable samples);
 * exit 143 (128 + SIGTERM): a run stopped by SIGTERM before it could save a checkpoint (while
@@ -21,6 +22,7 @@ through :func:`jepa.text.printable`: no control character from them reaches the 
 
 from __future__ import annotations
 
+import re
 from contextlib import contextmanager
 from typing import Iterator
 
@@ -52,7 +54,8 @@ def exit_code_for(exc: BaseException) -> int | None:
         return PREEMPTED
     if isinstance(exc, RunStoppedError):
         return RUN_STOPPED
-    if isinstance(exc, (ValueError, MissingHookError, OSError)) or _out_of_memory(exc) is not None:
+    if (isinstance(exc, (ValueError, MissingHookError, OSError)) or _out_of_memory(exc) is not None
+            or _worker_killed(exc) is not None):
         return USER_ERROR
     return None
 
@@ -80,6 +83,41 @@ def _out_of_memory(exc: BaseException) -> str | None:
     return None
 
 
+_WORKER_KILLED = re.compile(r"DataLoader worker \(pid (\d+)\) is killed by signal: ([^.\n]*)")
+"""torch's message when a loader worker process dies of a signal (its SIGCHLD handler, a RuntimeError)."""
+
+_WORKER_HINTS = {
+    "Killed": ("likely out of host memory (the kernel's OOM killer sends SIGKILL)",
+               "lower data.num_workers, data.prefetch_factor or data.shuffle_buffer (each loader worker holds its "
+               "shuffle buffer and prefetched batches) or data.micro_batch_size; `jepa eval`: --num-workers, "
+               "--shuffle-buffer, --batch-size"),
+    "Bus error": ("likely out of shared memory (/dev/shm, through which workers hand over batches; small in "
+                  "containers: docker --shm-size)", "lower data.num_workers or data.prefetch_factor, or give the "
+                  "machine more shared memory"),
+}
+
+
+def _worker_killed(exc: BaseException) -> str | None:
+    """The one-line message for a data-loader worker killed by SIGKILL (the OOM killer) or SIGBUS
+    (shared memory full), or None (another signal, such as a crash in a decoder, is a bug).
+
+    torch raises the signal's error from its SIGCHLD handler, or (when the main process notices the
+    dead worker first) ``DataLoader worker (pid(s) N) exited unexpectedly`` caused by it: the chain
+    of ``RuntimeError`` causes is searched.
+    """
+    seen = 0
+    while isinstance(exc, RuntimeError) and seen < 8:
+        match = _WORKER_KILLED.search(str(exc))
+        if match is not None:
+            signal = match.group(2).strip()
+            if signal not in _WORKER_HINTS:
+                return None
+            likely, hint = _WORKER_HINTS[signal]
+            return f"a data-loading worker (pid {match.group(1)}) was killed by signal {signal}: {likely}; {hint}"
+        exc, seen = exc.__cause__ or exc.__context__, seen + 1
+    return None
+
+
 def message_of(exc: BaseException) -> str:
     """What the user reads for ``exc``: operating-system errors with their path and a hint; running
     out of memory with the settings to lower; an error re-raised from a data-loader worker without
@@ -89,7 +127,7 @@ def message_of(exc: BaseException) -> str:
 
 def _text_of(exc: BaseException) -> str:
     """``exc``'s message as the user reads it, before escaping."""
-    memory = _out_of_memory(exc)
+    memory = _out_of_memory(exc) or _worker_killed(exc)
     if memory is not None:
         return memory
     if isinstance(exc, OSError) and not isinstance(exc, ValueError):

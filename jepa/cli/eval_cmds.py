@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from typing import Optional
 
 import typer
@@ -52,6 +53,19 @@ def _floats(text: str, flag: str) -> tuple[float, ...]:
     from jepa.eval.grid import parse_floats
 
     return parse_floats(text, flag)
+
+
+def _recipe_bound(flag: str, value: int, section: str, field: str) -> None:
+    """Refuse ``value`` of ``flag`` above the bound of the recipe field it corresponds to (``section.field``),
+    read from the field itself so that both stay the same, with the field's reason."""
+    from jepa.recipe import DataConfig, EvalConfig
+
+    info = {"data": DataConfig, "eval": EvalConfig}[section].model_fields[field]
+    most = next(m.le for m in info.metadata if getattr(m, "le", None) is not None)
+    if value > most:
+        reason = re.search(r"\(at most [^:()]*: ([^()]*)\)", info.description or "")
+        raise ValueError(f"{flag} {value} is more than the {most:,} allowed (as for the recipe's {section}.{field})"
+                         f"{f': {reason.group(1)}' if reason else ''}; lower {flag}")
 
 
 def register(app: typer.Typer, bench: typer.Typer) -> None:
@@ -118,6 +132,11 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
         with cli_errors():
             if json_out and json_out != "-":  # before any work: the report would be lost at the end
                 check_output_file(json_out, "--json", example="report.json")
+            for flag, value, section, field in (("--batch-size", batch_size, "eval", "batch_size"),
+                                                ("--k", k, "eval", "k"),
+                                                ("--num-workers", num_workers, "data", "num_workers"),
+                                                ("--shuffle-buffer", shuffle_buffer, "data", "shuffle_buffer")):
+                _recipe_bound(flag, value, section, field)
             settings = EvalSettings(
                 protocols=parse_protocols(protocol), k=k, temperature=temperature, low_shot=low_shot, epochs=epochs,
                 lbfgs_iters=lbfgs_iters, batch_size=batch_size, linear_lrs=_floats(linear_lrs, "--linear-lrs"),

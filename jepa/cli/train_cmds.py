@@ -144,9 +144,17 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
 
         from jepa import mfu
         from jepa.monitor import read_metrics
+        from jepa.outputs import check_output_file
         from jepa.train import train
 
         with cli_errors():
+            if trace is not None and not profile:
+                raise typer.BadParameter("--trace needs --profile")
+            # before any work: the results would be lost at the end
+            if json_out is not None:
+                check_output_file(json_out, "--json", example="bench.json")
+            if trace is not None:
+                check_output_file(trace, "--trace", example="trace.json")
             base = load_recipe(recipe, overrides or [])
             bench_overrides = [*(overrides or []), "data.source=synthetic", f"max_steps={warmup + steps}",
                                f"log.every_steps={warmup + steps}", f"run_dir={base.resolved_run_dir}-bench"]
@@ -166,8 +174,6 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
             gemm = [mfu.measure_gemm(device, dtype)] if device.type == "cpu" and not interleave else []
             if device.type == "cuda":
                 torch.cuda.reset_peak_memory_stats(device)
-            if trace is not None and not profile:
-                raise typer.BadParameter("--trace needs --profile")
             profiler = _step_profiler(device, warmup, steps) if profile else None
             starts, ends = [], []  # of every step, timed without the per-log metrics (RankMe, ...)
             faults: list[int] = []  # minor page faults of this process at the end of every step
@@ -229,16 +235,18 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
         if profiler is not None:
             breakdown = _print_profile(profiler, step_times, device)
             if trace is not None:
-                profiler.export_chrome_trace(str(trace))
+                with cli_errors():
+                    profiler.export_chrome_trace(str(trace))
                 console.print(f"trace written to {trace}")
         if json_out is not None:
-            json_out.write_text(json.dumps({
-                "recipe": r.name, "model": registry.bind(r.modality).describe(), "world_size": world,
-                "global_batch": r.data.global_batch_size, "micro_batch": micro, "precision": r.engine.precision,
-                "zero_stage": r.engine.zero_stage, "compile": r.engine.compile,
-                "activation_checkpointing": r.engine.activation_checkpointing, "device": str(device),
-                "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-                "step_time_s": step_time, "step_times_s": step_times, "gemm_flops_per_s": [g for g, _ in gemm],
-                "page_faults_per_step": step_faults, "samples_per_s": samples_per_s, "flops_per_sample": flops,
-                "peak_flops_per_s": peak, "peak_source": peak_source, "mfu": utilisation,
-                "peak_memory_bytes": peak_mem, "profile": breakdown}, indent=1) + "\n")
+            with cli_errors():
+                json_out.write_text(json.dumps({
+                    "recipe": r.name, "model": registry.bind(r.modality).describe(), "world_size": world,
+                    "global_batch": r.data.global_batch_size, "micro_batch": micro, "precision": r.engine.precision,
+                    "zero_stage": r.engine.zero_stage, "compile": r.engine.compile,
+                    "activation_checkpointing": r.engine.activation_checkpointing, "device": str(device),
+                    "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+                    "step_time_s": step_time, "step_times_s": step_times, "gemm_flops_per_s": [g for g, _ in gemm],
+                    "page_faults_per_step": step_faults, "samples_per_s": samples_per_s, "flops_per_sample": flops,
+                    "peak_flops_per_s": peak, "peak_source": peak_source, "mfu": utilisation,
+                    "peak_memory_bytes": peak_mem, "profile": breakdown}, indent=1) + "\n")

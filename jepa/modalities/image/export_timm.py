@@ -236,5 +236,27 @@ def load_timm_export(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
         header = f.metadata() or {}
     if "timm_model" not in header or "timm_kwargs" not in header:
         raise ValueError(f"{path}: not a `jepa export --format safetensors-timm` file (no timm_model/timm_kwargs metadata)")
-    model = build_timm_model(header["timm_model"], json.loads(header["timm_kwargs"]), load_file(str(path)))
-    return model, json.loads(header["jepa_export"])
+    kwargs, meta = _header_object(path, header, "timm_kwargs"), _header_object(path, header, "jepa_export")
+    model = build_timm_model(header["timm_model"], kwargs, load_file(str(path)))
+    return model, meta
+
+
+def _header_object(path: str | Path, header: dict[str, str], key: str) -> dict[str, Any]:
+    """The JSON object stored as ``key`` in a safetensors header (the file may be damaged or made by
+    someone else: a ``ValueError`` naming the file and the key, never a traceback)."""
+    problem = None
+    try:
+        value = json.loads(header[key])
+    except KeyError:
+        problem = "missing"
+    except RecursionError:
+        problem = "JSON nested too deeply"
+    except ValueError as exc:
+        problem = f"not JSON: {exc}"
+    else:
+        if not isinstance(value, dict):
+            problem = f"a JSON {type(value).__name__} where an object belongs"
+    if problem is not None:
+        raise ValueError(f"{path}: not a readable `jepa export --format safetensors-timm` file (metadata {key}: "
+                         f"{problem}); export it again")
+    return value
