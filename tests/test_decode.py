@@ -16,9 +16,9 @@ from jepa.modalities.image.config import InputConfig
 from jepa.modalities.image.decode import (
     EncodedJPEG, ReducedImage, decode_image, jpeg_reduction, smallest_crop_side,
 )
-from jepa.modalities.image.transforms import (
-    eval_batch, eval_resize_size, finish_batch, normalize_uint8, sample_crop_boxes, snap_boxes, train_batch,
-)
+from jepa.modalities.image.transforms import eval_batch, finish_batch, snap_boxes, train_batch
+from jepa.vision.crops import eval_resize_size, sample_crop_boxes
+from jepa.vision.pixels import normalize_uint8
 
 CFG = InputConfig(crop_size=32)
 REDUCED = CFG.model_copy(update={"jpeg_reduced_decode": True})

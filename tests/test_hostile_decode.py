@@ -198,7 +198,7 @@ def test_video_frames_past_the_bound_are_refused_by_the_probe_before_decoding():
     from jepa.modalities.video import pyav_io
     from jepa.modalities.video.decode import probe_video
 
-    from jepa.modalities.image.decode import MAX_PIXELS
+    from jepa.vision.pixels import MAX_PIXELS
 
     assert pyav_io.MAX_FRAME_PIXELS == MAX_PIXELS  # one bound (the decoder's child imports no jepa)
     small = _video(32, 32)

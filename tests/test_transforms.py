@@ -13,9 +13,8 @@ from PIL import Image
 from torchvision.transforms import RandomResizedCrop
 
 from jepa.modalities.image.config import InputConfig
-from jepa.modalities.image.transforms import (
-    decode_image, eval_batch, eval_resize_size, sample_crop_boxes, train_batch,
-)
+from jepa.modalities.image.transforms import decode_image, eval_batch, train_batch
+from jepa.vision.crops import eval_resize_size, sample_crop_boxes
 
 
 def _encode(array: np.ndarray, fmt: str, mode: str | None = None) -> bytes:

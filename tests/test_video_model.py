@@ -13,12 +13,12 @@ import torch
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
-from jepa.modalities.image.config import VIT_ARCHS
 from jepa.modalities.image.flops import encoder_forward_flops, predictor_forward_flops
 from jepa.modalities.video.config import VideoConfig
 from jepa.modalities.video.flops import expected_mask_tokens, train_flops_per_clip
-from jepa.modalities.video.pos_embed import sincos_3d
 from jepa.modalities.video.vit import TubeletEmbed, VideoViTEncoder, VideoViTPredictor
+from jepa.nn.config import VIT_ARCHS
+from jepa.nn.pos_embed import sincos_3d
 
 SMALL = dict(num_frames=4, img_size=16, patch_size=8, tubelet_size=2, in_chans=3, embed_dim=48, depth=2,
              num_heads=4, mlp_dim=80)  # 2 x 2 x 2 = 8 tokens

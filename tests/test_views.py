@@ -16,16 +16,17 @@ from jepa.modalities.image import ImageModality
 from jepa.modalities.image import transforms as image_transforms
 from jepa.modalities.image.config import ImageConfig, ViewsConfig
 from jepa.modalities.image.decode import ReducedImage
-from jepa.modalities.image.views import (
-    adjust_brightness, adjust_contrast, adjust_hue, adjust_saturation, apply_photometric, draw_photometric,
-    gaussian_blur, local_view_size,
-)
+from jepa.modalities.image.views import local_view_size
 from jepa.modalities.video import VideoModality
 from jepa.modalities.video.config import VideoConfig
 from jepa.modalities.video.decode import probe_video
 from jepa.modalities.video.demo import demo_clip, encode_mp4
 from jepa.modalities.video.views import local_clip_size
 from jepa.recipe import RecipeError, parse_recipe
+from jepa.vision.photometric import (
+    adjust_brightness, adjust_contrast, adjust_hue, adjust_saturation, apply_photometric, draw_photometric,
+    gaussian_blur,
+)
 from tiny_recipes import tiny_image_recipe
 from toy_modality import ToyModality
 

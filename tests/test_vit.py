@@ -12,12 +12,13 @@ import torch
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
-from jepa.modalities.image.config import VIT_ARCHS, ImageConfig, MaskConfig
+from jepa.modalities.image.config import ImageConfig, MaskConfig
 from jepa.modalities.image.flops import (encoder_forward_flops, expected_mask_tokens, predictor_forward_flops,
                                          train_flops_per_image)
 from jepa.modalities.image.masks import MultiBlockMaskSampler
 from jepa.modalities.image.pos_embed import sincos_2d
 from jepa.modalities.image.vit import ViTEncoder, ViTPredictor
+from jepa.nn.config import VIT_ARCHS
 
 SMALL = dict(img_size=32, patch_size=8, in_chans=3, embed_dim=64, depth=2, num_heads=4, mlp_dim=160)
 PRED = dict(grid_size=4, embed_dim=64, predictor_dim=32, depth=2, num_heads=4, mlp_ratio=3.0)

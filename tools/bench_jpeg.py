@@ -113,7 +113,8 @@ def old_decode_image(sample: dict[str, Any]) -> torch.Tensor:
     from PIL import Image, ImageOps, UnidentifiedImageError
 
     from jepa.data.reading import sample_payload, sample_where
-    from jepa.modalities.image.decode import IMAGE_KEYS, MAX_PIXELS, _pil_to_rgb
+    from jepa.modalities.image.decode import IMAGE_KEYS, _pil_to_rgb
+    from jepa.vision.pixels import MAX_PIXELS
 
     key, data = sample_payload(sample, IMAGE_KEYS, "image")
     where = sample_where(sample)
@@ -141,7 +142,8 @@ def old_train_batch(items: list[torch.Tensor], cfg: Any, generator: torch.Genera
     (``normalize_uint8`` computes as it did: ``x.float().sub_(255 mean).div_(255 std)``)."""
     import torchvision.transforms.v2.functional as TF
 
-    from jepa.modalities.image.transforms import normalize_uint8, sample_crop_boxes
+    from jepa.vision.crops import sample_crop_boxes
+    from jepa.vision.pixels import normalize_uint8
 
     s = cfg.crop_size
     heights = torch.tensor([x.shape[1] for x in items])
@@ -159,7 +161,7 @@ def authors_train_batch(samples: list[dict[str, Any]], cfg: Any, generator: torc
     import torchvision.transforms.functional as F1
     from PIL import Image
 
-    from jepa.modalities.image.transforms import sample_crop_boxes
+    from jepa.vision.crops import sample_crop_boxes
 
     images = [Image.open(io.BytesIO(s["jpg"])).convert("RGB") for s in samples]
     boxes = sample_crop_boxes(torch.tensor([im.height for im in images]), torch.tensor([im.width for im in images]),
@@ -238,7 +240,8 @@ def stage_times(samples: list[dict[str, Any]], cfg: Any, batch: int, repeats: in
     from PIL import Image
 
     from jepa.modalities.image.decode import decode_image
-    from jepa.modalities.image.transforms import _norm_constants, sample_crop_boxes
+    from jepa.vision.crops import sample_crop_boxes
+    from jepa.vision.pixels import norm_constants as _norm_constants
 
     chunk = samples[:batch]
     images = [decode_image(s) for s in chunk]

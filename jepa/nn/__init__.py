@@ -12,7 +12,9 @@ One concept per module:
   table, a patch tiles the input, depth and drop-path);
 * :mod:`jepa.nn.grid_masks`: block masks on a 1-, 2- or 3-D token grid and the collation of rows
   of different lengths (cut to the shortest, or padded to the longest);
-* :mod:`jepa.nn.flops`: analytic transformer FLOPs, generic in the token count.
+* :mod:`jepa.nn.flops`: analytic transformer FLOPs, generic in the token count;
+* :mod:`jepa.nn.config`: the recipe sections of those transformers (the ViT size table, ``encoder``
+  and ``predictor`` sections, the bounds on every size that sets memory).
 
 Nothing here imports a modality; the modalities import from here.
 """

@@ -7,8 +7,8 @@ output and MLP projections ``2 n (4 D^2 + 2 D H)`` plus attention's ``Q K^T`` an
 1 % for ViT-H). A patch (or tubelet) embedding is a matmul over flattened patches of ``V`` values
 each: ``2 N V D``. Backward is counted as twice the forward (:data:`FORWARD_BACKWARD`).
 
-A modality composes these into its training FLOPs per sample (image: :mod:`jepa.modalities.image.flops`,
-video: :mod:`jepa.modalities.video.flops`), with its own expected context and target token counts.
+A modality composes these into its training FLOPs per sample (``Modality.train_flops_per_sample``),
+with its own expected context and target token counts.
 """
 
 from __future__ import annotations

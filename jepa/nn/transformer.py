@@ -5,9 +5,9 @@ norm, the keep-index gather of context tokens, padded contexts, activation check
 ``forward`` and ``forward_layers``; a subclass only turns its input into position-embedded tokens.
 :class:`TransformerPredictor` (a :class:`~jepa.interfaces.Predictor`) owns the narrow I-JEPA / V-JEPA
 predictor: embed the context, append one mask-token query per target position, run its blocks,
-project the queries back; a subclass gives the position table and its mask token(s). The image ViT
-(:mod:`jepa.modalities.image.vit`), the video ViT (:mod:`jepa.modalities.video.vit`) and the
-transformer of the example plugin in ``examples/`` are such subclasses. No class token.
+project the queries back; a subclass gives the position table and its mask token(s). The ViTs of
+the built-in image and video modalities and the transformer of the example plugin in ``examples/``
+are such subclasses. No class token.
 
 Parameter names are those of the released I-JEPA / V-JEPA checkpoints (``blocks.i.*``, ``norm``;
 ``predictor_embed``, ``predictor_blocks.i.*``, ``predictor_norm``, ``predictor_proj``): they are
@@ -32,8 +32,8 @@ Export constraints (stated once, for every subclass):
   ``@torch.jit.unused`` method, and a scripted copy raises if run in training mode with it enabled.
 * **torch.export**: shape-dependent Python branches (such as "the stored table at the training
   grid, else a table computed for the input's grid") are specialised to the example input's shape;
-  a dynamic-shape export wraps the encoder and computes the table for every input, as
-  :mod:`jepa.modalities.image.export_program` does with ``patch_embed``, ``blocks`` and ``norm``.
+  a dynamic-shape export wraps the encoder and computes the table for every input, as the image
+  modality's ``torch.export`` program does with ``patch_embed``, ``blocks`` and ``norm``.
 """
 
 # No ``from __future__ import annotations`` here: TorchScript needs the class-level attribute

@@ -7,75 +7,12 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from jepa.config import ModalityConfig, StrictModel, check_range
+from jepa.nn.config import VIT_ARCHS, EncoderConfig, PredictorConfig  # noqa: F401 - VIT_ARCHS for released.py
+from jepa.vision.crops import CropViewsConfig
+from jepa.vision.pixels import MAX_CROP
 
-# name -> (width, depth, heads, mlp hidden), from the I-JEPA spec.
-VIT_ARCHS: dict[str, tuple[int, int, int, int]] = {
-    "vit_tiny": (192, 12, 3, 768),
-    "vit_small": (384, 12, 6, 1536),
-    "vit_base": (768, 12, 12, 3072),
-    "vit_large": (1024, 24, 16, 4096),
-    "vit_huge": (1280, 32, 16, 5120),
-    "vit_giant": (1408, 40, 16, 6144),
-}
-ArchName = Literal["vit_tiny", "vit_small", "vit_base", "vit_large", "vit_huge", "vit_giant"]
-
-# Upper bounds of the sizes that set memory, far above any real model (ViT-22B: width 6144, depth 48,
-# MLP 24576), so that a typo is a recipe error instead of an allocation that fills the machine.
-MAX_WIDTH = 32_768
-"""Widest encoder or predictor (``embed_dim``)."""
-MAX_DEPTH = 1024
-"""Most transformer blocks (``depth``)."""
-MAX_HEADS = 1024
-"""Most attention heads (``num_heads``)."""
-MAX_MLP_DIM = 262_144
-"""Widest MLP hidden layer (``mlp_dim``, or predictor ``embed_dim x mlp_ratio``)."""
-MAX_CROP = 8192
-"""Largest crop side in pixels (8192 x 8192 = 67 Mpixel, below the 89.5 Mpixel decoding limit)."""
 MAX_CHANNELS = 1024
 """Most input channels."""
-_SIZE_WHY = "bounded far above any real model, since parameters and activations grow with it"
-
-
-class EncoderConfig(StrictModel):
-    """Context/target ViT. ``embed_dim``/``depth``/``num_heads``/``mlp_dim`` override the arch's values."""
-
-    arch: ArchName = Field("vit_huge", description="One of " + ", ".join(VIT_ARCHS))
-    patch_size: int = Field(14, gt=0, description="Patch side in pixels (14 or 16 in the paper)")
-    embed_dim: int | None = Field(None, gt=0, le=MAX_WIDTH, description=f"Width (at most {MAX_WIDTH}: {_SIZE_WHY})")
-    depth: int | None = Field(None, gt=0, le=MAX_DEPTH, description=f"Blocks (at most {MAX_DEPTH}: {_SIZE_WHY})")
-    num_heads: int | None = Field(None, gt=0, le=MAX_HEADS, description=f"Attention heads (at most {MAX_HEADS}: "
-                                  f"{_SIZE_WHY})")
-    mlp_dim: int | None = Field(None, gt=0, le=MAX_MLP_DIM, description=f"MLP hidden width (at most {MAX_MLP_DIM}: "
-                                f"{_SIZE_WHY})")
-    drop_path: float = Field(0.0, ge=0, lt=1)
-
-    @property
-    def dims(self) -> tuple[int, int, int, int]:
-        """(width, depth, heads, mlp hidden) after overrides."""
-        w, d, h, m = VIT_ARCHS[self.arch]
-        if self.embed_dim is not None and self.mlp_dim is None:
-            m = 4 * self.embed_dim
-        return (self.embed_dim or w, self.depth or d, self.num_heads or h, self.mlp_dim or m)
-
-
-class PredictorConfig(StrictModel):
-    """Narrow ViT predictor."""
-
-    embed_dim: int = Field(384, gt=0, le=MAX_WIDTH, description=f"Predictor width (at most {MAX_WIDTH}: {_SIZE_WHY})")
-    depth: int = Field(12, gt=0, le=MAX_DEPTH, description=f"12 for ViT-H/14, 16 for ViT-g/16 (at most {MAX_DEPTH}: "
-                       f"{_SIZE_WHY})")
-    num_heads: int | None = Field(None, gt=0, le=MAX_HEADS, description=f"Default: the encoder's head count (at most "
-                                  f"{MAX_HEADS}: {_SIZE_WHY})")
-    mlp_ratio: float = Field(4.0, gt=0, description=f"MLP hidden width / embed_dim (the hidden width at most "
-                             f"{MAX_MLP_DIM}: {_SIZE_WHY})")
-
-    @model_validator(mode="after")
-    def _mlp_width(self) -> "PredictorConfig":
-        if self.embed_dim * self.mlp_ratio > MAX_MLP_DIM:
-            raise ValueError(f"embed_dim x mlp_ratio = {self.embed_dim} x {self.mlp_ratio:g} is an MLP hidden width of "
-                             f"{self.embed_dim * self.mlp_ratio:.4g}, more than {MAX_MLP_DIM} ({_SIZE_WHY}); "
-                             "lower mlp_ratio")
-        return self
 
 
 class MaskConfig(StrictModel):
@@ -133,34 +70,6 @@ class InputConfig(StrictModel):
         "the same values; a loader worker then writes, and the copy to the GPU moves, a quarter of the bytes. Meant "
         "for GPU training: on a CPU it moves the normalisation from the loader workers into the training process. "
         "Evaluation views stay float32")
-
-
-class PhotometricConfig(StrictModel):
-    """Per-view flip and colour augmentation of view-based objectives (LeJEPA; shared by the image and
-    video views). Every probability is drawn independently per view of every sample."""
-
-    flip_p: float = Field(0.5, ge=0, le=1, description="Probability of a left-right flip")
-    jitter_p: float = Field(0.8, ge=0, le=1, description="Probability of colour jitter (the four adjustments below, "
-                            "in a random order per view)")
-    brightness: float = Field(0.4, ge=0, description="Brightness factor drawn from [max(0, 1 - x), 1 + x]")
-    contrast: float = Field(0.4, ge=0, description="Contrast factor drawn from [max(0, 1 - x), 1 + x]")
-    saturation: float = Field(0.2, ge=0, description="Saturation factor drawn from [max(0, 1 - x), 1 + x]")
-    hue: float = Field(0.1, ge=0, le=0.5, description="Hue shift drawn from [-x, x] (fractions of the colour circle)")
-    grayscale_p: float = Field(0.2, ge=0, le=1, description="Probability of converting a view to grey (kept 3 channels)")
-
-
-class CropViewsConfig(PhotometricConfig):
-    """The crop scales of global and local views (shared by the image and video views)."""
-
-    global_scale: tuple[float, float] = Field((0.3, 1.0), description="RandomResizedCrop area fraction of a global "
-                                              "view (cropped to input.crop_size)")
-    local_scale: tuple[float, float] = Field((0.05, 0.3), description="RandomResizedCrop area fraction of a local view")
-
-    @model_validator(mode="after")
-    def _crop_ranges(self) -> "CropViewsConfig":
-        check_range("global_scale", self.global_scale, 1.0)
-        check_range("local_scale", self.local_scale, 1.0)
-        return self
 
 
 class ViewsConfig(CropViewsConfig):

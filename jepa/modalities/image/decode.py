@@ -15,11 +15,11 @@ Three kinds of decoded item, one per ``modality.input`` setting (see :class:`~.c
   batch with an error naming the file.
 
 Every image is also bounded here, from its header, before a pixel is decoded: neither the decoded
-image nor any view's resize of it may hold more than :data:`MAX_PIXELS` pixels
-(:func:`view_size_problem`). The evaluation view resizes the shorter side, so a tall-thin image of
-a few hundred bytes (1 x 60000 px) would grow by the resize factor in both directions; the bound
-on the resized size is what bounds the aspect ratio. Such a sample is skipped and counted like an
-undecodable one.
+image nor any view's resize of it may hold more than :data:`~jepa.vision.pixels.MAX_PIXELS` pixels
+(:func:`~jepa.vision.pixels.view_size_problem`). The evaluation view resizes the shorter side, so a
+tall-thin image of a few hundred bytes (1 x 60000 px) would grow by the resize factor in both
+directions; the bound on the resized size is what bounds the aspect ratio. Such a sample is skipped
+and counted like an undecodable one.
 
 Why the reduction is decided here, from the header, and not per crop box: the box is drawn only
 when the batch is made, and a sample that fails to decode must fail *here*, where the loader skips
@@ -42,6 +42,8 @@ import torchvision.io
 from torch import Tensor
 
 from jepa.modalities.image.config import InputConfig
+from jepa.vision.crops import CROP_RATIO, eval_resize_size
+from jepa.vision.pixels import DEFAULT_CROP_SIZE, MAX_PIXELS, view_size_problem
 
 #: Sample keys that may hold an encoded image, in the order they are looked for.
 IMAGE_KEYS: tuple[str, ...] = ("jpg", "jpeg", "png", "webp", "ppm", "bmp")
@@ -49,14 +51,6 @@ IMAGE_KEYS: tuple[str, ...] = ("jpg", "jpeg", "png", "webp", "ppm", "bmp")
 IMAGE_SUFFIXES: dict[str, str] = {
     ".jpg": "jpg", ".jpeg": "jpeg", ".png": "png", ".webp": "webp", ".ppm": "ppm", ".bmp": "bmp",
 }
-#: Most pixels (width x height) an image may declare, and most pixels any view may resize it to
-#: (:func:`view_size_problem`); larger ones are refused before decoding (Pillow's own default,
-#: ``PIL.Image.MAX_IMAGE_PIXELS``: about 9459 x 9459). One bound for both: no view then allocates
-#: more than the largest image that may be decoded, and a square image passes at every crop size
-#: a ViT here takes (8192 px: the evaluation resize to 9362 x 9362 is 87.6 M pixels).
-MAX_PIXELS = 89_478_485
-#: Aspect-ratio (w/h) range of the training crop, as in RandomResizedCrop.
-CROP_RATIO: tuple[float, float] = (3 / 4, 4 / 3)
 #: DCT scaling factors libjpeg offers through Pillow's ``draft``, largest first.
 JPEG_REDUCTIONS: tuple[int, ...] = (8, 4, 2)
 #: EXIF orientations that swap width and height (transpose, rotate 90/270, transverse).
@@ -107,12 +101,12 @@ def decode_image(sample: dict[str, Any], cfg: InputConfig | None = None) -> Imag
     """Decode the image of one shard sample to RGB, safely whatever its bytes.
 
     The header is read first (Pillow reads only the header when it opens a file) and the image
-    is refused before any pixel is decoded when it declares more than :data:`MAX_PIXELS` pixels
-    (a decompression bomb). JPEG is decoded by torchvision (libjpeg-turbo) at full size, by Pillow
-    (same library) when decoded at reduced size; every other format by Pillow: torchvision 0.29's
-    PNG decoder crashes the process (SIGSEGV) on a PNG whose image data stops early, where Pillow
-    raises an error. The format comes from the bytes, not the key, so a PNG stored as ``.jpg``
-    decodes too.
+    is refused before any pixel is decoded when it declares more than
+    :data:`~jepa.vision.pixels.MAX_PIXELS` pixels (a decompression bomb). JPEG is decoded by
+    torchvision (libjpeg-turbo) at full size, by Pillow (same library) when decoded at reduced size;
+    every other format by Pillow: torchvision 0.29's PNG decoder crashes the process (SIGSEGV) on a
+    PNG whose image data stops early, where Pillow raises an error. The format comes from the bytes,
+    not the key, so a PNG stored as ``.jpg`` decodes too.
 
     Args:
         sample: webdataset sample, extension -> bytes (plus ``__key__``/``__url__``).
@@ -159,55 +153,8 @@ def decode_image(sample: dict[str, Any], cfg: InputConfig | None = None) -> Imag
 
 
 class _TooLarge(Exception):
-    """A readable image that a view would resize past :data:`MAX_PIXELS` (the message says which)."""
-
-
-# --------------------------------------------------------------------------- the size bound
-
-
-#: The crop size the bound assumes when :func:`decode_image` is given no input section (InputConfig's default).
-DEFAULT_CROP_SIZE = 224
-
-
-def eval_resize_size(crop_size: int) -> int:
-    """Shorter-side resize before the centre crop: 256 for a 224 crop (the usual ratio)."""
-    return round(crop_size * 256 / 224)
-
-
-def resized_size(height: int, width: int, shorter: int) -> list[int]:
-    """(h, w) after resizing the shorter side to ``shorter``, as torchvision computes it."""
-    if height <= width:
-        return [shorter, int(shorter * width / height)]
-    return [int(shorter * height / width), shorter]
-
-
-def view_size_problem(height: int, width: int, crop_size: int) -> str | None:
-    """Why an image (or video frame) of this size is refused, or None when every view stays within
-    :data:`MAX_PIXELS`.
-
-    Two sizes are bounded: the decoded image, and the evaluation view's shorter-side resize to
-    :func:`eval_resize_size`, which grows (or shrinks) both sides by the same factor, so a tall-thin
-    image grows by that factor times its aspect ratio. It is the largest thing any view allocates:
-    a training or LeJEPA crop is resized to at most ``crop_size`` squared, less than the evaluation
-    resize, from a box inside the decoded image, and a separable resize's intermediate is no larger
-    than its input or its output.
-
-    Args:
-        height: full-size height (after EXIF orientation; the bound does not depend on it).
-        width: full-size width.
-        crop_size: the views' output side (``input.crop_size``).
-    """
-    if height < 1 or width < 1:
-        return f"its size is {width}x{height}"
-    if height * width > MAX_PIXELS:
-        return f"{width}x{height} = {height * width:,} pixels, more than the {MAX_PIXELS:,} allowed"
-    h, w = resized_size(height, width, eval_resize_size(crop_size))
-    if h * w > MAX_PIXELS:
-        ratio = max(height, width) / min(height, width)
-        return (f"the evaluation view would resize its {width}x{height} pixels (aspect ratio {ratio:,.0f}:1) to "
-                f"{w}x{h} = {h * w:,} pixels, more than the {MAX_PIXELS:,} any view may allocate; such "
-                "samples are skipped")
-    return None
+    """A readable image that a view would resize past :data:`~jepa.vision.pixels.MAX_PIXELS` (the message
+    says which)."""
 
 
 def _decode_jpeg(data: bytes | bytearray | memoryview, pil: Any, cfg: InputConfig | None,
@@ -268,7 +215,7 @@ def _pil_to_rgb(pil: Any) -> Tensor:
 
 
 def smallest_crop_side(height: int, width: int, min_scale: float, ratio: tuple[float, float] = CROP_RATIO) -> int:
-    """A lower bound on the shorter side of every box :func:`~.transforms.sample_crop_boxes` can
+    """A lower bound on the shorter side of every box :func:`~jepa.vision.crops.sample_crop_boxes` can
     draw from an image of this size (area fraction >= ``min_scale``, aspect ratio in ``ratio``).
 
     A sampled box has w = round(sqrt(A r)), h = round(sqrt(A / r)) with A >= min_scale * H * W,

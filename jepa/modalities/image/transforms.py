@@ -3,8 +3,9 @@
 The training view is I-JEPA's only augmentation: RandomResizedCrop (scale ``crop_scale``, aspect
 ratio 3/4..4/3), then normalisation. No flips, no colour jitter, no blur (paper, section 5).
 Every random number comes from the ``torch.Generator`` passed in, so a batch is a pure function
-of its items and the generator's seed (exact resume depends on it; torchvision's own
-``RandomResizedCrop`` draws from the global RNG and is therefore not used).
+of its items and the generator's seed (exact resume depends on it; the crop boxes are
+:func:`~jepa.vision.crops.sample_crop_boxes`, since torchvision's own ``RandomResizedCrop`` draws
+from the global RNG).
 
 Items are what :func:`~jepa.modalities.image.decode.decode_image` returns: full-size uint8
 tensors, JPEGs decoded at reduced size (:class:`~.decode.ReducedImage`) or JPEGs left encoded
@@ -18,7 +19,6 @@ reaches the training process without another copy.
 
 from __future__ import annotations
 
-import functools
 import math
 from typing import Iterator
 
@@ -29,85 +29,19 @@ from torch.utils.data import get_worker_info
 
 from jepa.modalities.image.config import InputConfig
 from jepa.modalities.image.decode import (  # noqa: F401 - decode_image and the constants are re-exported
-    CROP_RATIO, IMAGE_KEYS, IMAGE_SUFFIXES, MAX_PIXELS, EncodedJPEG, ImageItem, ReducedImage, decode_image,
-    decode_jpegs_on_device, eval_resize_size, resized_size, view_size_problem,
+    IMAGE_KEYS, IMAGE_SUFFIXES, EncodedJPEG, ImageItem, ReducedImage, decode_image, decode_jpegs_on_device,
 )
-
-#: Attempts at a crop box per image before falling back to a centre crop (as in torchvision).
-_CROP_ATTEMPTS = 10
+from jepa.vision.crops import eval_resize_size, resized_size, sample_crop_boxes
+from jepa.vision.pixels import norm_constants, normalize_uint8, view_size_problem
 
 
 # --------------------------------------------------------------------------- training view
 
 
-def sample_crop_boxes(heights: Tensor, widths: Tensor, scale: tuple[float, float],
-                      generator: torch.Generator, ratio: tuple[float, float] = CROP_RATIO) -> Tensor:
-    """RandomResizedCrop boxes for a batch of image sizes, drawn only from ``generator``.
-
-    Same distribution as torchvision's ``RandomResizedCrop.get_params`` (10 attempts of area
-    fraction ~ U(scale) and log-uniform aspect ratio, else the largest centred box within
-    ``ratio``), vectorised over the batch.
-
-    Args:
-        heights: (B,) int64 image heights.
-        widths: (B,) int64 image widths.
-        scale: (low, high) fraction of the image area covered by the crop.
-        generator: the only source of randomness.
-        ratio: (low, high) crop aspect ratio w/h.
-
-    Returns:
-        (B, 4) int64 boxes ``(top, left, height, width)``.
-    """
-    b, n = heights.shape[0], _CROP_ATTEMPTS
-    h_img, w_img = heights.double()[:, None], widths.double()[:, None]
-    area = h_img * w_img
-    target_area = area * torch.empty(b, n, dtype=torch.float64).uniform_(scale[0], scale[1], generator=generator)
-    log_r = torch.empty(b, n, dtype=torch.float64).uniform_(math.log(ratio[0]), math.log(ratio[1]), generator=generator)
-    aspect = torch.exp(log_r)
-    w = torch.round(torch.sqrt(target_area * aspect))
-    h = torch.round(torch.sqrt(target_area / aspect))
-    ok = (w > 0) & (h > 0) & (w <= w_img) & (h <= h_img)
-    u_top, u_left = torch.rand(2, b, dtype=torch.float64, generator=generator)
-
-    first = ok.to(torch.uint8).argmax(dim=1)  # first successful attempt (0 when none)
-    rows = torch.arange(b)
-    h_sel, w_sel = h[rows, first], w[rows, first]
-
-    # Fallback (no attempt fits): the whole image, clamped to the ratio range, centred.
-    hh, ww = h_img[:, 0], w_img[:, 0]
-    in_ratio = ww / hh
-    fb_w = torch.where(in_ratio < ratio[0], ww, torch.where(in_ratio > ratio[1], torch.round(hh * ratio[1]), ww))
-    fb_h = torch.where(in_ratio < ratio[0], torch.round(ww / ratio[0]), hh)
-    any_ok = ok.any(dim=1)
-    h_sel = torch.where(any_ok, h_sel, fb_h)
-    w_sel = torch.where(any_ok, w_sel, fb_w)
-    top = torch.where(any_ok, torch.floor(u_top * (hh - h_sel + 1)), torch.floor((hh - h_sel) / 2))
-    left = torch.where(any_ok, torch.floor(u_left * (ww - w_sel + 1)), torch.floor((ww - w_sel) / 2))
-    return torch.stack([top, left, h_sel, w_sel], dim=1).long()
-
-
-def normalize_uint8(batch: Tensor, mean: tuple[float, ...], std: tuple[float, ...]) -> Tensor:
-    """(B, C, H, W) uint8 -> float32 ``(x - 255 mean) / (255 std)``, in one pass."""
-    m, s = _norm_constants(tuple(mean), tuple(std), batch.device)
-    return batch.float().sub_(m).div_(s)
-
-
-@functools.lru_cache(maxsize=32)
-def _norm_constants(mean: tuple[float, ...], std: tuple[float, ...], device: torch.device) -> tuple[Tensor, Tensor]:
-    """(C, 1, 1) float32 ``255 mean`` and ``255 std`` (the same numbers, so the same rounding, everywhere).
-
-    Made once per device and kept (read-only): a fresh copy to the GPU for every batch would wait
-    for the GPU (a copy from pageable host memory) on the training loop's hot path.
-    """
-    m = torch.tensor(mean, dtype=torch.float32).view(-1, 1, 1) * 255.0
-    s = torch.tensor(std, dtype=torch.float32).view(-1, 1, 1) * 255.0
-    return m.to(device), s.to(device)
-
-
 def _check_items(items: list[ImageItem], cfg: InputConfig) -> None:
     """Refuse a batch the views cannot make, before anything is resized: wrong items, or an image
-    larger than the size bound (:func:`~.decode.view_size_problem`; :func:`decode_image` already
-    refuses those samples, one at a time, so that the loader skips them)."""
+    larger than the size bound (:func:`~jepa.vision.pixels.view_size_problem`; :func:`decode_image`
+    already refuses those samples, one at a time, so that the loader skips them)."""
     if not items:
         raise ValueError("cannot build a batch from zero images")
     for i, x in enumerate(items):
@@ -190,7 +124,7 @@ def _stack_normalized(views: Iterator[Tensor], num: int, cfg: InputConfig, devic
     """(num, C, S, S) float32 of ``num`` uint8 (C, S, S) views, each normalised as it is written."""
     s = cfg.crop_size
     out = _new_batch((num, cfg.in_chans, s, s), device)
-    mean, std = _norm_constants(tuple(cfg.mean), tuple(cfg.std), device)
+    mean, std = norm_constants(tuple(cfg.mean), tuple(cfg.std), device)
     for row, view in zip(out, views):  # one resize per image (crops differ in size), not per pixel
         row.copy_(view).sub_(mean).div_(std)  # the same arithmetic as normalize_uint8, on a row still in cache
     return out

@@ -13,10 +13,9 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from jepa.config import ModalityConfig, StrictModel, check_range
-from jepa.modalities.image.config import MAX_CROP, MAX_DEPTH, ArchName
-from jepa.modalities.image.config import EncoderConfig as ImageEncoderConfig
-from jepa.modalities.image.config import CropViewsConfig
-from jepa.modalities.image.config import PredictorConfig as ImagePredictorConfig
+from jepa.nn.config import MAX_DEPTH, ArchName, EncoderConfig, PredictorConfig
+from jepa.vision.crops import CropViewsConfig
+from jepa.vision.pixels import MAX_CROP
 
 MAX_FRAMES = 1024
 """Most frames per clip (V-JEPA: 16; long-clip models 64)."""
@@ -26,7 +25,7 @@ MAX_GENERATORS = 64
 """Most mask generators (V-JEPA: 2)."""
 
 
-class VideoEncoderConfig(ImageEncoderConfig):
+class VideoEncoderConfig(EncoderConfig):
     """Context/target video ViT: the image ViT's sizes (``arch`` and overrides) with a tubelet
     patch embedding. ``embed_dim``/``depth``/``num_heads``/``mlp_dim`` override the arch's values."""
 
@@ -38,7 +37,7 @@ class VideoEncoderConfig(ImageEncoderConfig):
         "(2*ceil(D/6) each, V-JEPA's setting); false gives time D/2 and height, width D/4 each")
 
 
-class VideoPredictorConfig(ImagePredictorConfig):
+class VideoPredictorConfig(PredictorConfig):
     """Narrow ViT predictor (the image predictor's fields) with one learned mask token per mask generator."""
 
     depth: int = Field(12, gt=0, le=MAX_DEPTH, description=f"Predictor blocks (12 in V-JEPA; at most {MAX_DEPTH}: "

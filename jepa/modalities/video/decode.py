@@ -6,8 +6,8 @@ Decoding a video is split in two so that a decoded item never holds a whole vide
 * :func:`probe_video` (``Modality.decode``, per sample) decodes every frame once to validate the
   file and records the frame count, size and presentation timestamps, keeping only the bytes.
   A corrupt file, one without a video stream or with too few frames, one whose frames are larger
-  than the image modality's size bound (:func:`~jepa.modalities.image.decode.view_size_problem`:
-  the frame, and with ``crop_size`` its evaluation resize; the size the stream declares is checked
+  than the size bound of every pixel view (:func:`~jepa.vision.pixels.view_size_problem`: the
+  frame, and with ``crop_size`` its evaluation resize; the size the stream declares is checked
   before any frame is decoded), and one on which the decoder raises anything, crashes or hangs,
   raises ``ValueError``, so the loader skips and counts it. Frames are decoded but not converted
   to RGB.
@@ -30,8 +30,8 @@ import torch
 from torch import Tensor
 
 from jepa.data.reading import sample_payload, sample_where
-from jepa.modalities.image.decode import DEFAULT_CROP_SIZE, view_size_problem
 from jepa.modalities.video import pyav_io
+from jepa.vision.pixels import DEFAULT_CROP_SIZE, view_size_problem
 
 #: Sample keys that may hold an encoded video, in the order they are looked for.
 VIDEO_KEYS: tuple[str, ...] = ("mp4", "webm", "avi", "mkv", "mov")
@@ -72,9 +72,9 @@ def probe_video(sample: dict[str, Any], min_frames: int, decoder: Decoder = "pro
         decoder: ``process`` (PyAV in a child process: a crash or hang of the decoder is a
             ``ValueError`` too) or ``in_process``.
         crop_size: the views' ``input.crop_size``: frames whose evaluation resize would pass the size
-            bound are refused here too. None: the bound at the default crop size (224), as
-            :func:`~jepa.modalities.image.decode.decode_image` assumes without an input section; a
-            larger crop's views refuse a batch holding a frame past the bound at that size.
+            bound are refused here too. None: the bound at the default crop size
+            (:data:`~jepa.vision.pixels.DEFAULT_CROP_SIZE`, 224), as for an image decoded without an
+            input section; a larger crop's views refuse a batch holding a frame past the bound at that size.
 
     Returns:
         The :class:`VideoItem` (bytes + frame count, size, timestamps).

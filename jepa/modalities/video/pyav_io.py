@@ -30,7 +30,7 @@ from av.video.reformatter import VideoReformatter  # noqa: E402
 
 #: FFmpeg decoder threads per video; data-loader workers already decode in parallel.
 DECODE_THREADS = 1
-#: Most pixels a frame may have: the image modality's ``MAX_PIXELS`` (this module imports no ``jepa``:
+#: Most pixels a frame may have: ``jepa.vision.pixels.MAX_PIXELS`` (this module imports no ``jepa``:
 #: a test pins the two equal).
 MAX_FRAME_PIXELS = 89_478_485
 

@@ -4,7 +4,7 @@ Training view (V-JEPA): ``num_frames`` frames ``frame_step`` apart from a unifor
 one RandomResizedCrop box for the whole clip (area ``crop_scale``, aspect ``crop_aspect``), an
 optional left-right flip of the whole clip with probability 1/2, then normalisation. Every random
 number comes from the batch's ``torch.Generator``, drawn in this order: clip starts (B), crop
-boxes (the image modality's vectorised :func:`~jepa.modalities.image.transforms.sample_crop_boxes`),
+boxes (the vectorised :func:`~jepa.vision.crops.sample_crop_boxes` of every pixel view),
 flips (B); so a batch is a pure function of its items and the generator's seed.
 
 Difference from the authors' sampler: frames are exactly ``frame_step`` apart and a clip spans
@@ -14,8 +14,8 @@ repeat the last frame).
 
 Evaluation view: the centre clip, shorter side resized to ``round(S * 256 / 224)``, centre crop S.
 
-Every view first checks each video's frame size against the image modality's bound
-(:func:`~jepa.modalities.image.decode.view_size_problem`), before a frame is read or resized.
+Every view first checks each video's frame size against the bound of every pixel view
+(:func:`~jepa.vision.pixels.view_size_problem`), before a frame is read or resized.
 """
 
 from __future__ import annotations
@@ -24,10 +24,10 @@ import torch
 import torchvision.transforms.v2.functional as TF
 from torch import Tensor
 
-from jepa.modalities.image.decode import view_size_problem
-from jepa.modalities.image.transforms import eval_resize_size, normalize_uint8, sample_crop_boxes
 from jepa.modalities.video.config import VideoInputConfig
 from jepa.modalities.video.decode import VideoItem, read_frames
+from jepa.vision.crops import eval_resize_size, sample_crop_boxes
+from jepa.vision.pixels import normalize_uint8, view_size_problem
 
 
 def _check_items(items: list[VideoItem], cfg: VideoInputConfig) -> None:

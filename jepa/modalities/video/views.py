@@ -5,8 +5,9 @@ samples one: frames ``input.frame_step`` apart from a uniformly random start and
 RandomResizedCrop box for the whole clip. Global views have ``input.num_frames`` frames cropped to
 ``input.crop_size`` at ``views.global_scale``; local views ``views.local_num_frames`` frames (default:
 as many) cropped to the smaller ``views.local_size`` at ``views.local_scale``. Each view then gets
-the image views' flip, colour jitter and grayscale (:func:`~jepa.modalities.image.views.apply_photometric`,
-one draw per clip, so a clip's frames change together; no blur or solarization).
+the flip, colour jitter and grayscale of the image views
+(:func:`~jepa.vision.photometric.apply_photometric`, one draw per clip, so a clip's frames change
+together; no blur or solarization).
 
 Per view, the draws come in the order of the training view (clip starts, crop boxes, flips) and then
 the colour draws, so a global view without colour augmentation (``jitter_p`` and ``grayscale_p`` 0,
@@ -25,11 +26,11 @@ import torchvision.transforms.v2.functional as TF
 from torch import Tensor
 
 from jepa.interfaces import ViewSpec
-from jepa.modalities.image.transforms import sample_crop_boxes
-from jepa.modalities.image.views import PhotometricDraws, apply_photometric, draw_photometric
 from jepa.modalities.video.config import VideoInputConfig, VideoViewsConfig
 from jepa.modalities.video.decode import VideoItem, read_frames
 from jepa.modalities.video.transforms import _check_items, _to_batch, clip_indices, sample_clip_starts
+from jepa.vision.crops import sample_crop_boxes
+from jepa.vision.photometric import PhotometricDraws, apply_photometric, draw_photometric
 
 
 def local_clip_size(views: VideoViewsConfig, crop_size: int, patch_size: int) -> int:
