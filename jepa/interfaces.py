@@ -234,6 +234,42 @@ class DemoDataSpec:
     workers: int = 1
 
 
+@dataclass(frozen=True)
+class ExportDim:
+    """The sizes one input dimension may have in a ``torch-export`` program (see
+    :meth:`Modality.export_dynamic_shapes`): every multiple of ``multiple_of`` from
+    ``multiple_of * min_multiple`` to ``multiple_of * max_multiple``.
+
+    Attributes:
+        name: what the dimension is (``"height"``, ``"frames"``): its key in the export metadata's
+            ``dynamic`` and in ``torch.export``'s messages.
+        multiple_of: the step between sizes (a patch or tubelet size; 1: any size).
+        max_multiple: the largest size over ``multiple_of`` (``torch.export`` needs a bound).
+        min_multiple: the smallest size over ``multiple_of``.
+    """
+
+    name: str
+    multiple_of: int = 1
+    max_multiple: int = 1 << 16
+    min_multiple: int = 1
+
+
+@dataclass(frozen=True)
+class DynamicShapes:
+    """What a ``torch-export`` program of a modality's encoder accepts besides any batch size.
+
+    Attributes:
+        dims: ``{dimension of the batch-first input (>= 1): its sizes}``; every dimension not named
+            keeps its size in the first :meth:`Modality.export_inputs` batch.
+        forward: ``(encoder, x) -> (B, N, D)`` tokens equal to ``encoder(x)`` but with no Python branch
+            on the sizes in ``dims`` (``torch.export`` fixes such a branch, e.g. "the stored position
+            table at the training size", to the traced input's side); None: ``encoder(x)`` itself.
+    """
+
+    dims: Mapping[int, ExportDim]
+    forward: Callable[[Encoder, Tensor], Tensor] | None = None
+
+
 @dataclass
 class ForeignEncoder:
     """An encoder built from a checkpoint that ``jepa train`` did not write (e.g. the authors' release).
@@ -260,14 +296,17 @@ class Modality(ABC):
     from ``self.cfg``; builders hand out only the slice a component needs.
 
     Required: the builders, ``decode``, ``train_batch``, ``eval_batch``, ``example_input``.
-    Optional (defaults below): ``check``, ``describe``, ``train_flops_per_sample``, ``train_views``
+    Optional (defaults below): ``tiny_config`` (the contract suite's small settings), ``check``,
+    ``describe``, ``train_flops_per_sample``, ``train_views``
     (several augmented views per sample, for view-based objectives such as LeJEPA); the data
     hooks ``file_suffixes`` (``jepa shards FOLDER``) and ``write_demo_data`` (``jepa demo-data``);
-    the export hooks ``export_inputs``, ``export_metadata`` and ``export_formats``; and
+    the export hooks ``export_inputs``, ``export_metadata``, ``export_dynamic_shapes`` and
+    ``export_formats``; and
     ``load_foreign`` (checkpoints in another project's layout). The data hooks have no default:
     without them the command that needs one raises :class:`MissingHookError` naming the modality
-    and the hook; the others default to no checks, the plugin's name, FLOPs unknown, one
-    ``example_input`` batch, no extra metadata or formats and no foreign layout.
+    and the hook; the others default to the defaults as tiny config, no checks, the plugin's
+    name, FLOPs unknown, one ``example_input`` batch, no extra metadata or formats, a dynamic batch
+    only (``torch-export``) and no foreign layout.
     """
 
     name: ClassVar[str]
@@ -301,10 +340,32 @@ class Modality(ABC):
 
     @abstractmethod
     def decode(self, sample: dict[str, Any]) -> Any:
-        """Decode one raw shard sample (webdataset dict of extension -> bytes) into an item.
+        """Decode one raw sample into an item (what :meth:`train_batch` and :meth:`eval_batch` stack).
+
+        Every reader calls it on the same kind of dict (the training loader, ``jepa eval`` on
+        shards or on a folder, ``jepa shards``'s check of each file):
+
+        * one entry per stored file of the sample, keyed by its extension, lower case, without the
+          dot (``"npy"``, ``"jpg"``; a member ``key.seg.png`` gives ``"seg.png"``), value ``bytes``:
+          the file's bytes as written (:func:`jepa.data.write_shard_set` never re-encodes);
+        * ``"cls"`` when the set is labelled: the label as ASCII digits (``b"3"``);
+        * ``"__key__"`` (str): the sample's key, the member name up to its first dot;
+        * ``"__url__"`` (str): the shard URL (or the file's path, for a folder), for messages.
+
+        A payload key may be missing (a file of another type, an empty or foreign sample): that is
+        a ``ValueError`` too. ``jepa.data.reading.sample_payload(sample, keys, what)`` returns the
+        first of ``keys`` present with non-empty bytes and raises the ``ValueError`` otherwise.
+
+        Labels never pass through here: the evaluation reader takes ``cls`` from the raw sample
+        itself (checked against the manifest's classes), and training ignores it; so ``decode``
+        returns the item alone and must not need ``cls`` (unlabelled shards have none).
+
+        It runs in loader worker processes on untrusted bytes: never unpickle (``numpy.load(...,
+        allow_pickle=False)``), and bound what a header can make you allocate.
 
         Raises:
-            ValueError: the sample is corrupt or has no payload this modality can read.
+            ValueError: the sample is corrupt or has no payload this modality can read; the
+                loader counts and skips it (``data.max_skip_rate``), evaluation skips it.
         """
 
     @abstractmethod
@@ -357,6 +418,19 @@ class Modality(ABC):
         """Approximate training FLOPs per sample (forward + backward), or None if unknown."""
         return None
 
+    @classmethod
+    def tiny_config(cls) -> dict[str, Any]:
+        """A ``modality:`` recipe section (without ``name``) small enough for CPU tests.
+
+        The contract suite (:func:`jepa.testing.modality_contract_tests`) binds the modality to
+        ``config_model.model_validate({"name": name, **tiny_config()})`` and trains, exports and
+        evaluates it for a couple of steps on CPU; keep it to a couple of narrow blocks and a few
+        dozen tokens (the image modality: a 2-block ViT of width 64 on 32-pixel crops, 16 tokens). Nested
+        sections are given as dicts, with only the fields that differ from the defaults. The
+        default, ``{}``, says the defaults are already that small.
+        """
+        return {}
+
     # ------------------------------------------------------------------ optional: data
 
     def file_suffixes(self) -> dict[str, str]:
@@ -367,7 +441,10 @@ class Modality(ABC):
 
     def write_demo_data(self, out: Path, spec: DemoDataSpec) -> dict[str, Any]:
         """Generate labelled ``out/train`` and ``out/val`` shard sets (no download); returns
-        ``{"train": Manifest, "val": Manifest}``."""
+        ``{"train": Manifest, "val": Manifest}``.
+
+        :func:`jepa.data.write_labelled_splits` writes both from iterables of ``(sample, label)``
+        pairs, ``sample`` a dict of extension -> bytes that :meth:`decode` reads back."""
         raise MissingHookError(self.name, "write_demo_data", "`jepa demo-data`")
 
     # ------------------------------------------------------------------ optional: export
@@ -382,9 +459,20 @@ class Modality(ABC):
         (normalisation, patch or tubelet sizes, resolution, ...) and its architecture."""
         return {}
 
+    def export_dynamic_shapes(self, encoder: Encoder) -> DynamicShapes:
+        """Input sizes a ``jepa export --format torch-export`` program accepts besides the training shape.
+
+        The batch is always dynamic; the default keeps every other dimension at its size in the
+        first :meth:`export_inputs` batch. A modality with variable input sizes names those
+        dimensions (image: height and width, multiples of the patch) and, when its encoder branches
+        on them, a ``forward`` without the branch. The export is verified on every
+        :meth:`export_inputs` batch the declared sizes admit, at a second batch size too.
+        """
+        return DynamicShapes({})
+
     def export_formats(self) -> dict[str, Callable[..., Any]]:
-        """Extra ``jepa export --format`` writers beyond the core's (name -> function with the
-        signature of :func:`jepa.export.export_torchscript`)."""
+        """Extra ``jepa export --format`` writers beyond the core's (``torchscript``, ``torch-export``;
+        name -> function with the signature of :func:`jepa.export.export_torchscript`)."""
         return {}
 
     # ------------------------------------------------------------------ optional: foreign weights

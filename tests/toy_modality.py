@@ -218,6 +218,11 @@ class ToyModality(Modality):
     config_model = ToyConfig
     cfg: ToyConfig
 
+    @classmethod
+    def tiny_config(cls) -> dict[str, Any]:
+        """The defaults (width 32, 2 blocks, 32 tokens) are already the contract suite's CPU size."""
+        return {}
+
     def build_encoder(self) -> ToyEncoder:
         return ToyEncoder(self.cfg)
 

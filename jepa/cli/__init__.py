@@ -14,9 +14,9 @@ bench = typer.Typer(help="Benchmarks that print numbers (data pipeline, training
 app.add_typer(bench, name="bench")
 
 
-from jepa.cli import data_cmds, eval_cmds, export_cmds, plan_cmds, recipe_cmds, train_cmds  # noqa: E402
+from jepa.cli import data_cmds, eval_cmds, export_cmds, new_cmds, plan_cmds, recipe_cmds, train_cmds  # noqa: E402
 
-for _module in (recipe_cmds, train_cmds, data_cmds, export_cmds, eval_cmds, plan_cmds):
+for _module in (recipe_cmds, train_cmds, data_cmds, export_cmds, eval_cmds, plan_cmds, new_cmds):
     _module.register(app, bench)
 
 

@@ -1,4 +1,5 @@
-"""``jepa export``: a frozen encoder as TorchScript, or in a format its modality adds (image: timm safetensors)."""
+"""``jepa export``: a frozen encoder as TorchScript or a ``torch.export`` program, or in a format its modality adds
+(image: timm, Hugging Face, the authors' layout)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,6 @@ from jepa.cli.errors import cli_errors
 console = Console()
 
 
-
 def register(app: typer.Typer, bench: typer.Typer) -> None:
     @app.command("export")
     def export_cmd(
@@ -21,10 +21,12 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
         out: Path = typer.Option(..., "--out", "-o", help="File to write (nothing is written if verification fails)"),
         encoder: str = typer.Option("target", "--encoder", help="'target' (EMA; what the paper evaluates) or 'context'"),
         pooled: bool = typer.Option(False, "--pooled", help="Output the mean over tokens (B, D) instead of tokens (B, N, D)"),
-        fmt: str = typer.Option("torchscript", "--format", help="'torchscript' (any modality; deprecated by PyTorch) or a format of the modality (image: 'torch-export' "
-                                  "(.pt2, dynamic batch and resolution), 'timm' (folder for timm.create_model('local-dir:PATH', "
-                                  "pretrained=True)), 'hf' (transformers IJepaModel folder), 'official' (authors' .pth.tar; "
-                                  "needs a run or checkpoint), 'safetensors-timm')"),
+        fmt: str = typer.Option("torchscript", "--format", help="Any modality: 'torchscript' (deprecated by PyTorch) or "
+                                  "'torch-export' (.pt2 torch.export program: dynamic batch, and the sizes the modality "
+                                  "declares: image height and width, video frames, height and width); or a format of the "
+                                  "modality (image: 'timm' (folder for timm.create_model('local-dir:PATH', pretrained=True)), "
+                                  "'hf' (transformers IJepaModel folder), 'official' (authors' .pth.tar; needs a run or "
+                                  "checkpoint), 'safetensors-timm')"),
         crop_size: Optional[int] = typer.Option(None, "--crop-size", help="Released checkpoints: training resolution "
                                                 "to record (default: inferred from pos_embed)"),
         arch: Optional[str] = typer.Option(None, "--arch", help="Released checkpoints: expected arch (e.g. vit_huge); "
@@ -32,8 +34,9 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
     ) -> None:
         """Export the target (or context) encoder, verified against eager PyTorch before writing.
 
-        TorchScript files load with plain `torch.jit.load` (no jepa needed); the file's metadata says how to feed
-        them (images: (B, 3, H, W), any H, W divisible by the patch, normalised with the stored mean/std).
+        TorchScript files load with plain `torch.jit.load`, torch-export programs with `torch.export.load(path).module()`
+        (no jepa needed); the file's metadata says how to feed them (images: (B, 3, H, W), any H, W divisible by the
+        patch, normalised with the stored mean/std).
         """
         from jepa.export import EXPORT_TOLERANCE, check_out_path, export
         from jepa.sources import load_source

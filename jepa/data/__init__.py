@@ -4,7 +4,8 @@ One concept per module:
 
 - :mod:`~jepa.data.manifest`: a shard set's ``manifest.json``; sample counts and local/remote URLs.
 - :mod:`~jepa.data.reading`: shard specs to URLs; one shard's raw samples; cut-short detection.
-- :mod:`~jepa.data.writer`: writing shard sets from chunk jobs, in parallel, reproducibly.
+- :mod:`~jepa.data.writer`: writing shard sets from chunk jobs, in parallel, reproducibly; labelled
+  ``train/`` / ``val/`` sets from ``(sample, label)`` pairs (:func:`write_labelled_splits`).
 - :mod:`~jepa.data.folder`: any modality's sample files in a folder -> a shard set.
 - :mod:`~jepa.data.stream`: one loader worker's resumable shuffle stream of raw samples.
 - :mod:`~jepa.data.loader`: the training-loader contract (:class:`Batch`, :class:`TrainLoader`).
@@ -24,11 +25,13 @@ from jepa.data.reading import SHARD_ERRORS, expand_shards, read_shard
 from jepa.data.shard_loader import ShardTrainLoader
 from jepa.data.stream import derive_seed
 from jepa.data.synthetic import SyntheticTrainLoader
-from jepa.data.writer import ChunkJob, ShardSample, write_shard_set
+from jepa.data.writer import (DEFAULT_MAX_BYTES, DEFAULT_MAX_COUNT, ChunkJob, LabelledPair, ShardSample,
+                              write_labelled_splits, write_shard_set)
 
 __all__ = [
     "Batch", "TrainLoader", "ShardTrainLoader", "SyntheticTrainLoader", "build_train_loader", "STATE_VERSION",
     "collate_as_is", "derive_seed", "expand_shards", "read_shard", "SHARD_ERRORS", "Manifest", "ShardInfo",
     "SkippedFile", "MANIFEST_NAME", "read_manifest", "shards_total", "is_local", "local_path", "ShardSample",
-    "ChunkJob", "write_shard_set", "FolderListing", "list_folder", "sample_keys", "shard_folder",
+    "ChunkJob", "write_shard_set", "write_labelled_splits", "LabelledPair", "DEFAULT_MAX_COUNT", "DEFAULT_MAX_BYTES",
+    "FolderListing", "list_folder", "sample_keys", "shard_folder",
 ]

@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from jepa.interfaces import DemoDataSpec, Modality
+from jepa.interfaces import DemoDataSpec, DynamicShapes, ExportDim, Modality
 from jepa_timeseries.config import TimeSeriesConfig
 
 __version__ = "0.1.0"
@@ -26,6 +26,16 @@ class TimeSeriesModality(Modality):
     name = "timeseries"
     config_model = TimeSeriesConfig
     cfg: TimeSeriesConfig
+
+    @classmethod
+    def tiny_config(cls) -> dict[str, Any]:
+        """8 tokens of width 32, 2 blocks: the contract suite's CPU size (``jepa.testing``)."""
+        return {
+            "encoder": {"patch_size": 8, "embed_dim": 32, "depth": 2, "num_heads": 4},
+            "predictor": {"embed_dim": 16, "depth": 1, "num_heads": 4},
+            "input": {"seq_len": 64},
+            "mask": {"num_targets": 2, "target_scale": [0.15, 0.25], "min_context": 2},
+        }
 
     # ------------------------------------------------------------------ builders
 
@@ -119,6 +129,15 @@ class TimeSeriesModality(Modality):
         i, p = self.cfg.input, self.cfg.encoder.patch_size
         return [self.example_input(2, generator),
                 torch.randn(3, i.in_chans, i.seq_len + 3 * p, generator=generator)]
+
+    def export_dynamic_shapes(self, encoder) -> DynamicShapes:
+        """``--format torch-export``: any length (dimension 2 of (B, C, L)) that is a multiple of the patch, from 2
+        to 4096 tokens; the program computes the positions of every length (the encoder's forward takes its stored
+        table at the training length, a branch torch.export would fix to the traced length)."""
+        from jepa_timeseries.transformer import any_length_tokens
+
+        return DynamicShapes({2: ExportDim("length", self.cfg.encoder.patch_size, 4096, min_multiple=2)},
+                             forward=any_length_tokens)
 
     def export_metadata(self, encoder) -> dict[str, Any]:
         """How to feed an exported encoder, and its architecture (export metadata is public API: keys only get added)."""

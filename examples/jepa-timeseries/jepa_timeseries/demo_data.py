@@ -3,7 +3,9 @@
 Each class is a waveform family; every sample draws its own base frequency (a period of 16 to 64
 steps, shared by its channels), per-channel phase and amplitude, and white noise, so the class is
 the shape of the wave, not its frequency or scale. Sequences are (C, L) float32, stored as
-``.npy`` in WebDataset shards through the core's shard writer.
+``.npy`` in WebDataset shards through the core's labelled-split writer
+(:func:`jepa.data.write_labelled_splits`), one picklable chunk job per ``max_count`` sequences so
+``workers`` processes render them in parallel.
 """
 
 from __future__ import annotations
@@ -99,7 +101,8 @@ def render_series(labels: np.ndarray, num_channels: int, length: int, rng: np.ra
 
 @dataclass(frozen=True)
 class DemoChunk:
-    """Chunk job for the core's ``write_shard_set``: sequences ``start .. start+count`` of a split."""
+    """One chunk of a split, sequences ``start .. start+count``, as ``({"npy": bytes}, label)`` pairs
+    (a module-level frozen dataclass, so it pickles into the writer's worker processes)."""
 
     seed: int
     split: str
@@ -109,15 +112,12 @@ class DemoChunk:
     num_channels: int
     length: int
 
-    def __call__(self) -> Iterator[Any]:
-        from jepa.data import ShardSample
-
+    def __call__(self) -> Iterator[tuple[dict[str, bytes], int]]:
         rng = np.random.default_rng([self.seed, _SPLITS[self.split], self.start])
-        index = np.arange(self.start, self.start + self.count)
-        labels = index % self.num_classes
+        labels = np.arange(self.start, self.start + self.count) % self.num_classes
         series = render_series(labels, self.num_channels, self.length, rng)
-        for i, label, array in zip(index.tolist(), labels.tolist(), series):
-            yield ShardSample(f"{self.split}_{i:07d}", SAMPLE_KEY, encode_series(array), label)
+        for label, array in zip(labels.tolist(), series):
+            yield {SAMPLE_KEY: encode_series(array)}, label
 
 
 def write_demo_series(out_dir: str | Path, *, num_train: int, num_val: int, num_classes: int, num_channels: int,
@@ -131,20 +131,14 @@ def write_demo_series(out_dir: str | Path, *, num_train: int, num_val: int, num_
     Raises:
         ValueError: bad counts or class count.
     """
-    from jepa.data import write_shard_set
+    from jepa.data import write_labelled_splits
 
     if not 2 <= num_classes <= len(CLASS_NAMES):
         raise ValueError(f"num_classes must be in 2..{len(CLASS_NAMES)} (got {num_classes})")
     if num_train < 1 or num_val < 0 or max_count < 1:
         raise ValueError(f"need num_train >= 1, num_val >= 0 and max_count >= 1 (got {num_train}, {num_val}, {max_count})")
-    manifests = {}
-    for split, n in (("train", num_train), ("val", num_val)):
-        if n == 0:
-            continue
-        jobs = [DemoChunk(seed, split, start, min(max_count, n - start), num_classes, num_channels, length)
-                for start in range(0, n, max_count)]
-        manifests[split] = write_shard_set(
-            jobs, Path(out_dir) / split, prefix=split, max_count=max_count, max_bytes=1 << 40, workers=workers,
-            classes=list(CLASS_NAMES[:num_classes]), total_items=n, show_progress=show_progress,
-        )
-    return manifests
+    splits = {split: [DemoChunk(seed, split, start, min(max_count, n - start), num_classes, num_channels, length)
+                      for start in range(0, n, max_count)]
+              for split, n in (("train", num_train), ("val", num_val)) if n > 0}
+    return write_labelled_splits(out_dir, splits, CLASS_NAMES[:num_classes], max_count=max_count, workers=workers,
+                                 show_progress=show_progress)

@@ -96,6 +96,15 @@ class TimeSeriesEncoder(TransformerEncoder):
         return tokens + pos
 
 
+def any_length_tokens(encoder: TimeSeriesEncoder, x: Tensor) -> Tensor:
+    """``encoder(x)`` for (B, C, L) sequences with the positions always computed for L / P tokens: what a
+    ``torch-export`` program with a dynamic length captures (the encoder's forward branches on the length)."""
+    tokens = encoder.patch_embed(x).transpose(1, 2)
+    n = x.shape[-1] // encoder.patch_size
+    pos = sincos_1d(encoder.embed_dim, n, device=tokens.device).to(encoder.pos_embed.dtype).unsqueeze(0)
+    return encoder.norm(encoder.run_blocks((tokens + pos).contiguous()))
+
+
 class TimeSeriesPredictor(TransformerPredictor):
     """Narrow predictor: context tokens + one mask token per target position -> target representations.
 

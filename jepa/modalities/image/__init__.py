@@ -8,7 +8,7 @@ from typing import Any, Mapping
 import torch
 from torch import Tensor
 
-from jepa.interfaces import DemoDataSpec, Encoder, ForeignEncoder, Modality, ViewSpec
+from jepa.interfaces import DemoDataSpec, DynamicShapes, Encoder, ForeignEncoder, Modality, ViewSpec
 from jepa.modalities.image.config import ImageConfig
 
 
@@ -22,6 +22,16 @@ class ImageModality(Modality):
     name = "image"
     config_model = ImageConfig
     cfg: ImageConfig
+
+    @classmethod
+    def tiny_config(cls) -> dict[str, Any]:
+        """ViT of width 64, 2 blocks, patch 8 on 32-pixel crops (16 tokens): the contract suite's CPU size."""
+        return {
+            "encoder": {"arch": "vit_tiny", "patch_size": 8, "embed_dim": 64, "depth": 2, "num_heads": 4},
+            "predictor": {"embed_dim": 32, "depth": 1, "num_heads": 4},
+            "mask": {"min_keep": 1},
+            "input": {"crop_size": 32},
+        }
 
     def build_encoder(self):
         from jepa.modalities.image.vit import ViTEncoder
@@ -163,14 +173,21 @@ class ImageModality(Modality):
 
         return image_export_metadata(encoder, self.cfg)
 
+    def export_dynamic_shapes(self, encoder: Encoder) -> DynamicShapes:
+        """Height and width: multiples of the patch from 2 patches (the program computes the position table of every
+        grid: :mod:`jepa.modalities.image.export_program`)."""
+        from jepa.modalities.image.export_program import image_dynamic_shapes
+
+        return image_dynamic_shapes(encoder)
+
     def export_formats(self) -> dict[str, Any]:
+        """Beyond the core's ``torchscript`` and ``torch-export``: ``timm``, ``hf``, ``official``, ``safetensors-timm``."""
         from jepa.modalities.image.export_hf import export_hf
         from jepa.modalities.image.export_official import export_official
-        from jepa.modalities.image.export_program import export_torch_program
         from jepa.modalities.image.export_timm import export_safetensors_timm, export_timm_folder
 
-        return {"torch-export": export_torch_program, "timm": export_timm_folder, "hf": export_hf,
-                "official": export_official, "safetensors-timm": export_safetensors_timm}
+        return {"timm": export_timm_folder, "hf": export_hf, "official": export_official,
+                "safetensors-timm": export_safetensors_timm}
 
     def foreign_state_dicts(self, checkpoint: Mapping[str, Any], path: Path) -> dict[str, dict[str, Tensor]] | None:
         """The three state dicts of the authors' released layout, ``module.`` prefixes removed."""

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from jepa.interfaces import DemoDataSpec, Encoder, Modality, ViewSpec
+from jepa.interfaces import DemoDataSpec, DynamicShapes, Encoder, ExportDim, Modality, ViewSpec
 from jepa.modalities.video.config import VideoConfig
 
 _SHORT_ARCH = {"vit_tiny": "ViT-Ti", "vit_small": "ViT-S", "vit_base": "ViT-B", "vit_large": "ViT-L",
@@ -29,6 +29,15 @@ class VideoModality(Modality):
     config_model = VideoConfig
     demo_defaults = DemoDataSpec(num_train=2000, num_val=500, num_classes=4, max_count=250)
     cfg: VideoConfig
+
+    @classmethod
+    def tiny_config(cls) -> dict[str, Any]:
+        """Width 48, 2 blocks, 2x8x8 tubelets on 4-frame 32-pixel clips (32 tokens): the contract suite's CPU size."""
+        return {
+            "encoder": {"arch": "vit_tiny", "patch_size": 8, "tubelet_size": 2, "embed_dim": 48, "depth": 2, "num_heads": 4},
+            "predictor": {"embed_dim": 32, "depth": 1, "num_heads": 4},
+            "input": {"num_frames": 4, "frame_step": 1, "crop_size": 32},
+        }
 
     # ------------------------------------------------------------------ builders
     def build_encoder(self):
@@ -112,8 +121,8 @@ class VideoModality(Modality):
     # ------------------------------------------------------------------ description
     def check(self) -> list[tuple[str, str]]:
         from jepa.modalities.video.masks import check_mask_feasibility
-        from jepa.modalities.video.pos_embed import axis_widths
         from jepa.modalities.video.views import check_views
+        from jepa.nn.pos_embed import axis_widths_3d
 
         c, problems = self.cfg, []
         f, t = c.input.num_frames, c.encoder.tubelet_size
@@ -134,7 +143,7 @@ class VideoModality(Modality):
                                  + (" (defaulted to the encoder's head count; set predictor.num_heads)"
                                     if field == "predictor" and not c.predictor.num_heads else "")))
             try:
-                axis_widths(dim, c.encoder.uniform_power)
+                axis_widths_3d(dim, c.encoder.uniform_power)
             except ValueError as exc:
                 problems.append(("encoder.uniform_power", f"{field} width {dim}: {exc}"))
         if not problems and (f // t < 1 or s // p < 1):
@@ -155,10 +164,33 @@ class VideoModality(Modality):
         return train_flops_per_clip(self.cfg)
 
     # ------------------------------------------------------------------ export
+    def export_dynamic_shapes(self, encoder: Encoder) -> DynamicShapes:
+        """Frames (multiples of the tubelet), height and width (multiples of the patch), from 2 to 512 tokens
+        along each axis (``torch.export`` specialises a single token away); the program computes the position
+        table of every grid (:meth:`any_grid_tokens`)."""
+        t, p = self.cfg.encoder.tubelet_size, self.cfg.encoder.patch_size
+        return DynamicShapes({2: ExportDim("frames", t, 512, min_multiple=2),
+                              3: ExportDim("height", p, 512, min_multiple=2),
+                              4: ExportDim("width", p, 512, min_multiple=2)}, forward=VideoModality.any_grid_tokens)
+
+    @staticmethod
+    def any_grid_tokens(encoder: Encoder, x: Tensor) -> Tensor:
+        """The encoder's forward (B, C, T, H, W) -> (B, N, D) with the sin-cos table always computed for the
+        clip's grid (the encoder takes its stored table at the training grid: a branch on T, H, W)."""
+        from jepa.nn.pos_embed import sincos_3d
+
+        enc: Any = encoder
+        tt, p = enc.tubelet_size, enc.patch_size
+        tokens = enc.patch_embed(x)
+        pos = sincos_3d(enc.embed_dim, x.shape[2] // tt, x.shape[3] // p, x.shape[4] // p, enc.uniform_power,
+                        device=tokens.device)
+        return enc.norm(enc.run_blocks(tokens + pos.to(enc.pos_embed.dtype).unsqueeze(0)))
+
     def export_inputs(self, encoder: Encoder, generator: torch.Generator) -> list[Tensor]:
-        """The training shape, and one clip with another frame count and a non-square size."""
+        """The training shape, and one clip with another frame count (fewer, unless that leaves one tubelet, which
+        a ``torch-export`` program refuses) and a non-square size."""
         i, t, p = self.cfg.input, self.cfg.encoder.tubelet_size, self.cfg.encoder.patch_size
-        frames = i.num_frames - t if i.num_frames > t else i.num_frames + t
+        frames = i.num_frames - t if i.num_frames > 2 * t else i.num_frames + t
         width = i.crop_size - p if i.crop_size > p else i.crop_size + p
         other = torch.randn(1, i.in_chans, frames, i.crop_size, width, generator=generator)
         return [self.example_input(2, generator), other]
