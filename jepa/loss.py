@@ -1,4 +1,5 @@
-"""Regression in latent space: the I-JEPA / V-JEPA losses, their mean over mask pairs, and the target normalisation."""
+"""Regression in latent space: the I-JEPA / V-JEPA losses, their mean over mask pairs, and the target normalisation
+(docs/method/ijepa.md, "Loss"; docs/method/vjepa.md, "Loss and predictor")."""
 
 from __future__ import annotations
 

@@ -3,7 +3,8 @@
 The authors' rule: biases and 1-D parameters (norm weights) get none; everything else,
 including the position tables and the mask token, does. Groups are ordered encoder decay,
 predictor decay, encoder no-decay, predictor no-decay, as in the released optimiser state
-(public: the released checkpoints' ``opt`` has these four groups, in this order).
+(public: the released checkpoints' ``opt`` has these four groups, in this order; see
+docs/method/ijepa.md, "Optimiser").
 """
 
 from __future__ import annotations

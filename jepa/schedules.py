@@ -2,7 +2,8 @@
 
 Because each value depends only on ``step``, resuming a run means restoring the step; there is
 no scheduler state to save. Past the end of the run every schedule stays at its final value
-(the authors' cosine scheduler rises again when stepped past its end; ours does not).
+(the authors' cosine scheduler rises again when stepped past its end; ours does not). The I-JEPA
+values: docs/method/ijepa.md, "Schedules".
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""The EMA target updater: target <- m * target + (1 - m) * online, with a linear momentum schedule."""
+"""The EMA target updater: target <- m * target + (1 - m) * online, with a linear momentum schedule
+(docs/method/ijepa.md, "EMA target")."""
 
 from __future__ import annotations
 

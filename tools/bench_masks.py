@@ -17,7 +17,7 @@ workers gives that batch, with the block sizes from the step's shared generator
 (:func:`jepa.data.loader.step_generator`). Reported: mean context tokens per image (the collated K,
 what the context encoder runs) and target tokens per image (M x T), each with its standard error over
 steps. Reference: an independent model of the authors' collator written from the facts of
-``IJEPA_SPEC.md`` (size seed = collator call counter, one uniform for scale and aspect, area
+docs/method/ijepa.md, "The authors' sampler" (size seed = collator call counter, one uniform for scale and aspect, area
 truncated, sides clipped below the grid, exclusive corner bound, a mask valid with strictly more than
 min_keep patches, after every 20 failed context draws one more target block is let overlap it, contexts
 cut to the batch minimum) at the authors' per-GPU batch; its standard error is over batches.
@@ -91,7 +91,7 @@ def _authors_sides(u: float, scale: tuple[float, float], aspect: tuple[float, fl
 
 
 def authors_collator(grid: int, batch: int, counter: int, cfg: MaskConfig, gen: torch.Generator) -> tuple[int, int]:
-    """(collated context length K, tokens per target block T) of one batch, per the spec's facts."""
+    """(collated context length K, tokens per target block T) of one batch, per docs/method/ijepa.md, "The authors' sampler"."""
     g = torch.Generator().manual_seed(counter)
     u_target, u_context = torch.rand(1, generator=g).item(), torch.rand(1, generator=g).item()
     th, tw = _authors_sides(u_target, cfg.target_scale, cfg.target_aspect_ratio, grid)

@@ -114,7 +114,7 @@ def expand_shards(spec: str) -> list[str]:
     manifest lists), ``http(s)://`` URLs and ``pipe:`` commands, several joined with ``'::'``.
 
     Raises:
-        ValueError: the spec is empty, a URL is refused (:func:`check_shard_url`), or local
+        ValueError: the shard spec is empty, a URL is refused (:func:`check_shard_url`), or local
             shards do not exist.
     """
     urls: list[str] = []

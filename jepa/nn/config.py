@@ -13,7 +13,7 @@ from pydantic import Field, model_validator
 
 from jepa.config import StrictModel
 
-# name -> (width, depth, heads, mlp hidden), from the I-JEPA spec.
+# name -> (width, depth, heads, mlp hidden): docs/method/ijepa.md, "Architecture".
 VIT_ARCHS: dict[str, tuple[int, int, int, int]] = {
     "vit_tiny": (192, 12, 3, 768),
     "vit_small": (384, 12, 6, 1536),

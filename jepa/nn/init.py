@@ -1,4 +1,5 @@
-"""The I-JEPA weight initialisation, shared by every transformer built on :mod:`jepa.nn`.
+"""The I-JEPA weight initialisation, shared by every transformer built on :mod:`jepa.nn`
+(docs/method/ijepa.md, "Initialisation").
 
 Every Linear weight truncated normal std 0.02 (bounds +-2 in absolute value, i.e. effectively
 untruncated), biases zero, LayerNorm weight 1 / bias 0, no depth-dependent rescale. A

@@ -1,4 +1,5 @@
-"""I-JEPA / V-JEPA: a context encoder and a predictor regress the tokens of an EMA target encoder.
+"""I-JEPA / V-JEPA: a context encoder and a predictor regress the tokens of an EMA target encoder
+(docs/method/ijepa.md, "Overview"; docs/method/vjepa.md, "Overview").
 
 Per micro batch: the target encoder encodes the whole input once (without gradients, layer-normed
 tokens), the context encoder + predictor run once per (context, target) mask pair of the
@@ -103,7 +104,7 @@ class IJEPAObjective(Objective):
         with engine.autocast():  # target encoder once; context encoder + predictor once per mask pair
             h_BND = target_representations(engine.frozen["target_encoder"], inputs,
                                            normalize=self.cfg.loss.normalize_targets)
-            pairs = [(engine.model(inputs, masks, mask_index=i), cut_targets(h_BND, masks))
+            pairs = [(engine.forward(inputs, masks, mask_index=i), cut_targets(h_BND, masks))
                      for i, masks in enumerate(batch.masks)]
         loss = mean_over_pairs([latent_loss(pred, tgt, self.cfg.loss.kind) for pred, tgt in pairs])
         return LossOutput(loss=loss, representations=pairs[0][1])

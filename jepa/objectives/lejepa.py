@@ -1,6 +1,6 @@
 """LeJEPA (Balestriero & LeCun, arXiv 2511.08544): views of a sample predict their global views'
 centre, and SIGReg keeps the embeddings an isotropic Gaussian; no EMA teacher, stop-gradient or
-predictor is needed against collapse.
+predictor is needed against collapse (docs/method/lejepa.md, "Overview").
 
 Per micro batch: the modality draws Vg global and Vl local views of every sample
 (``Modality.train_views``); the encoder encodes each shape group of views in one call, its tokens
@@ -184,7 +184,7 @@ class LeJEPAObjective(Objective):
         c = self.cfg
         group = dist.group.WORLD if engine.dist.world_size > 1 else None
         with engine.autocast():
-            z_views, tokens = engine.model(views)
+            z_views, tokens = engine.forward(views)
             centre = None
             if c.teacher is not None:
                 with torch.no_grad():

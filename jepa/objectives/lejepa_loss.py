@@ -1,5 +1,5 @@
 """The LeJEPA loss: every view predicts its sample's global-view centre, and SIGReg keeps each view's
-embeddings an isotropic Gaussian.
+embeddings an isotropic Gaussian (docs/method/lejepa.md, "Prediction term" and "Loss").
 
 For V views (the first Vg global) of B samples, embeddings ``z_v`` of shape ``(B, K)``::
 

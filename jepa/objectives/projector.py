@@ -1,4 +1,5 @@
-"""LeJEPA's projector: pooled encoder features -> a small embedding, an MLP with BatchNorm."""
+"""LeJEPA's projector: pooled encoder features -> a small embedding, an MLP with BatchNorm
+(docs/method/lejepa.md, "Projector")."""
 
 from __future__ import annotations
 

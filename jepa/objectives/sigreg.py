@@ -1,5 +1,8 @@
 """SIGReg (Sketched Isotropic Gaussian Regularisation, LeJEPA, arXiv 2511.08544).
 
+The method notes: docs/method/lejepa.md, "SIGReg", "Epps-Pulley statistic", "Integration points" and
+"Data parallelism".
+
 SIGReg pushes a batch of embeddings ``z_NK`` towards an isotropic Gaussian by testing random 1-D
 projections of it: M unit directions ``a_KM`` (:func:`slice_directions`, redrawn every step), the
 projections ``x_NM = z_NK @ a_KM``, and for every column the Epps-Pulley statistic against N(0, 1)

@@ -1,5 +1,7 @@
 """Multi-block masking for image I-JEPA: M target rectangles and one context rectangle per image.
 
+The method and its defaults: docs/method/ijepa.md, "Masks", "The authors' sampler" and "Collation".
+
 On a ``G x G`` patch grid (``N = G * G`` tokens, raster index ``row * G + col``) every image gets
 ``M`` target blocks and one context block; the context keeps the patches of its block that lie in
 no target block of the same image. A block of scale ``s`` (fraction of the grid) and aspect ratio

@@ -1,4 +1,5 @@
-"""Reading and writing the checkpoint layout of the authors' released I-JEPA weights.
+"""Reading and writing the checkpoint layout of the authors' released I-JEPA weights
+(docs/method/ijepa.md, "Released checkpoints").
 
 A released file is a ``torch.save`` dict with the top-level keys :data:`RELEASED_KEYS`.
 ``encoder``, ``predictor`` and ``target_encoder`` are state dicts saved from

@@ -1,4 +1,5 @@
-"""The two views of a decoded image: the training crop and the evaluation crop.
+"""The two views of a decoded image: the training crop and the evaluation crop (the training view:
+docs/method/ijepa.md, "Training view").
 
 The training view is I-JEPA's only augmentation: RandomResizedCrop (scale ``crop_scale``, aspect
 ratio 3/4..4/3), then normalisation. No flips, no colour jitter, no blur (paper, section 5).

@@ -1,4 +1,5 @@
-"""Several augmented views of every image, for view-based objectives (LeJEPA): ``ImageModality.train_views``.
+"""Several augmented views of every image, for view-based objectives (LeJEPA): ``ImageModality.train_views``
+(docs/method/lejepa.md, "Views").
 
 Each view is a RandomResizedCrop (global views: to ``input.crop_size`` at ``views.global_scale``;
 local views: to the smaller ``views.local_size`` at ``views.local_scale``) followed by the

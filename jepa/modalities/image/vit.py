@@ -10,9 +10,9 @@ Parameter and buffer names equal the layout of the authors' released checkpoints
 released state dict loads with ``load_state_dict(strict=True)`` once the ``module.`` prefix
 is removed (see :mod:`jepa.modalities.image.released`).
 
-Initialisation (spec, "Init"; :mod:`jepa.nn.init`): every Linear weight truncated normal std 0.02
-(bounds +-2 in absolute value, i.e. effectively untruncated), biases zero, LayerNorm weight 1 /
-bias 0, mask token truncated normal std 0.02, no depth-dependent rescale. Decision for the patch
+Initialisation (docs/method/ijepa.md, "Initialisation"; :mod:`jepa.nn.init`): every Linear weight
+truncated normal std 0.02 (bounds +-2 in absolute value, i.e. effectively untruncated), biases
+zero, LayerNorm weight 1 / bias 0, mask token truncated normal std 0.02, no depth-dependent rescale. Decision for the patch
 embedding: its convolution is a Linear over flattened ``C*p*p`` patches, so it gets the same
 init as the other Linears (trunc-normal std 0.02 weight, zero bias), which is also how we read
 the authors' code to treat ``Conv2d``.

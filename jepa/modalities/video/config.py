@@ -3,7 +3,8 @@
 Defaults are the V-JEPA ViT-L/16 pretraining setting (Bardes et al., 2024; the authors'
 ``configs/pretrain/vitl16.yaml``): 16 frames at frame step 4, 224 px crops, tubelet 2, patch 16,
 predictor depth 12 and width 384, and two mask generators per clip (8 blocks at spatial scale
-0.15 and 2 blocks at 0.7, aspect ratio 0.75-1.5, each block spanning all time).
+0.15 and 2 blocks at 0.7, aspect ratio 0.75-1.5, each block spanning all time); see docs/method/vjepa.md,
+"Masks" and "Training clip".
 """
 
 from __future__ import annotations

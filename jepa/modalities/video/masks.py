@@ -1,5 +1,7 @@
 """3-D multi-block masking for V-JEPA: several mask generators per clip, one (context, target) pair each.
 
+The method and its defaults: docs/method/vjepa.md, "Masks" and "Collation".
+
 The token grid of a clip is ``T' x H' x W'`` (``N`` tokens, raster index ``(t * H' + r) * W' + c``).
 A generator draws ``num_blocks`` blocks of ``t x h x w`` tokens per clip; its **target** is the union
 of the blocks and its **context** everything else (the two are disjoint and cover the clip). With

@@ -1,4 +1,5 @@
-"""The V-JEPA Vision Transformer: tubelet patch embedding, context/target encoder, predictor.
+"""The V-JEPA Vision Transformer: tubelet patch embedding, context/target encoder, predictor
+(docs/method/vjepa.md, "Tubelets").
 
 Both models subclass the core's transformer bases (:mod:`jepa.nn.transformer`): timm's pre-norm
 ``Block`` with fused scaled-dot-product attention, the final norm, the keep-index gather and the
