@@ -178,7 +178,7 @@ def test_one_process_accumulating_2_has_the_masks_of_2_processes(mode):
 
 
 def _authors_collator():
-    """The independent model of the authors' collator in tools/bench_masks.py (written from the spec's facts)."""
+    """The independent model of the authors' collator in tools/bench_masks.py (written from docs/method/ijepa.md)."""
     from tool_module import load_tool
 
     return load_tool("bench_masks").authors_collator

@@ -159,7 +159,7 @@ def test_targets_are_rectangles_of_configured_size(draws):
 
 def reference_side_probabilities(grid: int, scale: tuple[float, float], aspect: tuple[float, float],
                                  faithful: bool) -> dict[tuple[int, int], float]:
-    """Independent plain-Python reference of the block-size distribution, from the spec's formula.
+    """Independent plain-Python reference of the block-size distribution, from docs/method/ijepa.md, "Masks".
 
     h = round(sqrt(s*N*a)), w = round(sqrt(s*N/a)) clamped to [1, max_side]; 'faithful' draws one
     uniform for s and a and floors s*N; 'fixed' draws two. Integrated on a midpoint grid of u.
@@ -189,7 +189,7 @@ def total_variation(sides_S2: torch.Tensor, reference: dict[tuple[int, int], flo
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("grid", GRIDS)
 def test_block_size_distribution_matches_reference(mode, grid):
-    """10k batch-level size draws: in range up to rounding, and distributed as the spec's formula says."""
+    """10k batch-level size draws: in range up to rounding, and distributed as docs/method/ijepa.md, "Masks" says."""
     cfg = MaskConfig(mode=mode)
     sampler = MultiBlockMaskSampler(grid, cfg)
     target, context = sampler.sample_block_sides(10_000, torch.Generator().manual_seed(3))

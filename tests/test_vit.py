@@ -1,4 +1,4 @@
-"""The image ViT encoder/predictor against the spec: sizes, a plain-PyTorch reference forward,
+"""The image ViT encoder/predictor against the method notes (docs/method/ijepa.md): sizes, a plain-PyTorch reference forward,
 any-resolution positions, TorchScript, gradient checkpointing, init, and the FLOPs model."""
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ def perturbed(module: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
     return module
 
 
-# ---------------------------------------------------------------------- reference, from the spec
+# ---------------------------------------------------------------------- reference, from docs/method/ijepa.md
 def mae_sincos(embed_dim: int, grid_h: int, grid_w: int) -> np.ndarray:
     """The MAE table in numpy: meshgrid with w first, first half of channels from grid[0]."""
     grid = np.stack(np.meshgrid(np.arange(grid_w, dtype=np.float32), np.arange(grid_h, dtype=np.float32)), 0)
@@ -68,7 +68,7 @@ def ref_block(sd: dict, prefix: str, x: torch.Tensor, num_heads: int) -> torch.T
 
 
 def ref_encoder(sd: dict, x: torch.Tensor, patch: int, num_heads: int, keep=None, pos=None) -> torch.Tensor:
-    """float64 encoder straight from the spec; ``pos`` defaults to the stored table."""
+    """float64 encoder straight from docs/method/ijepa.md; ``pos`` defaults to the stored table."""
     sd = {k: v.double() for k, v in sd.items()}
     x = x.double()
     b, c, hh, ww = x.shape
@@ -383,7 +383,7 @@ def test_train_flops_vit_huge():
                 + 3 * 4 * predictor_forward_flops(k, t, embed_dim=1280, predictor_dim=384, depth=12, mlp_dim=1536))
     total = train_flops_per_image(cfg)
     assert total == pytest.approx(expected, rel=1e-12)
-    assert k == pytest.approx(109, abs=2)  # the spec's measured single-image context for ViT-H/14
+    assert k == pytest.approx(109, abs=2)  # docs/method/ijepa.md, "Collation": the measured single-image context for ViT-H/14
     # target forward alone: 2 * 630.4M weights * 256 tokens plus attention, about 333 GFLOPs
     assert encoder_forward_flops(256, **enc) == pytest.approx(333.2e9, rel=1e-3)
     assert 0.7e12 < total < 1.0e12
