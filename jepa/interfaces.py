@@ -399,6 +399,13 @@ class Modality(ABC):
     def eval_batch(self, items: list[Any]) -> Tensor:
         """Deterministic evaluation view of decoded items, stacked into a batch."""
 
+    def eval_augment(self, batch: Tensor, generator: torch.Generator) -> Tensor:
+        """A random, label-preserving augmentation of an :meth:`eval_batch` result, for the training
+        passes of ``jepa eval``'s probes (``--augment flip``; images: mirror the width of a random half
+        of the samples). Draw only from ``generator``. The default returns ``batch`` unchanged, and
+        ``jepa eval`` refuses ``--augment flip`` for a modality that keeps it."""
+        return batch
+
     @abstractmethod
     def example_input(self, batch_size: int, generator: torch.Generator | None = None) -> Tensor:
         """A random input batch of the training shape (tests, export checks, benchmarks)."""
@@ -417,6 +424,12 @@ class Modality(ABC):
     def train_flops_per_sample(self) -> float | None:
         """Approximate training FLOPs per sample (forward + backward), or None if unknown."""
         return None
+
+    def masks_depend_on_batch(self) -> bool:
+        """Whether a sample's masks depend on the micro batch they are collated in (e.g. every context
+        cut to the batch's shortest), so a run whose micro batch differs from ``data.micro_batch_size``
+        trains on other masks and is warned (:func:`jepa.recipe.micro_batch_warning`). Default: False."""
+        return False
 
     @classmethod
     def tiny_config(cls) -> dict[str, Any]:

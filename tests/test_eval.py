@@ -368,9 +368,13 @@ def test_help_states_every_protocol():
     res = CliRunner().invoke(app, ["eval", "--help"])
     assert res.exit_code == 0
     text = " ".join(res.output.split())
-    for needle in ("linear:", "linear4:", "attentive:", "knn:", "logreg / logreg4:", "held-out", "docs/eval_protocols.md",
-                   "--attentive-depth", "--augment", "--feature-cache"):
+    from jepa.eval.protocols import PROTOCOLS
+
+    for needle in ("linear:", "linear4:", "attentive:", "knn:", "logreg:", "logreg4:", "held-out",
+                   "docs/eval_protocols.md", "--attentive-depth", "--augment", "--feature-cache"):
         assert needle in text, needle
+    for name in PROTOCOLS:  # every registered protocol has its paragraph, from its declaration
+        assert f"{name}: " in text, name
 
 
 # --------------------------------------------------------------------------- the demo, end to end (slow)

@@ -15,38 +15,28 @@ console = Console()
 
 EVAL_HELP = """Evaluate frozen features: top-1 (top-5 with >= 10 classes) of each probe, as tables and JSON.
 
-Every protocol reads the frozen encoder (target by default) on the modality's evaluation view
-(images: shorter side resized to crop*256/224, centre crop). Exact definitions, and which paper
+Every protocol reads the frozen encoder (target by default) on the modality's evaluation view \
+(images: shorter side resized to crop*256/224, centre crop). Exact definitions, and which paper \
 protocol each matches or not: docs/eval_protocols.md.
 
-linear: average over tokens of the last layer, normalised (batch statistics, no affine), a
-grid of linear heads (--linear-lrs x --linear-wds, one head per pair, trained together on the
-same batches) by minibatch AdamW, cosine schedule, --epochs (default 100). With --augment none
-the pooled features are stored once and epochs read them back; otherwise the encoder runs
-every epoch. The head with the best top-1 on a held-out part of the training split (--holdout,
-class-stratified) is reported; the report lists every head. Same layers and pooling as the
-I-JEPA paper's linear probe; its training recipe is not released, so the numbers are not
-comparable with the paper's.
+{protocols}
 
-linear4: the same on the average-pooled last 4 layers, concatenated.
-
-attentive: a grid of attentive probes on the last layer's tokens: --attentive-depth blocks
-(depth-1 self-attention blocks, then a cross-attention block with one learnable query,
-residual and MLP), a linear classifier on the query; AdamW, cosine schedule, --epochs (default
-20); with --augment none the tokens are encoded once and kept in host memory when they fit
-(--feature-cache auto or memory), else the encoder runs inside the training loop every epoch. Chosen on
-the held-out split like linear. The probe architecture of V-JEPA 2's evaluation (which uses
-depth 4, 16 heads, heavier augmentation, and picks the best head on the validation set).
-
-knn: weighted k-nearest neighbours (cosine similarity, weights exp(sim / --temperature)) on
-the pooled last layer, streamed on the device in chunks.
-
-logreg / logreg4: full-batch multinomial logistic regression by L-BFGS on standardised pooled
-features (last layer / last 4), L2 strength chosen on a 20 % hold-out, refitted on all; holds
-every training feature in host memory: for small sets.
-
-Before any heavy work the memory each protocol needs is added up per place (host memory, GPU,
+Before any heavy work the memory each protocol needs is added up per place (host memory, GPU, \
 disk) and a plan that does not fit is refused with the numbers and the flags to change."""
+
+
+def _eval_help() -> str:
+    """:data:`EVAL_HELP` with one paragraph per registered protocol (its declared ``help``)."""
+    from jepa.eval.protocols import PROTOCOLS
+
+    return EVAL_HELP.format(protocols="\n\n".join(f"{p.name}: {p.help}" for p in PROTOCOLS.values()))
+
+
+def _epochs_help() -> str:
+    from jepa.eval.protocols import PROTOCOLS
+
+    defaults = ", ".join(f"{p.name} {p.default_epochs}" for p in PROTOCOLS.values() if p.default_epochs is not None)
+    return f"Epochs of the grid probes (default: {defaults})"
 
 
 def _floats(text: str, flag: str) -> tuple[float, ...]:
@@ -69,7 +59,9 @@ def _recipe_bound(flag: str, value: int, section: str, field: str) -> None:
 
 
 def register(app: typer.Typer, bench: typer.Typer) -> None:
-    @app.command("eval", help=EVAL_HELP)
+    from jepa.eval.protocols import PROTOCOLS
+
+    @app.command("eval", help=_eval_help())
     def eval_cmd(
         source: str = typer.Argument(..., help="Run dir, checkpoint (dir or models.pt), released .pth.tar, file from "
                                                "`jepa export` (with --trust-torchscript), random:RECIPE (random-init "
@@ -80,14 +72,13 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
                                             "are skipped and counted)"),
         val_data: str = typer.Option(..., "--val-data", "--val-shards", help="Validation split, as --train-data"),
         protocol: str = typer.Option("linear,knn", "--protocol",
-                                     help="Comma-separated: linear, linear4, attentive, knn, logreg, logreg4"),
+                                     help=f"Comma-separated: {', '.join(PROTOCOLS)}"),
         device: Optional[str] = typer.Option(None, "--device", help="Where the encoder and probes run: cuda, cuda:1, "
                                              "cpu (default: cuda if available, else cpu)"),
         precision: str = typer.Option("auto", "--precision", help="bf16 autocast (CUDA only) or fp32; auto: bf16 on "
                                       "CUDA, fp32 on CPU"),
         batch_size: int = typer.Option(64, "--batch-size", help="Samples per encoder forward and per probe step; a larger batch runs the encoder more efficiently but gives fewer optimiser steps per epoch"),
-        epochs: Optional[int] = typer.Option(None, "--epochs", help="Epochs of linear/linear4 (default 100) and "
-                                             "attentive (default 20)"),
+        epochs: Optional[int] = typer.Option(None, "--epochs", help=_epochs_help()),
         linear_lrs: str = typer.Option("1e-3,3e-3,1e-2,3e-2,0.1,0.3,1", "--linear-lrs", help="Peak AdamW learning rates of the "
                                        "linear grid"),
         linear_wds: str = typer.Option("0,1e-4,1e-3", "--linear-wds", help="AdamW weight decays of the linear grid"),
@@ -102,9 +93,10 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
         warmup_epochs: float = typer.Option(0.0, "--warmup-epochs", help="Linear lr warmup of the grid probes"),
         holdout: float = typer.Option(0.1, "--holdout", help="Class-stratified fraction of the training split held "
                                       "out to choose the best head of each grid"),
-        augment: str = typer.Option("none", "--augment", help="Training view of linear/attentive: none (evaluation "
-                                    "view), crop (the modality's training crop), flip (mirror the width axis of each "
-                                    "sample with probability 1/2), crop+flip"),
+        augment: str = typer.Option("none", "--augment", help="Training view of the grid probes: none (evaluation "
+                                    "view), crop (the modality's training crop), flip (the modality's evaluation "
+                                    "augmentation: images and videos mirror the width of each sample with probability "
+                                    "1/2), crop+flip"),
         feature_cache: str = typer.Option("auto", "--feature-cache", help="Where pooled features are stored: auto "
                                           "(host memory if under 25 % of free memory, else the temp folder), memory, "
                                           "or a folder"),

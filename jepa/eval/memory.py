@@ -2,7 +2,8 @@
 
 ``jepa eval`` adds up, per place (host memory, the GPU, the disk of the feature cache), what
 every requested protocol needs at its peak (parameters and optimiser state of the heads,
-activations of one step, the encoder's forward pass, features kept) and refuses before any
+activations of one step, the encoder's forward pass, features kept; each protocol states its own
+in :meth:`jepa.eval.protocols.Protocol.needs`) and refuses before any
 heavy work when a place would be over :data:`USABLE_FRACTION` of what is free, naming the
 bytes on each side and the flags that lower them. The estimates are deliberately simple upper
 bounds of the big terms (float32, 4 bytes an element); they are not a profiler.
@@ -19,6 +20,9 @@ import torch
 
 USABLE_FRACTION = 0.8
 """Share of the free memory (or disk) a run may plan to use."""
+POOLED_IN_MEMORY_FRACTION = 0.25
+"""``feature_cache="auto"`` keeps stored features (pooled, or the attentive probe's tokens) in host memory up to
+this share of the free memory; pooled features above it go to disk, tokens above it are not stored."""
 F32 = 4
 
 

@@ -1,28 +1,22 @@
-"""Labelled evaluation inputs: labelled shards or a folder of class sub-folders, read in passes.
+"""Labelled evaluation inputs for ``jepa eval``: labelled shards or a folder of class sub-folders, read in passes.
 
-Two readers live here:
+:class:`LabelledData` (:class:`ShardData` here, :class:`~jepa.eval.folder.FolderData`, made by
+:func:`open_labelled`) is what ``jepa eval`` reads. A split is first *scanned* (labels of every
+sample, no decoding of shards; a folder's files are listed and each is checked to decode in a
+child process, as ``jepa shards`` does, so corrupt files are skipped and counted before anything
+is trained). Then any number of *passes* read a chosen subset of the samples (``keep_N``: the
+held-out part, the training part, a low-shot subset), in file order or shuffled per epoch, in the
+evaluation view or augmented (the augmentation is the modality's). Every batch carries the
+samples' positions in the scan (``idx_B``), so a pass can fill a feature cache row by row.
+Samples that fail to decode during a pass are skipped and counted, never fatal.
 
-* :func:`labelled_batches`: one deterministic pass over labelled shards, in the modality's
-  evaluation view, every sample once (no shuffling); samples that do not decode or carry a bad
-  label are skipped and counted (the online k-NN of pretraining uses it: no sample may stop a run).
-* :class:`LabelledData` (:class:`ShardData`, :class:`FolderData`, made by :func:`open_labelled`):
-  what ``jepa eval`` reads. A split is first *scanned* (labels of every sample, no decoding of
-  shards; a folder's files are listed and each is checked to decode in a child process, as
-  ``jepa shards`` does, so corrupt files are skipped and counted before anything is trained).
-  Then any number of *passes* read a chosen subset of the samples (``keep_N``: the held-out part,
-  the training part, a low-shot subset), in file order or shuffled per epoch, in the evaluation
-  view or augmented. Every batch carries the samples' positions in the scan (``idx_B``), so a
-  pass can fill a feature cache row by row. Samples that fail to decode during a pass are
-  skipped and counted, never fatal.
-
-Labels are data, not trusted (:func:`label_of`): a ``cls`` value must be a class number in ASCII
-digits, ``0 <= label < C`` with ``C`` the number of class names of the split's manifest, or
-:data:`MAX_CLASSES` when no manifest names them; nothing is ever sized by a label's value before
-it is checked. A scan refuses a split holding a bad label (one line naming the sample and its shard:
-evaluating on a split with a corrupt label would score the wrong thing); the online k-NN skips it.
-The splits of an evaluation are numbered by class *name* (:func:`align_classes`): the validation
-split's labels are mapped to the training split's numbering, so a validation split holding a
-subset of the classes scores right, and one holding a class the training split lacks is refused.
+Labels are checked by :func:`jepa.eval.labels.label_of` (re-exported here with
+:func:`labelled_batches`, the one-pass reader of the online k-NN). A scan refuses a split holding a
+bad label (one line naming the sample and its shard: evaluating on a split with a corrupt label
+would score the wrong thing). The splits of an evaluation are numbered by class *name*
+(:func:`align_classes`): the validation split's labels are mapped to the training split's
+numbering, so a validation split holding a subset of the classes scores right, and one holding a
+class the training split lacks is refused.
 
 Shuffling is seeded by (seed, epoch, worker): shards are read in a per-epoch permutation,
 ``open_shards`` of them interleaved at random, through a buffer of ``shuffle_buffer`` raw samples
@@ -32,130 +26,22 @@ shuffled exactly (a permutation of its files).
 
 from __future__ import annotations
 
-import os
 import random
-import re
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Iterator
 
 import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from jepa.data import SHARD_ERRORS, SkippedFile, collate_as_is, expand_shards, read_shard
+from jepa.eval.labels import MAX_CLASSES, label_of, labelled_batches
 from jepa.interfaces import Modality
 
-
-class _LabelledBatches(IterableDataset):
-    """Shards ``worker::num_workers`` read in order, decoded, evaluation view, ``(inputs, labels, skipped)``:
-    ``skipped`` holds why each sample left out since the previous batch was (a batch of no rows
-    carries the last ones)."""
-
-    def __init__(self, urls: list[str], modality: Modality, batch_size: int, num_classes: int | None):
-        self.urls, self.modality, self.batch_size, self.num_classes = urls, modality, batch_size, num_classes
-
-    def __iter__(self) -> Iterator[tuple[Tensor, Tensor, list[str]]]:
-        info = get_worker_info()
-        urls = self.urls[info.id::info.num_workers] if info is not None else self.urls
-        items: list[Any] = []
-        labels: list[int] = []
-        skipped: list[str] = []
-        for url in urls:
-            try:
-                for sample in read_shard(url):
-                    if "cls" not in sample:  # unlabelled shards: the set is wrong, not one sample
-                        label_of(sample)
-                    try:
-                        label = label_of(sample, self.num_classes)
-                        items.append(self.modality.decode(sample))
-                    except ValueError as exc:
-                        skipped.append(str(exc))
-                        continue
-                    labels.append(label)
-                    if len(items) == self.batch_size:
-                        yield self.modality.eval_batch(items), torch.tensor(labels, dtype=torch.int64), skipped
-                        items, labels, skipped = [], [], []
-            except SHARD_ERRORS as exc:
-                raise RuntimeError(f"evaluation shard {url} is unreadable ({type(exc).__name__}: {exc}); "
-                                   "evaluation needs every sample: rewrite the shard") from exc
-        if items:
-            yield self.modality.eval_batch(items), torch.tensor(labels, dtype=torch.int64), skipped
-        elif skipped:
-            yield torch.empty(0), torch.empty(0, dtype=torch.int64), skipped
-
-
-MAX_CLASSES = 1 << 20
-"""Most classes (1,048,576) a split may have when no class names bound it: without a manifest the
-class count is the largest label + 1, and it sizes the label counts, the probes' heads and the k-NN
-votes, so one corrupt label (``cls`` = 10**12) would otherwise ask for terabytes. Far above any
-labelled set in use (ImageNet-21k: 21,841 classes); ``jepa eval``'s memory plan covers what a
-class count up to it costs."""
-
-_LABEL_TEXT = re.compile(rb"[+-]?[0-9]{1,30}")
-
-
-def label_of(sample: dict[str, Any], num_classes: int | None = None) -> int:
-    """The class number a labelled shard sample carries (its ``cls`` key), checked.
-
-    Args:
-        sample: a raw shard sample.
-        num_classes: the split's class count (its manifest's class names); None: :data:`MAX_CLASSES`.
-
-    Raises:
-        ValueError: no ``cls`` key, a value that is not a class number in ASCII digits, or one
-            outside ``0 .. num_classes - 1``; the message names the sample and its shard.
-    """
-    where = f"sample {sample.get('__key__')!r} of {sample.get('__url__')}"
-    if "cls" not in sample:
-        raise ValueError(f"shards have no labels (no 'cls' key in {where}); write labelled shards with "
-                         "`jepa shards` from a folder of class sub-folders")
-    raw = sample["cls"]
-    text = bytes(raw).strip() if isinstance(raw, (bytes, bytearray, memoryview)) else None
-    if text is None or not _LABEL_TEXT.fullmatch(text):
-        shown = repr(bytes(raw)[:20]) if text is not None else type(raw).__name__
-        raise ValueError(f"{where}: 'cls' is {shown}, not a class number (ASCII digits); rewrite the shard with "
-                         "`jepa shards`")
-    label, bound = int(text), MAX_CLASSES if num_classes is None else num_classes
-    if not 0 <= label < bound:
-        named = f"its manifest names {num_classes} classes" if num_classes is not None else \
-            f"without a manifest naming the classes at most {MAX_CLASSES:,} are allowed"
-        raise ValueError(f"{where}: label {label} is outside 0..{bound - 1} ({named}); rewrite the shard with "
-                         "`jepa shards`")
-    return label
-
-
-def labelled_batches(shards: str, modality: Modality, batch_size: int, num_workers: int = 0, *,
-                     num_classes: int | None = None,
-                     skipped: list[str] | None = None) -> Iterator[tuple[Tensor, Tensor]]:
-    """One pass over labelled shards, in a deterministic order, no shuffling, every readable sample once.
-
-    Args:
-        shards: shard spec (see :func:`expand_shards`).
-        modality: provides ``decode`` and ``eval_batch``.
-        batch_size: rows per batch (each worker's last batch may be smaller).
-        num_workers: loader processes (shards are dealt out round-robin).
-        num_classes: labels must be below it (:func:`label_of`; None: :data:`MAX_CLASSES`).
-        skipped: when given, why each sample that was left out was (it does not decode, or its
-            label is bad) is appended to it as the pass goes.
-
-    Yields:
-        ``(inputs, labels)``: (B, ...) from ``eval_batch`` and (B,) int64 from the ``cls`` key.
-
-    Raises:
-        ValueError: shards have no labels, or the spec is bad.
-    """
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1 (got {batch_size})")
-    dataset = _LabelledBatches(expand_shards(shards), modality, batch_size, num_classes)
-    batches = iter(dataset) if num_workers == 0 else iter(DataLoader(
-        dataset, batch_size=None, num_workers=min(num_workers, len(dataset.urls)), collate_fn=collate_as_is))
-    for x, y, left_out in batches:
-        if skipped is not None:
-            skipped.extend(left_out)
-        if y.numel():
-            yield x, y
+__all__ = ["AUGMENTS", "MAX_CLASSES", "LabelIndex", "LabelledData", "PassSpec", "ShardData", "align_classes",
+           "label_of", "labelled_batches", "open_labelled"]
 
 
 # --------------------------------------------------------------------------- splits read in passes
@@ -163,8 +49,8 @@ def labelled_batches(shards: str, modality: Modality, batch_size: int, num_worke
 AUGMENTS: tuple[str, ...] = ("none", "crop", "flip", "crop+flip")
 """Training-pass views: ``none`` is the evaluation view (``Modality.eval_batch``); ``crop`` the
 modality's training view (``Modality.train_batch``: for images a random resized crop with the
-recipe's ``input.crop_scale``); ``flip`` mirrors the last input axis (image / frame width) of a
-random half of the batch."""
+recipe's ``input.crop_scale``); ``flip`` the modality's evaluation augmentation of the batch
+(``Modality.eval_augment``: images and videos mirror the width of a random half of the samples)."""
 
 
 @dataclass
@@ -269,8 +155,7 @@ class _PassDataset(IterableDataset):
         x = self.modality.finish_batch(self.modality.train_batch(items, gen)) if "crop" in augment \
             else self.modality.eval_batch(items)
         if "flip" in augment:
-            flip = torch.rand(x.shape[0], generator=gen) < 0.5
-            x[flip] = x[flip].flip(-1)
+            x = self.modality.eval_augment(x, gen)
         idx_B = torch.tensor(idxs, dtype=torch.int64)
         return x, self.labels_N[idx_B], idx_B
 
@@ -363,7 +248,6 @@ def align_classes(train: LabelledData, val: LabelledData) -> None:
                          "manifest names) are the training split's or some of them")
     mapping = torch.tensor([position.get(c, -1) for c in v.classes], dtype=torch.int64)
     val.index = LabelIndex(mapping[v.labels_N], list(t.classes), v.skipped)
-
 
 class ShardData(LabelledData):
     """Labelled WebDataset shards (``cls`` key): a shard spec, a shard folder or a pattern."""
@@ -481,133 +365,9 @@ class _ShardPass(_PassDataset):
         rng.shuffle(buffer)
         yield from buffer
 
-
-class FolderData(LabelledData):
-    """A folder of class sub-folders (label = index of the sorted class names), read directly.
-
-    The scan lists the modality's files (:func:`jepa.data.list_folder`) and checks that each one
-    decodes, in a child process (:class:`jepa.data.screening.DecodeScreen`), so a file that
-    crashes or hangs the decoder is skipped like one that raises; skipped files are counted and
-    reported, and never read again.
-    """
-
-    kind = "folder"
-
-    def __init__(self, spec: str, modality: Modality):
-        super().__init__(spec, modality)
-        self.root = Path(spec)
-        self.files: list[str] = []
-        self.exts: list[str] = []
-        self.keys: list[str] = []
-
-    def _max_workers(self) -> int:
-        return max(1, len(self.files))
-
-    def scan(self, num_workers: int = 0) -> LabelIndex:
-        from jepa.data import list_folder, sample_keys
-
-        listing = list_folder(self.root, self.modality.file_suffixes(), self.modality.name)
-        if listing.labels is None:
-            raise ValueError(f"{self.root} holds files but no class sub-folders, so it has no labels; evaluation "
-                             "needs a folder of class sub-folders (one per class) holding the files")
-        files = [str(f) for f in listing.files]
-        keys = sample_keys(listing.files)
-        problems = _screen_files(self.modality, self.root, files, listing.exts, keys, num_workers)
-        ok = [i for i, p in enumerate(problems) if p is None]
-        skipped = [SkippedFile(files[i], p) for i, p in enumerate(problems) if p is not None]
-        if not ok:
-            raise ValueError(f"{self.root}: none of its {len(files)} files decodes (first: {skipped[0].path}: "
-                             f"{skipped[0].error})")
-        self.files = [files[i] for i in ok]
-        self.exts = [listing.exts[i] for i in ok]
-        self.keys = [keys[i] for i in ok]
-        labels = torch.tensor([listing.labels[i] for i in ok], dtype=torch.int64)
-        self.index = LabelIndex(labels, listing.classes, skipped)
-        return self.index
-
-    def _dataset(self, spec: PassSpec) -> _PassDataset:
-        assert self.index is not None
-        return _FolderPass(self.modality, spec, self.index.labels_N, self.root, self.files, self.exts, self.keys)
-
-
-SCREEN_CHUNK = 256
-"""Files per screening job (one child decoder process per job)."""
-
-
-def _screen_chunk(modality: Modality, root: str, files: Sequence[str], exts: Sequence[str],
-                  keys: Sequence[str]) -> list[str | None]:
-    """None for each file that decodes, else why not (read error, decoder error, crash or hang)."""
-    from jepa.data.screening import DecodeScreen
-
-    problems: list[str | None] = []
-    with DecodeScreen(modality) as screen:
-        for rel, ext, key in zip(files, exts, keys):
-            try:
-                data = Path(root, rel).read_bytes()
-            except OSError as exc:
-                problems.append(f"{type(exc).__name__}: {exc.strerror or exc}")
-                continue
-            problems.append(screen.check({"__key__": key, "__url__": str(Path(root, rel)), ext: data}))
-    return problems
-
-
-def _one_thread() -> None:
-    """Screening processes use one intra-op thread each: the processes are the parallelism."""
-    torch.set_num_threads(1)
-
-
-def _screen_files(modality: Modality, root: Path, files: list[str], exts: list[str], keys: list[str],
-                  num_workers: int) -> list[str | None]:
-    """:func:`_screen_chunk` over every file, in ``num_workers`` processes (at least one child decoder)."""
-    from concurrent.futures import ProcessPoolExecutor, as_completed
-
-    from jepa.eval.features import progress_bar
-
-    chunks = [range(s, min(s + SCREEN_CHUNK, len(files))) for s in range(0, len(files), SCREEN_CHUNK)]
-    out: list[list[str | None]] = [[] for _ in chunks]
-    with progress_bar() as progress:
-        task = progress.add_task(f"checking {root.name}/ decodes", total=len(files))
-
-        def args(c: range) -> tuple:
-            return (modality, str(root), files[c.start:c.stop], exts[c.start:c.stop], keys[c.start:c.stop])
-
-        if num_workers <= 1 or len(chunks) == 1:
-            for i, c in enumerate(chunks):
-                out[i] = _screen_chunk(*args(c))
-                progress.advance(task, len(c))
-        else:
-            with ProcessPoolExecutor(max_workers=min(num_workers, len(chunks)), initializer=_one_thread) as pool:
-                futures = {pool.submit(_screen_chunk, *args(c)): i for i, c in enumerate(chunks)}
-                for fut in as_completed(futures):
-                    i = futures[fut]
-                    out[i] = fut.result()
-                    progress.advance(task, len(chunks[i]))
-    return [p for chunk in out for p in chunk]
-
-
-class _FolderPass(_PassDataset):
-    def __init__(self, modality: Modality, spec: PassSpec, labels_N: Tensor, root: Path, files: list[str],
-                 exts: list[str], keys: list[str]):
-        super().__init__(modality, spec, labels_N)
-        self.root, self.files, self.exts, self.keys = root, files, exts, keys
-
-    def _samples(self, worker: int, num_workers: int, rng: random.Random | None) -> Iterator[tuple[int, dict | None]]:
-        order = list(range(len(self.files))) if self.keep is None else self.keep.nonzero()[0].tolist()
-        if rng is not None:
-            rng.shuffle(order)
-        for idx in order[worker::num_workers]:
-            path = os.path.join(self.root, self.files[idx])
-            try:
-                data = Path(path).read_bytes()
-            except OSError:
-                yield idx, None
-                continue
-            yield idx, {"__key__": self.keys[idx], "__url__": path, self.exts[idx]: data}
-
-
 def open_labelled(spec: str, modality: Modality) -> LabelledData:
     """The reader for what ``--train-data`` / ``--val-data`` name: a folder of class sub-folders
-    (:class:`FolderData`), or labelled shards (:class:`ShardData`: a shard folder, a brace
+    (:class:`~jepa.eval.folder.FolderData`), or labelled shards (:class:`ShardData`: a shard folder, a brace
     pattern, URLs, several joined with ``'::'``).
 
     Raises:
@@ -622,6 +382,8 @@ def open_labelled(spec: str, modality: Modality) -> LabelledData:
             return ShardData(spec, modality)
         suffixes = tuple(modality.file_suffixes()) if modality is not None else ()
         if any(p.is_dir() or p.name.lower().endswith(suffixes) for p in entries):
+            from jepa.eval.folder import FolderData
+
             return FolderData(spec, modality)
         raise ValueError(f"{spec}: a folder with neither shards (*.tar, {MANIFEST_NAME}) nor class sub-folders; "
                          "pass labelled shards (`jepa shards` writes them) or a folder of class sub-folders")

@@ -87,6 +87,12 @@ class ImageModality(Modality):
 
         return eval_batch(items, self.cfg.input)
 
+    def eval_augment(self, batch: Tensor, generator: torch.Generator) -> Tensor:
+        """Mirror the width (last axis) of a random half of the images (``jepa eval --augment flip``)."""
+        flip = torch.rand(batch.shape[0], generator=generator) < 0.5
+        batch[flip] = batch[flip].flip(-1)
+        return batch
+
     def example_input(self, batch_size: int, generator: torch.Generator | None = None) -> Tensor:
         s = self.cfg.input.crop_size
         return torch.randn(batch_size, self.cfg.input.in_chans, s, s, generator=generator)
@@ -121,6 +127,10 @@ class ImageModality(Modality):
         short = {"vit_tiny": "ViT-Ti", "vit_small": "ViT-S", "vit_base": "ViT-B", "vit_large": "ViT-L",
                  "vit_huge": "ViT-H", "vit_giant": "ViT-g"}[self.cfg.encoder.arch]
         return f"{short}/{self.cfg.encoder.patch_size} @{self.cfg.input.crop_size}"
+
+    def masks_depend_on_batch(self) -> bool:
+        """Faithful masks cut every context to the shortest of the micro batch (see masks.py)."""
+        return self.cfg.mask.mode == "faithful"
 
     def train_flops_per_sample(self, batch_size: int | None = None) -> float:
         """Expected FLOPs of one image (``docs/flops.md``); with ``batch_size``, counted on the mean

@@ -99,6 +99,13 @@ class VideoModality(Modality):
 
         return eval_batch(items, self.cfg.input)
 
+    def eval_augment(self, batch: Tensor, generator: torch.Generator) -> Tensor:
+        """Mirror the width (last axis) of every frame of a random half of the clips (``jepa eval --augment
+        flip``). Not label-preserving for labels that name a horizontal direction (the demo's left / right)."""
+        flip = torch.rand(batch.shape[0], generator=generator) < 0.5
+        batch[flip] = batch[flip].flip(-1)
+        return batch
+
     def example_input(self, batch_size: int, generator: torch.Generator | None = None) -> Tensor:
         i = self.cfg.input
         return torch.randn(batch_size, i.in_chans, i.num_frames, i.crop_size, i.crop_size, generator=generator)
@@ -157,6 +164,10 @@ class VideoModality(Modality):
         c = self.cfg
         return (f"{_SHORT_ARCH[c.encoder.arch]}/{c.encoder.patch_size} {c.input.num_frames}x{c.input.crop_size} "
                 f"t{c.encoder.tubelet_size}")
+
+    def masks_depend_on_batch(self) -> bool:
+        """Faithful masks cut every context and target to the shortest of the micro batch (see masks.py)."""
+        return self.cfg.mask.mode == "faithful"
 
     def train_flops_per_sample(self) -> float:
         from jepa.modalities.video.flops import train_flops_per_clip
