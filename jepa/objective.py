@@ -134,9 +134,10 @@ class Objective(ABC):
     def loss(self, engine: "Engine", batch: "Batch", step: int) -> LossOutput:
         """Forward one micro batch (already on the device) and return its loss.
 
-        Call the trained module as ``engine.model(...)`` (the DeepSpeed-wrapped
-        :meth:`build_model` module), frozen modules as ``engine.frozen[name]``, and run
-        computations outside the wrapped module under ``engine.autocast()``.
+        Call the trained module as ``engine.forward(...)`` (the :meth:`build_model` module as
+        DeepSpeed runs it; its parameters are ``engine.module``'s), frozen modules as
+        ``engine.frozen[name]``, and run computations outside the wrapped module under
+        ``engine.autocast()``.
         """
 
     def after_step(self, engine: "Engine", step: int) -> dict[str, float]:

@@ -124,9 +124,9 @@ def train(recipe: Recipe, resume: str = "auto", *, save_checkpoints: bool = True
         init_from.load_into_modules(init_states, model)
     batch_maker = objective.batch_maker()
     # a checkpoint of another number of processes keeps its micro batch: the accumulation steps follow
-    engine_cfg, micro_batch_size = checkpoint.resume_batch_split(recipe, resume if save_checkpoints else "none")
+    engine_cfg, requested_micro_batch = checkpoint.resume_batch_split(recipe, resume if save_checkpoints else "none")
     engine = Engine(model, frozen=objective.build_frozen(model), engine_cfg=engine_cfg, optim_cfg=o,
-                    global_batch_size=recipe.data.global_batch_size, micro_batch_size=micro_batch_size)
+                    global_batch_size=recipe.data.global_batch_size, requested_micro_batch=requested_micro_batch)
     if engine.dist.device.type == "cpu":
         retain_freed_memory()  # no page faults on the same activations every step (jepa.host_memory)
     preemption = Preemption()
@@ -149,7 +149,7 @@ def train(recipe: Recipe, resume: str = "auto", *, save_checkpoints: bool = True
         elif recipe.init_from:
             init_from.load_into_engine(recipe.init_from, init_states, init_dir, engine)
         loader = build_train_loader(recipe.data, modality, batch_maker, seed=recipe.seed, rank=engine.dist.rank,
-                                    world_size=engine.dist.world_size, micro_batch_size=engine.micro_batch_size,
+                                    world_size=engine.dist.world_size, micro_batch_size=engine.micro_batch_per_rank,
                                     state=loader_state)
         online_knn = None
         if recipe.eval.every_steps:  # imported here: training without it does not load the evaluation package
@@ -158,14 +158,14 @@ def train(recipe: Recipe, resume: str = "auto", *, save_checkpoints: bool = True
             part = objective.eval_part  # the EMA target, or the online encoder of objectives without one
             eval_encoder = engine.frozen[part] if part in engine.frozen else getattr(engine.module, part)
         started = True  # every check passed: from here on the run writes into its directory
-        if engine.dist.is_main and (note := micro_batch_warning(recipe, engine.dist.world_size, engine.micro_batch_size)):
+        if engine.dist.is_main and (note := micro_batch_warning(recipe, engine.dist.world_size, engine.micro_batch_per_rank)):
             warnings.warn(note, stacklevel=1)
         _prepare_run_dir(run_dir, recipe, engine)
         keep_best = (BestCheckpoint(recipe.checkpoint.keep_best, run_dir)
                      if recipe.checkpoint.keep_best and save_checkpoints and engine.dist.is_main else None)
         monitor = Monitor(recipe.log, run_dir, engine, start_step=start_step, last_step=last_step,
                           samples_per_step=recipe.data.global_batch_size,
-                          flops_per_sample=objective.train_flops_per_sample(engine.micro_batch_size),
+                          flops_per_sample=objective.train_flops_per_sample(engine.micro_batch_per_rank),
                           peak=TrainingPeak(engine.dist.device, recipe.engine.precision))
         device, accum = engine.dist.device, engine.grad_accum_steps
         batches = iter(loader)
@@ -187,7 +187,7 @@ def train(recipe: Recipe, resume: str = "auto", *, save_checkpoints: bool = True
                 batch = batch.to(device, non_blocking=True)
                 monitor.data_wait(time.perf_counter() - t0)
                 if count_flops:
-                    monitor.flops_per_sample = objective.train_flops_per_sample(engine.micro_batch_size, batch)
+                    monitor.flops_per_sample = objective.train_flops_per_sample(engine.micro_batch_per_rank, batch)
                     count_flops = False
                 out = objective.loss(engine, batch, step)
                 engine.backward(out.loss)

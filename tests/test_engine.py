@@ -6,12 +6,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from jepa.engine import Engine, deepspeed_config, micro_batch_size
+from jepa.engine import Engine, deepspeed_config
 from jepa.param_groups import PARAM_GROUP_NAMES, build_param_groups
 from jepa.loss import latent_loss
 from jepa.model import target_tokens
 from jepa.monitor import read_metrics
-from jepa.recipe import EngineConfig, OptimConfig
+from jepa.recipe import EngineConfig, OptimConfig, split_global_batch
 from jepa.schedules import cosine, linear, warmup_cosine
 from jepa.objectives.ijepa import IJEPAConfig, IJEPAObjective
 from jepa.train import train
@@ -40,7 +40,7 @@ def _batch(n: int, seed: int = 0):
 def _train_step(engine: Engine, x, masks) -> torch.Tensor:
     with engine.autocast():
         targets = target_tokens(engine.frozen["target_encoder"], x, masks)
-        predictions = engine.model(x, masks)
+        predictions = engine.forward(x, masks)
     loss = latent_loss(predictions, targets)
     engine.backward(loss)
     engine.step()
@@ -145,9 +145,9 @@ def test_grad_accumulation_equals_one_big_batch():
     for accum in (1, 2):
         engine = _engine(grad_accum_steps=accum)
         try:
-            assert engine.micro_batch_size == 8 // accum
+            assert engine.micro_batch_per_rank == 8 // accum
             engine.set_optim_hparams(1e-3, 0.05)
-            mb = engine.micro_batch_size
+            mb = engine.micro_batch_per_rank
             for i in range(accum):
                 _train_step(engine, x[i * mb:(i + 1) * mb], masks[i * mb:(i + 1) * mb])
             params.append([p.detach().clone() for p in engine.module.parameters()])
@@ -172,7 +172,7 @@ def test_mixed_precision_autocasts_and_keeps_fp32_weights(precision, dtype):
     try:
         x, masks = _batch(8)
         with engine.autocast():
-            assert engine.model(x, masks).dtype == dtype
+            assert engine.forward(x, masks).dtype == dtype
         losses = [_train_step(engine, x, masks).item() for _ in range(3)]
         assert all(torch.isfinite(torch.tensor(losses)))
         assert all(p.dtype == torch.float32 for p in engine.module.parameters())
@@ -183,22 +183,58 @@ def test_mixed_precision_autocasts_and_keeps_fp32_weights(precision, dtype):
 
 def test_deepspeed_config_from_the_engine_section():
     optim = OptimConfig(grad_clip=1.0)
-    fp32 = deepspeed_config(EngineConfig(precision="fp32", zero_stage=2, grad_accum_steps=2), optim, 64, world_size=4)
-    assert fp32["train_micro_batch_size_per_gpu"] == 8 and fp32["gradient_accumulation_steps"] == 2
+    fp32 = deepspeed_config(EngineConfig(precision="fp32", zero_stage=2, grad_accum_steps=2), optim,
+                            global_batch_size=64, micro_batch_per_rank=8, grad_accum_steps=2)
+    assert fp32["train_batch_size"] == 64 and fp32["train_micro_batch_size_per_gpu"] == 8
+    assert fp32["gradient_accumulation_steps"] == 2
     assert fp32["zero_optimization"]["stage"] == 2 and fp32["gradient_clipping"] == 1.0
     assert "torch_autocast" not in fp32 and "bf16" not in fp32 and "fp16" not in fp32
-    bf16 = deepspeed_config(EngineConfig(precision="bf16"), optim, 64, world_size=1)
+    one = {"global_batch_size": 64, "micro_batch_per_rank": 64, "grad_accum_steps": 1}
+    bf16 = deepspeed_config(EngineConfig(precision="bf16"), optim, **one)
     assert bf16["torch_autocast"] == {"enabled": True, "dtype": "bfloat16", "lower_precision_safe_modules": []}
-    fp16 = deepspeed_config(EngineConfig(precision="fp16", zero_stage=0), optim, 64, world_size=1)
+    fp16 = deepspeed_config(EngineConfig(precision="fp16", zero_stage=0), optim, **one)
     assert fp16["torch_autocast"]["dtype"] == "float16"
     with pytest.raises(ValueError, match=r"fp16 with optim.grad_clip=1.0 under engine.zero_stage=2"):
-        deepspeed_config(EngineConfig(precision="fp16", zero_stage=2), optim, 64, world_size=1)
+        deepspeed_config(EngineConfig(precision="fp16", zero_stage=2), optim, **one)
 
 
 def test_micro_batch_must_divide():
-    assert micro_batch_size(2048, 16, 1) == 128
+    assert split_global_batch(2048, 16, 1) == (128, 1)
     with pytest.raises(ValueError, match=r"global_batch_size=10 is not divisible by world_size=4 x engine.grad_accum_steps=1"):
-        micro_batch_size(10, 4, 1)
+        split_global_batch(10, 4, 1)
+
+
+def test_the_engine_splits_the_global_batch_as_requested():
+    """The requested micro batch (data.micro_batch_size) is the one in effect, the accumulation steps
+    follow, and DeepSpeed is configured with the same split."""
+    torch.manual_seed(0)
+    objective = IJEPAObjective(IJEPAConfig(), MODALITY, total_steps=100)
+    model = objective.build_model()
+    engine = Engine(model, frozen=objective.build_frozen(model), engine_cfg=EngineConfig(precision="fp32"),
+                    optim_cfg=OptimConfig(), global_batch_size=8, requested_micro_batch=2)
+    try:
+        assert (engine.micro_batch_per_rank, engine.grad_accum_steps) == (2, 4)
+        assert engine._deepspeed.train_micro_batch_size_per_gpu() == 2
+        assert engine._deepspeed.gradient_accumulation_steps() == 4
+        assert engine.module is model and not hasattr(engine, "model")
+    finally:
+        engine.close()
+
+
+def test_deepspeeds_universal_checkpoint_modules_load_weights_only_and_torch_load_stays():
+    """The weights-only loading of DeepSpeed's universal-checkpoint code swaps only those modules'
+    ``torch`` name, for the context only; the global ``torch.load`` every other thread uses is untouched."""
+    import importlib
+
+    from jepa.engine.safe_load import UNIVERSAL_CHECKPOINT_MODULES, load_weights_only, weights_only_universal_checkpoint
+
+    modules = [importlib.import_module(name) for name in UNIVERSAL_CHECKPOINT_MODULES]
+    load = torch.load
+    with weights_only_universal_checkpoint():
+        assert torch.load is load
+        assert all(m.torch is not torch and m.torch.load is load_weights_only for m in modules)
+        assert all(m.torch.cat is torch.cat and m.torch.Tensor is torch.Tensor for m in modules)
+    assert all(m.torch is torch for m in modules)
 
 
 def test_activation_checkpointing_is_switched_on_and_changes_nothing():
@@ -212,7 +248,7 @@ def test_activation_checkpointing_is_switched_on_and_changes_nothing():
             assert engine.frozen["target_encoder"].grad_checkpointing is False  # no gradients there: nothing to recompute
             with engine.autocast():
                 targets = target_tokens(engine.frozen["target_encoder"], x, masks)
-                loss = latent_loss(engine.model(x, masks), targets)
+                loss = latent_loss(engine.forward(x, masks), targets)
             engine.backward(loss)
             grads.append([p.grad.clone() for p in engine.module.parameters()])
         finally:
@@ -239,8 +275,8 @@ def test_one_process_skips_deepspeeds_reduction_with_the_same_updates(accum):
     for reduce in (False, True):
         engine = _engine(global_batch_size=8, grad_accum_steps=accum)
         try:
-            assert engine.model.enable_backward_allreduce is False
-            engine.model.enable_backward_allreduce = reduce
+            assert engine._deepspeed.enable_backward_allreduce is False
+            engine._deepspeed.enable_backward_allreduce = reduce
             for step in range(3):
                 for micro in range(accum):
                     _train_step(engine, *_batch(8 // accum, seed=10 * step + micro))

@@ -182,7 +182,8 @@ def test_crafted_torchscript_never_runs_without_the_trust_flag(tmp_path, monkeyp
     assert code == 2 and "runs the code stored in it" in err
     code, _, err = _cli(monkeypatch, capsys, "eval", str(crafted), "--train-shards", "x.tar", "--val-shards", "y.tar")
     assert code == 2 and "--trust-torchscript" in err
-    assert read_export_metadata(crafted) == {}  # the metadata is read as data
+    with pytest.raises(ValueError, match="without readable jepa_export.json metadata"):
+        read_export_metadata(crafted)  # the metadata is read as data, and this file's holds none of ours
     assert not marker.exists(), "the TorchScript file's code ran"
     torch.jit.load(str(crafted))  # what the flag allows: the file's code runs
     assert marker.exists()

@@ -84,7 +84,7 @@ def test_reshard_scratch_that_is_a_link_is_replaced_not_followed(tmp_path, toy_r
     objective = IJEPAObjective(IJEPAConfig(), ToyModality(ToyConfig()), total_steps=10)
     model = objective.build_model()
     engine = Engine(model, frozen=objective.build_frozen(model), engine_cfg=EngineConfig(precision="fp32", zero_stage=2),
-                    optim_cfg=OptimConfig(), global_batch_size=8, micro_batch_size=8)
+                    optim_cfg=OptimConfig(), global_batch_size=8, requested_micro_batch=8)
     try:
         target = safe_load(ckpt / "models.pt", "models.pt")["target_encoder"]
         engine.load_state(ckpt, {"target_encoder": target}, reshard_dir=scratch)
@@ -98,14 +98,14 @@ def test_reshard_scratch_that_is_a_link_is_replaced_not_followed(tmp_path, toy_r
 def test_reshard_scratch_removal_failure_is_a_warning(tmp_path, caplog, monkeypatch):
     """The scratch folder that cannot be removed after loading is a warning naming it (a leftover is
     removed by the next attempt), never an exception hiding the one being raised."""
-    from jepa import engine as engine_module
+    from jepa.engine import reshard
 
     def refuse(path):
         raise PermissionError(13, "Permission denied", str(path))
 
-    monkeypatch.setattr(engine_module, "remove_tree", refuse)
-    with caplog.at_level("WARNING", logger="jepa.engine"):
-        engine_module._remove_scratch(tmp_path / "step_000001.reshard.tmp")
+    monkeypatch.setattr(reshard, "remove_tree", refuse)
+    with caplog.at_level("WARNING", logger="jepa.engine.reshard"):
+        reshard.remove_scratch(tmp_path / "step_000001.reshard.tmp")
     assert "could not remove the resharding scratch folder" in caplog.text and "step_000001.reshard.tmp" in caplog.text
 
 

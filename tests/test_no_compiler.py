@@ -1,7 +1,7 @@
 """Training builds no C++ extension, and whatever is built stays in its Python environment.
 
 DeepSpeed's CPU accelerator JIT-compiles a shared-memory comm op (``deepspeed_shm_comm``) at every
-process-group setup unless told not to (:func:`jepa.engine._skip_shm_comm_op`); minimal containers
+process-group setup unless told not to (:func:`jepa.engine.dist._skip_shm_comm_op`); minimal containers
 have no compiler, and environments sharing ``~/.cache/torch_extensions`` rebuilt it for a minute
 each time they alternated (:func:`jepa.engine.use_environment_extensions_dir`).
 """

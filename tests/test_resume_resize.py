@@ -479,7 +479,7 @@ def test_resharding_never_unpickles_unsafely(tmp_path, victim):
     model = objective.build_model()
     engine = Engine(model, frozen=objective.build_frozen(model),
                     engine_cfg=EngineConfig(precision="fp32", zero_stage=2), optim_cfg=OptimConfig(),
-                    global_batch_size=8, micro_batch_size=4)
+                    global_batch_size=8, requested_micro_batch=4)
     try:
         target = safe_load(ckpt / "models.pt", "models.pt")["target_encoder"]
         scratch = ckpt.with_name(ckpt.name + checkpoint.RESHARD_SUFFIX)
@@ -489,3 +489,38 @@ def test_resharding_never_unpickles_unsafely(tmp_path, victim):
         engine.close()
     assert not marker.exists(), "the pickle's code ran"
     assert not scratch.exists()
+
+
+@pytest.mark.parametrize("stage", [2, 3])
+def test_resharding_loads_every_file_through_the_weights_only_loader(tmp_path, monkeypatch, stage):
+    """No DeepSpeed code calls ``torch.load`` itself while a ZeRO state is converted to a universal
+    checkpoint and loaded from it: every file goes through ``jepa.engine.safe_load`` (a DeepSpeed
+    upgrade that loads from a module not in ``UNIVERSAL_CHECKPOINT_MODULES`` fails here)."""
+    import sys as _sys
+
+    from jepa.engine import Engine
+    from jepa.recipe import EngineConfig, OptimConfig
+    from jepa.objectives.ijepa import IJEPAConfig, IJEPAObjective
+    from jepa.weights import safe_load
+
+    train(_recipe(tmp_path / "run", "synthetic", f"engine.zero_stage={stage}", "max_steps=1"))
+    ckpt = tmp_path / "run" / "checkpoints" / "step_000001"
+    objective = IJEPAObjective(IJEPAConfig(), ToyModality(ToyConfig()), total_steps=10)
+    model = objective.build_model()
+    engine = Engine(model, frozen=objective.build_frozen(model),
+                    engine_cfg=EngineConfig(precision="fp32", zero_stage=stage), optim_cfg=OptimConfig(),
+                    global_batch_size=8, requested_micro_batch=4)
+    target = safe_load(ckpt / "models.pt", "models.pt")["target_encoder"]
+    callers, load = [], torch.load
+
+    def recording_load(*args, **kwargs):
+        callers.append(_sys._getframe(1).f_globals["__name__"])
+        return load(*args, **kwargs)
+
+    monkeypatch.setattr(torch, "load", recording_load)
+    try:
+        engine.load_state(ckpt, {"target_encoder": target}, reshard_dir=ckpt.with_name(ckpt.name + checkpoint.RESHARD_SUFFIX))
+    finally:
+        monkeypatch.undo()
+        engine.close()
+    assert len(callers) > 10 and set(callers) == {"jepa.engine.safe_load"}, sorted(set(callers))

@@ -38,7 +38,7 @@ def _peek_resume(resume: str, run_dir: Path) -> Path | None:
 
 
 def resume_batch_split(recipe: Recipe, resume: str) -> tuple[EngineConfig, int | None]:
-    """The engine section and micro batch to build the engine with (before anything is resumed).
+    """The engine section and requested micro batch to build the engine with (before anything is resumed).
 
     Resuming a checkpoint written by another number of processes keeps its micro batch, so the
     accumulation steps are derived (``global / (processes x micro)``); otherwise the recipe's split.
@@ -80,10 +80,10 @@ def load_resized(engine: Engine, path: Path, recipe: Recipe, frozen_states: dict
         log.warning("%s was written by %d processes, resuming on %d: micro batch %d kept, %d accumulation steps; the "
                     "ZeRO state goes through DeepSpeed's universal checkpoint and the data positions are re-dealt (the "
                     "losses continue the curve, not bitwise)", path, saved_world, engine.dist.world_size,
-                    engine.micro_batch_size, engine.grad_accum_steps)
+                    engine.micro_batch_per_rank, engine.grad_accum_steps)
     rank_states = [read_rank_state(path, r) for r in range(saved_world)]
     loader_state = redeal([s["loader"] for s in rank_states], recipe.data, seed=recipe.seed, rank=engine.dist.rank,
-                          world_size=engine.dist.world_size, micro_batch_size=engine.micro_batch_size)
+                          world_size=engine.dist.world_size, micro_batch_size=engine.micro_batch_per_rank)
     engine.load_state(path, frozen_states, reshard_dir=path.with_name(path.name + RESHARD_SUFFIX))
     restore_rng(rank_states[engine.dist.rank % saved_world]["rng"])
     return loader_state

@@ -128,10 +128,10 @@ def load_checkpoint(engine: Engine, path: Path, recipe: Recipe) -> ResumePoint:
         raise ValueError(f"{path}: a checkpoint of a {saved_modality} run (recipe {saved_recipe.get('name')!r}); this "
                          f"recipe trains the {recipe.modality.name} modality. Resume with the recipe that wrote it (its "
                          "run directory keeps it as recipe.yaml), or start a new run in another run_dir")
-    if engine.micro_batch_size != saved_micro:
+    if engine.micro_batch_per_rank != saved_micro:
         raise ValueError(f"{path}: written with a micro batch of {saved_micro} per process ({saved_world} processes x "
-                         f"{saved_micro} x {saved_accum} accumulation steps); this run's is {engine.micro_batch_size} "
-                         f"({engine.dist.world_size} x {engine.micro_batch_size} x {engine.grad_accum_steps}), which would "
+                         f"{saved_micro} x {saved_accum} accumulation steps); this run's is {engine.micro_batch_per_rank} "
+                         f"({engine.dist.world_size} x {engine.micro_batch_per_rank} x {engine.grad_accum_steps}), which would "
                          f"change the masks and the data stream. Set data.micro_batch_size={saved_micro} (the accumulation "
                          f"steps follow) or resume on {saved_world} processes")
     expected = engine.state_shapes()  # every checkpoint part of this recipe's objective

@@ -62,7 +62,7 @@ def save_checkpoint(engine: Engine, run_dir: str | Path, step: int, recipe: Reci
             torch.save({"format_version": FORMAT_VERSION, **weights, "step": step,
                         "recipe": recipe.model_dump(mode="json")}, tmp / MODELS_FILE)
         meta = {"format_version": FORMAT_VERSION, "step": step, "world_size": engine.dist.world_size,
-                "micro_batch_size": engine.micro_batch_size, "grad_accum_steps": engine.grad_accum_steps,
+                "micro_batch_size": engine.micro_batch_per_rank, "grad_accum_steps": engine.grad_accum_steps,
                 "zero_stage": recipe.engine.zero_stage, "precision": recipe.engine.precision}
         (tmp / META_FILE).write_text(json.dumps(meta, indent=1) + "\n")
     engine.barrier()
