@@ -30,7 +30,7 @@ from PIL import Image
 
 from jepa import checkpoint
 from jepa.checkpoint import complete_checkpoints, load_model_weights
-from jepa.cli import main
+from cli_runner import run_jepa as _cli
 from jepa.data import read_shard
 from jepa.data import reading as reading_mod
 from jepa.modalities.image import ImageModality
@@ -44,18 +44,6 @@ from jepa.train import train
 from jepa.weights import safe_load
 
 LONG = ("optim.epochs=20", "optim.warmup_epochs=0.05")  # schedules of 2000 steps: the test stops the run
-
-
-def _cli(monkeypatch, capsys, *args: str) -> tuple[int, str, str]:
-    """``jepa ARGS`` in-process: (exit status, stdout, stderr); an escaping exception fails the test."""
-    monkeypatch.setattr(sys, "argv", ["jepa", *args])
-    try:
-        main()
-        code = 0
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else 1
-    out = capsys.readouterr()
-    return code, out.out, out.err
 
 
 def _losses(run_dir: Path) -> list[float]:

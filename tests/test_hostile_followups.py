@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import sys
 import zipfile
 from pathlib import Path
 from types import SimpleNamespace
@@ -25,29 +24,11 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from jepa.cli import main
+from cli_runner import run_jepa as _cli, one_error_line as _one_error_line
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 NESTED = "[" * 100_000 + "]" * 100_000  # json.loads raises RecursionError on it
-
-
-def _cli(monkeypatch, capsys, *args: str) -> tuple[int, str, str]:
-    """``jepa ARGS`` in-process: (exit status, stdout, stderr); an escaping exception fails the test."""
-    monkeypatch.setattr(sys, "argv", ["jepa", *args])
-    try:
-        main()
-        code = 0
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else 1
-    out = capsys.readouterr()
-    return code, out.out, out.err
-
-
-def _one_error_line(err: str) -> str:
-    lines = [line for line in err.splitlines() if line.startswith("error:")]
-    assert len(lines) == 1 and "Traceback" not in err, err
-    return lines[0]
 
 
 # --------------------------------------------------------------------------- 1. scratch folders that are links

@@ -24,31 +24,13 @@ import torch
 
 from jepa import checkpoint
 from jepa.checkpoint import complete_checkpoints, load_model_weights
-from jepa.cli import main
+from cli_runner import run_jepa as _cli, one_error_line as _one_error_line
 from jepa.train import train
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 LONG = ("optim.epochs=20", "optim.warmup_epochs=0.05")  # schedules of 2000 steps: max_steps stops the run
 NESTED = "[" * 100_000 + "]" * 100_000  # json.loads raises RecursionError on it
-
-
-def _cli(monkeypatch, capsys, *args: str) -> tuple[int, str, str]:
-    """``jepa ARGS`` in-process: (exit status, stdout, stderr); an escaping exception fails the test."""
-    monkeypatch.setattr(sys, "argv", ["jepa", *args])
-    try:
-        main()
-        code = 0
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else 1
-    out = capsys.readouterr()
-    return code, out.out, out.err
-
-
-def _one_error_line(err: str) -> str:
-    lines = [line for line in err.splitlines() if line.startswith("error:")]
-    assert len(lines) == 1 and "Traceback" not in err, err
-    return lines[0]
 
 
 @pytest.fixture(scope="module")

@@ -25,24 +25,12 @@ import torch
 import yaml
 
 from jepa import objectives, registry
-from jepa.cli import main
+from cli_runner import run_jepa as _cli
 from jepa.text import printable
 from tiny_recipes import tiny_image_recipe
 
 REPO = Path(__file__).resolve().parents[1]
 ESC = "\x1b"
-
-
-def _cli(monkeypatch, capsys, *args: str) -> tuple[int, str, str]:
-    """Run ``jepa ARGS`` in-process: (exit status, stdout, stderr). An escaping exception fails the test."""
-    monkeypatch.setattr(sys, "argv", ["jepa", *args])
-    try:
-        main()
-        code = 0
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else 1
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def _assert_error(code: int, err: str, *names: str) -> None:
