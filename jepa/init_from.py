@@ -21,34 +21,20 @@ What happens to each part:
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal, Mapping
+from typing import Mapping
 
-from pydantic import Field, field_validator
 from torch import Tensor, nn
 
-from jepa.config import StrictModel
+from jepa.checkpoint import load_model_weights
+from jepa.checkpoint.models import is_models_dict, weights_from_models
 from jepa.interfaces import Modality
+from jepa.recipe.sections import ALL_INIT_PARTS as ALL_PARTS
+from jepa.recipe.sections import InitFromConfig
+from jepa.weights import safe_load, state_problems
 
-Part = Literal["encoder", "predictor", "target"]
-ALL_PARTS: tuple[Part, ...] = ("encoder", "predictor", "target")
+__all__ = ["InitFromConfig", "read_init_states", "check_init_states", "load_into_modules", "load_into_engine"]
+
 _SECTION = {"encoder": "encoder", "predictor": "predictor", "target": "target_encoder"}
-
-
-class InitFromConfig(StrictModel):
-    """Where a new run takes its initial weights from."""
-
-    path: str = Field(min_length=1, description="A released I-JEPA .pth.tar, a run directory (its newest complete "
-                                                "checkpoint), a checkpoint directory or a models.pt of `jepa train`")
-    parts: list[Part] = Field(list(ALL_PARTS), min_length=1,
-                              description="Which models to take: encoder (context), predictor, target (EMA)")
-    optimizer: bool = Field(False, description="Also restore the optimiser moments (checkpoints of `jepa train` only)")
-
-    @field_validator("parts")
-    @classmethod
-    def _unique(cls, parts: list[Part]) -> list[Part]:
-        if len(set(parts)) != len(parts):
-            raise ValueError(f"parts {parts} names a part twice")
-        return parts
 
 
 def _is_jepa_weights(path: Path) -> bool:
@@ -64,8 +50,6 @@ def read_init_states(cfg: InitFromConfig, modality: Modality) -> tuple[dict[str,
         ValueError: the path is missing or not a known layout, a part is absent, or
             ``optimizer`` is asked of a file that cannot provide it.
     """
-    from jepa.checkpoint import load_model_weights
-
     path = Path(cfg.path)
     if not path.exists():
         raise ValueError(f"init_from.path: {path} does not exist; name a released .pth.tar, a run directory, a "
@@ -74,9 +58,6 @@ def read_init_states(cfg: InitFromConfig, modality: Modality) -> tuple[dict[str,
     if _is_jepa_weights(path):
         weights = load_model_weights(path)
     else:
-        from jepa.checkpoint.models import is_models_dict, weights_from_models
-        from jepa.weights import safe_load
-
         ckpt = safe_load(path, "a checkpoint in another project's layout, e.g. a released I-JEPA .pth.tar "
                          "(init_from.path)", mmap=False)
         if is_models_dict(ckpt):  # a models.pt of `jepa train` under another name (copied out of its run)
@@ -114,8 +95,6 @@ def check_init_states(cfg: InitFromConfig, states: Mapping[str, Mapping[str, Ten
     Raises:
         ValueError: naming the file and every missing, unexpected and mis-shaped key per part.
     """
-    from jepa.weights import state_problems
-
     expected = {"encoder": model.encoder.state_dict(), "target": model.encoder.state_dict()}
     if hasattr(model, "predictor"):
         expected["predictor"] = model.predictor.state_dict()

@@ -2,12 +2,8 @@
 
 from __future__ import annotations
 
-import resource
-import statistics
-import time
-from contextlib import nullcontext
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import torch
 import typer
@@ -17,7 +13,10 @@ from rich.table import Table
 from jepa import objectives, registry
 from jepa.cli.errors import cli_errors
 from jepa.cli.options import ResumeOption, SetOption
-from jepa.recipe import RecipeError, load_recipe, split_global_batch
+from jepa.recipe import load_recipe
+
+if TYPE_CHECKING:
+    from jepa.bench import StepProfile, TrainBench
 
 console = Console()
 
@@ -30,35 +29,38 @@ def _is_rank0() -> bool:
     return detect().is_main
 
 
-def _step_profiler(device: torch.device, warmup: int, steps: int) -> "torch.profiler.profile":
-    """A torch.profiler that records exactly the ``steps`` timed steps after ``warmup`` untimed ones
-    (advanced by ``step()`` after every optimiser step)."""
-    from torch.profiler import ProfilerActivity, profile, schedule
-
-    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
-    # the profiler's own warm-up step is the last untimed one; with none, recording starts at once
-    plan = schedule(skip_first=max(warmup - 1, 0), wait=0, warmup=min(warmup, 1), active=steps, repeat=1)
-    return profile(activities=activities, schedule=plan)
-
-
-def _print_profile(profiler: "torch.profiler.profile", step_times: list[float], device: torch.device) -> dict:
-    """Print the :func:`jepa.profile.breakdown` of a finished profile; returns it as a dict."""
-    from jepa.profile import breakdown
-
-    steps = len(step_times)
-    cats, ops = breakdown(profiler.key_averages(), device=device.type == "cuda", wall_seconds=sum(step_times))
-    clock = "CUDA kernel" if device.type == "cuda" else "CPU"
-    titles = (f"where a step's time goes ({clock} self time, {steps} profiled steps; the profiler slows them)",
+def _print_profile(profile: "StepProfile") -> None:
+    """Print where the profiled steps' time went: categories, then the largest operators outside the matrix products."""
+    clock = "CUDA kernel" if profile.device_kernels else "CPU"
+    titles = (f"where a step's time goes ({clock} self time, {profile.steps} profiled steps; the profiler slows them)",
               "largest operators outside the matrix products")
-    for title, first, rows in zip(titles, ("category", "operator"), (cats, ops)):
+    for title, first, rows in zip(titles, ("category", "operator"), (profile.categories, profile.top_ops)):
         table = Table(title=title)
         for column, justify in ((first, "left"), ("ms / step", "right"), ("share", "right")):
             table.add_column(column, justify=justify)
         for c in rows:
-            table.add_row(c.name, f"{1e3 * c.seconds / steps:.1f}", f"{100 * c.share:.1f} %")
+            table.add_row(c.name, f"{1e3 * c.seconds / profile.steps:.1f}", f"{100 * c.share:.1f} %")
         console.print(table)
-    return {key: {c.name: {"ms_per_step": 1e3 * c.seconds / steps, "share": c.share} for c in rows}
-            for key, rows in (("categories", cats), ("top_ops", ops))}
+
+
+def _print_bench(result: "TrainBench") -> None:
+    """Print the table of ``jepa bench train``."""
+    r, flops, peak = result.recipe, result.flops_per_sample, result.peak_flops_per_s
+    table = Table(title=f"bench train: {r.name} ({len(result.step_times)} timed steps after {result.warmup} warm-up)",
+                  show_header=False)
+    table.add_row("median step time", f"{result.step_time * 1e3:.1f} ms")
+    table.add_row("samples/s", f"{result.samples_per_s:.1f}")
+    table.add_row("global batch", str(r.data.global_batch_size))
+    table.add_row("data wait (share of the run)", f"{100 * result.data_wait:.1f} %")
+    table.add_row("page faults per step (median)", f"{result.page_faults_per_step:.0f} (host memory, rank 0)")
+    if flops:
+        table.add_row("training FLOPs per sample", _fmt_count(flops) + "FLOP")
+        table.add_row("achieved FLOP/s (all ranks)", _fmt_count(flops * result.samples_per_s) + "FLOP/s")
+    table.add_row("peak FLOP/s per device", (_fmt_count(peak) + "FLOP/s" if peak else "unknown") + f" ({result.peak_source})")
+    table.add_row("MFU", f"{100 * result.mfu:.1f} %" if result.mfu is not None else "unknown")
+    if result.peak_memory_bytes is not None:
+        table.add_row("peak memory (rank 0)", f"{result.peak_memory_bytes / 2**30:.2f} GiB")
+    console.print(table)
 
 
 def _fmt_count(n: float) -> str:
@@ -142,10 +144,8 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
         """
         import json
 
-        from jepa import mfu
-        from jepa.monitor import read_metrics
+        from jepa.bench import bench_train as run_bench
         from jepa.outputs import check_output_file
-        from jepa.train import train
 
         with cli_errors():
             if trace is not None and not profile:
@@ -155,98 +155,14 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
                 check_output_file(json_out, "--json", example="bench.json")
             if trace is not None:
                 check_output_file(trace, "--trace", example="trace.json")
-            base = load_recipe(recipe, overrides or [])
-            bench_overrides = [*(overrides or []), "data.source=synthetic", f"max_steps={warmup + steps}",
-                               f"log.every_steps={warmup + steps}", f"run_dir={base.resolved_run_dir}-bench"]
-            r = load_recipe(recipe, bench_overrides)
-            if r.total_steps < warmup + steps:
-                raise RecipeError(str(recipe), [("optim.epochs", f"the schedules span {r.total_steps} steps, fewer than "
-                                                 f"the {warmup + steps} to run; raise optim.epochs or lower --steps")])
-            from jepa.launch import detect
-
-            launch = detect()
-            device = torch.device("cuda", launch.local_rank) if torch.cuda.is_available() else torch.device("cpu")
-            dtype = mfu.compute_dtype(r.engine.precision)
-            # CPU peak: a GEMM between every two timed steps (outside their time), each step paired with the
-            # GEMMs beside it, so a neighbour's load shifts both alike. Profiled runs time it before and after
-            # instead (the profiler would record the GEMMs).
-            interleave = device.type == "cpu" and not profile
-            gemm = [mfu.measure_gemm(device, dtype)] if device.type == "cpu" and not interleave else []
-            if device.type == "cuda":
-                torch.cuda.reset_peak_memory_stats(device)
-            profiler = _step_profiler(device, warmup, steps) if profile else None
-            starts, ends = [], []  # of every step, timed without the per-log metrics (RankMe, ...)
-            faults: list[int] = []  # minor page faults of this process at the end of every step
-
-            def step_ended(done: int) -> None:
-                if device.type == "cuda":
-                    torch.cuda.synchronize(device)
-                ends.append(time.perf_counter())
-                faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt)
-                if profiler is not None:
-                    profiler.step()
-                if interleave and done >= warmup:
-                    gemm.append(mfu.measure_gemm(device, dtype, repeats=1))
-                starts.append(time.perf_counter())
-
-            with profiler if profiler is not None else nullcontext():
-                train(r, resume="none", save_checkpoints=False, step_hook=step_ended)
-            gemm += [mfu.measure_gemm(device, dtype)] if device.type == "cpu" and not interleave else []
-        if not _is_rank0():
+            result = run_bench(recipe, overrides or [], steps=steps, warmup=warmup, profile=profile, trace=trace)
+        if result is None:  # not rank 0
             return
-        world = launch.world_size
-        step_times = [end - start for start, end in zip(starts[warmup - 1:], ends[warmup:])]
-        step_time = statistics.median(step_times)
-        data_wait = read_metrics(r.resolved_run_dir)[-1]["data_wait_frac"]  # one record: the whole run
-        samples_per_s = r.data.global_batch_size / step_time
-        micro, _ = split_global_batch(r.data.global_batch_size, world, r.engine.grad_accum_steps, r.data.micro_batch_size)
-        record = read_metrics(r.resolved_run_dir)[-1]
-        flops = (objectives.bind(r.objective, registry.bind(r.modality)).train_flops_per_sample(micro)
-                 or (record["flops_per_s"] / record["samples_per_s"] if record.get("flops_per_s") else None))
-        if gemm:
-            peak = statistics.median(flops_per_s for flops_per_s, _ in gemm)
-            where = "between the timed steps" if interleave else "before and after the steps"
-            peak_source = f"measured: cpu {r.engine.precision} GEMM {max(n for _, n in gemm)}^3 {where}, this run"
-        else:
-            table = mfu.TrainingPeak(device, r.engine.precision)  # a GPU: the table's peak
-            peak, peak_source = table.flops_per_s, table.source
-        utilisation = mfu.mfu(flops * samples_per_s, peak, world) if flops else None
-        if interleave and flops:  # the median of per-step ratios, each step over the mean of its two GEMMs
-            utilisation = statistics.median(
-                mfu.mfu(flops * r.data.global_batch_size / t, (g0 + g1) / 2, world)
-                for t, (g0, _), (g1, _) in zip(step_times, gemm, gemm[1:]))
-        peak_mem = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
-        table = Table(title=f"bench train: {r.name} ({len(step_times)} timed steps after {warmup} warm-up)", show_header=False)
-        table.add_row("median step time", f"{step_time * 1e3:.1f} ms")
-        table.add_row("samples/s", f"{samples_per_s:.1f}")
-        table.add_row("global batch", str(r.data.global_batch_size))
-        table.add_row("data wait (share of the run)", f"{100 * data_wait:.1f} %")
-        step_faults = statistics.median(b - a for a, b in zip(faults[warmup - 1:], faults[warmup:]))
-        table.add_row("page faults per step (median)", f"{step_faults:.0f} (host memory, rank 0)")
-        if flops:
-            table.add_row("training FLOPs per sample", _fmt_count(flops) + "FLOP")
-            table.add_row("achieved FLOP/s (all ranks)", _fmt_count(flops * samples_per_s) + "FLOP/s")
-        table.add_row("peak FLOP/s per device", (_fmt_count(peak) + "FLOP/s" if peak else "unknown") + f" ({peak_source})")
-        table.add_row("MFU", f"{100 * utilisation:.1f} %" if utilisation is not None else "unknown")
-        if peak_mem is not None:
-            table.add_row("peak memory (rank 0)", f"{peak_mem / 2**30:.2f} GiB")
-        console.print(table)
-        breakdown = None
-        if profiler is not None:
-            breakdown = _print_profile(profiler, step_times, device)
+        _print_bench(result)
+        if result.profile is not None:
+            _print_profile(result.profile)
             if trace is not None:
-                with cli_errors():
-                    profiler.export_chrome_trace(str(trace))
                 console.print(f"trace written to {trace}")
         if json_out is not None:
             with cli_errors():
-                json_out.write_text(json.dumps({
-                    "recipe": r.name, "model": registry.bind(r.modality).describe(), "world_size": world,
-                    "global_batch": r.data.global_batch_size, "micro_batch": micro, "precision": r.engine.precision,
-                    "zero_stage": r.engine.zero_stage, "compile": r.engine.compile,
-                    "activation_checkpointing": r.engine.activation_checkpointing, "device": str(device),
-                    "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-                    "step_time_s": step_time, "step_times_s": step_times, "gemm_flops_per_s": [g for g, _ in gemm],
-                    "page_faults_per_step": step_faults, "samples_per_s": samples_per_s, "flops_per_sample": flops,
-                    "peak_flops_per_s": peak, "peak_source": peak_source, "mfu": utilisation,
-                    "peak_memory_bytes": peak_mem, "profile": breakdown}, indent=1) + "\n")
+                json_out.write_text(json.dumps(result.to_json(), indent=1) + "\n")
