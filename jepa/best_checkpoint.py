@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from jepa.checkpoint.json_file import read_json_object
+from jepa.errors import CheckpointError
 from jepa.outputs import remove_tree
 from jepa.recipe import KeepBestConfig
 
@@ -65,12 +66,12 @@ def read_best(run_dir: str | Path) -> dict[str, Any] | None:
     except FileNotFoundError:
         return None
     except ValueError as exc:
-        raise ValueError(f"{exc}; {_BEST_FIX}") from None
+        raise CheckpointError(f"{exc}; {_BEST_FIX}") from None
     value, step = record.get("value"), record.get("step")
     if not (isinstance(record.get("metric"), str) and record.get("mode") in ("max", "min")
             and isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
             and type(step) is int):
-        raise ValueError(f"{path}: not a record of checkpoint.keep_best (it needs metric, mode max|min, a finite value "
+        raise CheckpointError(f"{path}: not a record of checkpoint.keep_best (it needs metric, mode max|min, a finite value "
                          f"and an integer step); {_BEST_FIX}")
     return record
 

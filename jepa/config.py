@@ -20,6 +20,8 @@ from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 from pydantic import BaseModel, ConfigDict, ValidationInfo, field_validator
 
+from jepa.errors import ConfigError
+
 _INT64_MAX = 2**63 - 1
 
 
@@ -70,9 +72,9 @@ def check_range(name: str, value: tuple[float, float], upper: float | None = Non
     """
     lo, hi = value
     if not 0 < lo <= hi:
-        raise ValueError(f"{name} must satisfy 0 < low <= high, got {tuple(value)}")
+        raise ConfigError(f"{name} must satisfy 0 < low <= high, got {tuple(value)}")
     if upper is not None and hi > upper:
-        raise ValueError(f"{name} must be <= {upper}, got {tuple(value)}")
+        raise ConfigError(f"{name} must be <= {upper}, got {tuple(value)}")
 
 
 class StrictModel(BaseModel):
@@ -87,7 +89,7 @@ class StrictModel(BaseModel):
         field = cls.model_fields.get(info.field_name or "")
         problem = type_problem(field.annotation, value) if field is not None else None
         if problem:
-            raise ValueError(problem)
+            raise ConfigError(problem)
         return value
 
 

@@ -51,6 +51,7 @@ import torch
 from torch import Tensor, nn
 
 import jepa
+from jepa.errors import CheckpointError, ConfigError, PluginError
 from jepa.interfaces import DynamicShapes, Encoder, ExportDim
 from jepa.outputs import check_output_file, remove_tree, write_errors
 from jepa.sources import EXPORT_METADATA_NAME, EncoderSource, quiet_jit_deprecation
@@ -65,7 +66,7 @@ PROGRAM_MAX_BATCH = 1 << 16
 CORE_FORMATS: tuple[str, ...] = ("torchscript", "torch-export")
 
 
-class ExportVerificationError(ValueError):
+class ExportVerificationError(CheckpointError):
     """The exported model does not reproduce the eager encoder; nothing was written."""
 
 
@@ -151,7 +152,7 @@ class ExportResult:
 
 def _source_encoder(source: EncoderSource) -> nn.Module:
     if source.kind == "torchscript":
-        raise ValueError(f"{source.source}: already an exported file; export from the run or checkpoint it came from")
+        raise CheckpointError(f"{source.source}: already an exported file; export from the run or checkpoint it came from")
     return source.encoder
 
 
@@ -335,7 +336,7 @@ def export_torchscript(
     try:
         scripted = _script(eager)
     except Exception as exc:  # noqa: BLE001 - torch raises RuntimeError, FrontendError, ValueError, ...
-        raise ValueError(compile_error(source, encoder, "script", exc)) from exc
+        raise CheckpointError(compile_error(source, encoder, "script", exc)) from exc
     inputs = source.modality.export_inputs(encoder, torch.Generator().manual_seed(0))
     diffs = max_abs_differences(eager, scripted, inputs)
     if layered:  # the multi-layer entry point feeds linear4; check it on the first input
@@ -389,13 +390,13 @@ def _program_dims(shapes: DynamicShapes, example: Tensor, modality: str) -> dict
     for d, spec in sorted(shapes.dims.items()):
         where = f"modality {modality!r}: export_dynamic_shapes declares input dimension {d} ({spec.name!r})"
         if not 1 <= d < example.ndim:
-            raise ValueError(f"{where}, but its inputs have dimensions 1..{example.ndim - 1} after the batch")
+            raise PluginError(f"{where}, but its inputs have dimensions 1..{example.ndim - 1} after the batch")
         m, lo, hi = spec.multiple_of, spec.min_multiple, spec.max_multiple
         if spec.name in names or not 1 <= lo <= hi or m < 1:
-            raise ValueError(f"{where} with a repeated name or an empty range ({m} x {lo}..{hi})")
+            raise PluginError(f"{where} with a repeated name or an empty range ({m} x {lo}..{hi})")
         size = int(example.shape[d])
         if size % m or not lo <= size // m <= hi:
-            raise ValueError(f"{where} as {_sizes(spec)}, but its first export input has {size} there")
+            raise PluginError(f"{where} as {_sizes(spec)}, but its first export input has {size} there")
         names.add(spec.name)
         dims[d] = Dim(spec.name, min=lo, max=hi) if m == 1 else m * Dim(f"{spec.name}_div{m}", min=lo, max=hi)
     return dims
@@ -440,7 +441,7 @@ def capture_program(source: EncoderSource, pooled: bool, example: Tensor) -> tup
         with torch.no_grad():
             program = torch.export.export(module, (example,), dynamic_shapes={"x": dims}, strict=False)
     except Exception as exc:  # noqa: BLE001 - any capture failure is reported as a user-facing error
-        raise ValueError(compile_error(source, encoder, "export", exc)) from exc
+        raise CheckpointError(compile_error(source, encoder, "export", exc)) from exc
     return program, shapes
 
 
@@ -537,7 +538,7 @@ def export(
     """
     formats = export_formats(source)
     if fmt not in formats:
-        raise ValueError(f"--format must be one of {', '.join(formats)} for the {source.modality.name} modality, "
+        raise ConfigError(f"--format must be one of {', '.join(formats)} for the {source.modality.name} modality, "
                          f"got {fmt!r}")
     check_out_path(Path(out))
     return formats[fmt](source, out, pooled=pooled, tolerance=tolerance, log=log)

@@ -32,6 +32,8 @@ import subprocess
 from dataclasses import dataclass, field
 from typing import Literal, Mapping
 
+from jepa.errors import ConfigError
+
 log = logging.getLogger(__name__)
 
 #: Rendezvous ports derived from Slurm job ids lie in [SLURM_PORT_BASE, SLURM_PORT_BASE + SLURM_PORT_SPAN),
@@ -90,8 +92,8 @@ def _slurm_int(env: Mapping[str, str], *names: str) -> int:
             try:
                 return int(env[name])
             except ValueError:
-                raise ValueError(f"{name}={env[name]!r} is not a number; is this process started by srun?") from None
-    raise ValueError(f"{' / '.join(names)} is not set, but SLURM_PROCID is; start the tasks with srun")
+                raise ConfigError(f"{name}={env[name]!r} is not a number; is this process started by srun?") from None
+    raise ConfigError(f"{' / '.join(names)} is not set, but SLURM_PROCID is; start the tasks with srun")
 
 
 def _slurm(env: Mapping[str, str]) -> Launch:
@@ -99,12 +101,12 @@ def _slurm(env: Mapping[str, str]) -> Launch:
     world = _slurm_int(env, "SLURM_STEP_NUM_TASKS", "SLURM_NTASKS")
     local_rank = _slurm_int(env, "SLURM_LOCALID") if "SLURM_LOCALID" in env else 0
     if not 0 <= rank < world:
-        raise ValueError(f"SLURM_PROCID={rank} is not below the step's {world} tasks (SLURM_STEP_NUM_TASKS / SLURM_NTASKS)")
+        raise ConfigError(f"SLURM_PROCID={rank} is not below the step's {world} tasks (SLURM_STEP_NUM_TASKS / SLURM_NTASKS)")
     addr = env.get("MASTER_ADDR")
     if not addr:
         nodelist = next((env[k] for k in ("SLURM_STEP_NODELIST", "SLURM_JOB_NODELIST", "SLURM_NODELIST") if env.get(k)), None)
         if nodelist is None:
-            raise ValueError("srun task without SLURM_STEP_NODELIST / SLURM_JOB_NODELIST / SLURM_NODELIST: cannot tell "
+            raise ConfigError("srun task without SLURM_STEP_NODELIST / SLURM_JOB_NODELIST / SLURM_NODELIST: cannot tell "
                              "the rendezvous host; set MASTER_ADDR to the host of task 0")
         addr = first_host(nodelist)
     port = env.get("MASTER_PORT") or str(slurm_port(env.get("SLURM_JOB_ID", "0")))
@@ -133,7 +135,7 @@ def first_host(nodelist: str) -> str:
             pass
     hosts = expand_nodelist(nodelist)
     if not hosts:
-        raise ValueError(f"empty Slurm node list {nodelist!r}; set MASTER_ADDR to the host of task 0")
+        raise ConfigError(f"empty Slurm node list {nodelist!r}; set MASTER_ADDR to the host of task 0")
     return hosts[0]
 
 
@@ -165,12 +167,12 @@ def _split_top_level(text: str) -> list[str]:
         elif ch == "]":
             depth -= 1
             if depth < 0:
-                raise ValueError(f"unbalanced ']' in Slurm node list {text!r}")
+                raise ConfigError(f"unbalanced ']' in Slurm node list {text!r}")
         elif ch == "," and depth == 0:
             items.append(text[start:i])
             start = i + 1
     if depth:
-        raise ValueError(f"unbalanced '[' in Slurm node list {text!r}")
+        raise ConfigError(f"unbalanced '[' in Slurm node list {text!r}")
     items.append(text[start:])
     return [item for item in items if item]
 
@@ -185,13 +187,13 @@ def _expand_item(item: str) -> list[str]:
     for part in body.split(","):
         match = _RANGE.match(part.strip())
         if not match:
-            raise ValueError(f"malformed range {part!r} in Slurm node list entry {item!r}")
+            raise ConfigError(f"malformed range {part!r} in Slurm node list entry {item!r}")
         lo, hi = match.group(1), match.group(2)
         if hi is None:
             values.append(lo)
             continue
         if int(hi) < int(lo):
-            raise ValueError(f"descending range {part!r} in Slurm node list entry {item!r}")
+            raise ConfigError(f"descending range {part!r} in Slurm node list entry {item!r}")
         width = len(lo)
         values.extend(str(n).zfill(width) for n in range(int(lo), int(hi) + 1))
     return [prefix + v + tail for v in values for tail in _expand_item(rest)] if rest else [prefix + v for v in values]

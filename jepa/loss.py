@@ -9,6 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from jepa.errors import ConfigError
+
 
 def normalize_targets(tokens_BND: Tensor) -> Tensor:
     """Layer-norm each token over the feature dimension, without affine parameters."""
@@ -28,7 +30,7 @@ def latent_loss(pred: Tensor, target: Tensor, kind: Literal["l2", "smooth_l1", "
         return F.smooth_l1_loss(pred, target, beta=1.0)
     if kind == "l1":
         return F.l1_loss(pred, target)
-    raise ValueError(f"unknown loss kind {kind!r}; expected 'l2', 'smooth_l1' or 'l1'")
+    raise ConfigError(f"unknown loss kind {kind!r}; expected 'l2', 'smooth_l1' or 'l1'")
 
 
 def mean_over_pairs(losses: list[Tensor]) -> Tensor:

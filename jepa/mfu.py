@@ -16,12 +16,10 @@ from __future__ import annotations
 import inspect
 import statistics
 import time
-from typing import TYPE_CHECKING
 
 import torch
 
-if TYPE_CHECKING:
-    from jepa.interfaces import MaskSampler, Modality
+from jepa.interfaces import MaskSampler, Modality, as_mask_pairs
 
 #: Dense peak TFLOP/s per GPU: (bf16/fp16 tensor cores, fp32 without tensor cores). First match of
 #: the lower-cased substring in the device name wins, so the more specific names come first.
@@ -182,8 +180,6 @@ def collated_mask_tokens(sampler: "MaskSampler", batch_size: int, num_batches: i
     Returns:
         ``[(K, T), ...]``, one per (context, target) pair of the sampler.
     """
-    from jepa.interfaces import as_mask_pairs
-
     g = torch.Generator().manual_seed(seed)
     sums: list[list[float]] | None = None
     for _ in range(num_batches):

@@ -23,9 +23,11 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.text import Text
 from torch import Tensor
 
+from jepa.errors import ConfigError, UserError
 from jepa.health import rankme
 from jepa.model import representation_spread
 from jepa.recipe import LogConfig
+from jepa.run_stopped import NonFiniteLossError, RepresentationCollapseError
 
 if TYPE_CHECKING:
     from jepa.engine import Engine
@@ -34,29 +36,16 @@ if TYPE_CHECKING:
 METRICS_FILE = "metrics.jsonl"
 
 
-class RunStoppedError(RuntimeError):
-    """The run stopped itself because a health check failed (the CLI exits 1 with the message)."""
-
-
-class NonFiniteLossError(RunStoppedError):
-    """The loss became NaN or infinite; the message names the first such step."""
-
-
-class RepresentationCollapseError(RunStoppedError):
-    """The spread of the target representations fell below ``log.collapse_threshold``, or
-    their RankMe below ``log.collapse_rankme``."""
-
-
 def _parse_metrics(path: Path) -> list[tuple[str, dict[str, Any]]]:
     """``(line, record)`` pairs; a torn last line (a process killed mid-write) is left out."""
     if not path.exists():
         return []
     if not path.is_file():  # a named pipe would block the read
-        raise ValueError(f"{path}: not a regular file; move it away (the run's metrics are appended to it)")
+        raise UserError(f"{path}: not a regular file; move it away (the run's metrics are appended to it)")
     try:
         text = path.read_bytes().decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise ValueError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start}); the file was edited or "
+        raise UserError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start}); the file was edited or "
                          "corrupted") from None
     complete = text.split("\n")[:-1]  # text after the last newline is a torn write
     out = []
@@ -73,7 +62,7 @@ def _parse_metrics(path: Path) -> list[tuple[str, dict[str, Any]]]:
                 if not isinstance(record, dict) or not isinstance(record.get("step"), int):
                     problem = "not an object with an integer step"
             if problem is not None:
-                raise ValueError(f"{path}:{number}: not a JSON record ({problem}); the file was edited or corrupted")
+                raise UserError(f"{path}:{number}: not a JSON record ({problem}); the file was edited or corrupted")
             out.append((line, record))
     return out
 
@@ -97,7 +86,7 @@ def _tensorboard_writer(log_dir: Path) -> Any:
     try:
         from torch.utils.tensorboard import SummaryWriter
     except ImportError as exc:
-        raise ValueError("log.tensorboard is true but the 'tensorboard' package is not installed; "
+        raise ConfigError("log.tensorboard is true but the 'tensorboard' package is not installed; "
                          "pip install 'jepa-forge[tensorboard]' or set log.tensorboard=false") from exc
     return SummaryWriter(log_dir=str(log_dir))
 

@@ -29,7 +29,8 @@ from typing import TYPE_CHECKING, Iterator
 import torch
 from torch import Tensor
 
-from jepa.data import expand_shards
+from jepa.data import expand_shards, read_manifest
+from jepa.errors import DataError, UserError
 from jepa.eval.knn import StreamingKNN
 from jepa.eval.probes import topk_accuracy
 from jepa.eval.reader import labelled_batches
@@ -84,7 +85,7 @@ class OnlineKNN:
     def _features(self, encoder: Encoder, name: str) -> tuple[Tensor, Tensor]:
         pooled, labels = [], []
         device = self.engine.dist.device
-        error = None
+        error, failed = None, None
         skipped: list[str] = []
         try:  # a failure on one rank is raised on every rank, not left waiting in the gather
             with self.engine.autocast():
@@ -92,7 +93,7 @@ class OnlineKNN:
                     pooled.append(encoder(x.to(device, non_blocking=True)).float().mean(dim=1).cpu())
                     labels.append(y)
         except (ValueError, RuntimeError, OSError, MemoryError) as exc:
-            error = _failure(exc, name, self.engine.dist.rank)
+            error, failed = _failure(exc, name, self.engine.dist.rank), exc
             pooled, labels = [], []  # what this rank holds goes; its features are not gathered
         if skipped:
             log.warning("rank %d: online evaluation skipped %d samples of %s (a bad label or not decodable); last: %s",
@@ -101,13 +102,13 @@ class OnlineKNN:
         gathered = self.engine.all_gather_object((error, mine))
         errors = [e for e, _ in gathered if e is not None]
         if errors:  # the same exception on every rank: running out of memory stays that (the CLI names the knobs)
-            kind, text = next((e for e in errors if e[0] != "error"), errors[0])
-            raise _RAISED[kind](text)
+            kind, text = min(errors, key=lambda e: list(_RAISED).index(e[0]))  # memory, then user, then a bug
+            raise _RAISED[kind](text) from failed  # this rank's own failure keeps its traceback
         parts = [part for _, part in gathered]
         feats = torch.cat([f for f, _ in parts if f.numel()]) if any(f.numel() for f, _ in parts) else torch.empty(0)
         labels_N = torch.cat([y for _, y in parts])
         if labels_N.numel() == 0:
-            raise ValueError(f"{name}={getattr(self.cfg, name.split('.')[1])!r} yielded no labelled samples; "
+            raise DataError(f"{name}={getattr(self.cfg, name.split('.')[1])!r} yielded no labelled samples; "
                              "point it at labelled shards written by `jepa shards`")
         return feats, labels_N
 
@@ -139,14 +140,15 @@ class OnlineKNN:
 _CPU_ALLOC_FAILED = "DefaultCPUAllocator: can't allocate memory"
 """torch's host allocator raises a plain RuntimeError with this text when an allocation fails."""
 
-_RAISED = {"gpu memory": torch.OutOfMemoryError, "host memory": MemoryError, "error": ValueError}
+_RAISED = {"gpu memory": torch.OutOfMemoryError, "host memory": MemoryError, "user": DataError, "error": RuntimeError}
 """The exception every rank raises for a failure of each kind (:func:`_failure`)."""
 
 
 def _failure(exc: BaseException, name: str, rank: int) -> tuple[str, str]:
     """``(kind, message)`` of a failure on this rank while encoding ``name``, for every rank to raise
     the same: running out of GPU or host memory keeps its kind (``torch.OutOfMemoryError`` /
-    ``MemoryError``), anything else becomes a ``ValueError``."""
+    ``MemoryError``), a :class:`~jepa.errors.UserError` or ``OSError`` (bad shards, a missing file)
+    a :class:`~jepa.errors.DataError`, anything else (a bug) a ``RuntimeError``."""
     text, where = str(exc).strip(), f"online evaluation of {name} on rank {rank}"
     if isinstance(exc, torch.OutOfMemoryError):  # its first line says how much; the rest is allocator statistics
         return "gpu memory", f"{where}: {text.splitlines()[0] if text else 'CUDA out of memory'}"
@@ -155,13 +157,13 @@ def _failure(exc: BaseException, name: str, rank: int) -> tuple[str, str]:
         detail = text[text.find(_CPU_ALLOC_FAILED):].splitlines()[0] if _CPU_ALLOC_FAILED in text else \
             (text.splitlines() or [""])[-1]
         return "host memory", f"{detail} ({where})" if detail else where
-    return "error", f"online evaluation failed: {name}: {exc}"
+    if isinstance(exc, (UserError, OSError)):
+        return "user", f"online evaluation failed: {name}: {exc}"
+    return "error", f"online evaluation failed: {name}: {type(exc).__name__}: {exc}"
 
 
 def _class_names(shards: str) -> list[str] | None:
     """The class names of a shard set's manifest, or None when it names none (or has no manifest)."""
-    from jepa.data import read_manifest
-
     try:
         manifest = read_manifest(shards)
     except ValueError:
@@ -177,7 +179,7 @@ def _query_to_bank(bank: list[str] | None, query: list[str] | None, cfg: EvalCon
     position = {name: i for i, name in enumerate(bank)}
     unknown = [c for c in query if c not in position]
     if unknown:
-        raise ValueError(f"eval.val_shards={cfg.val_shards!r}: its manifest names class {unknown[0]!r}"
+        raise DataError(f"eval.val_shards={cfg.val_shards!r}: its manifest names class {unknown[0]!r}"
                          f"{f' (and {len(unknown) - 1} more)' if len(unknown) > 1 else ''}, not among the "
                          f"{len(bank)} classes of eval.train_shards={cfg.train_shards!r}; the k-NN bank cannot "
                          "vote for it: use query shards whose classes are the bank's or some of them")

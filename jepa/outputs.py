@@ -23,6 +23,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
+from jepa.errors import ConfigError
+
 NEARLY_FULL_BYTES = 64 * 2**20
 """A failed write on a filesystem with less than this available is reported as ENOSPC."""
 
@@ -68,9 +70,9 @@ def check_output_file(path: str | Path, flag: str, example: str = "out.json", *,
         kind = _kind(mode)
         link = f" (a symbolic link to {os.path.realpath(path)})" if path.is_symlink() else ""
         if stat.S_ISDIR(mode):
-            raise ValueError(f"{flag} {path}{link} is {kind}; name the file{' or new folder' if folders else ''} to "
+            raise ConfigError(f"{flag} {path}{link} is {kind}; name the file{' or new folder' if folders else ''} to "
                              f"write, e.g. {flag} {path / example}")
-        raise ValueError(f"{flag} {path}{link} is {kind}, not a regular file, and writing would replace or block on "
+        raise ConfigError(f"{flag} {path}{link} is {kind}, not a regular file, and writing would replace or block on "
                          f"it; name a new file or a regular file to overwrite")
     for parent in path.parents:
         try:
@@ -79,7 +81,7 @@ def check_output_file(path: str | Path, flag: str, example: str = "out.json", *,
             continue
         if not stat.S_ISDIR(parent_mode):
             kind = "a file" if stat.S_ISREG(parent_mode) else _kind(parent_mode)
-            raise ValueError(f"{flag} {path}: {parent} is {kind}, not a folder; write the output elsewhere")
+            raise ConfigError(f"{flag} {path}: {parent} is {kind}, not a folder; write the output elsewhere")
         break
     return path
 

@@ -15,6 +15,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Iterable
 
+from jepa.errors import ConfigError
+
 # Operator names (exact) of dense matrix products: linear layers, the patch embedding's
 # convolution, and their backward passes.
 MATMUL_OPS = frozenset({
@@ -103,7 +105,7 @@ def breakdown(events: Iterable[Any], *, device: bool = False, wall_seconds: floa
             per_op[name] = per_op.get(name, 0.0) + seconds
     total = sum(per_category.values())
     if total <= 0:
-        raise ValueError("the profile holds no operator time; profile at least one training step")
+        raise ConfigError("the profile holds no operator time; profile at least one training step")
     if wall_seconds is not None and wall_seconds > total:
         per_category[OUTSIDE] = wall_seconds - total
         total = wall_seconds

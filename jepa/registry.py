@@ -12,8 +12,8 @@ with a validated recipe section (``Modality(cfg)``). The built-ins register the 
 
 A broken plugin breaks only itself: an entry point whose import raises, that names something other
 than a plugin class, whose class carries another name, or a name two packages register, is a
-:class:`PluginError` (a ``ValueError``: one line naming the package, the entry point and the fix)
-when that name is used, and listed by :meth:`PluginGroup.problems`; every other plugin works.
+:class:`~jepa.errors.PluginError` (a :class:`~jepa.errors.UserError`: one line naming the package, the entry
+point and the fix) when that name is used, and listed by :meth:`PluginGroup.problems`; every other plugin works.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from importlib.metadata import EntryPoint, entry_points
 from typing import Generic, TypeVar
 
 from jepa.config import ModalityConfig
+from jepa.errors import ConfigError, PluginError
 from jepa.interfaces import Modality
 
 GROUP = "jepa.modalities"
@@ -38,11 +39,6 @@ class PluginInfo:
 
 
 ModalityInfo = PluginInfo
-
-
-class PluginError(ValueError):
-    """An installed plugin cannot be used (import failed, wrong object, wrong name, registered twice);
-    the message is one line naming the package, the entry point and the fix."""
 
 
 def _package(ep: EntryPoint) -> str:
@@ -99,7 +95,7 @@ class PluginGroup(Generic[T]):
             raise TypeError(f"register({name!r}, ...) takes a {self.base.__module__}.{self.base.__qualname__} "
                             f"subclass, got {plugin!r}")
         if name in self._extra or name in self._entry_points():
-            raise ValueError(f"{self.kind} {name!r} is already registered; pick another name")
+            raise PluginError(f"{self.kind} {name!r} is already registered; pick another name")
         self._extra[name] = plugin
 
     def unregister(self, name: str) -> None:
@@ -153,7 +149,7 @@ class PluginGroup(Generic[T]):
                 raise PluginError(duplicates[name])
             if name not in eps:
                 known = ", ".join(i.name for i in self.available()) or "none"
-                raise ValueError(f"unknown {self.kind} {name!r}; known {self.kinds}: {known}")
+                raise ConfigError(f"unknown {self.kind} {name!r}; known {self.kinds}: {known}")
             ep = eps[name]
             where = self._where(name, ep)
             try:

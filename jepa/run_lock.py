@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from jepa.checkpoint.json_file import read_json_object
+from jepa.errors import ConfigError, UserError
 
 log = logging.getLogger(__name__)
 
@@ -100,11 +101,11 @@ class RunLock:
             ValueError: another live run holds it (named), or ``run_dir`` is not a usable directory.
         """
         if run_dir.exists() and not run_dir.is_dir():
-            raise ValueError(f"run_dir {run_dir} is a file, not a directory; set run_dir to a directory")
+            raise ConfigError(f"run_dir {run_dir} is a file, not a directory; set run_dir to a directory")
         try:
             run_dir.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
-            raise ValueError(f"run_dir {run_dir} cannot be created ({exc.strerror or exc}); set run_dir to a "
+            raise ConfigError(f"run_dir {run_dir} cannot be created ({exc.strerror or exc}); set run_dir to a "
                              "writable directory") from None
         path = run_dir / LOCK_FILE
         owner = {"host": socket.gethostname(), "pid": os.getpid(), "started": time.time(),
@@ -129,7 +130,7 @@ class RunLock:
             else:
                 reason = _stale_reason(held, age) if held else "it names no owner"
             if reason is None:
-                raise ValueError(f"run_dir {run_dir} is in use by another `jepa train` ({_describe(held)}; lock file "
+                raise UserError(f"run_dir {run_dir} is in use by another `jepa train` ({_describe(held)}; lock file "
                                  f"{path}); wait for it to end, or set run_dir to another directory. If that run is "
                                  "gone, delete the lock file")
             log.warning("run_dir %s: taking over a stale lock (%s): %s", run_dir, _describe(held), reason)
@@ -137,7 +138,7 @@ class RunLock:
                 os.remove(path)
             except FileNotFoundError:
                 pass
-        raise ValueError(f"run_dir {run_dir}: could not take the lock {path}; another process keeps taking it; "
+        raise UserError(f"run_dir {run_dir}: could not take the lock {path}; another process keeps taking it; "
                          "make sure only one `jepa train` writes into this directory")
 
     def _beat(self) -> None:

@@ -32,11 +32,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 import torch
+from pydantic import ValidationError
 from torch import Tensor, nn
 
 from jepa import registry
+from jepa.errors import CheckpointError, ConfigError
 from jepa.interfaces import Modality
-from jepa.recipe import Recipe
+from jepa.recipe import Recipe, load_recipe
+from jepa.recipe.errors import problems_from
 from jepa.weights import check_state_dict, safe_load
 
 if TYPE_CHECKING:
@@ -131,11 +134,9 @@ class PixelEncoder(nn.Module):
 
 
 def _recipe_after_prefix(spec: str, prefix: str):
-    from jepa.recipe import load_recipe
-
     path = spec[len(prefix):]
     if not path:
-        raise ValueError(f"{spec!r}: name a recipe after {prefix!r}, e.g. {prefix}recipes/image_demo.yaml")
+        raise ConfigError(f"{spec!r}: name a recipe after {prefix!r}, e.g. {prefix}recipes/image_demo.yaml")
     recipe = load_recipe(path)
     return recipe, registry.bind(recipe.modality)
 
@@ -186,7 +187,7 @@ def _foreign_source(checkpoint: Any, path: Path, which: WhichEncoder, options: d
     broken = sorted(registry.MODALITIES.problems())
     unasked = (f"; not asked: the broken modality plugin(s) {', '.join(broken)} (`jepa modalities` says why)"
                if broken else "")
-    raise ValueError(f"{path}: no installed modality recognises this checkpoint (top level: {keys}){unasked}; pass "
+    raise CheckpointError(f"{path}: no installed modality recognises this checkpoint (top level: {keys}){unasked}; pass "
                      "a run dir, a checkpoint of `jepa train`, the authors' released .pth.tar, or a file from "
                      "`jepa export`")
 
@@ -214,33 +215,38 @@ def read_export_metadata(path: str | Path) -> dict[str, Any]:
         with zipfile.ZipFile(path) as zf:
             name = next((n for n in zf.namelist() if n.split("/", 1)[-1] == f"extra/{EXPORT_METADATA_NAME}"), None)
             if name is None or zf.getinfo(name).file_size > 1 << 20:
-                raise ValueError("missing or oversized")
+                raise CheckpointError("missing or oversized")
             meta = json.loads(zf.read(name))  # at most the size checked above: zipfile stops there
         if not isinstance(meta, dict):
-            raise ValueError(f"a JSON {type(meta).__name__} where an object belongs")
+            raise CheckpointError(f"a JSON {type(meta).__name__} where an object belongs")
         wrong = [key for key, kind in _EXPORT_METADATA_KEYS.items() if not isinstance(meta.get(key), kind)]
         if wrong:
-            raise ValueError(f"no {', '.join(wrong)} of the right type")
+            raise CheckpointError(f"no {', '.join(wrong)} of the right type")
     except RecursionError:
         problem = "JSON nested too deeply"
     except (OSError, zipfile.BadZipFile, ValueError) as exc:
         problem = str(exc)
     else:
         return meta
-    raise ValueError(f"{path}: a TorchScript file without readable {EXPORT_METADATA_NAME} metadata ({problem}); "
+    raise CheckpointError(f"{path}: a TorchScript file without readable {EXPORT_METADATA_NAME} metadata ({problem}); "
                      "only files written by `jepa export` can be evaluated")
 
 
 def _torchscript_source(path: Path, which: WhichEncoder | None) -> EncoderSource:
     meta = read_export_metadata(path)  # checked before any of the file's code runs
     if meta.get("pooled"):
-        raise ValueError(f"{path}: a pooled export (B, D) cannot feed the probes, which need tokens; "
+        raise CheckpointError(f"{path}: a pooled export (B, D) cannot feed the probes, which need tokens; "
                          "export again without --pooled")
     if which is not None and which != meta["encoder"]:
-        raise ValueError(f"{path}: this export holds the {meta['encoder']} encoder, not the {which} one; "
+        raise CheckpointError(f"{path}: this export holds the {meta['encoder']} encoder, not the {which} one; "
                          f"drop --encoder or export the {which} encoder from the checkpoint")
     modality_cls = registry.get(meta["modality_name"])
-    modality = modality_cls(modality_cls.config_model.model_validate(meta["modality"]))
+    try:
+        modality = modality_cls(modality_cls.config_model.model_validate(meta["modality"]))
+    except ValidationError as exc:
+        problems = "; ".join(f"{where}: {msg}" for where, msg in problems_from(exc, ("modality",)))
+        raise CheckpointError(f"{path}: its {EXPORT_METADATA_NAME} metadata holds no valid {meta['modality_name']} "
+                              f"modality section ({problems}); export it again with `jepa export`") from None
     # torch's FutureWarning that TorchScript is deprecated stays visible: the user chose this format.
     module = torch.jit.load(str(path), map_location="cpu")  # runs the file's code: the caller trusts it
     return EncoderSource(module.eval(), modality, "torchscript", meta["model"],
@@ -266,24 +272,24 @@ def load_source(source: str, *, which: WhichEncoder | None = None, trust_torchsc
             trusted, or its weights do not match the architecture it claims.
     """
     if which not in (None, "target", "context"):
-        raise ValueError(f"--encoder must be 'target' or 'context', got {which!r}")
+        raise ConfigError(f"--encoder must be 'target' or 'context', got {which!r}")
     if source.startswith(RANDOM_PREFIX):
         return _random_source(source, which or "target")
     if source.startswith(PIXELS_PREFIX):
         return _pixels_source(source)
     path = Path(source)
     if not path.exists():
-        raise ValueError(f"{source}: no such run directory, checkpoint or file; pass a run dir, a checkpoint "
+        raise CheckpointError(f"{source}: no such run directory, checkpoint or file; pass a run dir, a checkpoint "
                          "(dir or models.pt), a released .pth.tar, a file from `jepa export`, or random:RECIPE")
     if path.is_file() and _is_torchscript(path):
         if not trust_torchscript:
-            raise ValueError(f"{source}: a TorchScript file; loading it runs the code stored in it, so it is refused "
+            raise CheckpointError(f"{source}: a TorchScript file; loading it runs the code stored in it, so it is refused "
                              "unless you trust who made it: `jepa eval --trust-torchscript` evaluates it; `jepa export` "
                              "takes the checkpoint it was exported from instead")
         return _torchscript_source(path, which)
     options = {k: v for k, v in options.items() if v is not None}
     if path.is_file() and path.suffix.lower() in (".yaml", ".yml"):
-        raise ValueError(f"{source}: a YAML file (a recipe?), not weights; pass {RANDOM_PREFIX}{source} for the "
+        raise CheckpointError(f"{source}: a YAML file (a recipe?), not weights; pass {RANDOM_PREFIX}{source} for the "
                          "recipe's model at random initialisation, or the run directory that recipe trained")
     weights = None
     if path.is_file() and path.name != "models.pt":
@@ -295,6 +301,6 @@ def load_source(source: str, *, which: WhichEncoder | None = None, trust_torchsc
             return _foreign_source(checkpoint, path, which or "target", options)
         weights = weights_from_models(checkpoint, path)  # a models.pt copied out of its run under another name
     if options:
-        raise ValueError(f"{', '.join('--' + k.replace('_', '-') for k in options)}: these apply to foreign "
+        raise ConfigError(f"{', '.join('--' + k.replace('_', '-') for k in options)}: these apply to foreign "
                          "checkpoints (e.g. released .pth.tar) only; a run or checkpoint of `jepa train` carries its recipe")
     return _trained_source(path, which or "target", weights)

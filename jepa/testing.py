@@ -46,6 +46,7 @@ import yaml
 from jepa import registry
 from jepa.config import ModalityConfig
 from jepa.data import expand_shards, read_shard
+from jepa.errors import PluginError
 from jepa.interfaces import DemoDataSpec, MaskSet, MissingHookError, Modality, as_mask_pairs
 from jepa.loss import latent_loss, mean_over_pairs
 from jepa.model import JEPA, target_tokens
@@ -382,11 +383,11 @@ def modality_contract_tests(*names: str) -> dict[str, Any]:
     chosen = list(names) or known
     unknown = [n for n in chosen if n not in known]
     if unknown:
-        raise ValueError(f"modality_contract_tests: {', '.join(map(repr, unknown))} not registered (known: "
+        raise PluginError(f"modality_contract_tests: {', '.join(map(repr, unknown))} not registered (known: "
                          f"{', '.join(known) or 'none'}); install the plugin into this environment (pip install -e "
                          "PLUGIN_DIR) and run pytest with that environment's python")
     if len(set(chosen)) != len(chosen):
-        raise ValueError(f"modality_contract_tests: a modality is named twice in {chosen}")
+        raise PluginError(f"modality_contract_tests: a modality is named twice in {chosen}")
     objectives = [info.name for info in OBJECTIVES.available()]
 
     @pytest.fixture(scope="module", name=DEMO_FIXTURE)

@@ -32,15 +32,17 @@ import torch
 
 from jepa import checkpoint, init_from, objectives, registry
 from jepa.best_checkpoint import BestCheckpoint
-from jepa.data import build_train_loader
+from jepa.data.build import build_train_loader
+from jepa.data.redeal import redeal
 from jepa.engine import Engine
+from jepa.errors import ConfigError, UserError
 from jepa.host_memory import retain_freed_memory
 from jepa.mfu import TrainingPeak
 from jepa.monitor import Monitor
 from jepa.preemption import PreemptedError, Preemption, StopVote
 from jepa.recipe import Recipe, micro_batch_warning
 from jepa.run_lock import RunLock
-from jepa.schedules import cosine, warmup_cosine
+from jepa.schedules import cosine, learning_rate
 
 RECIPE_FILE = "recipe.yaml"
 
@@ -75,7 +77,7 @@ def _lock_run_dir(run_dir: Path, engine: Engine) -> RunLock | None:
             refusal = str(exc)
     refusal = engine.all_gather_object(refusal)[0]
     if refusal is not None:
-        raise ValueError(refusal)
+        raise UserError(refusal)
     return lock
 
 
@@ -85,7 +87,7 @@ def _prepare_run_dir(run_dir: Path, recipe: Recipe, engine: Engine) -> None:
         (run_dir / RECIPE_FILE).write_text(recipe.to_yaml())
     engine.barrier()
     if not (run_dir / RECIPE_FILE).is_file():
-        raise ValueError(f"rank {engine.dist.rank} cannot see {run_dir / RECIPE_FILE} written by rank 0: run_dir must be "
+        raise ConfigError(f"rank {engine.dist.rank} cannot see {run_dir / RECIPE_FILE} written by rank 0: run_dir must be "
                          "on a filesystem shared by every node (checkpoints are written there by all ranks)")
 
 
@@ -105,7 +107,7 @@ def train(recipe: Recipe, resume: str = "auto", *, save_checkpoints: bool = True
     Raises:
         ValueError: the run directory is in use, the checkpoint is invalid or does not fit the
             recipe, the batch does not divide, ...
-        jepa.monitor.RunStoppedError: the run went bad (non-finite loss, collapse, ...).
+        jepa.run_stopped.RunStoppedError: the run went bad (non-finite loss, collapse, ...).
         jepa.preemption.PreemptedError: SIGTERM while waiting for data, or a second SIGTERM.
     """
     warnings.filterwarnings("ignore", message=r"`torch\.distributed\.\w+` is deprecated", category=FutureWarning)
@@ -141,13 +143,15 @@ def train(recipe: Recipe, resume: str = "auto", *, save_checkpoints: bool = True
         resume_from = checkpoint.resolve_resume(resume, run_dir, verify) if save_checkpoints else None
         seen = engine.all_gather_object(str(resume_from))
         if len(set(seen)) > 1:
-            raise ValueError(f"ranks disagree on the checkpoint to resume from ({seen}); run_dir must be on a "
+            raise ConfigError(f"ranks disagree on the checkpoint to resume from ({seen}); run_dir must be on a "
                              "filesystem every node sees the same way")
         if resume_from is not None:
-            point = checkpoint.load_checkpoint(engine, resume_from, recipe)
+            redeal_positions = partial(redeal, data_cfg=recipe.data, seed=recipe.seed, rank=engine.dist.rank,
+                                       world_size=engine.dist.world_size, micro_batch_size=engine.micro_batch_per_rank)
+            point = checkpoint.load_checkpoint(engine, resume_from, recipe, redeal_positions=redeal_positions)
             start_step, loader_state = point.step, point.loader_state
         elif recipe.init_from:
-            init_from.load_into_engine(recipe.init_from, init_states, init_dir, engine)
+            init_from.load_into_engine(recipe.init_from, init_states, init_dir, engine, run_dir)
         loader = build_train_loader(recipe.data, modality, batch_maker, seed=recipe.seed, rank=engine.dist.rank,
                                     world_size=engine.dist.world_size, micro_batch_size=engine.micro_batch_per_rank,
                                     state=loader_state)
@@ -173,7 +177,7 @@ def train(recipe: Recipe, resume: str = "auto", *, save_checkpoints: bool = True
         count_flops = monitor.flops_per_sample is None  # objectives that count on the views' shapes: first batch
 
         for step in range(start_step, last_step):
-            lr = warmup_cosine(step, warmup_steps=warmup_steps, total_steps=total_steps,
+            lr = learning_rate(step, o.lr_schedule, warmup_steps=warmup_steps, total_steps=total_steps,
                                start=o.start_lr, peak=o.lr, final=o.final_lr)
             weight_decay = cosine(step, total_steps=total_steps, start=o.weight_decay, final=o.final_weight_decay)
             engine.set_optim_hparams(lr, weight_decay)

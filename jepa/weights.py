@@ -16,6 +16,8 @@ from typing import Any, Mapping
 import torch
 from torch import Tensor, nn
 
+from jepa.errors import CheckpointError
+
 
 def safe_load(path: str | Path, what: str, mmap: bool = True) -> Any:
     """``torch.load(path, weights_only=True)`` on the CPU; unreadable files become a clear ``ValueError``.
@@ -31,7 +33,7 @@ def safe_load(path: str | Path, what: str, mmap: bool = True) -> Any:
     """
     path = Path(path)
     if not path.is_file():
-        raise ValueError(f"{path}: no such file; pass {what}")
+        raise CheckpointError(f"{path}: no such file; pass {what}")
     zipped = zipfile.is_zipfile(path)
     try:
         # only torch's zip format can be memory-mapped; the legacy format (torch < 1.6 or
@@ -40,13 +42,13 @@ def safe_load(path: str | Path, what: str, mmap: bool = True) -> Any:
     except Exception as exc:
         problem = None if zipped else _not_torch_file(path)
         if problem:  # torch's own message would advise weights_only=False, or re-saving a file that is no checkpoint
-            raise ValueError(f"{path}: cannot be read as {what}: not a PyTorch file ({problem})") from exc
+            raise CheckpointError(f"{path}: cannot be read as {what}: not a PyTorch file ({problem})") from exc
         if isinstance(exc, pickle.UnpicklingError):
-            raise ValueError(f"{path}: cannot be read as {what}: it holds objects other than tensors and plain "
+            raise CheckpointError(f"{path}: cannot be read as {what}: it holds objects other than tensors and plain "
                              f"containers, so it cannot be read safely (weights_only=True); re-save its state dicts "
                              f"with torch.save. Detail: {exc}") from exc
         if isinstance(exc, (RuntimeError, EOFError, OSError)):
-            raise ValueError(f"{path}: cannot be read as {what} ({type(exc).__name__}: {exc})") from exc
+            raise CheckpointError(f"{path}: cannot be read as {what} ({type(exc).__name__}: {exc})") from exc
         raise
 
 
@@ -120,4 +122,4 @@ def check_state_dict(module: nn.Module, state: Mapping[str, Tensor], what: str, 
     """
     problems = state_problems(module.state_dict(), state)
     if problems:
-        raise ValueError(f"{what}: the weights do not fit the model: {'; '.join(problems)}. {fix}")
+        raise CheckpointError(f"{what}: the weights do not fit the model: {'; '.join(problems)}. {fix}")

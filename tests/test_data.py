@@ -15,7 +15,8 @@ from PIL import Image
 
 from jepa.objectives.ijepa import MaskBatches
 from jepa import data as data_mod
-from jepa.data import Batch, ShardSample, build_train_loader, expand_shards, read_shard, write_shard_set
+from jepa.data import Batch, ShardSample, expand_shards, read_shard, write_shard_set
+from jepa.data.build import build_train_loader
 from jepa.data import stream as stream_mod
 from jepa.eval.reader import labelled_batches
 from jepa.interfaces import MaskSampler, MaskSet, Modality

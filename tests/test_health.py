@@ -10,8 +10,9 @@ import torch
 
 from jepa.best_checkpoint import BEST_DIR, BEST_FILE, read_best
 from jepa.health import rankme
-from jepa.monitor import RepresentationCollapseError, read_metrics
+from jepa.monitor import read_metrics
 from jepa.recipe import RecipeError, parse_recipe
+from jepa.run_stopped import RepresentationCollapseError
 from jepa.train import train
 from tiny_recipes import tiny_image_recipe
 

@@ -34,6 +34,7 @@ from jepa.cli import app
 from jepa.data import MANIFEST_NAME, expand_shards, read_manifest, read_shard, shard_folder, write_shard_set
 from jepa.data.manifest import local_path
 from jepa.data.writer import ShardSample
+from jepa.errors import DataError
 from tar_files import labelled_members, write_tar
 from tiny_recipes import tiny_image_recipe
 
@@ -220,7 +221,7 @@ def test_malformed_manifest_is_one_clear_error(case, shard, tmp_path):
         with pytest.raises(ValueError) as info:
             call()
         msg = str(info.value)
-        assert type(info.value) is ValueError, type(info.value)  # not a JSONDecodeError without the file's name
+        assert type(info.value) is DataError, type(info.value)  # not a JSONDecodeError without the file's name
         assert str(manifest) in msg and expected in msg and "rewrite it with `jepa shards`" in msg, msg
         assert "\n" not in msg
 

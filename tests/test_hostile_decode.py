@@ -152,7 +152,7 @@ def test_a_tall_thin_image_in_an_eval_set_is_skipped_and_counted_and_the_evaluat
 
 
 def test_a_tall_thin_image_in_training_shards_is_skipped_and_counted(tmp_path):
-    from jepa.data import build_train_loader
+    from jepa.data.build import build_train_loader
     from jepa.objectives.ijepa import MaskBatches
     from jepa.recipe import DataConfig
 

@@ -25,6 +25,7 @@ import pytest
 import torch
 
 from cli_runner import run_jepa as _cli, one_error_line as _one_error_line
+from jepa.errors import DataError
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -312,7 +313,7 @@ CPU_OOM = ("[enforce fail at alloc_cpu.cpp:117] data. DefaultCPUAllocator: can't
     (RuntimeError(CPU_OOM), MemoryError, "out of host memory (DefaultCPUAllocator: can't allocate memory: you tried to "
                                          "allocate 68719476736 bytes"),
     (MemoryError(), MemoryError, "out of host memory (online evaluation of eval.train_shards on rank 0)"),
-    (ValueError("bad shard"), ValueError, "online evaluation failed: eval.train_shards: bad shard"),
+    (DataError("bad shard"), DataError, "online evaluation failed: eval.train_shards: bad shard"),
 ], ids=["gpu", "cpu-allocator", "memory-error", "other"])
 def test_online_eval_memory_failure_is_a_memory_error_on_every_rank(failure, raised, said):
     from jepa.cli.errors import exit_code_for, message_of

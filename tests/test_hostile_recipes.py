@@ -26,6 +26,7 @@ import yaml
 
 from jepa import objectives, registry
 from cli_runner import run_jepa as _cli
+from jepa.errors import DataError
 from jepa.text import printable
 from tiny_recipes import tiny_image_recipe
 
@@ -152,7 +153,7 @@ def test_set_key_and_file_name_with_escape_sequences_are_escaped(tmp_path, good_
 
 
 def test_every_error_line_is_escaped(monkeypatch, capsys):
-    """Any expected failure's text (here a ValueError from a command) reaches the terminal escaped,
+    """Any expected failure's text (here a UserError from a command) reaches the terminal escaped,
     its line breaks kept."""
     from jepa.cli.errors import message_of
 
@@ -160,7 +161,7 @@ def test_every_error_line_is_escaped(monkeypatch, capsys):
     assert printable("caf\u00e9 \u6570\u636e \U0001f600") == "caf\u00e9 \u6570\u636e \U0001f600"  # ordinary text kept
 
     def hostile(*args, **kwargs):
-        raise ValueError(f"shard {ESC}[31mred{ESC}[0m.tar is corrupt")
+        raise DataError(f"shard {ESC}[31mred{ESC}[0m.tar is corrupt")
 
     monkeypatch.setattr("jepa.cli.recipe_cmds.load_recipe", hostile)
     code, _, err = _cli(monkeypatch, capsys, "recipe", "show", "any.yaml")

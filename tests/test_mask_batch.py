@@ -14,7 +14,7 @@ import yaml
 
 from jepa.objectives.ijepa import MaskBatches
 from jepa.checkpoint import load_model_weights
-from jepa.data import build_train_loader
+from jepa.data.build import build_train_loader
 from jepa.data.loader import sample_masks, step_generator
 from jepa.interfaces import MaskSet
 from jepa.modalities.image import ImageModality

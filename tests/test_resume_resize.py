@@ -30,8 +30,9 @@ import yaml
 
 from jepa.objectives.ijepa import MaskBatches
 from jepa import checkpoint
-from jepa.data import ShardSample, ShardTrainLoader, expand_shards, write_shard_set
+from jepa.data import ShardSample, expand_shards, write_shard_set
 from jepa.data.redeal import carry_shares, redeal
+from jepa.data.shard_loader import ShardTrainLoader
 from jepa.monitor import read_metrics
 from jepa.recipe import DataConfig, parse_recipe
 from jepa.train import train

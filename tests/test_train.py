@@ -13,7 +13,8 @@ from typer.testing import CliRunner
 from jepa.checkpoint import load_model_weights
 from jepa.cli import app
 from jepa.loss import latent_loss
-from jepa.monitor import NonFiniteLossError, RepresentationCollapseError, read_metrics
+from jepa.monitor import read_metrics
+from jepa.run_stopped import NonFiniteLossError, RepresentationCollapseError
 from jepa.train import train
 
 from toy_modality import ToyConfig, ToyModality

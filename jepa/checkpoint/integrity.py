@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from jepa.checkpoint.json_file import read_json_object
 from jepa.checkpoint.layout import DIGESTS_FILE, DIGESTS_VERSION, META_FILE, MODELS_FILE
+from jepa.errors import CheckpointError
 
 if TYPE_CHECKING:  # the engine imports DeepSpeed; this package only talks to its object
     from jepa.engine import Engine
@@ -66,11 +67,11 @@ def read_digests(directory: Path) -> dict[str, dict[str, Any]]:
     try:
         table = read_json_object(path, "the checkpoint's digests")
     except FileNotFoundError:
-        raise ValueError(f"no {DIGESTS_FILE}, so its files cannot be verified (written by an older jepa, or copied "
+        raise CheckpointError(f"no {DIGESTS_FILE}, so its files cannot be verified (written by an older jepa, or copied "
                          "incompletely)") from None
     problem = _table_problem(table)
     if problem:
-        raise ValueError(f"{path}: not a digests table of this jepa ({problem})")
+        raise CheckpointError(f"{path}: not a digests table of this jepa ({problem})")
     return table["files"]
 
 
@@ -141,5 +142,5 @@ def models_problems(directory: Path) -> list[str]:
 def verify_models(directory: Path) -> None:
     problems = models_problems(directory)
     if problems:
-        raise ValueError(f"{directory}: the checkpoint is invalid: {'; '.join(problems)}; use another checkpoint "
+        raise CheckpointError(f"{directory}: the checkpoint is invalid: {'; '.join(problems)}; use another checkpoint "
                          "(pass the run directory to take the newest valid one)")

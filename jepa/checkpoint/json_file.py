@@ -16,6 +16,8 @@ import stat
 from pathlib import Path
 from typing import Any
 
+from jepa.errors import CheckpointError
+
 MAX_JSON_BYTES = 64 * 2**20
 """Larger files are refused unread (a digests table of 100 000 files is about 15 MiB)."""
 
@@ -40,7 +42,7 @@ def read_json_object(path: str | Path, what: str) -> dict[str, Any]:
     except FileNotFoundError:
         raise  # the caller's to name; every other failure is a ValueError
     except OSError as exc:
-        raise ValueError(f"{path}: cannot read {what} ({exc.strerror or exc})") from None
+        raise CheckpointError(f"{path}: cannot read {what} ({exc.strerror or exc})") from None
     try:
         info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode):
@@ -69,5 +71,5 @@ def read_json_object(path: str | Path, what: str) -> dict[str, Any]:
             if not isinstance(table, dict):
                 problem = f"a JSON {_JSON_KINDS.get(type(table), 'value')} where an object belongs"
     if problem is not None:
-        raise ValueError(f"{path}: cannot read {what} ({problem})")
+        raise CheckpointError(f"{path}: cannot read {what} ({problem})")
     return table

@@ -8,6 +8,8 @@ import re
 from pathlib import Path
 from typing import Callable
 
+from jepa.errors import CheckpointError
+
 log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
@@ -71,7 +73,7 @@ def first_valid(candidates: list[Path], verify: Callable[[Path], list[str]], wha
             return path
         skipped.append(f"{path.name}: {'; '.join(problems)}")
     if skipped:
-        raise ValueError(f"{what}: no valid checkpoint ({' | '.join(skipped)}); move the broken checkpoints out of "
+        raise CheckpointError(f"{what}: no valid checkpoint ({' | '.join(skipped)}); move the broken checkpoints out of "
                          "the run directory to start over, or restore them")
     return None
 
@@ -79,16 +81,16 @@ def first_valid(candidates: list[Path], verify: Callable[[Path], list[str]], wha
 def checkpoint_dir(path: Path, what: str) -> Path:
     """A complete checkpoint directory from a checkpoint or run directory path."""
     if not path.exists():
-        raise ValueError(f"{what} {path}: no such file or directory; pass a run directory or a checkpoint directory")
+        raise CheckpointError(f"{what} {path}: no such file or directory; pass a run directory or a checkpoint directory")
     if path.is_dir() and path.name.endswith(".tmp"):
-        raise ValueError(f"{what} {path}: an incomplete checkpoint (a save interrupted mid-write); "
+        raise CheckpointError(f"{what} {path}: an incomplete checkpoint (a save interrupted mid-write); "
                          "pass the run directory to use its newest complete checkpoint")
     if path.is_dir() and (path / MODELS_FILE).is_file():
         return path
     if path.is_dir():
         newest = newest_checkpoint(path)
         if newest is None:
-            raise ValueError(f"{what} {path}: no complete checkpoint in this directory (looked for "
+            raise CheckpointError(f"{what} {path}: no complete checkpoint in this directory (looked for "
                              f"{CHECKPOINTS}/step_NNNNNN/{MODELS_FILE}); is it a run directory of `jepa train`?")
         return newest
-    raise ValueError(f"{what} {path}: not a directory; pass a run directory or a checkpoint directory")
+    raise CheckpointError(f"{what} {path}: not a directory; pass a run directory or a checkpoint directory")

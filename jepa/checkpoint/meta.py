@@ -9,6 +9,7 @@ from typing import Any
 from jepa.checkpoint.json_file import read_json_object
 from jepa.checkpoint.layout import META_FILE, MODELS_FILE
 from jepa.checkpoint.models import read_models
+from jepa.errors import CheckpointError
 from jepa.recipe import split_global_batch
 from jepa.weights import safe_load
 
@@ -23,16 +24,16 @@ def read_meta(path: Path) -> dict[str, Any]:
     try:
         meta = read_json_object(file, "the checkpoint's meta table")
     except FileNotFoundError:
-        raise ValueError(f"{path}: has {MODELS_FILE} but no {META_FILE}, so it holds weights only and cannot be resumed "
+        raise CheckpointError(f"{path}: has {MODELS_FILE} but no {META_FILE}, so it holds weights only and cannot be resumed "
                          "from; resume from a checkpoint directory written by `jepa train`") from None
     except ValueError as exc:
-        raise ValueError(f"{exc}; resume from another checkpoint (pass the run directory to take the newest valid one)"
+        raise CheckpointError(f"{exc}; resume from another checkpoint (pass the run directory to take the newest valid one)"
                          ) from None
     fields = ["world_size", *(("micro_batch_size", "grad_accum_steps") if "micro_batch_size" in meta else ())]
     bad = [k for k in fields if type(meta.get(k)) is not int or meta[k] < 1]
     if bad:
         found = ", ".join(f"{k}: {meta.get(k)!r}" for k in bad)
-        raise ValueError(f"{file}: not a meta table of `jepa train` ({found}, expected whole numbers >= 1); resume from "
+        raise CheckpointError(f"{file}: not a meta table of `jepa train` ({found}, expected whole numbers >= 1); resume from "
                          "another checkpoint (pass the run directory to take the newest valid one)")
     return meta
 
@@ -40,7 +41,7 @@ def read_meta(path: Path) -> dict[str, Any]:
 def read_rank_state(path: Path, rank: int) -> dict[str, Any]:
     file = path / f"rank_{rank:05d}.pt"
     if not file.is_file():
-        raise ValueError(f"{path}: {file.name} is missing (the checkpoint holds the state of every process that wrote "
+        raise CheckpointError(f"{path}: {file.name} is missing (the checkpoint holds the state of every process that wrote "
                          "it); the checkpoint is incomplete: resume from another one")
     return safe_load(file, "a per-rank state file of `jepa train`", mmap=False)
 

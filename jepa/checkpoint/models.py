@@ -10,6 +10,7 @@ from torch import Tensor
 
 from jepa.checkpoint.integrity import models_problems, verify_models
 from jepa.checkpoint.layout import DIGESTS_FILE, FORMAT_VERSION, MODELS_FILE, checkpoint_dir, first_valid, resume_candidates
+from jepa.errors import CheckpointError
 from jepa.recipe import Recipe, parse_recipe
 from jepa.weights import safe_load
 
@@ -22,7 +23,7 @@ def is_models_dict(obj: Any) -> bool:
 def _checked(models: Any, path: Path) -> dict[str, Any]:
     if not isinstance(models, dict) or models.get("format_version") != FORMAT_VERSION:
         version = models.get("format_version") if isinstance(models, dict) else None
-        raise ValueError(f"{path}: not a jepa models.pt of format_version {FORMAT_VERSION} (got {version!r}); "
+        raise CheckpointError(f"{path}: not a jepa models.pt of format_version {FORMAT_VERSION} (got {version!r}); "
                          "it was written by another tool or jepa version")
     return models
 

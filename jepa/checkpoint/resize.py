@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 from jepa.checkpoint.layout import RESHARD_SUFFIX, checkpoint_dir, resume_candidates
 from jepa.checkpoint.meta import read_meta, read_rank_state, saved_split
 from jepa.checkpoint.rng import restore_rng
-from jepa.data.redeal import redeal
+from jepa.errors import CheckpointError
 from jepa.launch import detect as detect_launch
 from jepa.recipe import EngineConfig, Recipe
 
@@ -61,18 +61,20 @@ def resume_batch_split(recipe: Recipe, resume: str) -> tuple[EngineConfig, int |
     g = recipe.data.global_batch_size
     if g % (world * saved_micro):
         fits = [n for n in range(1, g // saved_micro + 1) if (g // saved_micro) % n == 0]
-        raise ValueError(f"{path}: written by {saved_world} processes with a micro batch of {saved_micro}; on {world} "
+        raise CheckpointError(f"{path}: written by {saved_world} processes with a micro batch of {saved_micro}; on {world} "
                          f"processes that micro batch cannot be kept: data.global_batch_size={g} is not a multiple of "
                          f"{world} x {saved_micro} = {world * saved_micro}. Resume on a number of processes that divides "
                          f"{g // saved_micro} ({', '.join(map(str, fits))})")
     return recipe.engine.model_copy(update={"grad_accum_steps": None}), saved_micro
 
 
-def load_resized(engine: Engine, path: Path, recipe: Recipe, frozen_states: dict[str, Any], saved_world: int) -> dict[str, Any]:
+def load_resized(engine: Engine, path: Path, frozen_states: dict[str, Any], saved_world: int,
+                 redeal_positions: Callable[[list[dict[str, Any]]], dict[str, Any]]) -> dict[str, Any]:
     """Restore a checkpoint of ``saved_world`` processes on this engine's; returns this rank's loader state.
 
     The data positions come first (cheap, and every refusal comes before anything is written): every
-    old rank's is re-dealt over the new ranks (:mod:`jepa.data.redeal`). Then the engine state, through
+    old rank's is re-dealt over the new ranks by ``redeal_positions`` (the caller's
+    :func:`jepa.data.redeal.redeal`, bound to this run's data settings and rank). Then the engine state, through
     DeepSpeed's universal checkpoint in ``step_N.reshard.tmp/`` (removed afterwards); rank r takes the
     RNG states of old rank ``r mod N``.
     """
@@ -82,8 +84,7 @@ def load_resized(engine: Engine, path: Path, recipe: Recipe, frozen_states: dict
                     "losses continue the curve, not bitwise)", path, saved_world, engine.dist.world_size,
                     engine.micro_batch_per_rank, engine.grad_accum_steps)
     rank_states = [read_rank_state(path, r) for r in range(saved_world)]
-    loader_state = redeal([s["loader"] for s in rank_states], recipe.data, seed=recipe.seed, rank=engine.dist.rank,
-                          world_size=engine.dist.world_size, micro_batch_size=engine.micro_batch_per_rank)
+    loader_state = redeal_positions([s["loader"] for s in rank_states])
     engine.load_state(path, frozen_states, reshard_dir=path.with_name(path.name + RESHARD_SUFFIX))
     restore_rng(rank_states[engine.dist.rank % saved_world]["rng"])
     return loader_state

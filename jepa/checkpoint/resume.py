@@ -13,7 +13,8 @@ from jepa.checkpoint.meta import read_meta, read_rank_state, saved_split
 from jepa.checkpoint.models import read_models
 from jepa.checkpoint.resize import load_resized
 from jepa.checkpoint.rng import restore_rng
-from jepa.recipe import Recipe
+from jepa.errors import CheckpointError
+from jepa.recipe import Recipe, RecipeError, parse_recipe
 from jepa.weights import state_problems
 
 if TYPE_CHECKING:
@@ -52,7 +53,7 @@ def resolve_resume(resume: str, run_dir: str | Path,
     if resume == "none":
         existing = newest_checkpoint(run_dir)
         if existing is not None:
-            raise ValueError(f"{run_dir} already holds checkpoints (newest: {existing.name}) and --resume none would "
+            raise CheckpointError(f"{run_dir} already holds checkpoints (newest: {existing.name}) and --resume none would "
                              "overwrite them; pass --resume auto to continue that run, or set run_dir to a new directory")
         return None
     if resume == "auto":
@@ -63,7 +64,7 @@ def resolve_resume(resume: str, run_dir: str | Path,
         return first_valid(resume_candidates(path), verify, f"--resume {path}")
     problems = verify(chosen)
     if problems:
-        raise ValueError(f"--resume {chosen}: the checkpoint is invalid: {'; '.join(problems)}; resume from another "
+        raise CheckpointError(f"--resume {chosen}: the checkpoint is invalid: {'; '.join(problems)}; resume from another "
                          "checkpoint (pass the run directory to take the newest valid one)")
     return chosen
 
@@ -83,8 +84,6 @@ def recipe_differences(saved: dict[str, Any], current: dict[str, Any]) -> list[t
     A field the saved recipe lacks (written by an older jepa, before the field existed) counts as
     its default: the saved recipe is re-validated with today's schema to fill them in.
     """
-    from jepa.recipe import RecipeError, parse_recipe
-
     try:
         saved = parse_recipe(saved, "the checkpoint's recipe").model_dump(mode="json")
     except (RecipeError, ValueError):
@@ -106,11 +105,14 @@ class ResumePoint:
     path: Path
 
 
-def load_checkpoint(engine: Engine, path: Path, recipe: Recipe) -> ResumePoint:
+def load_checkpoint(engine: Engine, path: Path, recipe: Recipe, *,
+                    redeal_positions: Callable[[list[dict[str, Any]]], dict[str, Any]]) -> ResumePoint:
     """Restore engine state, frozen modules (the EMA target), RNG states and this rank's loader position.
 
     A checkpoint of another number of processes is resharded (:func:`~jepa.checkpoint.resize.load_resized`);
     this engine must have been built with the checkpoint's micro batch (:func:`~jepa.checkpoint.resize.resume_batch_split`).
+    ``redeal_positions`` then maps every old rank's loader position (in rank order) to this rank's
+    (:func:`jepa.data.redeal.redeal` bound to this run's data settings, seed, rank and micro batch).
 
     Raises:
         ValueError: the checkpoint's micro batch cannot be kept, its weights do not fit the model
@@ -125,11 +127,11 @@ def load_checkpoint(engine: Engine, path: Path, recipe: Recipe) -> ResumePoint:
     saved_section = saved_recipe.get("modality")
     saved_modality = saved_section.get("name") if isinstance(saved_section, dict) else None
     if saved_modality is not None and saved_modality != recipe.modality.name:  # named before what follows from it
-        raise ValueError(f"{path}: a checkpoint of a {saved_modality} run (recipe {saved_recipe.get('name')!r}); this "
+        raise CheckpointError(f"{path}: a checkpoint of a {saved_modality} run (recipe {saved_recipe.get('name')!r}); this "
                          f"recipe trains the {recipe.modality.name} modality. Resume with the recipe that wrote it (its "
                          "run directory keeps it as recipe.yaml), or start a new run in another run_dir")
     if engine.micro_batch_per_rank != saved_micro:
-        raise ValueError(f"{path}: written with a micro batch of {saved_micro} per process ({saved_world} processes x "
+        raise CheckpointError(f"{path}: written with a micro batch of {saved_micro} per process ({saved_world} processes x "
                          f"{saved_micro} x {saved_accum} accumulation steps); this run's is {engine.micro_batch_per_rank} "
                          f"({engine.dist.world_size} x {engine.micro_batch_per_rank} x {engine.grad_accum_steps}), which would "
                          f"change the masks and the data stream. Set data.micro_batch_size={saved_micro} (the accumulation "
@@ -140,14 +142,14 @@ def load_checkpoint(engine: Engine, path: Path, recipe: Recipe) -> ResumePoint:
     diffs = recipe_differences(models["recipe"], recipe.model_dump(mode="json"))
     recipe_note = "; ".join(f"{k}: {old!r} -> {new!r}" for k, old, new in diffs)
     if problems:
-        raise ValueError(f"{path}: the checkpoint does not fit the model of this recipe: {'; '.join(problems)}"
+        raise CheckpointError(f"{path}: the checkpoint does not fit the model of this recipe: {'; '.join(problems)}"
                          + (f". Recipe fields that differ: {recipe_note}" if diffs else "")
                          + ". Resume with the recipe that wrote it, or start a new run (another run_dir)")
     if diffs:
-        raise ValueError(f"{path}: the recipe differs from the one that wrote this checkpoint in fields that shape the "
+        raise CheckpointError(f"{path}: the recipe differs from the one that wrote this checkpoint in fields that shape the "
                          f"model or the optimisation: {recipe_note}. Restore them, or start a new run (another run_dir)")
     if saved_world != engine.dist.world_size:
-        loader_state = load_resized(engine, path, recipe, {k: models[k] for k in engine.frozen}, saved_world)
+        loader_state = load_resized(engine, path, {k: models[k] for k in engine.frozen}, saved_world, redeal_positions)
         return ResumePoint(step=int(models["step"]), loader_state=loader_state, path=path)
     rank_state = read_rank_state(path, engine.dist.rank)
     engine.load_state(path, {k: models[k] for k in engine.frozen})

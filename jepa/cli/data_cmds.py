@@ -17,6 +17,7 @@ from rich.table import Table
 
 from jepa.cli.errors import cli_errors, err_console, user_error
 from jepa.cli.options import SetOption
+from jepa.errors import ConfigError, DataError
 from jepa.interfaces import DemoDataSpec, as_mask_pairs
 from jepa.text import printable
 
@@ -42,7 +43,7 @@ def _bind_modality(name: str | None, recipe_file: Path | None) -> "Modality":
         return registry.get(name or "image")()
     cfg = load_recipe(recipe_file).modality
     if name is not None and name != cfg.name:
-        raise ValueError(f"--modality {name} contradicts modality.name={cfg.name} of {recipe_file}; pass one of them")
+        raise ConfigError(f"--modality {name} contradicts modality.name={cfg.name} of {recipe_file}; pass one of them")
     return registry.bind(cfg)
 
 
@@ -87,7 +88,7 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
             (out / MANIFEST_NAME).unlink(missing_ok=True)
             if not out_existed and out.is_dir() and not any(out.iterdir()):
                 out.rmdir()
-            raise user_error(ValueError(f"none of the {plugin.name} files in {printable(str(src))} could be read "
+            raise user_error(DataError(f"none of the {plugin.name} files in {printable(str(src))} could be read "
                                         f"({len(manifest.skipped)} skipped){settings}; nothing was written"))
         labels = f", {len(manifest.classes)} classes" if manifest.classes else ", unlabelled"
         console.print(f"[green]wrote[/] {manifest.total} samples in {len(manifest.shards)} shards{labels}: "
@@ -246,7 +247,7 @@ def _raw_samples(urls: list[str], count: int) -> list[dict[str, Any]]:
                     f"{next(iter(broken.values()))})" + (", the rest hold no samples" if len(broken) < len(urls) else "")
                     if broken
                     else f"the {len(urls)} shards hold no samples (e.g. {printable(urls[0])})")
-            raise ValueError(f"data.train_shards gives nothing to benchmark: {what}; check the pattern, or rebuild "
+            raise DataError(f"data.train_shards gives nothing to benchmark: {what}; check the pattern, or rebuild "
                              "the shards with `jepa shards`")
     return out
 
@@ -256,7 +257,8 @@ def bench_data_pipeline(recipe: Any, batch_size: int, num_batches: int, repeats:
     import torch
 
     from jepa import objectives, registry
-    from jepa.data import build_train_loader, expand_shards
+    from jepa.data import expand_shards
+    from jepa.data.build import build_train_loader
 
     plugin = registry.bind(recipe.modality)
     maker = objectives.bind(recipe.objective, plugin).batch_maker()
@@ -285,7 +287,7 @@ def bench_data_pipeline(recipe: Any, batch_size: int, num_batches: int, repeats:
 
             rows.append(("decode (1 worker)", _rates(decode, repeats)))
             if not items:
-                raise ValueError(f"none of the {len(raw)} samples read from {printable(d.train_shards)} decodes (first: "
+                raise DataError(f"none of the {len(raw)} samples read from {printable(d.train_shards)} decodes (first: "
                                  f"{undecodable[0]}); check data.train_shards, or rebuild the shards with `jepa shards`")
             if undecodable:
                 err_console.print(f"[yellow]note:[/] {len(undecodable)} of {len(raw)} samples do not decode and were "

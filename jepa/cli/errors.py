@@ -3,18 +3,22 @@
 Every expected failure prints one red ``error:`` line on stderr (a recipe with several problems:
 one line each) and no traceback:
 
-* exit 2: a user mistake or the environment (bad recipe, bad path, a checkpoint that does not fit
-  or fails its checksums, an unsupported modality hook, a run directory in use: every
-  ``ValueError``, ``MissingHookError`` included; operating-system errors such as a full disk
-  or a missing permission, shown with their path; and running out of memory, GPU or host, shown
-  with the settings that size it, a data-loader worker killed by the OOM killer or a bus error
-  (shared memory) included);
+* exit 2: a user mistake or the environment: every :class:`jepa.errors.UserError` (bad recipe, bad
+  path, bad data, a checkpoint that does not fit or fails its checksums, an unusable plugin or a
+  missing modality hook, a run directory in use), raised here or in a data-loader worker (torch
+  re-raises it with its type; the worker's traceback is dropped); operating-system errors such as
+  a full disk or a missing permission, shown with their path; and running out of memory, GPU or
+  host, shown with the settings that size it, a data-loader worker killed by the OOM killer or a
+  bus error (shared memory) included;
 * exit 1: a run stopped by its own health checks (non-finite loss, representation collapse,
   too many undecodable samples);
 * exit 143 (128 + SIGTERM): a run stopped by SIGTERM before it could save a checkpoint (while
   waiting for data, or on a second SIGTERM); the last complete checkpoint is intact.
 
-Anything else is a bug and keeps its traceback.
+Anything else is a bug, a plain ``ValueError`` included (an error the user can fix is raised as a
+``UserError``): :func:`report_bug` prints its traceback and then one ``error:`` line saying it is a
+bug to report, and the command exits with 1 (:data:`BUG`, as Python itself does for an uncaught
+exception).
 
 Messages quote untrusted text (file names, recipe keys, shard URLs), so every line is passed
 through :func:`jepa.text.printable`: no control character from them reaches the terminal.
@@ -23,6 +27,7 @@ through :func:`jepa.text.printable`: no control character from them reaches the 
 from __future__ import annotations
 
 import re
+import traceback
 from contextlib import contextmanager
 from typing import Iterator
 
@@ -32,13 +37,16 @@ from rich.markup import escape
 
 import torch
 
-from jepa.interfaces import MissingHookError
+from jepa.errors import UserError
+from jepa.preemption import PreemptedError
+from jepa.run_stopped import RunStoppedError
 from jepa.text import printable
 
 err_console = Console(stderr=True)
 
 USER_ERROR = 2
 RUN_STOPPED = 1
+BUG = 1
 
 
 PREEMPTED = 143
@@ -47,14 +55,11 @@ _WORKER_TRACEBACK = "Original Traceback (most recent call last):"
 
 def exit_code_for(exc: BaseException) -> int | None:
     """The exit code for ``exc``, or None when it is not an expected failure (a bug)."""
-    from jepa.monitor import RunStoppedError
-    from jepa.preemption import PreemptedError
-
     if isinstance(exc, PreemptedError):
         return PREEMPTED
     if isinstance(exc, RunStoppedError):
         return RUN_STOPPED
-    if (isinstance(exc, (ValueError, MissingHookError, OSError)) or _out_of_memory(exc) is not None
+    if (isinstance(exc, (UserError, OSError)) or _out_of_memory(exc) is not None
             or _worker_killed(exc) is not None):
         return USER_ERROR
     return None
@@ -150,9 +155,23 @@ def user_error(exc: BaseException, code: int = USER_ERROR) -> typer.Exit:
     return typer.Exit(code)
 
 
+BUG_LINE = ("this is a bug in jepa (or in a plugin it runs), not in your input; please report it to the "
+            "jepa-forge issue tracker with the traceback above")
+
+
+def report_bug(exc: BaseException) -> int:
+    """Print ``exc``'s traceback (every line escaped) and the :data:`BUG_LINE`; returns :data:`BUG`."""
+    text = "".join(traceback.format_exception(exc)).rstrip("\n")
+    err_console.print("\n".join(printable(line) for line in text.split("\n")), markup=False, highlight=False,
+                      soft_wrap=True)
+    err_console.print(f"[bold red]error:[/] {BUG_LINE}", markup=True, highlight=False, soft_wrap=True)
+    return BUG
+
+
 @contextmanager
 def cli_errors() -> Iterator[None]:
-    """Turn expected failures inside a command into one line and their exit code."""
+    """Turn expected failures inside a command into one line and their exit code; bugs go on up
+    (:func:`jepa.cli.main` reports them)."""
     try:
         yield
     except Exception as exc:  # noqa: BLE001 - re-raised unless it is an expected failure

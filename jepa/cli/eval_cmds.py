@@ -10,6 +10,7 @@ import typer
 from rich.console import Console
 
 from jepa.cli.errors import cli_errors
+from jepa.errors import ConfigError
 
 console = Console()
 
@@ -54,7 +55,7 @@ def _recipe_bound(flag: str, value: int, section: str, field: str) -> None:
     most = next(m.le for m in info.metadata if getattr(m, "le", None) is not None)
     if value > most:
         reason = re.search(r"\(at most [^:()]*: ([^()]*)\)", info.description or "")
-        raise ValueError(f"{flag} {value} is more than the {most:,} allowed (as for the recipe's {section}.{field})"
+        raise ConfigError(f"{flag} {value} is more than the {most:,} allowed (as for the recipe's {section}.{field})"
                          f"{f': {reason.group(1)}' if reason else ''}; lower {flag}")
 
 

@@ -13,23 +13,24 @@ One concept per module:
 - :mod:`~jepa.data.synthetic`: the synthetic training source.
 - :mod:`~jepa.data.build`: :func:`build_train_loader`, the loader the recipe's ``data.source`` picks.
 
+The package imports the data layer alone; the training loaders (``shard_loader``, ``synthetic``,
+``build``) take an objective's batch maker and the recipe's ``data`` section, so they are imported
+from their modules (the recipe imports the objectives, which import :mod:`~jepa.data.loader`).
+
 The labelled evaluation reader lives with evaluation (:mod:`jepa.eval.reader`).
 """
 
-from jepa.data.build import build_train_loader
 from jepa.data.folder import FolderListing, list_folder, sample_keys, shard_folder
 from jepa.data.loader import STATE_VERSION, Batch, TrainLoader, collate_as_is
 from jepa.data.manifest import (MANIFEST_NAME, Manifest, ShardInfo, SkippedFile, is_local, local_path, read_manifest,
                                 shards_total)
 from jepa.data.reading import SHARD_ERRORS, expand_shards, read_shard
-from jepa.data.shard_loader import ShardTrainLoader
 from jepa.data.stream import derive_seed
-from jepa.data.synthetic import SyntheticTrainLoader
 from jepa.data.writer import (DEFAULT_MAX_BYTES, DEFAULT_MAX_COUNT, ChunkJob, LabelledPair, ShardSample,
                               write_labelled_splits, write_shard_set)
 
 __all__ = [
-    "Batch", "TrainLoader", "ShardTrainLoader", "SyntheticTrainLoader", "build_train_loader", "STATE_VERSION",
+    "Batch", "TrainLoader", "STATE_VERSION",
     "collate_as_is", "derive_seed", "expand_shards", "read_shard", "SHARD_ERRORS", "Manifest", "ShardInfo",
     "SkippedFile", "MANIFEST_NAME", "read_manifest", "shards_total", "is_local", "local_path", "ShardSample",
     "ChunkJob", "write_shard_set", "write_labelled_splits", "LabelledPair", "DEFAULT_MAX_COUNT", "DEFAULT_MAX_BYTES",

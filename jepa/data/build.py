@@ -8,6 +8,7 @@ from jepa.data.loader import TrainLoader
 from jepa.data.reading import expand_shards
 from jepa.data.shard_loader import ShardTrainLoader
 from jepa.data.synthetic import SyntheticTrainLoader
+from jepa.errors import ConfigError
 from jepa.interfaces import Modality
 from jepa.objective import BatchMaker
 from jepa.recipe import DataConfig
@@ -41,6 +42,6 @@ def build_train_loader(data_cfg: DataConfig, modality: Modality, batch_maker: Ba
                                     micro_batch_size=micro_batch_size, global_batch_size=data_cfg.global_batch_size,
                                     state=state)
     if not data_cfg.train_shards:
-        raise ValueError("data.train_shards is required when data.source is 'shards'")
+        raise ConfigError("data.train_shards is required when data.source is 'shards'")
     return ShardTrainLoader(expand_shards(data_cfg.train_shards), data_cfg, modality, batch_maker,
                             seed=seed, rank=rank, world_size=world_size, micro_batch_size=micro_batch_size, state=state)

@@ -19,6 +19,7 @@ from typing import Iterator, Mapping, Sequence
 from jepa.data.manifest import Manifest, SkippedFile
 from jepa.data.screening import DecodeScreen
 from jepa.data.writer import ChunkJob, ShardSample, write_shard_set
+from jepa.errors import DataError, PluginError
 from jepa.interfaces import Modality
 from jepa.text import printable
 
@@ -65,19 +66,19 @@ def list_folder(src: str | Path, suffixes: Mapping[str, str], modality: str = "?
     """
     bad = [s for s in suffixes if not (s.startswith(".") and len(s) > 1 and s == s.lower())]
     if not suffixes or bad:
-        raise ValueError(f"modality {modality!r}: file_suffixes() must map lower-case suffixes with their dot "
+        raise PluginError(f"modality {modality!r}: file_suffixes() must map lower-case suffixes with their dot "
                          f"('.jpg') to shard keys; got {dict(suffixes)!r}")
     kinds = ", ".join(suffixes)
     root = Path(src)
     if not root.is_dir():
-        raise ValueError(f"{printable(str(root))} is not a folder; pass a folder of files of modality {modality!r} "
+        raise DataError(f"{printable(str(root))} is not a folder; pass a folder of files of modality {modality!r} "
                          f"({kinds}) or of class sub-folders holding them")
     entries = sorted(p for p in root.iterdir() if not p.name.startswith("."))
     class_dirs = [p for p in entries if p.is_dir()]
     top_files = [p for p in entries if _is_file_or_link(p)]
     top_samples = [p for p in top_files if _ext_of(p, suffixes)]
     if class_dirs and top_samples:
-        raise ValueError(f"{printable(str(root))} mixes {len(top_samples)} files of modality {modality!r} "
+        raise DataError(f"{printable(str(root))} mixes {len(top_samples)} files of modality {modality!r} "
                          f"(e.g. {printable(top_samples[0].name)}) with class folders "
                          f"(e.g. {printable(class_dirs[0].name)}/); move the files into a class folder, or point at a "
                          "flat folder")
@@ -96,7 +97,7 @@ def list_folder(src: str | Path, suffixes: Mapping[str, str], modality: str = "?
     else:
         files = [p.relative_to(root) for p in top_samples]
     if not files:
-        raise ValueError(f"no files of modality {modality!r} ({kinds}) found in {printable(str(root))}")
+        raise DataError(f"no files of modality {modality!r} ({kinds}) found in {printable(str(root))}")
     return FolderListing(root, files, [_ext_of(f, suffixes) or "" for f in files], labels, classes, ignored)
 
 
@@ -155,7 +156,7 @@ def shard_folder(src: str | Path, out_dir: str | Path, modality: Modality, *, pr
     """
     out, root = Path(out_dir).resolve(), Path(src).resolve()
     if out == root or root in out.parents:
-        raise ValueError(f"the output folder {printable(str(out_dir))} is inside the source folder {printable(str(src))}: "
+        raise DataError(f"the output folder {printable(str(out_dir))} is inside the source folder {printable(str(src))}: "
                          "its shards would be read back as samples (or as a class) next time; write them outside, "
                          "e.g. next to it")
     listing = list_folder(src, modality.file_suffixes(), modality.name)

@@ -12,17 +12,11 @@ from typing import Any, Iterator
 import torch
 from torch import Tensor
 
-from jepa.monitor import RunStoppedError
-
+from jepa.data.stream import derive_seed
 from jepa.interfaces import MaskSampler, MaskSet, as_mask_pairs
 
 #: Version of :meth:`TrainLoader.state_dict` (stored in checkpoints: public API).
 STATE_VERSION = 1
-
-
-class DataStreamError(RunStoppedError):
-    """The training stream cannot go on: too many samples fail to decode, or no shard gives any
-    sample (the run stops; the CLI exits 1 with the message)."""
 
 
 @dataclass
@@ -113,8 +107,6 @@ def accumulation_steps(global_batch_size: int, world_size: int, micro_batch_size
 def step_generator(seed: int, step: int) -> torch.Generator:
     """The randomness shared by every micro batch of optimiser step ``step``: on every rank, loader
     worker and accumulation micro batch (seeded by the run seed and the step alone)."""
-    from jepa.data.stream import derive_seed  # stream imports this module
-
     return torch.Generator().manual_seed(derive_seed(seed, _STEP_DRAWS, step))
 
 

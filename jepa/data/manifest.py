@@ -19,6 +19,7 @@ from typing import Any, Optional
 import braceexpand
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from jepa.errors import DataError
 from jepa.text import printable
 
 MANIFEST_NAME = "manifest.json"
@@ -126,7 +127,7 @@ class Manifest:
         """
         raw = _read_json(Path(path))
         if raw.get("format") != "jepa-shards" or raw.get("version") != MANIFEST_VERSION:
-            raise ValueError(f"{_shown(path)}: not a version-{MANIFEST_VERSION} jepa shard manifest "
+            raise DataError(f"{_shown(path)}: not a version-{MANIFEST_VERSION} jepa shard manifest "
                              f"(format={_short(raw.get('format'))}, version={_short(raw.get('version'))}); "
                              "rewrite it with `jepa shards`")
         try:
@@ -135,7 +136,7 @@ class Manifest:
             errors = exc.errors()
             problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'top level'}: {e['msg']}" for e in errors[:3])
             problems += f"; and {len(errors) - 3} more" if len(errors) > 3 else ""
-            raise ValueError(f"{_shown(path)}: not a valid jepa shard manifest ({printable(problems)}); "
+            raise DataError(f"{_shown(path)}: not a valid jepa shard manifest ({printable(problems)}); "
                              "rewrite it with `jepa shards`") from None
         manifest = cls(
             prefix=checked.prefix, shards=[ShardInfo(s.name, s.count, s.bytes) for s in checked.shards],
@@ -146,7 +147,7 @@ class Manifest:
         wrong = [f"{k} is {_short(raw[k])} but the shards give {_short(v)}"
                  for k, v in derived.items() if raw[k] != v]
         if wrong:
-            raise ValueError(f"{_shown(path)}: inconsistent jepa shard manifest ({'; '.join(wrong)}); "
+            raise DataError(f"{_shown(path)}: inconsistent jepa shard manifest ({'; '.join(wrong)}); "
                              "rewrite it with `jepa shards`")
         return manifest
 
@@ -172,24 +173,24 @@ def _read_json(path: Path) -> dict[str, Any]:
         if len(out) < len(pairs):
             seen: set[str] = set()
             repeated = next(k for k, _ in pairs if k in seen or seen.add(k))
-            raise ValueError(f"{_shown(path)}: key {_short(repeated)} appears twice; "
+            raise DataError(f"{_shown(path)}: key {_short(repeated)} appears twice; "
                              "rewrite it with `jepa shards`")
         return out
 
     try:
         raw = json.loads(path.read_bytes().decode("utf-8"), object_pairs_hook=no_duplicates)
     except UnicodeDecodeError as exc:
-        raise ValueError(f"{_shown(path)}: not a jepa shard manifest (not UTF-8 text: {exc.reason} at byte {exc.start}); "
+        raise DataError(f"{_shown(path)}: not a jepa shard manifest (not UTF-8 text: {exc.reason} at byte {exc.start}); "
                          "rewrite it with `jepa shards`") from None
     except json.JSONDecodeError as exc:
-        raise ValueError(f"{_shown(path)}: not valid JSON ({exc.msg} at line {exc.lineno} column {exc.colno}); "
+        raise DataError(f"{_shown(path)}: not valid JSON ({exc.msg} at line {exc.lineno} column {exc.colno}); "
                          "rewrite it with `jepa shards`") from None
     except RecursionError:
-        raise ValueError(f"{_shown(path)}: not a jepa shard manifest (nested too deeply); "
+        raise DataError(f"{_shown(path)}: not a jepa shard manifest (nested too deeply); "
                          "rewrite it with `jepa shards`") from None
     if not isinstance(raw, dict):
         kind = {list: "array", str: "string", int: "number", float: "number", bool: "boolean"}.get(type(raw), "null")
-        raise ValueError(f"{_shown(path)}: holds a JSON {kind} where a manifest object is expected; "
+        raise DataError(f"{_shown(path)}: holds a JSON {kind} where a manifest object is expected; "
                          "rewrite it with `jepa shards`")
     return raw
 
@@ -208,7 +209,7 @@ class _ShardEntry(_Strict):
     def _in_folder(cls, name: str) -> str:
         """A shard of a manifest is a file beside it, never a path elsewhere."""
         if "/" in name or "\x00" in name or not name.endswith(".tar") or name == ".tar":
-            raise ValueError("must be the name of a .tar file in the manifest's folder (no '/')")
+            raise DataError("must be the name of a .tar file in the manifest's folder (no '/')")
         return name
 
 

@@ -31,6 +31,7 @@ from webdataset.gopen import gopen_curl, gopen_pipe
 from webdataset.tariterators import base_plus_ext
 
 from jepa.data.manifest import is_local, local_path, read_manifest, split_url
+from jepa.errors import DataError
 from jepa.text import printable
 
 #: Errors of the tar reader / stream that mark a shard as broken (counted, warned, skipped).
@@ -64,12 +65,12 @@ def check_shard_url(url: str) -> tuple[str, str]:
     if scheme not in ("", *SHARD_SCHEMES):
         streamed = ("; or stream them with a pipe: command (e.g. pipe:aws s3 cp s3://bucket/shard-000000.tar -)"
                     if pipes_allowed() else "")
-        raise ValueError(f"{printable(repr(url))}: shard URLs of scheme {printable(scheme)}: are not supported; shards "
+        raise DataError(f"{printable(repr(url))}: shard URLs of scheme {printable(scheme)}: are not supported; shards "
                          "are local paths (a file, a shard folder or a brace pattern), file:, http://, https:// or pipe: "
                          f"URLs; download the shards and point at the local copy{streamed} (a local file whose name "
                          "has a colon: write it as ./NAME)")
     if scheme == "pipe" and not pipes_allowed():
-        raise ValueError(f"{printable(repr(url))}: pipe: shard URLs run shell commands and {NO_PIPE_ENV} is set; use "
+        raise DataError(f"{printable(repr(url))}: pipe: shard URLs run shell commands and {NO_PIPE_ENV} is set; use "
                          "local paths, shard folders or http(s):// URLs, or unset it if you trust this shard spec")
     if scheme in ("", "file"):
         return "", local_path(url)
@@ -121,7 +122,7 @@ def expand_shards(spec: str) -> list[str]:
     for part in spec.split("::"):
         part = part.strip()
         if not part:
-            raise ValueError(f"empty shard pattern in {printable(repr(spec))}; join patterns with '::' and leave "
+            raise DataError(f"empty shard pattern in {printable(repr(spec))}; join patterns with '::' and leave "
                              "none empty")
         if is_local(part) and os.path.isdir(local_path(part)):
             urls += _folder_shards(local_path(part))
@@ -131,7 +132,7 @@ def expand_shards(spec: str) -> list[str]:
         check_shard_url(url)
     missing = [u for u in urls if is_local(u) and not os.path.isfile(local_path(u))]
     if missing:
-        raise ValueError(f"{len(missing)} of {len(urls)} shards do not exist (first: {printable(missing[0])}); "
+        raise DataError(f"{len(missing)} of {len(urls)} shards do not exist (first: {printable(missing[0])}); "
                          "check the shard pattern (brace ranges like shard-{000000..000099}.tar are expanded)")
     return urls
 
@@ -142,7 +143,7 @@ def _folder_shards(folder: str) -> list[str]:
     names = [s.name for s in manifest.shards] if manifest is not None else sorted(
         f for f in os.listdir(folder) if f.endswith(".tar"))
     if not names:
-        raise ValueError(f"shard folder {printable(folder)} holds no .tar shards; write some with `jepa shards` or "
+        raise DataError(f"shard folder {printable(folder)} holds no .tar shards; write some with `jepa shards` or "
                          "`jepa demo-data`")
     return [os.path.join(folder, n) for n in names]
 
@@ -270,9 +271,9 @@ def sample_payload(sample: dict[str, Any], keys: tuple[str, ...], what: str) -> 
     key = next((k for k in keys if k in sample), None)
     if key is None:
         found = sorted(k for k in sample if not k.startswith("__"))
-        raise ValueError(f"{sample_where(sample)} has no {what} (looked for {', '.join(keys)}; "
+        raise DataError(f"{sample_where(sample)} has no {what} (looked for {', '.join(keys)}; "
                          f"found {printable(repr(found))})")
     data = sample[key]
     if not isinstance(data, (bytes, bytearray, memoryview)) or len(data) == 0:
-        raise ValueError(f"{sample_where(sample)}: {printable(repr(key))} is empty or not bytes")
+        raise DataError(f"{sample_where(sample)}: {printable(repr(key))} is empty or not bytes")
     return key, data

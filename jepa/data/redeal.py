@@ -39,6 +39,7 @@ from jepa.data.pieces import Piece
 from jepa.data.reading import expand_shards
 from jepa.data.shard_loader import check_fingerprint, fingerprint
 from jepa.data.stream import WorkerStream
+from jepa.errors import CheckpointError
 from jepa.recipe import DataConfig
 
 log = logging.getLogger(__name__)
@@ -57,27 +58,27 @@ def redeal(states: list[dict[str, Any]], data_cfg: DataConfig, *, seed: int, ran
             micro batch changed), naming what differs.
     """
     if not states:
-        raise ValueError("no data-loader states to re-deal")
+        raise CheckpointError("no data-loader states to re-deal")
     source = states[0].get("source")
     if source == "synthetic":
         return _redeal_synthetic(states, seed=seed, world_size=world_size, micro_batch_size=micro_batch_size)
     if source != "shards":
-        raise ValueError(f"data-loader state of unknown source {source!r}; resume with the jepa version that wrote it")
+        raise CheckpointError(f"data-loader state of unknown source {source!r}; resume with the jepa version that wrote it")
     return _redeal_shards(states, data_cfg, seed=seed, rank=rank, world_size=world_size, micro_batch_size=micro_batch_size)
 
 
 def _redeal_synthetic(states: list[dict[str, Any]], *, seed: int, world_size: int, micro_batch_size: int) -> dict[str, Any]:
     state = dict(states[0])
     if state.get("version") != STATE_VERSION or "step" not in state or "global_batch" not in state:
-        raise ValueError(f"synthetic data-loader state {sorted(state)} of version {state.get('version')!r} cannot be "
+        raise CheckpointError(f"synthetic data-loader state {sorted(state)} of version {state.get('version')!r} cannot be "
                          f"re-dealt by this jepa (state version {STATE_VERSION}); resume with the number of processes "
                          "that wrote it")
     if state["seed"] != seed:
-        raise ValueError(f"cannot resume the synthetic stream: seed was {state['seed']}, now {seed}; restore seed")
+        raise CheckpointError(f"cannot resume the synthetic stream: seed was {state['seed']}, now {seed}; restore seed")
     consumed = state["step"] * state["global_batch"]
     new_global = micro_batch_size * world_size
     if consumed % new_global:
-        raise ValueError(f"cannot re-deal the synthetic stream: {consumed} samples consumed are not a whole number of "
+        raise CheckpointError(f"cannot re-deal the synthetic stream: {consumed} samples consumed are not a whole number of "
                          f"micro-steps of {micro_batch_size} x {world_size} ranks")
     return {**state, "global_batch": new_global, "step": consumed // new_global}
 
@@ -155,7 +156,7 @@ def _redeal_shards(states: list[dict[str, Any]], data_cfg: DataConfig, *, seed: 
     # draws a step shares (jepa.data.loader.step_generator), so the counts continue from there.
     taken, uneven = divmod(sum(p["batches"] for state in states for p in state["workers"]), world_size)
     if uneven:
-        raise ValueError(f"cannot re-deal the data stream: the {old_world} old ranks took {taken * world_size + uneven} "
+        raise CheckpointError(f"cannot re-deal the data stream: the {old_world} old ranks took {taken * world_size + uneven} "
                          f"micro batches in all, not a multiple of {world_size} ranks; resume on {old_world} processes")
     num_workers = max(1, data_cfg.num_workers)
     first_worker = taken % num_workers

@@ -37,15 +37,17 @@ from typing import Any, Iterator
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from jepa.data.loader import (STATE_VERSION, Batch, DataStreamError, TrainLoader, accumulation_steps, collate_as_is,
+from jepa.data.loader import (STATE_VERSION, Batch, TrainLoader, accumulation_steps, collate_as_is,
                               step_generator)
 from jepa.data.manifest import shards_total
 from jepa.data.pieces import Piece
 from jepa.data.stream import WorkerStream, derive_seed, initial_position
+from jepa.errors import CheckpointError, DataError
 from jepa.interfaces import Modality
 from jepa.objective import BatchMaker
 from jepa.preemption import ignore_sigterm_until
 from jepa.recipe import DataConfig
+from jepa.run_stopped import DataStreamError
 from jepa.text import printable
 
 log = logging.getLogger(__name__)
@@ -81,7 +83,7 @@ class _ShardBatches(IterableDataset):
             window_seen += 1
             try:
                 if "__error__" in sample:
-                    raise ValueError(sample["__error__"])
+                    raise DataError(sample["__error__"])
                 items.append(self.modality.decode(sample))
             except ValueError as exc:
                 skipped += 1
@@ -135,11 +137,11 @@ _HINTS = {"num_workers": "data.num_workers", "micro_batch_size": "the micro-batc
 def check_fingerprint(state: dict[str, Any], expected: dict[str, Any], ignore: tuple[str, ...] = ()) -> None:
     """Raise when a saved loader state does not match ``expected`` (:func:`fingerprint`) in a key not in ``ignore``."""
     if state.get("version") != STATE_VERSION:
-        raise ValueError(f"data-loader state has version {state.get('version')!r}, this jepa reads version "
+        raise CheckpointError(f"data-loader state has version {state.get('version')!r}, this jepa reads version "
                          f"{STATE_VERSION}; resume with the jepa version that wrote the checkpoint")
     for key, value in expected.items():
         if key not in ignore and state.get(key) != value:
-            raise ValueError(f"cannot resume the data stream exactly: {key} was {state.get(key)!r} when the "
+            raise CheckpointError(f"cannot resume the data stream exactly: {key} was {state.get(key)!r} when the "
                              f"checkpoint was written, now {value!r}; restore {_HINTS[key]}")
 
 

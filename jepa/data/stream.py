@@ -33,9 +33,10 @@ import itertools
 import random
 from typing import Any, Iterator, Sequence
 
-from jepa.data.loader import DataStreamError
 from jepa.data.pieces import Piece
 from jepa.data.reading import SHARD_ERRORS, read_shard
+from jepa.errors import CheckpointError, DataError
+from jepa.run_stopped import DataStreamError
 from jepa.text import printable
 
 #: Consecutive shard-epochs without a single sample before a worker gives up.
@@ -74,7 +75,7 @@ def _replay_buffer(size: int, rng: random.Random, consumed: int, ended: bool, em
             buf.pop()
             n += 1
     if n != emitted:
-        raise ValueError(f"inconsistent data-loader position: {consumed} samples consumed and {emitted} emitted "
+        raise CheckpointError(f"inconsistent data-loader position: {consumed} samples consumed and {emitted} emitted "
                          f"cannot come from a shuffle buffer of {size}; the state belongs to other data settings")
     return buf
 
@@ -191,11 +192,11 @@ class WorkerStream:
                                 buf[slot_of[idx + got]] = sample
                             got += 1
                     except SHARD_ERRORS as exc:
-                        raise ValueError(f"cannot resume the data stream exactly: {printable(url)} failed after {got} "
+                        raise DataError(f"cannot resume the data stream exactly: {printable(url)} failed after {got} "
                                          f"samples ({printable(f'{type(exc).__name__}: {exc}')}) but gave {count} "
                                          "before the checkpoint") from exc
                     if got != count:
-                        raise ValueError(f"cannot resume the data stream exactly: {printable(url)} now holds {got} samples, "
+                        raise DataError(f"cannot resume the data stream exactly: {printable(url)} now holds {got} samples, "
                                          f"{count} before the checkpoint; the shards changed")
                 idx += count
                 continue
@@ -214,7 +215,7 @@ class WorkerStream:
                 self.broken += 1
                 self.new_broken.append((url, printable(f"{type(exc).__name__}: {exc}")))
             if idx < resumed_at:
-                raise ValueError(f"cannot resume the data stream exactly: {printable(url)} ended after {count} samples, "
+                raise DataError(f"cannot resume the data stream exactly: {printable(url)} ended after {count} samples, "
                                  "fewer than before the checkpoint; the shards changed")
             self.shard_counts.append(count)
 

@@ -9,6 +9,7 @@ import torch
 
 from jepa.data.loader import STATE_VERSION, Batch, TrainLoader, accumulation_steps, step_generator
 from jepa.data.stream import derive_seed
+from jepa.errors import CheckpointError
 from jepa.interfaces import Modality
 from jepa.objective import BatchMaker
 
@@ -37,10 +38,10 @@ class SyntheticTrainLoader(TrainLoader):
         if state is not None:
             global_batch = micro_batch_size * world_size
             if state.get("version") != STATE_VERSION or state.get("source") != "synthetic":
-                raise ValueError(f"data-loader state {state.get('source')!r} v{state.get('version')!r} is not a "
+                raise CheckpointError(f"data-loader state {state.get('source')!r} v{state.get('version')!r} is not a "
                                  f"synthetic v{STATE_VERSION} state; resume with the same data.source")
             if state["seed"] != seed or state["global_batch"] != global_batch:
-                raise ValueError(f"cannot resume the synthetic stream: seed/global micro-batch were "
+                raise CheckpointError(f"cannot resume the synthetic stream: seed/global micro-batch were "
                                  f"{state['seed']}/{state['global_batch']}, now {seed}/{global_batch}")
             self._step = state["step"]
 

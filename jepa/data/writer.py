@@ -38,6 +38,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from webdataset import TarWriter
 
 from jepa.data.manifest import MANIFEST_NAME, Manifest, ShardInfo, SkippedFile
+from jepa.errors import ConfigError, DataError
 from jepa.outputs import remove_tree
 from jepa.text import printable
 
@@ -205,7 +206,7 @@ def folder_lock(out: Path) -> Iterator[None]:
         except BlockingIOError:
             pid = _holder(fd)
             os.close(fd)
-            raise ValueError(f"{printable(str(out))} is being written by another writer (jepa shards / jepa demo-data) "
+            raise DataError(f"{printable(str(out))} is being written by another writer (jepa shards / jepa demo-data) "
                              f"(pid {pid}); wait for it or choose another folder") from None
         except BaseException:
             os.close(fd)
@@ -282,9 +283,9 @@ def write_shard_set(
             writer is writing into ``out_dir`` (see :func:`folder_lock`).
     """
     if max_count < 1 or max_bytes < 1 or workers < 1:
-        raise ValueError(f"max_count, max_bytes and workers must be >= 1 (got {max_count}, {max_bytes}, {workers})")
+        raise ConfigError(f"max_count, max_bytes and workers must be >= 1 (got {max_count}, {max_bytes}, {workers})")
     if not re.fullmatch(r"[A-Za-z0-9_.-]+", prefix):
-        raise ValueError(f"shard prefix {prefix!r} may only use letters, digits, '_', '.' and '-'")
+        raise ConfigError(f"shard prefix {prefix!r} may only use letters, digits, '_', '.' and '-'")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     with folder_lock(out):
@@ -299,7 +300,7 @@ def _write_locked(jobs: Sequence[ChunkJob], out: Path, *, prefix: str, max_count
     """:func:`write_shard_set` with the folder's lock held."""
     existing = sorted(out.glob(f"{prefix}-*.tar"))
     if existing or (out / MANIFEST_NAME).exists():
-        raise ValueError(f"{printable(str(out))} already holds a shard set "
+        raise DataError(f"{printable(str(out))} already holds a shard set "
                          f"({printable(existing[0].name) if existing else MANIFEST_NAME}); "
                          "write into an empty folder or pick another --prefix")
     tmp = out / f".{prefix}-partial"
@@ -354,20 +355,20 @@ def labelled_sample(key: str, pair: LabelledPair, num_classes: int) -> ShardSamp
     """
     where = f"sample {key!r}"
     if not (isinstance(pair, tuple) and len(pair) == 2 and isinstance(pair[0], Mapping)):
-        raise ValueError(f"{where}: expected a ({{ext: bytes}}, label) pair, got {type(pair).__name__}")
+        raise DataError(f"{where}: expected a ({{ext: bytes}}, label) pair, got {type(pair).__name__}")
     files, label = pair
     if not files:
-        raise ValueError(f"{where}: the sample dict is empty; give at least one {{ext: bytes}} entry")
+        raise DataError(f"{where}: the sample dict is empty; give at least one {{ext: bytes}} entry")
     stored: list[tuple[str, bytes]] = []
     for ext, data in files.items():
         if not isinstance(ext, str) or not _EXT.fullmatch(ext) or ext == "cls":
-            raise ValueError(f"{where}: {ext!r} is not a usable key: lower-case extension without the leading dot "
+            raise DataError(f"{where}: {ext!r} is not a usable key: lower-case extension without the leading dot "
                              "(\"npy\", \"seg.png\"); 'cls' holds the label")
         if not isinstance(data, (bytes, bytearray, memoryview)) or len(data) == 0:
-            raise ValueError(f"{where}: {ext!r} is empty or not bytes ({type(data).__name__})")
+            raise DataError(f"{where}: {ext!r} is empty or not bytes ({type(data).__name__})")
         stored.append((ext, bytes(data)))
     if isinstance(label, bool) or not hasattr(label, "__index__") or not 0 <= label.__index__() < num_classes:
-        raise ValueError(f"{where}: label {label!r} is not a class number in 0..{num_classes - 1}")
+        raise DataError(f"{where}: label {label!r} is not a class number in 0..{num_classes - 1}")
     (ext, data), *extra = stored
     return ShardSample(key, ext, data, label.__index__(), tuple(extra))
 
@@ -458,9 +459,9 @@ def write_labelled_splits(
     """
     classes = list(classes)
     if not splits:
-        raise ValueError("write_labelled_splits: no split given; pass e.g. {'train': ..., 'val': ...}")
+        raise DataError("write_labelled_splits: no split given; pass e.g. {'train': ..., 'val': ...}")
     if not classes or len(set(classes)) != len(classes) or not all(isinstance(c, str) and c for c in classes):
-        raise ValueError(f"write_labelled_splits: classes must be distinct non-empty names, got {classes!r}")
+        raise DataError(f"write_labelled_splits: classes must be distinct non-empty names, got {classes!r}")
     manifests: dict[str, Manifest] = {}
     for split, value in splits.items():
         if _is_chunk_list(value):

@@ -27,6 +27,7 @@ from torch import Tensor, nn
 from jepa.engine.dist import Collectives, init_distributed, launcher_env
 from jepa.engine.reshard import load_resharded
 from jepa.engine.safe_load import WeightsOnlyCheckpointEngine
+from jepa.errors import CheckpointError, ConfigError
 from jepa.param_groups import build_param_groups
 from jepa.recipe import EngineConfig, OptimConfig, split_global_batch
 
@@ -50,7 +51,7 @@ def deepspeed_config(cfg: EngineConfig, optim: OptimConfig, *, global_batch_size
             threshold applies to gradients multiplied by the loss scale (measured: wrong updates).
     """
     if cfg.precision == "fp16" and optim.grad_clip and cfg.zero_stage > 0:
-        raise ValueError(
+        raise ConfigError(
             f"engine.precision=fp16 with optim.grad_clip={optim.grad_clip} under engine.zero_stage={cfg.zero_stage}: "
             "DeepSpeed clips the loss-scaled fp16 gradients of its ZeRO optimisers, which gives wrong updates; "
             "use engine.precision=bf16, engine.zero_stage=0, or drop optim.grad_clip")
@@ -109,7 +110,7 @@ class Engine(Collectives):
         if engine_cfg.activation_checkpointing:
             supported = [m for m in parts.values() if hasattr(m, "set_grad_checkpointing")]
             if not supported:
-                raise ValueError(f"engine.activation_checkpointing is true but none of the trained modules ({', '.join(parts)}) "
+                raise ConfigError(f"engine.activation_checkpointing is true but none of the trained modules ({', '.join(parts)}) "
                                  "has set_grad_checkpointing(); set engine.activation_checkpointing=false")
             for m in supported:
                 m.set_grad_checkpointing(True)
@@ -243,7 +244,7 @@ class Engine(Collectives):
             load_path, _ = self._deepspeed.load_checkpoint(str(directory), tag=DEEPSPEED_TAG, load_module_strict=True,
                                                            load_optimizer_states=True, load_lr_scheduler_states=False)
         if load_path is None:
-            raise ValueError(f"{directory}: no DeepSpeed state under {DEEPSPEED_TAG}/; the checkpoint is incomplete")
+            raise CheckpointError(f"{directory}: no DeepSpeed state under {DEEPSPEED_TAG}/; the checkpoint is incomplete")
 
     def close(self) -> None:
         """Release what the engine holds (the process group outlives it:

@@ -22,6 +22,7 @@ from deepspeed.checkpoint import ds_to_universal
 
 from jepa.engine.dist import Collectives
 from jepa.engine.safe_load import weights_only_universal_checkpoint
+from jepa.errors import CheckpointError
 from jepa.outputs import remove_tree
 
 log = logging.getLogger(__name__)
@@ -69,7 +70,7 @@ def convert_to_universal(source: Path, target: Path, collectives: Collectives, i
                 remove_scratch(scratch)
     error = collectives.all_gather_object(error)[0]
     if error:
-        raise ValueError(error)
+        raise CheckpointError(error)
 
 
 def load_resharded(ds_engine: Any, directory: Path, scratch: Path, tag: str, collectives: Collectives,

@@ -28,6 +28,8 @@ from typing import Any, Iterator
 import torch
 from deepspeed.runtime.checkpoint_engine import TorchCheckpointEngine
 
+from jepa.errors import CheckpointError
+
 
 def deepspeed_state_types() -> list[Any]:
     """The only non-tensor types DeepSpeed 0.19's own checkpoint files hold (every ZeRO stage and
@@ -60,11 +62,11 @@ class WeightsOnlyCheckpointEngine(TorchCheckpointEngine):
         try:
             return load_weights_only(path, map_location=map_location)
         except pickle.UnpicklingError as exc:
-            raise ValueError(f"{path}: this DeepSpeed state file holds objects other than tensors and DeepSpeed's "
+            raise CheckpointError(f"{path}: this DeepSpeed state file holds objects other than tensors and DeepSpeed's "
                              "own records, so it is not loaded (it could run code); resume from a checkpoint "
                              f"written by `jepa train`. Detail: {' '.join(str(exc).split())[:300]}") from None
         except (RuntimeError, EOFError, OSError) as exc:
-            raise ValueError(f"{path}: cannot read this DeepSpeed state file ({type(exc).__name__}: {exc})") from None
+            raise CheckpointError(f"{path}: cannot read this DeepSpeed state file ({type(exc).__name__}: {exc})") from None
 
 
 class _WeightsOnlyTorch(types.ModuleType):

@@ -20,11 +20,11 @@
 * :mod:`jepa.eval.report`: the tables and the versioned JSON report.
 """
 
-from jepa.eval.evaluate import evaluate, evaluate_shards
+from jepa.eval.evaluate import evaluate, evaluate_shards, open_labelled
 from jepa.eval.folder import FolderData
 from jepa.eval.knn import StreamingKNN
 from jepa.eval.protocols import PROTOCOLS, Outcome, Protocol, register
-from jepa.eval.reader import LabelledData, ShardData, open_labelled
+from jepa.eval.reader import LabelledData, ShardData
 from jepa.eval.settings import EvalSettings
 from jepa.eval.report import EvalReport, ProbeResult
 from jepa.sources import EncoderSource, load_source

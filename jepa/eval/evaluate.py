@@ -21,20 +21,24 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from jepa.data import MANIFEST_NAME, is_local
+from jepa.errors import ConfigError, DataError
 from jepa.eval.context import EvalRun, PlanInput, Shapes, Splits
 from jepa.eval.features import FeatureSpec, PooledStore, autocast_for, fill_pooled, progress_bar
+from jepa.eval.folder import FolderData
 from jepa.eval.memory import (F32, POOLED_IN_MEMORY_FRACTION, Need, check_fits, device_available_bytes,
                               disk_free_bytes, encoder_forward_bytes, host_available_bytes, place_of)
 from jepa.eval.probes import class_balanced_subset
 from jepa.eval.protocols import PROTOCOLS, Protocol
-from jepa.eval.reader import LabelledData, align_classes, open_labelled
+from jepa.eval.reader import LabelledData, ShardData, align_classes
 from jepa.eval.report import EvalReport, ProbeResult
 from jepa.eval.settings import EvalSettings, default_device, parse_protocols
 from jepa.host_memory import retain_freed_memory
+from jepa.interfaces import Modality
 from jepa.sources import EncoderSource
 
 __all__ = ["PROTOCOLS", "EvalSettings", "default_device", "evaluate", "evaluate_shards", "holdout_mask",
-           "parse_protocols"]
+           "open_labelled", "parse_protocols"]
 
 
 def holdout_mask(labels_N: Tensor, eligible_N: Tensor, fraction: float, seed: int) -> Tensor:
@@ -99,7 +103,7 @@ def _plan(selected: list[Protocol], plan: PlanInput) -> tuple[list[Need], dict[s
         else:
             store_dir = tempfile.gettempdir() if settings.feature_cache == "auto" else settings.feature_cache
             if not Path(store_dir).is_dir():
-                raise ValueError(f"--feature-cache {store_dir}: no such folder; name an existing folder, 'memory' "
+                raise ConfigError(f"--feature-cache {store_dir}: no such folder; name an existing folder, 'memory' "
                                  "or 'auto'")
             place = f"disk ({store_dir})"
             available[place] = disk_free_bytes(store_dir)
@@ -152,7 +156,7 @@ def evaluate(source: EncoderSource, train: LabelledData, val: LabelledData, sett
     splits = Splits(eligible, held, eligible & ~held)
     chosen = [name for name, grid in grids.items() if len(grid) > 1]  # type: ignore[arg-type]
     if chosen and not held.any():
-        raise ValueError(f"no training class has two samples, so nothing can be held out to choose among the heads of "
+        raise DataError(f"no training class has two samples, so nothing can be held out to choose among the heads of "
                          f"{', '.join(chosen)}; use more labels (--low-shot) or one value each for the grid's lrs and wds")
     device = settings.torch_device
     if device.type == "cpu":
@@ -205,13 +209,32 @@ def evaluate(source: EncoderSource, train: LabelledData, val: LabelledData, sett
 def _check_augment(train: LabelledData, settings: EvalSettings) -> None:
     """``--augment flip`` asks the modality for its evaluation augmentation (``Modality.eval_augment``):
     refuse a modality that has none rather than train unaugmented under that name."""
-    from jepa.interfaces import Modality
-
     modality = train.modality
     if "flip" in settings.augment and isinstance(modality, Modality) and \
             type(modality).eval_augment is Modality.eval_augment:
-        raise ValueError(f"--augment {settings.augment}: modality {modality.name!r} defines no evaluation "
+        raise ConfigError(f"--augment {settings.augment}: modality {modality.name!r} defines no evaluation "
                          "augmentation (Modality.eval_augment); use --augment none or crop")
+
+
+def open_labelled(spec: str, modality: Modality) -> LabelledData:
+    """The reader for what ``--train-data`` / ``--val-data`` name: a folder of class sub-folders
+    (:class:`~jepa.eval.folder.FolderData`), or labelled shards (:class:`~jepa.eval.reader.ShardData`: a shard
+    folder, a brace pattern, URLs, several joined with ``'::'``).
+
+    Raises:
+        ValueError: the path does not exist, or a folder holds neither shards nor class folders.
+    """
+    path = Path(spec)
+    if "::" not in spec and is_local(spec) and path.is_dir():
+        entries = [p for p in path.iterdir() if not p.name.startswith(".")]
+        if (path / MANIFEST_NAME).is_file() or any(p.is_file() and p.name.endswith(".tar") for p in entries):
+            return ShardData(spec, modality)
+        suffixes = tuple(modality.file_suffixes()) if modality is not None else ()
+        if any(p.is_dir() or p.name.lower().endswith(suffixes) for p in entries):
+            return FolderData(spec, modality)
+        raise DataError(f"{spec}: a folder with neither shards (*.tar, {MANIFEST_NAME}) nor class sub-folders; "
+                         "pass labelled shards (`jepa shards` writes them) or a folder of class sub-folders")
+    return ShardData(spec, modality)
 
 
 def evaluate_shards(source: EncoderSource, train_data: str, val_data: str, settings: EvalSettings) -> EvalReport:

@@ -11,7 +11,8 @@ from typing import Iterator, Sequence
 import torch
 from torch import Tensor
 
-from jepa.data import SkippedFile
+from jepa.data import SkippedFile, list_folder, sample_keys
+from jepa.errors import DataError
 from jepa.eval.reader import LabelIndex, LabelledData, PassSpec, _PassDataset
 from jepa.interfaces import Modality
 
@@ -38,11 +39,9 @@ class FolderData(LabelledData):
         return max(1, len(self.files))
 
     def scan(self, num_workers: int = 0) -> LabelIndex:
-        from jepa.data import list_folder, sample_keys
-
         listing = list_folder(self.root, self.modality.file_suffixes(), self.modality.name)
         if listing.labels is None:
-            raise ValueError(f"{self.root} holds files but no class sub-folders, so it has no labels; evaluation "
+            raise DataError(f"{self.root} holds files but no class sub-folders, so it has no labels; evaluation "
                              "needs a folder of class sub-folders (one per class) holding the files")
         files = [str(f) for f in listing.files]
         keys = sample_keys(listing.files)
@@ -50,7 +49,7 @@ class FolderData(LabelledData):
         ok = [i for i, p in enumerate(problems) if p is None]
         skipped = [SkippedFile(files[i], p) for i, p in enumerate(problems) if p is not None]
         if not ok:
-            raise ValueError(f"{self.root}: none of its {len(files)} files decodes (first: {skipped[0].path}: "
+            raise DataError(f"{self.root}: none of its {len(files)} files decodes (first: {skipped[0].path}: "
                              f"{skipped[0].error})")
         self.files = [files[i] for i in ok]
         self.exts = [listing.exts[i] for i in ok]

@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from jepa.errors import ConfigError, DataError
+
 
 def parse_floats(text: str, flag: str) -> tuple[float, ...]:
     """``"1e-3, 3e-3"`` -> ``(0.001, 0.003)``; every value must be >= 0.
@@ -24,9 +26,9 @@ def parse_floats(text: str, flag: str) -> tuple[float, ...]:
     try:
         values = tuple(float(v) for v in text.split(",") if v.strip())
     except ValueError:
-        raise ValueError(f"{flag} {text!r}: give comma-separated numbers, e.g. 1e-4,1e-3") from None
+        raise ConfigError(f"{flag} {text!r}: give comma-separated numbers, e.g. 1e-4,1e-3") from None
     if not values or any(v < 0 for v in values):
-        raise ValueError(f"{flag} {text!r}: give one or more comma-separated numbers >= 0, e.g. 1e-4,1e-3")
+        raise ConfigError(f"{flag} {text!r}: give one or more comma-separated numbers >= 0, e.g. 1e-4,1e-3")
     return values
 
 
@@ -39,7 +41,7 @@ class Grid:
 
     def __post_init__(self) -> None:
         if not self.lrs or not self.wds or any(v <= 0 for v in self.lrs) or any(v < 0 for v in self.wds):
-            raise ValueError(f"a probe grid needs learning rates > 0 and weight decays >= 0, got lrs={self.lrs} "
+            raise ConfigError(f"a probe grid needs learning rates > 0 and weight decays >= 0, got lrs={self.lrs} "
                              f"wds={self.wds}")
 
     def __len__(self) -> int:
@@ -83,7 +85,7 @@ class GridScores:
     def result(self) -> dict[str, list[float]]:
         """``{"top1": [G], "top5": [G] (if counted), "loss": [G]}``, accuracies in [0, 1]."""
         if self.count == 0:
-            raise ValueError("no samples were scored")
+            raise DataError("no samples were scored")
         out = {f"top{k}": (self.hits[i] / self.count).tolist() for i, k in enumerate(self.ks)}
         out["loss"] = (self.loss / self.count).tolist()
         return out

@@ -27,6 +27,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from jepa.errors import ConfigError
+
 INIT_STD = 0.02
 """Standard deviation of the truncated-normal initialisation of the attentive probe's matrices and query."""
 
@@ -155,9 +157,9 @@ class AttentiveGrid(nn.Module):
                  mlp_ratio: float = 4.0, generator: torch.Generator | None = None):
         super().__init__()
         if depth < 1:
-            raise ValueError(f"--attentive-depth must be >= 1, got {depth}")
+            raise ConfigError(f"--attentive-depth must be >= 1, got {depth}")
         if attn_heads < 1 or dim % attn_heads:
-            raise ValueError(f"--attentive-heads {attn_heads} does not divide the token width {dim}; pick a divisor")
+            raise ConfigError(f"--attentive-heads {attn_heads} does not divide the token width {dim}; pick a divisor")
         G, gen = num_heads, generator
         self.attn_heads = attn_heads
         self.blocks = nn.ModuleList(_SelfAttentionGridBlock(G, dim, attn_heads, mlp_ratio, gen, i + 1)

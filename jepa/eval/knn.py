@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from jepa.errors import ConfigError, DataError
+
 QUERY_CHUNK_ELEMENTS = 1 << 24
 """Largest query-chunk x training-batch similarity block computed at once (64 MiB in float32)."""
 
@@ -29,9 +31,9 @@ class StreamingKNN:
 
     def __init__(self, queries_QE: Tensor, k: int = 20, temperature: float = 0.07):
         if k < 1:
-            raise ValueError(f"--k must be >= 1, got {k}")
+            raise ConfigError(f"--k must be >= 1, got {k}")
         if temperature <= 0:
-            raise ValueError(f"--temperature must be > 0, got {temperature}")
+            raise ConfigError(f"--temperature must be > 0, got {temperature}")
         self.queries = F.normalize(queries_QE.float(), dim=1)
         self.k, self.temperature = k, temperature
         q, device = queries_QE.shape[0], queries_QE.device
@@ -62,7 +64,7 @@ class StreamingKNN:
     def scores(self, num_classes: int | None = None) -> Tensor:
         """(Q, C) summed vote weights of each query's neighbours (C: ``num_classes`` or the largest label + 1)."""
         if self.seen == 0:
-            raise ValueError("k-NN: no training samples were added")
+            raise DataError("k-NN: no training samples were added")
         c = int(self.max_label.item()) + 1 if num_classes is None else num_classes
         out = torch.zeros(self.queries.shape[0], c, device=self.queries.device)
         return out.scatter_add_(1, self.top_label_QK, (self.top_sim_QK / self.temperature).exp())

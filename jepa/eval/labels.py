@@ -19,6 +19,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from jepa.data import SHARD_ERRORS, collate_as_is, expand_shards, read_shard
+from jepa.errors import ConfigError, DataError
 from jepa.interfaces import Modality
 
 
@@ -83,19 +84,19 @@ def label_of(sample: dict[str, Any], num_classes: int | None = None) -> int:
     """
     where = f"sample {sample.get('__key__')!r} of {sample.get('__url__')}"
     if "cls" not in sample:
-        raise ValueError(f"shards have no labels (no 'cls' key in {where}); write labelled shards with "
+        raise DataError(f"shards have no labels (no 'cls' key in {where}); write labelled shards with "
                          "`jepa shards` from a folder of class sub-folders")
     raw = sample["cls"]
     text = bytes(raw).strip() if isinstance(raw, (bytes, bytearray, memoryview)) else None
     if text is None or not _LABEL_TEXT.fullmatch(text):
         shown = repr(bytes(raw)[:20]) if text is not None else type(raw).__name__
-        raise ValueError(f"{where}: 'cls' is {shown}, not a class number (ASCII digits); rewrite the shard with "
+        raise DataError(f"{where}: 'cls' is {shown}, not a class number (ASCII digits); rewrite the shard with "
                          "`jepa shards`")
     label, bound = int(text), MAX_CLASSES if num_classes is None else num_classes
     if not 0 <= label < bound:
         named = f"its manifest names {num_classes} classes" if num_classes is not None else \
             f"without a manifest naming the classes at most {MAX_CLASSES:,} are allowed"
-        raise ValueError(f"{where}: label {label} is outside 0..{bound - 1} ({named}); rewrite the shard with "
+        raise DataError(f"{where}: label {label} is outside 0..{bound - 1} ({named}); rewrite the shard with "
                          "`jepa shards`")
     return label
 
@@ -121,7 +122,7 @@ def labelled_batches(shards: str, modality: Modality, batch_size: int, num_worke
         ValueError: shards have no labels, or the shard spec is bad.
     """
     if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1 (got {batch_size})")
+        raise ConfigError(f"batch_size must be >= 1 (got {batch_size})")
     dataset = _LabelledBatches(expand_shards(shards), modality, batch_size, num_classes)
     batches = iter(dataset) if num_workers == 0 else iter(DataLoader(
         dataset, batch_size=None, num_workers=min(num_workers, len(dataset.urls)), collate_fn=collate_as_is))

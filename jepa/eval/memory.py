@@ -18,6 +18,8 @@ from pathlib import Path
 
 import torch
 
+from jepa.errors import ConfigError
+
 USABLE_FRACTION = 0.8
 """Share of the free memory (or disk) a run may plan to use."""
 POOLED_IN_MEMORY_FRACTION = 0.25
@@ -104,7 +106,7 @@ def check_fits(needs: list[Need], available: dict[str, int]) -> None:
             problems.append(f"{place}: needs about {gib(total)} but {gib(free)} are free (at most "
                             f"{USABLE_FRACTION:.0%} of it is planned for): {lines}. To fit: {fixes}")
     if problems:
-        raise ValueError("evaluation would not fit in memory, nothing was run. " + " | ".join(problems))
+        raise ConfigError("evaluation would not fit in memory, nothing was run. " + " | ".join(problems))
 
 
 def disk_free_bytes(path: str | Path) -> int:

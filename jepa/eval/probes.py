@@ -18,6 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from jepa.errors import ConfigError, DataError
+
 
 SMALL_OP_ELEMENTS = 1 << 22
 """Below this many elements per tensor operation a probe runs single-threaded (see :func:`threads_for`)."""
@@ -56,7 +58,7 @@ def topk_accuracy(scores_NC: Tensor, labels_N: Tensor, ks: tuple[int, ...] = (1,
     if scores_NC.shape[0] != labels_N.shape[0]:
         raise ValueError(f"{scores_NC.shape[0]} score rows but {labels_N.shape[0]} labels")
     if scores_NC.shape[0] == 0:
-        raise ValueError("no samples to score: the validation set is empty")
+        raise DataError("no samples to score: the validation set is empty")
     top = scores_NC.topk(max(ks), dim=1).indices
     hits = top == labels_N.unsqueeze(1)
     return {k: hits[:, :k].any(dim=1).float().mean().item() for k in ks}
@@ -87,7 +89,7 @@ def class_balanced_subset(labels_N: Tensor, fraction: float, seed: int = 0) -> T
         seed: seed of the draw; the same seed gives the same subset.
     """
     if not 0 < fraction <= 1:
-        raise ValueError(f"--low-shot must be a fraction in (0, 1], got {fraction}; e.g. 0.01 for 1 % of labels per class")
+        raise ConfigError(f"--low-shot must be a fraction in (0, 1], got {fraction}; e.g. 0.01 for 1 % of labels per class")
     counts = torch.bincount(labels_N)
     n_keep = (counts.double() * fraction).round().long().clamp_min(1)
     order = torch.randperm(labels_N.numel(), generator=torch.Generator().manual_seed(seed))
@@ -125,7 +127,7 @@ def fit_linear(train_ND: Tensor, labels_N: Tensor, num_classes: int, weight_deca
         The fitted (D -> C) layer.
     """
     if max_iter < 1:
-        raise ValueError(f"--lbfgs-iters (L-BFGS iterations of logreg) must be >= 1, got {max_iter}")
+        raise ConfigError(f"--lbfgs-iters (L-BFGS iterations of logreg) must be >= 1, got {max_iter}")
     head = nn.Linear(train_ND.shape[1], num_classes)
     nn.init.zeros_(head.weight)
     nn.init.zeros_(head.bias)

@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import torch
 from torch import nn
 
+from jepa.errors import ConfigError, PluginError
 from jepa.eval.features import FeatureSpec
 from jepa.eval.grid import Grid, choose, grid_rows
 from jepa.eval.heads import AttentiveGrid, LinearGrid
@@ -121,10 +122,10 @@ def register(protocol: Protocol) -> Protocol:
         ValueError: its name or its seed salt is already registered.
     """
     if protocol.name in PROTOCOLS:
-        raise ValueError(f"protocol {protocol.name!r} is registered twice")
+        raise PluginError(f"protocol {protocol.name!r} is registered twice")
     taken = {p.seed_salt: p.name for p in PROTOCOLS.values()}
     if protocol.seed_salt in taken:
-        raise ValueError(f"protocol {protocol.name!r}: seed salt {protocol.seed_salt} is taken by "
+        raise PluginError(f"protocol {protocol.name!r}: seed salt {protocol.seed_salt} is taken by "
                          f"{taken[protocol.seed_salt]!r}; give every protocol its own constant")
     PROTOCOLS[protocol.name] = protocol
     return protocol
@@ -244,7 +245,7 @@ class AttentiveProbe(GridProbe):
     def attn_heads(settings: EvalSettings, dim: int) -> int:
         if settings.attentive_heads is not None:
             if dim % settings.attentive_heads:
-                raise ValueError(f"--attentive-heads {settings.attentive_heads} does not divide the token width "
+                raise ConfigError(f"--attentive-heads {settings.attentive_heads} does not divide the token width "
                                  f"{dim}; pick a divisor")
             return settings.attentive_heads
         heads = max(1, dim // 64)

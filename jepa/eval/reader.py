@@ -1,7 +1,7 @@
 """Labelled evaluation inputs for ``jepa eval``: labelled shards or a folder of class sub-folders, read in passes.
 
 :class:`LabelledData` (:class:`ShardData` here, :class:`~jepa.eval.folder.FolderData`, made by
-:func:`open_labelled`) is what ``jepa eval`` reads. A split is first *scanned* (labels of every
+:func:`~jepa.eval.evaluate.open_labelled`) is what ``jepa eval`` reads. A split is first *scanned* (labels of every
 sample, no decoding of shards; a folder's files are listed and each is checked to decode in a
 child process, as ``jepa shards`` does, so corrupt files are skipped and counted before anything
 is trained). Then any number of *passes* read a chosen subset of the samples (``keep_N``: the
@@ -29,19 +29,19 @@ from __future__ import annotations
 import random
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Iterator
 
 import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from jepa.data import SHARD_ERRORS, SkippedFile, collate_as_is, expand_shards, read_shard
+from jepa.data import SHARD_ERRORS, SkippedFile, collate_as_is, derive_seed, expand_shards, read_manifest, read_shard
+from jepa.errors import ConfigError, DataError
 from jepa.eval.labels import MAX_CLASSES, label_of, labelled_batches
 from jepa.interfaces import Modality
 
 __all__ = ["AUGMENTS", "MAX_CLASSES", "LabelIndex", "LabelledData", "PassSpec", "ShardData", "align_classes",
-           "label_of", "labelled_batches", "open_labelled"]
+           "label_of", "labelled_batches"]
 
 
 # --------------------------------------------------------------------------- splits read in passes
@@ -101,9 +101,9 @@ class PassSpec:
 
     def __post_init__(self) -> None:
         if self.batch_size < 1:
-            raise ValueError(f"--batch-size must be >= 1, got {self.batch_size}")
+            raise ConfigError(f"--batch-size must be >= 1, got {self.batch_size}")
         if self.augment not in AUGMENTS:
-            raise ValueError(f"--augment {self.augment!r}: choose from {', '.join(AUGMENTS)}")
+            raise ConfigError(f"--augment {self.augment!r}: choose from {', '.join(AUGMENTS)}")
 
 
 class _PassDataset(IterableDataset):
@@ -122,8 +122,6 @@ class _PassDataset(IterableDataset):
         raise NotImplementedError
 
     def __iter__(self) -> Iterator[tuple[Tensor, Tensor, Tensor, int]]:
-        from jepa.data import derive_seed
-
         info = get_worker_info()
         worker, num_workers = (info.id, info.num_workers) if info is not None else (0, 1)
         spec = self.spec
@@ -212,7 +210,7 @@ class LabelledData(ABC):
         assert self.index is not None, "scan() first"
         for x, _, _ in self.passes(PassSpec(batch_size=count)):
             return x
-        raise ValueError(f"{self.spec}: no sample decodes; check the data")
+        raise DataError(f"{self.spec}: no sample decodes; check the data")
 
 
 def align_classes(train: LabelledData, val: LabelledData) -> None:
@@ -235,14 +233,14 @@ def align_classes(train: LabelledData, val: LabelledData) -> None:
     for split, names in ((train, t.classes), (val, v.classes)):
         twice = sorted({c for c in names if names.count(c) > 1})
         if twice:
-            raise ValueError(f"{split.spec}: class {twice[0]!r} is named twice in its class list; rewrite the "
+            raise DataError(f"{split.spec}: class {twice[0]!r} is named twice in its class list; rewrite the "
                              "manifest (or the shards with `jepa shards`) so every class has one name")
     position = {name: i for i, name in enumerate(t.classes)}
     used = torch.bincount(v.labels_N, minlength=len(v.classes))[:len(v.classes)] > 0
     unknown = [c for c, u in zip(v.classes, used.tolist()) if u and c not in position]
     if unknown:
         shown = ", ".join(map(repr, unknown[:5])) + (f" and {len(unknown) - 5} more" if len(unknown) > 5 else "")
-        raise ValueError(f"{val.spec}: class{'es' if len(unknown) > 1 else ''} {shown} not among the "
+        raise DataError(f"{val.spec}: class{'es' if len(unknown) > 1 else ''} {shown} not among the "
                          f"{len(t.classes)} classes of {train.spec}, so no probe trained there can predict "
                          f"{'them' if len(unknown) > 1 else 'it'}; evaluate on a split whose classes (folder or "
                          "manifest names) are the training split's or some of them")
@@ -268,8 +266,6 @@ class ShardData(LabelledData):
         Raises:
             ValueError: an unreadable shard, or a sample without a valid label (one line naming it).
         """
-        from jepa.data import read_manifest
-
         try:
             manifest = read_manifest(self.spec)
         except ValueError:
@@ -281,13 +277,13 @@ class ShardData(LabelledData):
         for u, labels, problem in (dataset if workers == 0 else DataLoader(
                 dataset, batch_size=None, num_workers=workers, collate_fn=collate_as_is)):
             if problem is not None:  # raised here, not in a loader worker: one line, not a worker's traceback
-                raise ValueError(problem)
+                raise DataError(problem)
             found[u] = labels
         counts = [found[u].numel() for u in range(len(self.urls))]
         self.offsets = [sum(counts[:u]) for u in range(len(self.urls))]
         labels_N = torch.cat([found[u] for u in range(len(self.urls))])
         if labels_N.numel() == 0:
-            raise ValueError(f"{self.spec}: the shards hold no samples; check the shard pattern")
+            raise DataError(f"{self.spec}: the shards hold no samples; check the shard pattern")
         self.index = LabelIndex(labels_N, classes)
         return self.index
 
@@ -310,7 +306,7 @@ class _ScanShards(IterableDataset):
             try:
                 labels = [label_of(sample, self.num_classes) for sample in read_shard(self.urls[u])]
             except SHARD_ERRORS as exc:
-                raise ValueError(f"evaluation shard {self.urls[u]} is unreadable ({type(exc).__name__}: {exc}); "
+                raise DataError(f"evaluation shard {self.urls[u]} is unreadable ({type(exc).__name__}: {exc}); "
                                  "evaluation reads every sample: rewrite the shard") from exc
             except ValueError as exc:
                 yield u, None, str(exc)
@@ -364,27 +360,3 @@ class _ShardPass(_PassDataset):
             buffer[k] = item
         rng.shuffle(buffer)
         yield from buffer
-
-def open_labelled(spec: str, modality: Modality) -> LabelledData:
-    """The reader for what ``--train-data`` / ``--val-data`` name: a folder of class sub-folders
-    (:class:`~jepa.eval.folder.FolderData`), or labelled shards (:class:`ShardData`: a shard folder, a brace
-    pattern, URLs, several joined with ``'::'``).
-
-    Raises:
-        ValueError: the path does not exist, or a folder holds neither shards nor class folders.
-    """
-    from jepa.data import MANIFEST_NAME, is_local
-
-    path = Path(spec)
-    if "::" not in spec and is_local(spec) and path.is_dir():
-        entries = [p for p in path.iterdir() if not p.name.startswith(".")]
-        if (path / MANIFEST_NAME).is_file() or any(p.is_file() and p.name.endswith(".tar") for p in entries):
-            return ShardData(spec, modality)
-        suffixes = tuple(modality.file_suffixes()) if modality is not None else ()
-        if any(p.is_dir() or p.name.lower().endswith(suffixes) for p in entries):
-            from jepa.eval.folder import FolderData
-
-            return FolderData(spec, modality)
-        raise ValueError(f"{spec}: a folder with neither shards (*.tar, {MANIFEST_NAME}) nor class sub-folders; "
-                         "pass labelled shards (`jepa shards` writes them) or a folder of class sub-folders")
-    return ShardData(spec, modality)

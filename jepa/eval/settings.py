@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from jepa.errors import ConfigError
 from jepa.eval.grid import Grid
 from jepa.eval.protocols import PROTOCOLS, Protocol
 from jepa.eval.reader import AUGMENTS
@@ -76,7 +77,7 @@ class EvalSettings:
     def __post_init__(self) -> None:
         unknown = [p for p in self.protocols if p not in PROTOCOLS]
         if unknown or not self.protocols:
-            raise ValueError(f"--protocol: unknown {', '.join(map(repr, unknown)) or 'empty list'}; "
+            raise ConfigError(f"--protocol: unknown {', '.join(map(repr, unknown)) or 'empty list'}; "
                              f"choose from {', '.join(PROTOCOLS)} (comma-separated)")
         checks = [
             (self.k >= 1, f"--k must be >= 1, got {self.k}"),
@@ -98,14 +99,14 @@ class EvalSettings:
         ]
         for ok, message in checks:
             if not ok:
-                raise ValueError(message)
+                raise ConfigError(message)
         self.linear_grid = Grid(tuple(self.linear_lrs), tuple(self.linear_wds))
         self.attentive_grid = Grid(tuple(self.attentive_lrs), tuple(self.attentive_wds))
         for protocol in self.selected():
             grid = protocol.grid(self)
             if grid is not None and len(grid) > 1 and self.holdout == 0:
                 flag = protocol.grid_flag
-                raise ValueError(f"--holdout 0 leaves no held-out split to choose among the {len(grid)} heads of "
+                raise ConfigError(f"--holdout 0 leaves no held-out split to choose among the {len(grid)} heads of "
                                  f"{protocol.name}; keep --holdout > 0 (default 0.1) or give one value to {flag}-lrs "
                                  f"and {flag}-wds")
         if self.device is None:
@@ -113,11 +114,11 @@ class EvalSettings:
         try:
             device = torch.device(self.device)
         except RuntimeError as exc:
-            raise ValueError(f"--device {self.device!r} is not a device name; use cpu, cuda or cuda:N") from exc
+            raise ConfigError(f"--device {self.device!r} is not a device name; use cpu, cuda or cuda:N") from exc
         if device.type == "cuda" and not torch.cuda.is_available():
-            raise ValueError(f"--device {self.device!r}, but torch sees no CUDA device here; use --device cpu")
+            raise ConfigError(f"--device {self.device!r}, but torch sees no CUDA device here; use --device cpu")
         if device.type not in ("cpu", "cuda"):
-            raise ValueError(f"--device {self.device!r}: evaluation runs on cpu or cuda")
+            raise ConfigError(f"--device {self.device!r}: evaluation runs on cpu or cuda")
 
     def selected(self) -> list[Protocol]:
         """The registered protocol of each name in :attr:`protocols`, in order."""

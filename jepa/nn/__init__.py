@@ -8,6 +8,8 @@ One concept per module:
   checkpointing, the key-padding attention mask of padded contexts);
 * :mod:`jepa.nn.init`: the I-JEPA weight initialisation;
 * :mod:`jepa.nn.pos_embed`: fixed sin-cos position tables of 1-, 2- and 3-D token grids;
+* :mod:`jepa.nn.rope`: rotary positions (RoPE) over a 1-, 2- or 3-D token grid, applied to queries
+  and keys (V-JEPA 2's layout); :mod:`jepa.nn.rope_blocks`: the block whose attention applies them;
 * :mod:`jepa.nn.geometry`: argument checks (heads divide the width, the width suits the sin-cos
   table, a patch tiles the input, depth and drop-path);
 * :mod:`jepa.nn.grid_masks`: block masks on a 1-, 2- or 3-D token grid and the collation of rows

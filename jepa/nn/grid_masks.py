@@ -48,6 +48,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
+from jepa.errors import ConfigError
 from jepa.interfaces import MaskSampler, MaskSet
 
 MAX_POSITION_ROUNDS = 100
@@ -130,15 +131,15 @@ class BlockSpec:
         def check(name: str, lo: float, hi: float, top: float | None) -> None:
             if not (0 < lo <= hi and (top is None or hi <= top)):
                 bound = f"0 < low <= high <= {top:g}" if top is not None else "0 < low <= high"
-                raise ValueError(f"BlockSpec: {name}=({lo}, {hi}) must satisfy {bound}")
+                raise ConfigError(f"BlockSpec: {name}=({lo}, {hi}) must satisfy {bound}")
 
         if self.num_blocks < 1:
-            raise ValueError(f"BlockSpec: num_blocks must be >= 1, got {self.num_blocks}")
+            raise ConfigError(f"BlockSpec: num_blocks must be >= 1, got {self.num_blocks}")
         check("scale", *self.scale, 1.0)
         check("aspect_ratio", *self.aspect_ratio, None)
         check("leading_scale", *self.leading_scale, 1.0)
         if not 0 < self.leading_keep <= 1:
-            raise ValueError(f"BlockSpec: leading_keep must be in (0, 1], got {self.leading_keep}")
+            raise ConfigError(f"BlockSpec: leading_keep must be in (0, 1], got {self.leading_keep}")
 
 
 @dataclass(frozen=True)
@@ -182,11 +183,11 @@ class GridBlockMaskSampler(MaskSampler):
                  min_keep: int = 1):
         name = type(self).__name__
         if not 1 <= len(grid) <= 3 or min(grid) < 1:
-            raise ValueError(f"{name}: the token grid {tuple(grid)} must have 1 to 3 non-empty axes")
+            raise ConfigError(f"{name}: the token grid {tuple(grid)} must have 1 to 3 non-empty axes")
         if collation not in COLLATIONS:
-            raise ValueError(f"{name}: collation must be one of {', '.join(COLLATIONS)}; got {collation!r}")
+            raise ConfigError(f"{name}: collation must be one of {', '.join(COLLATIONS)}; got {collation!r}")
         if targets not in TARGET_LAYOUTS:
-            raise ValueError(f"{name}: targets must be one of {', '.join(TARGET_LAYOUTS)}; got {targets!r}")
+            raise ConfigError(f"{name}: targets must be one of {', '.join(TARGET_LAYOUTS)}; got {targets!r}")
         self.grid = tuple(int(g) for g in grid)
         self.spec, self.collation, self.targets, self.min_keep = spec, collation, targets, min_keep
         self.num_tokens = math.prod(self.grid)

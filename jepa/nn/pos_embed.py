@@ -27,6 +27,8 @@ from typing import List, Optional
 import torch
 from torch import Tensor
 
+from jepa.errors import ConfigError
+
 
 def sincos_code(width: int, positions: Tensor) -> Tensor:
     """(N,) float64 positions -> (N, width) float64 ``[sin | cos]`` code; ``width`` even."""
@@ -51,9 +53,9 @@ def sincos_1d(embed_dim: int, num_tokens: int, device: Optional[torch.device] = 
         ValueError: ``embed_dim`` is odd or ``num_tokens`` is not positive.
     """
     if embed_dim % 2 != 0:
-        raise ValueError("sincos_1d: embed_dim=" + str(embed_dim) + " must be even (a sin and a cos half)")
+        raise ConfigError("sincos_1d: embed_dim=" + str(embed_dim) + " must be even (a sin and a cos half)")
     if num_tokens <= 0:
-        raise ValueError("sincos_1d: num_tokens must be positive, got " + str(num_tokens))
+        raise ConfigError("sincos_1d: num_tokens must be positive, got " + str(num_tokens))
     return sincos_code(embed_dim, torch.arange(num_tokens, dtype=torch.float64, device=device)).float()
 
 
@@ -73,11 +75,11 @@ def sincos_2d(embed_dim: int, grid_h: int, grid_w: int, device: Optional[torch.d
         ValueError: ``embed_dim`` is not a multiple of 4 or the grid is empty.
     """
     if embed_dim % 4 != 0:
-        raise ValueError(
+        raise ConfigError(
             "sincos_2d: embed_dim=" + str(embed_dim) + " must be a multiple of 4 (sin and cos for two axes); "
             "choose a width divisible by 4")
     if grid_h <= 0 or grid_w <= 0:
-        raise ValueError("sincos_2d: the grid must be non-empty, got " + str(grid_h) + "x" + str(grid_w))
+        raise ConfigError("sincos_2d: the grid must be non-empty, got " + str(grid_h) + "x" + str(grid_w))
     rows = torch.arange(grid_h, dtype=torch.float64, device=device).repeat_interleave(grid_w)  # (N,)
     cols = torch.arange(grid_w, dtype=torch.float64, device=device).repeat(grid_h)  # (N,)
     half = embed_dim // 2
@@ -91,12 +93,12 @@ def axis_widths_3d(embed_dim: int, uniform_power: bool = True) -> List[int]:
         ValueError: ``embed_dim`` does not suit the split (``uniform_power=False`` needs a multiple of 8).
     """
     if embed_dim <= 0:
-        raise ValueError("sincos_3d: embed_dim must be positive, got " + str(embed_dim))
+        raise ConfigError("sincos_3d: embed_dim must be positive, got " + str(embed_dim))
     if uniform_power:
         a = 2 * ((embed_dim + 5) // 6)
         return [a, a, a]
     if embed_dim % 8 != 0:
-        raise ValueError("sincos_3d: embed_dim=" + str(embed_dim) + " must be a multiple of 8 when uniform_power is "
+        raise ConfigError("sincos_3d: embed_dim=" + str(embed_dim) + " must be a multiple of 8 when uniform_power is "
                          "false (time D/2, height and width D/4, each an even sin/cos pair); choose a multiple of 8 "
                          "or set uniform_power")
     return [embed_dim // 2, embed_dim // 4, embed_dim // 4]
@@ -121,7 +123,7 @@ def sincos_3d(embed_dim: int, grid_t: int, grid_h: int, grid_w: int, uniform_pow
         ValueError: the grid is empty or ``embed_dim`` does not suit the split.
     """
     if grid_t <= 0 or grid_h <= 0 or grid_w <= 0:
-        raise ValueError("sincos_3d: the grid must be non-empty, got " + str(grid_t) + "x" + str(grid_h) + "x"
+        raise ConfigError("sincos_3d: the grid must be non-empty, got " + str(grid_t) + "x" + str(grid_h) + "x"
                          + str(grid_w))
     widths = axis_widths_3d(embed_dim, uniform_power)
     hw = grid_h * grid_w

@@ -43,6 +43,7 @@ from typing import List, Optional
 import torch
 from torch import Tensor, nn
 
+from jepa.errors import ConfigError
 from jepa.interfaces import Encoder, Predictor
 from jepa.model import gather_tokens
 from jepa.nn.blocks import LAYER_NORM_EPS, checkpoint_blocks, key_padding_mask, transformer_block
@@ -163,7 +164,7 @@ class TransformerEncoder(Encoder):
             ``num_last`` tensors (B, N, D), shallowest first; the last equals ``forward(x)``.
         """
         if num_last < 1 or num_last > self.depth:
-            raise ValueError("forward_layers: num_last=" + str(num_last) + " must be in 1.."
+            raise ConfigError("forward_layers: num_last=" + str(num_last) + " must be in 1.."
                              + str(self.depth) + " (the encoder depth)")
         tokens = self.embed(x)
         outputs: List[Tensor] = []

@@ -23,15 +23,18 @@ from pydantic import Field
 from torch import Tensor, nn
 
 from jepa.config import ObjectiveConfig, StrictModel
+from jepa.data.loader import Batch, sample_masks
 from jepa.interfaces import MaskSampler, Modality
 from jepa.loss import latent_loss, mean_over_pairs
+from jepa.mfu import flops_per_sample
 from jepa.model import JEPA, cut_targets, target_representations
 from jepa.objective import BatchMaker, LossOutput, Objective
 from jepa.target import EMATargetUpdater
 
 
 class EMAConfig(StrictModel):
-    """Target-encoder momentum, linear from ``momentum`` to ``final_momentum`` over the run."""
+    """Target-encoder momentum, linear from ``momentum`` to ``final_momentum`` over the run (equal
+    values keep it constant, bitwise: V-JEPA 2's 0.99925, docs/method/vjepa.md, "V-JEPA 2 schedules")."""
 
     momentum: float = Field(0.996, ge=0, le=1)
     final_momentum: float = Field(1.0, ge=0, le=1)
@@ -58,14 +61,10 @@ class MaskBatches(BatchMaker):
         self.modality, self.mask_sampler = modality, mask_sampler
 
     def from_items(self, items: list[Any], generator: torch.Generator, step_generator: torch.Generator) -> Any:
-        from jepa.data.loader import Batch, sample_masks  # deferred: jepa.data imports the recipe, which imports this
-
         inputs = self.modality.train_batch(items, generator)
         return Batch(inputs, sample_masks(self.mask_sampler, len(items), generator, step_generator))
 
     def from_inputs(self, inputs: Tensor, generator: torch.Generator, step_generator: torch.Generator) -> Any:
-        from jepa.data.loader import Batch, sample_masks
-
         return Batch(inputs, sample_masks(self.mask_sampler, inputs.shape[0], generator, step_generator))
 
 
@@ -118,6 +117,4 @@ class IJEPAObjective(Objective):
         return {"ema_momentum": momentum}
 
     def train_flops_per_sample(self, micro_batch_size: int | None = None, batch: Any = None) -> float | None:
-        from jepa.mfu import flops_per_sample
-
         return flops_per_sample(self.modality, micro_batch_size)

@@ -40,6 +40,8 @@ import torch
 import torch.distributed.nn.functional as dist_fn
 from torch import Tensor
 
+from jepa.errors import ConfigError
+
 _SEED_DOMAIN = b"jepa.sigreg"  # blake2b personalisation, <= 16 bytes
 
 
@@ -73,7 +75,7 @@ def slice_directions(dim: int, num_slices: int, *, seed: int, step: int, device:
         ``directions_KM``, shape ``(dim, num_slices)``; every column has unit norm.
     """
     if dim < 1 or num_slices < 1:
-        raise ValueError(f"slice_directions: dim and num_slices must be >= 1, got dim={dim}, num_slices={num_slices}")
+        raise ConfigError(f"slice_directions: dim and num_slices must be >= 1, got dim={dim}, num_slices={num_slices}")
     generator = torch.Generator(device="cpu").manual_seed(_direction_seed(seed, step))
     directions_KM = torch.randn(dim, num_slices, generator=generator, dtype=torch.float32)
     directions_KM = directions_KM / directions_KM.norm(dim=0, keepdim=True)
@@ -104,9 +106,9 @@ def quadrature(num_points: int, t_max: float, *, device: torch.device | str | No
         ``integral over [-t_max, t_max] of f(t) exp(-t^2/2) dt`` for an even ``f``.
     """
     if num_points < 2:
-        raise ValueError(f"epps_pulley: num_points must be >= 2, got {num_points}")
+        raise ConfigError(f"epps_pulley: num_points must be >= 2, got {num_points}")
     if not t_max > 0:
-        raise ValueError(f"epps_pulley: t_max must be > 0, got {t_max}")
+        raise ConfigError(f"epps_pulley: t_max must be > 0, got {t_max}")
     t_T = torch.linspace(0.0, t_max, num_points, device=device, dtype=dtype)
     dt = t_max / (num_points - 1)
     weights_T = torch.full((num_points,), 2 * dt, device=device, dtype=dtype)

@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from jepa import registry
+from jepa.errors import ConfigError
 from jepa.recipe.errors import Problem
 
 if TYPE_CHECKING:
@@ -37,7 +38,7 @@ def split_global_batch(global_batch_size: int, world_size: int, grad_accum_steps
         accum = grad_accum_steps or 1
         if g % (w * accum):
             per_step = w * accum
-            raise ValueError(
+            raise ConfigError(
                 f"data.global_batch_size={g} is not divisible by world_size={w} x engine.grad_accum_steps={accum} = "
                 f"{per_step}; pick a global batch that is a multiple of {per_step} (e.g. {max(per_step, g // per_step * per_step)}) "
                 "or change the accumulation steps")
@@ -45,7 +46,7 @@ def split_global_batch(global_batch_size: int, world_size: int, grad_accum_steps
     micro = micro_batch_size
     if grad_accum_steps is not None:
         if w * grad_accum_steps * micro != g:
-            raise ValueError(
+            raise ConfigError(
                 f"world_size={w} x engine.grad_accum_steps={grad_accum_steps} x data.micro_batch_size={micro} = "
                 f"{w * grad_accum_steps * micro}, not data.global_batch_size={g}; leave engine.grad_accum_steps unset "
                 "(it is derived from data.micro_batch_size) or set the two to match")
@@ -53,7 +54,7 @@ def split_global_batch(global_batch_size: int, world_size: int, grad_accum_steps
     if g % (w * micro) == 0:
         return micro, g // (w * micro)
     if g % w:
-        raise ValueError(f"data.global_batch_size={g} is not divisible by world_size={w}; run on a number of processes "
+        raise ConfigError(f"data.global_batch_size={g} is not divisible by world_size={w}; run on a number of processes "
                          f"that divides {g} or change the global batch")
     share = g // w
     fitting = next(m for m in range(min(micro, share), 0, -1) if share % m == 0)

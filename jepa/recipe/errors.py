@@ -12,13 +12,14 @@ from typing import Any, get_args
 
 from pydantic import BaseModel, ValidationError
 
+from jepa.errors import ConfigError
 from jepa.text import printable
 
 Problem = tuple[str, str]
 """``(dotted field path, what is wrong and how to fix it)``; the path is empty for the whole file."""
 
 
-class RecipeError(ValueError):
+class RecipeError(ConfigError):
     """A recipe problem a user can fix; ``str()`` is the full, readable report."""
 
     def __init__(self, source: str, problems: list[Problem]):

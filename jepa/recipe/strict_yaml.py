@@ -12,7 +12,7 @@ mistakes or hang the process, so recipes and ``--set`` values are read with :fun
 * text that is not UTF-8 is refused naming the byte offset, and a character YAML does not allow
   (NUL, ESC and the other control characters but tab and line breaks) naming its line and column.
 
-Every problem is a :class:`YAMLProblem` (a ``ValueError``) with a one-line message.
+Every problem is a :class:`YAMLProblem` (a :class:`~jepa.errors.ConfigError`) with a one-line message.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ import yaml
 from yaml.nodes import MappingNode, Node, ScalarNode
 from yaml.reader import Reader
 
+from jepa.errors import ConfigError
 from jepa.text import printable
 
 MAX_BYTES = 1 << 20
@@ -35,7 +36,7 @@ _MERGE_TAG = "tag:yaml.org,2002:merge"
 _FLOAT_12 = re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$")
 
 
-class YAMLProblem(ValueError):
+class YAMLProblem(ConfigError):
     """The text is not a YAML document this project reads (message: one line, with the place)."""
 
 

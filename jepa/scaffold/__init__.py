@@ -16,6 +16,8 @@ from importlib import resources
 from pathlib import Path
 from string import Template
 
+from jepa.errors import ConfigError
+
 #: Output path (relative to DIR, itself a template) -> template file.
 FILES: dict[str, str] = {
     "pyproject.toml": "pyproject.toml.tmpl",
@@ -43,13 +45,13 @@ def check_name(name: str) -> None:
     from jepa import registry
 
     if not NAME_PATTERN.fullmatch(name) or len(name) > MAX_NAME_LENGTH:
-        raise ValueError(f"modality name {name!r} is not usable: lower-case letters and digits, words joined by single "
+        raise ConfigError(f"modality name {name!r} is not usable: lower-case letters and digits, words joined by single "
                          f"'_', starting with a letter, at most {MAX_NAME_LENGTH} characters (e.g. 'spectrogram')")
     known = [info.name for info in registry.available()]
     if name in known:
-        raise ValueError(f"modality {name!r} is already registered (known: {', '.join(known)}); pick another name")
+        raise ConfigError(f"modality {name!r} is already registered (known: {', '.join(known)}); pick another name")
     if importlib.util.find_spec(f"jepa_{name}") is not None:
-        raise ValueError(f"a package named jepa_{name} is already importable here; pick another modality name")
+        raise ConfigError(f"a package named jepa_{name} is already importable here; pick another modality name")
 
 
 def template_values(name: str) -> dict[str, str]:
@@ -78,7 +80,7 @@ def write_plugin(name: str, out: str | Path) -> list[Path]:
     check_name(name)
     out = Path(out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise ValueError(f"{out} already exists and is not an empty folder; give a new or empty folder")
+        raise ConfigError(f"{out} already exists and is not an empty folder; give a new or empty folder")
     files = render(name)
     written = []
     for rel, text in files.items():

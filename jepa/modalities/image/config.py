@@ -7,6 +7,7 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from jepa.config import ModalityConfig, StrictModel, check_range
+from jepa.errors import ConfigError
 from jepa.nn.config import VIT_ARCHS, EncoderConfig, PredictorConfig  # noqa: F401 - VIT_ARCHS for released.py
 from jepa.vision.crops import CropViewsConfig
 from jepa.vision.pixels import MAX_CROP
@@ -35,7 +36,7 @@ class MaskConfig(StrictModel):
             check_range(name, getattr(self, name))
         for name in ("target_scale", "context_scale"):
             if getattr(self, name)[1] > 1:
-                raise ValueError(f"{name} is a fraction of the patch grid and must be <= 1, got {getattr(self, name)}")
+                raise ConfigError(f"{name} is a fraction of the patch grid and must be <= 1, got {getattr(self, name)}")
         return self
 
 

@@ -41,6 +41,7 @@ import torch
 import torchvision.io
 from torch import Tensor
 
+from jepa.errors import DataError
 from jepa.modalities.image.config import InputConfig
 from jepa.vision.crops import CROP_RATIO, eval_resize_size
 from jepa.vision.pixels import DEFAULT_CROP_SIZE, MAX_PIXELS, view_size_problem
@@ -134,7 +135,7 @@ def decode_image(sample: dict[str, Any], cfg: InputConfig | None = None) -> Imag
             with Image.open(io.BytesIO(data)) as pil:  # the header only
                 width, height = pil.size
                 if width * height > MAX_PIXELS:
-                    raise ValueError(f"{width}x{height} = {width * height:,} pixels, more than the {MAX_PIXELS:,} "
+                    raise DataError(f"{width}x{height} = {width * height:,} pixels, more than the {MAX_PIXELS:,} "
                                      "allowed (a decompression bomb?)")
                 too_large = view_size_problem(height, width, DEFAULT_CROP_SIZE if cfg is None else cfg.crop_size)
                 if too_large is not None:
@@ -146,10 +147,10 @@ def decode_image(sample: dict[str, Any], cfg: InputConfig | None = None) -> Imag
                 pil = ImageOps.exif_transpose(pil)
                 return _pil_to_rgb(pil)
     except _TooLarge as exc:
-        raise ValueError(f"{where}: '{key}' is refused: {exc}") from None
+        raise DataError(f"{where}: '{key}' is refused: {exc}") from None
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError, EOFError, struct.error,
             Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise ValueError(f"{where}: '{key}' is not a readable image ({type(exc).__name__}: {exc})") from None
+        raise DataError(f"{where}: '{key}' is not a readable image ({type(exc).__name__}: {exc})") from None
 
 
 class _TooLarge(Exception):
@@ -272,7 +273,7 @@ def decode_jpegs_on_device(items: list[EncodedJPEG], device: torch.device) -> li
         try:
             out.append(torchvision.io.decode_jpeg(x.data, mode=mode, device=device))
         except RuntimeError as exc:
-            raise ValueError(f"{x.where}: the JPEG does not decode on {device} ({exc}); with "
+            raise DataError(f"{x.where}: the JPEG does not decode on {device} ({exc}); with "
                              "modality.input.decode_device=cuda a corrupt file stops the batch instead of being "
                              "skipped: rewrite the shards with `jepa shards` (it checks every file)") from None
     return out

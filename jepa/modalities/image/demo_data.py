@@ -35,6 +35,7 @@ import torch.nn.functional as F
 import torchvision.io
 
 from jepa.data import Manifest, ShardSample, derive_seed, write_shard_set
+from jepa.errors import ConfigError
 
 CLASS_NAMES: tuple[str, ...] = (
     "disc", "square", "triangle", "ring", "plus", "tee", "ell", "flower", "crescent", "dumbbell",
@@ -188,11 +189,11 @@ def write_demo_dataset(out_dir: str | Path, *, num_images: int = 5000, num_val: 
         ValueError: bad counts, size or class count.
     """
     if not 2 <= num_classes <= len(CLASS_NAMES):
-        raise ValueError(f"num_classes must be in 2..{len(CLASS_NAMES)} (got {num_classes})")
+        raise ConfigError(f"num_classes must be in 2..{len(CLASS_NAMES)} (got {num_classes})")
     if size < 16:
-        raise ValueError(f"size must be at least 16 pixels for the shapes to be recognisable (got {size})")
+        raise ConfigError(f"size must be at least 16 pixels for the shapes to be recognisable (got {size})")
     if num_images < 1 or num_val < 0:
-        raise ValueError(f"need num_images >= 1 and num_val >= 0 (got {num_images}, {num_val})")
+        raise ConfigError(f"need num_images >= 1 and num_val >= 0 (got {num_images}, {num_val})")
     manifests = {}
     for split, n in (("train", num_images), ("val", num_val)):
         if n == 0:

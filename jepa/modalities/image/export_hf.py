@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any, Callable
 import torch
 from torch import Tensor, nn
 
+from jepa.errors import CheckpointError, UserError
 from jepa.export import (EXPORT_TOLERANCE, ExportResult, atomic_write, build_metadata, check_differences,
                          max_abs_differences)
 from jepa.weights import state_problems
@@ -40,7 +41,7 @@ def _transformers():
     try:
         import transformers
     except ModuleNotFoundError as exc:
-        raise ValueError("--format hf needs Hugging Face transformers: pip install 'jepa-forge[hf]' "
+        raise UserError("--format hf needs Hugging Face transformers: pip install 'jepa-forge[hf]' "
                          "(or pip install 'transformers>=5,<6')") from exc
     return transformers
 
@@ -92,14 +93,14 @@ def export_hf(
     transformers.utils.logging.disable_progress_bar()
     out = Path(out)
     if out.exists():
-        raise ValueError(f"{out} exists; the hf export writes a new folder, choose another --out or remove it")
+        raise CheckpointError(f"{out} exists; the hf export writes a new folder, choose another --out or remove it")
     encoder = source.encoder
     config = transformers.IJepaConfig(**hf_config_kwargs(encoder))
     model = transformers.IJepaModel(config).eval()
     state = to_hf_state_dict(encoder)
     problems = state_problems(model.state_dict(), state)
     if problems:
-        raise ValueError(f"transformers {transformers.__version__} names IJepaModel's weights differently from what "
+        raise UserError(f"transformers {transformers.__version__} names IJepaModel's weights differently from what "
                          f"this exporter writes: {'; '.join(problems)}; install transformers>=5,<6")
     model.load_state_dict(state, strict=True)
     inputs = source.modality.export_inputs(encoder, torch.Generator().manual_seed(0))[:1]  # training size only

@@ -21,8 +21,11 @@ from typing import TYPE_CHECKING, Callable
 
 import torch
 
+from jepa.checkpoint import load_model_weights
+from jepa.errors import CheckpointError, ConfigError
 from jepa.export import (EXPORT_TOLERANCE, ExportResult, atomic_write, build_metadata, check_differences,
                          max_abs_differences)
+from jepa.modalities.image.released import load_released, save_released
 
 if TYPE_CHECKING:
     from jepa.sources import EncoderSource
@@ -39,19 +42,16 @@ def export_official(
             ``pooled`` was asked for (the file holds whole models).
         ExportVerificationError: the file does not read back to the same models (nothing is written).
     """
-    from jepa.checkpoint import load_model_weights
-    from jepa.modalities.image.released import load_released, save_released
-
     out = Path(out)
     if source.kind not in ("run", "checkpoint"):
-        raise ValueError(f"{source.source}: --format official writes encoder, predictor and target encoder, so it "
+        raise CheckpointError(f"{source.source}: --format official writes encoder, predictor and target encoder, so it "
                          f"needs a run directory or checkpoint of `jepa train` (this source is {source.kind!r})")
     if pooled:
-        raise ValueError("--pooled does not apply to --format official: the file holds whole models")
+        raise ConfigError("--pooled does not apply to --format official: the file holds whole models")
     weights = load_model_weights(source.source)
     modality, recipe = source.modality, weights.recipe
     if not (weights.predictor and weights.target_encoder):
-        raise ValueError(f"{source.source}: --format official writes the I-JEPA authors' encoder, predictor and target "
+        raise CheckpointError(f"{source.source}: --format official writes the I-JEPA authors' encoder, predictor and target "
                          f"encoder, and this run's objective ({recipe.objective.name}) trains no predictor or EMA target; "
                          "export its encoder with --format torchscript, torch-export, timm, safetensors-timm or hf")
     models = {"encoder": modality.build_encoder(), "predictor": modality.build_predictor(),

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any, Callable
 import torch
 from torch import Tensor, nn
 
+from jepa.errors import CheckpointError
 from jepa.export import (EXPORT_FORMAT_VERSION, EXPORT_TOLERANCE, ExportResult, atomic_write, build_metadata,
                          check_differences, max_abs_differences)
 
@@ -44,7 +45,7 @@ def image_export_metadata(encoder: nn.Module, cfg: "ImageConfig") -> dict[str, A
     """How to feed an exported image encoder and what it is (the image modality's ``export_metadata``)."""
     for attr in ("patch_size", "img_size", "embed_dim", "depth", "num_heads", "in_chans"):
         if not hasattr(encoder, attr):
-            raise ValueError(f"the encoder {type(encoder).__name__} has no {attr!r}; the image modality exports "
+            raise CheckpointError(f"the encoder {type(encoder).__name__} has no {attr!r}; the image modality exports "
                              "ViT encoders built by itself")
     return {
         "arch": {"embed_dim": encoder.embed_dim, "depth": encoder.depth, "num_heads": encoder.num_heads,
@@ -88,7 +89,7 @@ def timm_kwargs(encoder: nn.Module, mean: list[float], std: list[float]) -> dict
     mlp_dim = encoder.blocks[0].mlp.fc1.out_features
     mlp_ratio = mlp_dim / dim
     if int(dim * mlp_ratio) != mlp_dim:
-        raise ValueError(f"timm would build an MLP of width {int(dim * mlp_ratio)}, not {mlp_dim}, "
+        raise CheckpointError(f"timm would build an MLP of width {int(dim * mlp_ratio)}, not {mlp_dim}, "
                          f"from mlp_ratio={mlp_ratio!r}; export with --format torchscript instead")
     return {
         "img_size": encoder.img_size, "patch_size": encoder.patch_size, "in_chans": encoder.in_chans,
@@ -196,7 +197,7 @@ def export_timm_folder(
 
     out = Path(out)
     if out.exists():
-        raise ValueError(f"{out} exists; the timm export writes a new folder, choose another --out or remove it")
+        raise CheckpointError(f"{out} exists; the timm export writes a new folder, choose another --out or remove it")
     encoder = source.encoder
     cfg = source.modality.cfg
     kwargs = timm_kwargs(encoder, list(cfg.input.mean), list(cfg.input.std))
@@ -235,7 +236,7 @@ def load_timm_export(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
     with safe_open(str(path), framework="pt") as f:
         header = f.metadata() or {}
     if "timm_model" not in header or "timm_kwargs" not in header:
-        raise ValueError(f"{path}: not a `jepa export --format safetensors-timm` file (no timm_model/timm_kwargs metadata)")
+        raise CheckpointError(f"{path}: not a `jepa export --format safetensors-timm` file (no timm_model/timm_kwargs metadata)")
     kwargs, meta = _header_object(path, header, "timm_kwargs"), _header_object(path, header, "jepa_export")
     model = build_timm_model(header["timm_model"], kwargs, load_file(str(path)))
     return model, meta
@@ -257,6 +258,6 @@ def _header_object(path: str | Path, header: dict[str, str], key: str) -> dict[s
         if not isinstance(value, dict):
             problem = f"a JSON {type(value).__name__} where an object belongs"
     if problem is not None:
-        raise ValueError(f"{path}: not a readable `jepa export --format safetensors-timm` file (metadata {key}: "
+        raise CheckpointError(f"{path}: not a readable `jepa export --format safetensors-timm` file (metadata {key}: "
                          f"{problem}); export it again")
     return value

@@ -67,6 +67,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from jepa.errors import ConfigError
 from jepa.interfaces import MaskSampler, MaskSet
 from jepa.modalities.image.config import MaskConfig
 from jepa.nn.grid_masks import cut_to_shortest, pad_to_longest, row_counts
@@ -108,7 +109,7 @@ class MultiBlockMaskSampler(MaskSampler):
     def __init__(self, grid_size: int, cfg: MaskConfig):
         self.faithful = cfg.mode == "faithful"
         if grid_size < (2 if self.faithful else 1):
-            raise ValueError(
+            raise ConfigError(
                 f"MultiBlockMaskSampler: a {grid_size}x{grid_size} patch grid is too small for mode "
                 f"'{cfg.mode}' (faithful needs >= 2x2, fixed >= 1x1); use a larger crop_size or smaller patch_size")
         self.grid_size = grid_size

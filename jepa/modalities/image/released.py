@@ -16,16 +16,19 @@ from __future__ import annotations
 
 import warnings
 from pathlib import Path
-from typing import Any, Literal, Mapping
+from typing import Any, Callable, Literal, Mapping
 
 import torch
+from pydantic import ValidationError
 from torch import Tensor, nn
 
-from jepa.interfaces import ForeignEncoder
-from jepa.modalities.image.config import VIT_ARCHS
+from jepa.errors import CheckpointError, ConfigError
+from jepa.interfaces import ForeignEncoder, Modality
+from jepa.modalities.image.config import VIT_ARCHS, EncoderConfig, ImageConfig, InputConfig
 from jepa.modalities.image.pos_embed import sincos_2d
 from jepa.modalities.image.vit import ViTEncoder, ViTPredictor
 from jepa.param_groups import is_no_decay
+from jepa.recipe.errors import problems_from
 from jepa.weights import safe_load, state_problems
 
 RELEASED_KEYS = ("encoder", "predictor", "target_encoder", "opt", "scaler", "epoch", "loss", "batch_size",
@@ -51,17 +54,17 @@ def _read(src: str | Path | Mapping[str, Any]) -> tuple[Mapping[str, Any], str]:
     path = Path(src)
     ckpt = safe_load(path, "a released checkpoint (.pth.tar)", mmap=False)
     if not isinstance(ckpt, Mapping):
-        raise ValueError(f"{path} holds a {type(ckpt).__name__}, not a checkpoint dict")
+        raise CheckpointError(f"{path} holds a {type(ckpt).__name__}, not a checkpoint dict")
     return ckpt, str(path)
 
 
 def _section(ckpt: Mapping[str, Any], key: str, name: str) -> dict[str, Tensor]:
     if key not in ckpt:
-        raise ValueError(f"{name} has no '{key}' entry (top-level keys: {sorted(ckpt)}); "
+        raise CheckpointError(f"{name} has no '{key}' entry (top-level keys: {sorted(ckpt)}); "
                          f"expected the released layout with keys {list(RELEASED_KEYS)}")
     section = ckpt[key]
     if not isinstance(section, Mapping):
-        raise ValueError(f"{name}: '{key}' is a {type(section).__name__}, expected a state dict")
+        raise CheckpointError(f"{name}: '{key}' is a {type(section).__name__}, expected a state dict")
     return strip_ddp_prefix(section)
 
 
@@ -100,7 +103,7 @@ def load_released(src: str | Path | Mapping[str, Any], encoder: ViTEncoder, pred
     states = {key: _section(ckpt, key, name) for key, _ in targets}
     problems = [f"{key}: {p}" for key, module in targets for p in state_problems(module.state_dict(), states[key])]
     if problems:
-        raise ValueError(f"{name} does not match the model (build the model with the architecture of the file, "
+        raise CheckpointError(f"{name} does not match the model (build the model with the architecture of the file, "
                          "see infer_released_arch):\n  " + "\n  ".join(problems))
     for key, module in targets:
         module.load_state_dict(states[key], strict=True)
@@ -201,19 +204,19 @@ def infer_released_arch(state: Mapping[str, Any], num_heads: int | None = None) 
         enc, pred = strip_ddp_prefix(state), None
     for key in ("pos_embed", "patch_embed.proj.weight", "blocks.0.mlp.fc1.weight"):
         if key not in enc:
-            raise ValueError(f"cannot infer the architecture: encoder key '{key}' is missing")
+            raise CheckpointError(f"cannot infer the architecture: encoder key '{key}' is missing")
     embed_dim, in_chans, patch_size, _ = enc["patch_embed.proj.weight"].shape
     num_patches = enc["pos_embed"].shape[-2]
     grid_size = round(num_patches ** 0.5)
     if grid_size * grid_size != num_patches:
-        raise ValueError(f"pos_embed has {num_patches} positions, not a square grid; only square training "
+        raise CheckpointError(f"pos_embed has {num_patches} positions, not a square grid; only square training "
                          "grids are supported")
     depth = len({k.split(".")[1] for k in enc if k.startswith("blocks.")})
     arch = next((n for n, (w, d, _, _) in VIT_ARCHS.items() if w == embed_dim and d == depth), None)
     if num_heads is None:
-        by_width = {w: h for w, _, h, _ in VIT_ARCHS.values()}
+        by_width = {w: h for w, _, h, _ in reversed(list(VIT_ARCHS.values()))}  # the first arch of a width wins
         if embed_dim not in by_width:
-            raise ValueError(f"encoder width {embed_dim} is not in the standard ViT table "
+            raise CheckpointError(f"encoder width {embed_dim} is not in the standard ViT table "
                              f"({sorted(by_width)}); pass num_heads explicitly")
         num_heads = by_width[embed_dim]
     encoder_kwargs = dict(img_size=grid_size * patch_size, patch_size=patch_size, in_chans=in_chans,
@@ -223,7 +226,7 @@ def infer_released_arch(state: Mapping[str, Any], num_heads: int | None = None) 
     if pred is not None:
         for key in ("predictor_embed.weight", "predictor_blocks.0.mlp.fc1.weight"):
             if key not in pred:
-                raise ValueError(f"cannot infer the predictor architecture: predictor key '{key}' is missing")
+                raise CheckpointError(f"cannot infer the predictor architecture: predictor key '{key}' is missing")
         predictor_dim = pred["predictor_embed.weight"].shape[0]
         predictor_kwargs = dict(
             grid_size=grid_size, embed_dim=embed_dim, predictor_dim=predictor_dim,
@@ -234,14 +237,19 @@ def infer_released_arch(state: Mapping[str, Any], num_heads: int | None = None) 
 
 
 def is_released_layout(obj: Any) -> bool:
-    """A dict whose ``target_encoder`` carries DistributedDataParallel's ``module.`` prefixes."""
+    """A dict whose ``target_encoder`` carries DistributedDataParallel's ``module.`` prefixes and a 2-D
+    patch embedding (a video checkpoint's is 3-D: the video modality reads those)."""
     state = obj.get("target_encoder") if isinstance(obj, Mapping) else None
-    return isinstance(state, Mapping) and any(k.startswith(DDP_PREFIX) for k in state)
+    if not (isinstance(state, Mapping) and any(k.startswith(DDP_PREFIX) for k in state)):
+        return False
+    patch = next((v for k, v in state.items() if k.endswith("patch_embed.proj.weight")), None)
+    return not (isinstance(patch, Tensor) and patch.dim() != 4)
 
 
-def released_encoder(checkpoint: Mapping[str, Any], path: Path, which: str,
-                     options: Mapping[str, Any]) -> ForeignEncoder | None:
-    """The image modality's ``load_foreign``: an encoder from the authors' released layout.
+def released_encoder(checkpoint: Mapping[str, Any], path: Path, which: str, options: Mapping[str, Any],
+                     modality_type: Callable[[ImageConfig], Modality]) -> ForeignEncoder | None:
+    """The image modality's ``load_foreign``: an encoder from the authors' released layout, with a
+    modality of ``modality_type`` (the image modality's class, handed in: this module sits below it).
 
     Options: ``crop_size`` (evaluation resolution; default the one implied by the stored
     position table) and ``arch`` (expected architecture; a mismatch is an error).
@@ -249,38 +257,40 @@ def released_encoder(checkpoint: Mapping[str, Any], path: Path, which: str,
     Returns:
         None when ``checkpoint`` is not in the released layout.
     """
-    from jepa.modalities.image import ImageModality
-    from jepa.modalities.image.config import EncoderConfig, ImageConfig, InputConfig
-
     if not is_released_layout(checkpoint):
         return None
     unknown = set(options) - {"crop_size", "arch"}
     if unknown:
-        raise ValueError(f"{path}: released I-JEPA checkpoints take the options crop_size and arch, not {sorted(unknown)}")
+        raise ConfigError(f"{path}: released I-JEPA checkpoints take the options crop_size and arch, not {sorted(unknown)}")
     crop_size, arch = options.get("crop_size"), options.get("arch")
     inferred = infer_released_arch(checkpoint)
     kw = inferred["encoder"]
     if arch is not None and arch != inferred["arch"]:
-        raise ValueError(f"{path}: the weights are a {inferred['arch'] or 'non-standard ViT'} (width {kw['embed_dim']}, "
+        raise CheckpointError(f"{path}: the weights are a {inferred['arch'] or 'non-standard ViT'} (width {kw['embed_dim']}, "
                          f"depth {kw['depth']}), not the {arch} given with --arch; drop --arch or pass the matching one")
     encoder = ViTEncoder(**kw)
     meta = load_released(checkpoint, encoder, which="target_encoder" if which == "target" else "encoder")
     native = kw["img_size"]
     if crop_size is not None and crop_size != native:
         if crop_size % kw["patch_size"]:
-            raise ValueError(f"--crop-size {crop_size} is not a multiple of the patch size {kw['patch_size']}")
+            raise ConfigError(f"--crop-size {crop_size} is not a multiple of the patch size {kw['patch_size']}")
         # Same weights at another training grid: only the fixed sin-cos table changes.
         state = encoder.state_dict()
         grid = crop_size // kw["patch_size"]
         state["pos_embed"] = sincos_2d(kw["embed_dim"], grid, grid).unsqueeze(0)
         encoder = ViTEncoder(**{**kw, "img_size": crop_size})
         encoder.load_state_dict(state)
-    cfg = ImageConfig(
-        encoder=EncoderConfig(arch=inferred["arch"] or "vit_base", patch_size=kw["patch_size"], embed_dim=kw["embed_dim"],
-                              depth=kw["depth"], num_heads=kw["num_heads"], mlp_dim=kw["mlp_dim"]),
-        input=InputConfig(crop_size=crop_size or native, in_chans=kw["in_chans"]),
-    )
-    modality = ImageModality(cfg)
+    try:
+        cfg = ImageConfig(
+            encoder=EncoderConfig(arch=inferred["arch"] or "vit_base", patch_size=kw["patch_size"],
+                                  embed_dim=kw["embed_dim"], depth=kw["depth"], num_heads=kw["num_heads"],
+                                  mlp_dim=kw["mlp_dim"]),
+            input=InputConfig(crop_size=crop_size or native, in_chans=kw["in_chans"]),
+        )
+    except ValidationError as exc:
+        problems = "; ".join(f"{where}: {msg}" for where, msg in problems_from(exc))
+        raise CheckpointError(f"{path}: the image modality cannot describe these weights ({problems})") from None
+    modality = modality_type(cfg)
     description = (modality.describe() if inferred["arch"]
                    else f"ViT(D={kw['embed_dim']}, depth={kw['depth']})/{kw['patch_size']} @{crop_size or native}")
     step = meta.get("epoch")

@@ -28,6 +28,7 @@ import torchvision.transforms.v2.functional as TF
 from torch import Tensor
 from torch.utils.data import get_worker_info
 
+from jepa.errors import ConfigError, DataError
 from jepa.modalities.image.config import InputConfig
 from jepa.modalities.image.decode import (  # noqa: F401 - decode_image and the constants are re-exported
     IMAGE_KEYS, IMAGE_SUFFIXES, EncodedJPEG, ImageItem, ReducedImage, decode_image, decode_jpegs_on_device,
@@ -51,13 +52,13 @@ def _check_items(items: list[ImageItem], cfg: InputConfig) -> None:
             if not isinstance(pixels, Tensor) or pixels.ndim != 3 or pixels.dtype != torch.uint8 \
                     or pixels.shape[0] != cfg.in_chans:
                 what = f"{tuple(pixels.shape)} {pixels.dtype}" if isinstance(pixels, Tensor) else type(pixels).__name__
-                raise ValueError(
+                raise ConfigError(
                     f"expected decoded images of shape ({cfg.in_chans}, H, W) uint8, got {what}; "
                     "images decode to RGB, so input.in_chans must be 3")
         height, width = (x.height, x.width) if isinstance(x, (ReducedImage, EncodedJPEG)) else x.shape[1:]
         problem = view_size_problem(int(height), int(width), cfg.crop_size)
         if problem is not None:
-            raise ValueError(f"image {i} of the batch is refused: {problem}; decode images with decode_image, "
+            raise DataError(f"image {i} of the batch is refused: {problem}; decode images with decode_image, "
                              "which refuses them one at a time (the loaders skip and count them)")
 
 
@@ -102,12 +103,12 @@ def _decoded_pixels(items: list[ImageItem], cfg: InputConfig) -> tuple[list[Tens
 def _gpu(cfg: InputConfig) -> torch.device:
     """The GPU that decodes JPEGs left encoded (``decode_device: cuda``), with the reasons it cannot."""
     if cfg.decode_device != "cuda":
-        raise ValueError("the batch holds JPEGs left encoded for the GPU but modality.input.decode_device is "
+        raise ConfigError("the batch holds JPEGs left encoded for the GPU but modality.input.decode_device is "
                          f"{cfg.decode_device!r}; decode them with the same input section")
     if not torch.cuda.is_available():
-        raise ValueError("modality.input.decode_device=cuda but no CUDA device is available; set it to 'cpu'")
+        raise ConfigError("modality.input.decode_device=cuda but no CUDA device is available; set it to 'cpu'")
     if get_worker_info() is not None:
-        raise ValueError("modality.input.decode_device=cuda decodes on the GPU in the process that makes the "
+        raise ConfigError("modality.input.decode_device=cuda decodes on the GPU in the process that makes the "
                          "batch, which cannot be a forked DataLoader worker: set data.num_workers=0")
     return torch.device("cuda", torch.cuda.current_device())
 

@@ -24,6 +24,7 @@ import torch
 from timm.layers import PatchEmbed
 from torch import Tensor, nn
 
+from jepa.errors import ConfigError
 from jepa.nn.blocks import LAYER_NORM_EPS
 from jepa.nn.geometry import check_heads, check_patch_tiles, check_sincos_width, check_stack
 from jepa.nn.init import INIT_STD, init_weights
@@ -87,7 +88,7 @@ class ViTEncoder(TransformerEncoder):
         h, w = x.shape[-2], x.shape[-1]
         p = self.patch_size
         if h % p != 0 or w % p != 0:
-            raise ValueError("ViTEncoder: input size " + str(h) + "x" + str(w) + " is not divisible by the patch size "
+            raise ConfigError("ViTEncoder: input size " + str(h) + "x" + str(w) + " is not divisible by the patch size "
                              + str(p) + "; resize or crop to a multiple of " + str(p))
         tokens = self.patch_embed(x)
         if h // p == self.grid_size and w // p == self.grid_size:
@@ -123,9 +124,9 @@ class ViTPredictor(TransformerPredictor):
                  num_heads: int = 12, mlp_ratio: float = 4.0):
         super().__init__()
         if grid_size <= 0:
-            raise ValueError(f"ViTPredictor: grid_size must be positive, got {grid_size}")
+            raise ConfigError(f"ViTPredictor: grid_size must be positive, got {grid_size}")
         if depth <= 0:
-            raise ValueError(f"ViTPredictor: depth must be positive, got {depth}")
+            raise ConfigError(f"ViTPredictor: depth must be positive, got {depth}")
         check_heads("ViTPredictor", predictor_dim, num_heads)
         check_sincos_width("ViTPredictor", predictor_dim, num_axes=2)
         self.grid_size = grid_size

@@ -18,6 +18,7 @@ from typing import Iterator
 import numpy as np
 
 from jepa.data import Manifest, ShardSample, expand_shards, read_manifest, read_shard, write_shard_set
+from jepa.errors import DataError
 from jepa.modalities.video.config import VideoInputConfig
 
 
@@ -29,7 +30,7 @@ def middle_frame_index(num_frames: int, cfg: VideoInputConfig) -> int:
         ValueError: the video is shorter than one clip.
     """
     if num_frames < cfg.clip_span:
-        raise ValueError(f"a {num_frames}-frame video is shorter than one clip ({cfg.clip_span} frames)")
+        raise DataError(f"a {num_frames}-frame video is shorter than one clip ({cfg.clip_span} frames)")
     return (num_frames - cfg.clip_span) // 2 + cfg.frame_step * (cfg.num_frames // 2)
 
 
@@ -55,7 +56,7 @@ class _MiddleFrames:
 
         for sample in read_shard(self.url):
             if "cls" not in sample:
-                raise ValueError(f"{self.url} sample {sample['__key__']!r} has no label (cls); the single-frame "
+                raise DataError(f"{self.url} sample {sample['__key__']!r} has no label (cls); the single-frame "
                                  "baseline needs labelled clips (jepa demo-data --modality video, or jepa shards on "
                                  "class folders)")
             item = probe_video(sample, self.cfg.clip_span, self.cfg.decoder, crop_size=self.cfg.crop_size)

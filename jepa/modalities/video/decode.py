@@ -30,6 +30,7 @@ import torch
 from torch import Tensor
 
 from jepa.data.reading import sample_payload, sample_where
+from jepa.errors import DataError
 from jepa.modalities.video import pyav_io
 from jepa.vision.pixels import DEFAULT_CROP_SIZE, view_size_problem
 
@@ -94,14 +95,14 @@ def probe_video(sample: dict[str, Any], min_frames: int, decoder: Decoder = "pro
         else:
             found = pyav_io.probe(data)
     except Exception as exc:  # noqa: BLE001 - any failure of the decoder (or its process) is the file's problem
-        raise ValueError(f"{where}: '{key}' is not a readable video ({_reason(exc)})") from exc
+        raise DataError(f"{where}: '{key}' is not a readable video ({_reason(exc)})") from exc
     if found["num_frames"] < min_frames or found["num_frames"] == 0:
-        raise ValueError(f"{where}: '{key}' has {found['num_frames']} frames, fewer than the {min_frames} one clip "
+        raise DataError(f"{where}: '{key}' has {found['num_frames']} frames, fewer than the {min_frames} one clip "
                          "spans (input.num_frames at input.frame_step); lower them or drop short videos")
     crop_size = DEFAULT_CROP_SIZE if crop_size is None else crop_size
     too_large = view_size_problem(found["height"], found["width"], crop_size)
     if too_large is not None:
-        raise ValueError(f"{where}: '{key}' is refused by its frame size: {too_large}")
+        raise DataError(f"{where}: '{key}' is refused by its frame size: {too_large}")
     pts = found["pts"]
     return VideoItem(data, found["num_frames"], found["height"], found["width"],
                      None if pts is None else tuple(pts), where, decoder)

@@ -29,6 +29,7 @@ import av
 import numpy as np
 
 from jepa.data import Manifest, ShardSample, derive_seed, write_shard_set
+from jepa.errors import ConfigError
 
 DIRECTIONS: tuple[str, ...] = ("right", "left", "down", "up")
 _HEADING = {"right": 0.0, "left": math.pi, "down": math.pi / 2, "up": -math.pi / 2}  # image coords, y down
@@ -62,7 +63,7 @@ def class_names(num_classes: int = 4) -> list[str]:
 
 def _check_classes(num_classes: int) -> None:
     if num_classes not in NUM_CLASSES_CHOICES:
-        raise ValueError(f"the video demo has 2..4 (direction) or 5..8 (direction x rotation sense) classes, "
+        raise ConfigError(f"the video demo has 2..4 (direction) or 5..8 (direction x rotation sense) classes, "
                          f"got {num_classes}; pass e.g. --classes 4")
 
 
@@ -99,7 +100,7 @@ def render_clip(index: int, seed: int, size: int = 64, num_frames: int = 16,
     """
     _check_classes(num_classes)
     if size < 8 or size % 2 or num_frames < 2:
-        raise ValueError(f"demo clips need an even size >= 8 and >= 2 frames, got size={size}, num_frames={num_frames}")
+        raise ConfigError(f"demo clips need an even size >= 8 and >= 2 frames, got size={size}, num_frames={num_frames}")
     rng = np.random.default_rng([seed, index])
     label = index % num_classes
     by_direction = num_classes <= len(DIRECTIONS)
@@ -194,9 +195,9 @@ def write_demo_dataset(out_dir: str | Path, *, num_train: int, num_val: int, siz
     """
     _check_classes(num_classes)
     if num_train < 1 or num_val < 0:
-        raise ValueError(f"need num_train >= 1 and num_val >= 0 (got {num_train}, {num_val})")
+        raise ConfigError(f"need num_train >= 1 and num_val >= 0 (got {num_train}, {num_val})")
     if size < 16 or size % 2 or num_frames < 2:
-        raise ValueError(f"demo clips need an even size >= 16 and >= 2 frames, got size={size}, num_frames={num_frames}")
+        raise ConfigError(f"demo clips need an even size >= 16 and >= 2 frames, got size={size}, num_frames={num_frames}")
     manifests = {}
     for split, n in (("train", num_train), ("val", num_val)):
         if n == 0:

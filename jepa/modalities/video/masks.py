@@ -42,6 +42,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from jepa.errors import ConfigError
 from jepa.interfaces import MaskSampler, MaskSet
 from jepa.modalities.video.config import MaskGeneratorConfig, VideoMaskConfig
 from jepa.nn import grid_masks
@@ -91,9 +92,9 @@ class BlockMaskGenerator(GridBlockMaskSampler):
 
     def __init__(self, grid: tuple[int, int, int], cfg: MaskGeneratorConfig, mode: str = "faithful", min_keep: int = 1):
         if min(grid) < 1:
-            raise ValueError(f"BlockMaskGenerator: the token grid {grid} must be non-empty")
+            raise ConfigError(f"BlockMaskGenerator: the token grid {grid} must be non-empty")
         if mode not in ("faithful", "fixed"):
-            raise ValueError(f"BlockMaskGenerator: mode must be 'faithful' or 'fixed', got {mode!r}")
+            raise ConfigError(f"BlockMaskGenerator: mode must be 'faithful' or 'fixed', got {mode!r}")
         spec = BlockSpec(num_blocks=cfg.num_blocks, scale=tuple(cfg.spatial_scale), aspect_ratio=tuple(cfg.aspect_ratio),
                          leading_scale=tuple(cfg.temporal_scale), leading_keep=cfg.max_temporal_keep)
         super().__init__(grid, spec, collation="first" if mode == "faithful" else "random", targets="union",

@@ -28,6 +28,8 @@ import av  # noqa: E402
 import numpy as np  # noqa: E402
 from av.video.reformatter import VideoReformatter  # noqa: E402
 
+from jepa.errors import DataError
+
 #: FFmpeg decoder threads per video; data-loader workers already decode in parallel.
 DECODE_THREADS = 1
 #: Most pixels a frame may have: ``jepa.vision.pixels.MAX_PIXELS`` (this module imports no ``jepa``:
@@ -44,7 +46,7 @@ def open_container(data: bytes) -> Any:
     container = av.open(io.BytesIO(data), mode="r")
     if not container.streams.video:
         container.close()
-        raise ValueError("no video stream")
+        raise DataError("no video stream")
     stream = container.streams.video[0]
     stream.thread_type = "SLICE"
     stream.thread_count = DECODE_THREADS
@@ -83,7 +85,7 @@ def probe(data: bytes, max_pixels: int = MAX_FRAME_PIXELS) -> dict[str, Any]:
 
 def _check_frame_size(height: int, width: int, max_pixels: int, verb: str) -> None:
     if height * width > max_pixels:
-        raise ValueError(f"the video {verb} {width}x{height} = {height * width:,} pixels a frame, more than the "
+        raise DataError(f"the video {verb} {width}x{height} = {height * width:,} pixels a frame, more than the "
                          f"{max_pixels:,} allowed")
 
 

@@ -24,6 +24,7 @@ import torch
 import torchvision.transforms.v2.functional as TF
 from torch import Tensor
 
+from jepa.errors import ConfigError, DataError
 from jepa.modalities.video.config import VideoInputConfig
 from jepa.modalities.video.decode import VideoItem, read_frames
 from jepa.vision.crops import eval_resize_size, sample_crop_boxes
@@ -34,16 +35,16 @@ def _check_items(items: list[VideoItem], cfg: VideoInputConfig) -> None:
     if not items:
         raise ValueError("cannot build a batch from zero videos")
     if cfg.in_chans != 3:
-        raise ValueError(f"videos decode to RGB, so input.in_chans must be 3, got {cfg.in_chans}")
+        raise ConfigError(f"videos decode to RGB, so input.in_chans must be 3, got {cfg.in_chans}")
     for item in items:
         if not isinstance(item, VideoItem):
             raise ValueError(f"expected videos from VideoModality.decode, got {type(item).__name__}")
         if item.num_frames < cfg.clip_span:
-            raise ValueError(f"{item.where} has {item.num_frames} frames, fewer than the {cfg.clip_span} a clip "
+            raise DataError(f"{item.where} has {item.num_frames} frames, fewer than the {cfg.clip_span} a clip "
                              "spans; it was decoded under another input.num_frames / input.frame_step")
         too_large = view_size_problem(item.height, item.width, cfg.crop_size)
         if too_large is not None:
-            raise ValueError(f"{item.where} is refused by its frame size: {too_large}")
+            raise DataError(f"{item.where} is refused by its frame size: {too_large}")
 
 
 def clip_indices(starts_B: Tensor, cfg: VideoInputConfig) -> Tensor:
