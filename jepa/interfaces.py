@@ -20,6 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from jepa.config import ModalityConfig
+from jepa.errors import UserError
 
 
 @dataclass(frozen=True)
@@ -183,7 +184,7 @@ class TargetUpdater(ABC):
         """In-place update of ``target_params`` towards ``online_params`` (same order and shapes)."""
 
 
-class MissingHookError(NotImplementedError):
+class MissingHookError(UserError, NotImplementedError):
     """A modality was asked for an optional capability it does not provide (see :class:`Modality`)."""
 
     def __init__(self, modality: str, hook: str, what: str):
@@ -395,6 +396,12 @@ class Modality(ABC):
         """
         return [self.train_batch(items, generator) for _ in range(spec.num_views)]
 
+    def view_shapes(self, spec: ViewSpec) -> list[tuple[int, ...]]:
+        """The encoder's input shape of one sample of each view :meth:`train_views` returns (after
+        :meth:`finish_batch`, no batch dimension), for memory plans (``jepa plan``). The default: every view of :meth:`example_input`'s shape,
+        which is what the default :meth:`train_views` gives."""
+        return [tuple(self.example_input(1).shape[1:])] * spec.num_views
+
     @abstractmethod
     def eval_batch(self, items: list[Any]) -> Tensor:
         """Deterministic evaluation view of decoded items, stacked into a batch."""
@@ -443,6 +450,31 @@ class Modality(ABC):
         default, ``{}``, says the defaults are already that small.
         """
         return {}
+
+    # ------------------------------------------------------------------ optional: pictures
+
+    def display_frames(self, inputs: Tensor) -> Tensor:
+        """What ``jepa viz`` shows of one input: (F, H, W, 3) float32 RGB in [0, 1].
+
+        Args:
+            inputs: one row of an encoder batch as the encoder gets it (after :meth:`finish_batch`;
+                images (C, H, W) and clips (C, T, H, W), normalised): F is 1 for an image, T for a clip.
+        """
+        raise MissingHookError(self.name, "display_frames", "`jepa viz` pictures of its inputs")
+
+    def token_boxes(self, input_shape: Sequence[int]) -> Tensor:
+        """Where each token of an input lies in its :meth:`display_frames` picture, for drawing masks and
+        per-token features.
+
+        Args:
+            input_shape: the shape of one input row (no batch dimension), e.g. (C, H, W).
+
+        Returns:
+            (N, 6) int64, one row per token in token-index order (the indices of a :class:`MaskSet` and of
+            ``Encoder.forward``'s output): ``(frame_start, frame_stop, top, bottom, left, right)``, half-open
+            ranges of frames and pixels (image: the patch grid, frames 0..1; video: the tubelet grid).
+        """
+        raise MissingHookError(self.name, "token_boxes", "`jepa viz` pictures of masks and token features")
 
     # ------------------------------------------------------------------ optional: data
 

@@ -32,10 +32,12 @@ import torch
 from torch import Tensor, nn
 
 from jepa.config import ObjectiveConfig
+from jepa.errors import PluginError
 from jepa.interfaces import Modality
 
 if TYPE_CHECKING:
     from jepa.data.loader import Batch
+    from jepa.nn.memory import ActivationBytes
     from jepa.engine import Engine
 
 
@@ -152,3 +154,23 @@ class Objective(ABC):
         ``batch`` is a training batch when one is at hand (objectives whose cost depends on the
         views' shapes count on it)."""
         return None
+
+    def activation_bytes_per_sample(self, micro_batch: int, *, act_bytes: int, checkpointing: bool) -> "ActivationBytes":
+        """Saved activation bytes of one training sample at this micro batch (``jepa plan``).
+
+        The default is the modality's model of I-JEPA's step (``Modality.activation_bytes_per_sample``:
+        one masked context, the targets, the predictor); an objective whose step differs overrides it.
+
+        Args:
+            micro_batch: samples per micro batch (masks collated over it can change the per-sample cost).
+            act_bytes: bytes of an activation in the compute dtype (4 fp32, 2 bf16/fp16).
+            checkpointing: ``engine.activation_checkpointing``.
+
+        Raises:
+            PluginError: the modality has no activation model.
+        """
+        hook = getattr(self.modality, "activation_bytes_per_sample", None)
+        if hook is None:
+            raise PluginError(f"the {self.modality.name} modality has no activation model (activation_bytes_per_sample); "
+                              "`jepa plan` cannot size its micro batch")
+        return hook(micro_batch, act_bytes=act_bytes, checkpointing=checkpointing)

@@ -16,11 +16,11 @@ plus the objective's frozen modules (I-JEPA's EMA target encoder, P_e parameters
 replica on every rank (4 P_e), DeepSpeed's gradient
 reduce bucket under ZeRO 1-2 (``reduce_bucket_size``, 5e8 elements by default, capped at P) and,
 under ZeRO-3, the gathered working set (``stage3_prefetch_bucket_size`` + the largest layer, both
-fp32), and activations per sample from the modality (``activation_bytes_per_sample``, checked
-against the bytes autograd saves in ``tests/test_plan.py``). The activation model is I-JEPA's (one
-masked context, the targets, the predictor) whatever the objective: for LeJEPA, whose every view
-runs the whole encoder, it underestimates; check with ``jepa bench train``. A reserve covers the CUDA context,
-allocator fragmentation and kernel workspaces: :data:`RESERVE_BYTES` + :data:`RESERVE_FRACTION`
+fp32), and activations per sample from the objective's activation model (checked against the
+bytes autograd saves in ``tests/test_plan.py``): I-JEPA's is the modality's
+(``activation_bytes_per_sample``: one masked context, the targets, the predictor), LeJEPA's every
+view through the whole encoder plus the projector and SIGReg (:mod:`jepa.nn.memory`). A reserve
+covers the CUDA context, allocator fragmentation and kernel workspaces: :data:`RESERVE_BYTES` + :data:`RESERVE_FRACTION`
 of the GPU. These are estimates: check the largest micro batch with ``jepa bench train``.
 """
 
@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 import torch
 
 from jepa import objectives, registry
-from jepa.interfaces import Modality
+from jepa.errors import ConfigError
 from jepa.objective import Objective
 from jepa.recipe import Recipe
 
@@ -101,13 +101,12 @@ def _parameter_counts(objective: Objective) -> tuple[int, int, int]:
     return trainable, replicas, largest
 
 
-def activation_bytes(modality: Modality, micro_batch: int, precision: str, checkpointing: bool) -> float:
-    """Peak activation bytes of one micro batch (saved + one recomputed block when checkpointing)."""
-    hook = getattr(modality, "activation_bytes_per_sample", None)
-    if hook is None:
-        raise ValueError(f"the {modality.name} modality has no activation model (activation_bytes_per_sample); "
-                         "`jepa plan` cannot size its micro batch")
-    return micro_batch * hook(micro_batch, act_bytes=_act_bytes(precision), checkpointing=checkpointing).peak
+def activation_bytes(objective: Objective, micro_batch: int, precision: str, checkpointing: bool) -> float:
+    """Peak activation bytes of one micro batch (saved + one recomputed block when checkpointing), from
+    the objective's activation model (:meth:`Objective.activation_bytes_per_sample`)."""
+    per_sample = objective.activation_bytes_per_sample(micro_batch, act_bytes=_act_bytes(precision),
+                                                       checkpointing=checkpointing)
+    return micro_batch * per_sample.peak
 
 
 def stage_plan(stage: int, *, gpus: int, trainable: int, encoder: int, largest: int) -> StagePlan:
@@ -127,14 +126,14 @@ def stage_plan(stage: int, *, gpus: int, trainable: int, encoder: int, largest: 
     return StagePlan(stage, params, grads, master, optim, 4.0 * encoder, buffers, 0.0, 0)
 
 
-def _max_micro_batch(modality: Modality, budget: float, precision: str, checkpointing: bool, limit: int) -> int:
+def _max_micro_batch(objective: Objective, budget: float, precision: str, checkpointing: bool, limit: int) -> int:
     """Largest micro batch (<= limit) whose activations fit in ``budget`` bytes (binary search)."""
-    if budget <= 0 or activation_bytes(modality, 1, precision, checkpointing) > budget:
+    if budget <= 0 or activation_bytes(objective, 1, precision, checkpointing) > budget:
         return 0
     lo, hi = 1, limit
     while lo < hi:
         mid = (lo + hi + 1) // 2
-        if activation_bytes(modality, mid, precision, checkpointing) <= budget:
+        if activation_bytes(objective, mid, precision, checkpointing) <= budget:
             lo = mid
         else:
             hi = mid - 1
@@ -149,9 +148,9 @@ def plan_recipe(recipe: Recipe, gpus: int, gpu_memory: float) -> Plan:
     when a micro batch of 8 (or the whole share) fits, else with it; accumulation makes up the rest.
     """
     if gpus < 1:
-        raise ValueError(f"--gpus must be at least 1, got {gpus}")
-    modality = registry.bind(recipe.modality)
-    trainable, enc, largest = _parameter_counts(objectives.bind(recipe.objective, modality))
+        raise ConfigError(f"--gpus must be at least 1, got {gpus}")
+    objective = objectives.bind(recipe.objective, registry.bind(recipe.modality))
+    trainable, enc, largest = _parameter_counts(objective)
     usable = gpu_memory * (1 - RESERVE_FRACTION) - RESERVE_BYTES
     precision, ckpt = recipe.engine.precision, recipe.engine.activation_checkpointing
     per_gpu = recipe.data.global_batch_size // gpus if recipe.data.global_batch_size % gpus == 0 else 0
@@ -159,9 +158,9 @@ def plan_recipe(recipe: Recipe, gpus: int, gpu_memory: float) -> Plan:
     stages = []
     for stage in range(4):
         s = stage_plan(stage, gpus=gpus, trainable=trainable, encoder=enc, largest=largest)
-        mb = _max_micro_batch(modality, usable - s.static, precision, ckpt, limit)
+        mb = _max_micro_batch(objective, usable - s.static, precision, ckpt, limit)
         at = max(mb, 1)  # per sample at the micro batch that fits (faithful masks collate shorter contexts in bigger batches)
-        stages.append(StagePlan(**{**s.__dict__, "activations_per_sample": activation_bytes(modality, at, precision, ckpt) / at,
+        stages.append(StagePlan(**{**s.__dict__, "activations_per_sample": activation_bytes(objective, at, precision, ckpt) / at,
                                    "max_micro_batch": mb}))
     result = Plan(gpus, gpu_memory, usable, trainable, enc, ckpt, stages)
     if not per_gpu:
@@ -171,7 +170,7 @@ def plan_recipe(recipe: Recipe, gpus: int, gpu_memory: float) -> Plan:
         best = (0, 0)  # (micro batch, stage): the largest micro batch, then the lowest stage
         for stage in range(4):
             s = stage_plan(stage, gpus=gpus, trainable=trainable, encoder=enc, largest=largest)
-            mb = _max_micro_batch(modality, usable - s.static, precision, checkpointing, per_gpu)
+            mb = _max_micro_batch(objective, usable - s.static, precision, checkpointing, per_gpu)
             while mb > 0 and per_gpu % mb:
                 mb -= 1
             best = max(best, (mb, -stage))

@@ -32,7 +32,9 @@ from torch import Tensor, nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from jepa.config import ObjectiveConfig, StrictModel
+from jepa.data.loader import Batch
 from jepa.interfaces import Encoder, Modality, ViewSpec
+from jepa.nn.memory import FP32, ActivationBytes, encoder_activation_bytes
 from jepa.objective import BatchMaker, LossOutput, Objective
 from jepa.objectives.lejepa_loss import lejepa_loss
 from jepa.objectives.projector import Projector
@@ -79,8 +81,6 @@ class ViewBatches(BatchMaker):
         self.modality, self.spec = modality, spec
 
     def from_items(self, items: list[Any], generator: torch.Generator, step_generator: torch.Generator) -> Any:
-        from jepa.data.loader import Batch  # deferred: jepa.data imports the recipe, which imports this
-
         views = self.modality.train_views(items, generator, self.spec)
         if len(views) != self.spec.num_views:
             raise RuntimeError(f"modality {self.modality.name!r}: train_views returned {len(views)} views, "
@@ -88,8 +88,6 @@ class ViewBatches(BatchMaker):
         return Batch(views[0], (), tuple(views[1:]))
 
     def from_inputs(self, inputs: Tensor, generator: torch.Generator, step_generator: torch.Generator) -> Any:
-        from jepa.data.loader import Batch
-
         more = tuple(self.modality.example_input(inputs.shape[0], generator) for _ in range(self.spec.num_views - 1))
         return Batch(inputs, (), more)
 
@@ -195,6 +193,23 @@ class LeJEPAObjective(Objective):
         loss, pred, sig = lejepa_loss([z.float() for z in z_views], c.num_global_views, directions, c.lam,
                                       centre_BK=centre, num_points=c.num_points, t_max=c.t_max, group=group)
         return LossOutput(loss=loss, representations=tokens.detach(), terms={"pred_loss": pred.detach(), "sigreg": sig.detach()})
+
+    def activation_bytes_per_sample(self, micro_batch: int, *, act_bytes: int, checkpointing: bool) -> ActivationBytes:
+        """Every view through the whole encoder (:func:`~jepa.nn.memory.encoder_activation_bytes` at
+        :meth:`Modality.view_shapes <jepa.interfaces.Modality.view_shapes>`), the projector and
+        SIGReg's projections (an (M x T) float32 table per view, kept for the cos/sin backward).
+        The teacher, when there is one, runs without gradients and keeps nothing."""
+        with torch.random.fork_rng(devices=[]), torch.device("meta"):
+            encoder = self.modality.build_encoder()
+        p, c = self.cfg.projector, self.cfg
+        saved = peak = 0.0
+        for shape in self.modality.view_shapes(self.view_spec):
+            view = encoder_activation_bytes(encoder, shape, act_bytes=act_bytes, checkpointing=checkpointing)
+            saved, peak = saved + view.saved, max(peak, view.recompute_peak)
+        per_view = (act_bytes * encoder.embed_dim                                       # first Linear's input
+                    + (p.num_layers - 1) * (FP32 * p.hidden_dim + 8 + 2 * act_bytes * p.hidden_dim)  # BN input, stats, ReLU
+                    + FP32 * c.num_points * c.num_slices)                                # SIGReg's t * x table
+        return ActivationBytes(saved + self.view_spec.num_views * per_view, peak)
 
     def after_step(self, engine: Any, step: int) -> dict[str, float]:
         if self.updater is None:

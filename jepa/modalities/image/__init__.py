@@ -77,6 +77,14 @@ class ImageModality(Modality):
         size = local_view_size(self.cfg.views, self.cfg.input.crop_size, self.cfg.encoder.patch_size)
         return train_views(items, self.cfg.input, self.cfg.views, size, spec, generator)
 
+    def view_shapes(self, spec: ViewSpec) -> list[tuple[int, ...]]:
+        """Global views (C, S, S) at ``input.crop_size``, local views at ``views.local_size``."""
+        from jepa.modalities.image.views import local_view_size
+
+        c, s = self.cfg.input.in_chans, self.cfg.input.crop_size
+        local = local_view_size(self.cfg.views, s, self.cfg.encoder.patch_size)
+        return [(c, s, s)] * spec.num_global + [(c, local, local)] * spec.num_local
+
     def finish_batch(self, inputs: Tensor) -> Tensor:
         from jepa.modalities.image.transforms import finish_batch
 
@@ -96,6 +104,18 @@ class ImageModality(Modality):
     def example_input(self, batch_size: int, generator: torch.Generator | None = None) -> Tensor:
         s = self.cfg.input.crop_size
         return torch.randn(batch_size, self.cfg.input.in_chans, s, s, generator=generator)
+
+    def display_frames(self, inputs: Tensor) -> Tensor:
+        """One image (C, H, W), un-normalised with ``input.mean`` / ``input.std``, as one RGB frame (``jepa viz``)."""
+        from jepa.viz.pixels import display_pixels
+
+        return display_pixels(inputs.unsqueeze(1), self.cfg.input.mean, self.cfg.input.std)
+
+    def token_boxes(self, input_shape: tuple[int, ...]) -> Tensor:
+        """The patch grid of an image of ``input_shape`` (C, H, W), raster order (``jepa viz``)."""
+        from jepa.viz.pixels import grid_boxes
+
+        return grid_boxes(1, int(input_shape[-2]), int(input_shape[-1]), patch=self.cfg.encoder.patch_size)
 
     def check(self) -> list[tuple[str, str]]:
         from jepa.modalities.image.masks import check_mask_feasibility
@@ -125,7 +145,7 @@ class ImageModality(Modality):
 
     def describe(self) -> str:
         short = {"vit_tiny": "ViT-Ti", "vit_small": "ViT-S", "vit_base": "ViT-B", "vit_large": "ViT-L",
-                 "vit_huge": "ViT-H", "vit_giant": "ViT-g"}[self.cfg.encoder.arch]
+                 "vit_huge": "ViT-H", "vit_giant": "ViT-g", "vit_giant_xformers": "ViT-g"}[self.cfg.encoder.arch]
         return f"{short}/{self.cfg.encoder.patch_size} @{self.cfg.input.crop_size}"
 
     def masks_depend_on_batch(self) -> bool:
@@ -214,4 +234,4 @@ class ImageModality(Modality):
         """The authors' released I-JEPA ``.pth.tar`` layout (see :mod:`jepa.modalities.image.released`)."""
         from jepa.modalities.image.released import released_encoder
 
-        return released_encoder(checkpoint, path, which, options)
+        return released_encoder(checkpoint, path, which, options, cls)

@@ -1,55 +1,16 @@
 """Activation memory of one image I-JEPA training sample: the bytes autograd keeps for backward.
 
-Per pre-norm timm block on ``n`` tokens of width ``D`` (MLP ``H``, ``h`` heads), with ``a`` the
-bytes of an activation in the compute dtype (4 in fp32, 2 under bf16/fp16 autocast), autograd
-saves, per token (measured with ``torch.autograd.graph.saved_tensors_hooks``):
-
-* both LayerNorm inputs in fp32 (the residual stream stays fp32 under autocast), ``2 x 4 D``,
-  and their mean and rstd, ``16`` bytes;
-* the inputs of qkv and fc1 (the normed tokens, cast to the compute dtype), ``2 a D``;
-* q, k, v (one qkv output) and the attention output (also the proj input), ``4 a D``, plus the
-  fused kernel's log-sum-exp, ``4 h`` (flash / CPU-flash SDPA: no n x n matrix is kept);
-* the GELU input and output (fc2's input), ``2 a H``.
-
-Outside the blocks: the patch embedding's input image (its weight gradient), all N embedded
-tokens (``torch.gather`` keeps its input), the predictor's input projection (context repeated per target block), the final norms,
-the output projection and the loss's two operands. The target encoder runs without gradients
-and keeps nothing.
-
-With activation checkpointing each block keeps only its input (``4 n D``); one block's full
-activations come back during its recomputation, so the peak adds the largest single block.
+The per-block bytes are the core's (:mod:`jepa.nn.memory`). Outside the blocks: the patch
+embedding's input image (its weight gradient), all N embedded tokens (``torch.gather`` keeps its
+input), the predictor's input projection (context repeated per target block), the final norms, the
+output projection and the loss's two operands. The target encoder runs without gradients and
+keeps nothing.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from jepa.modalities.image.config import ImageConfig
-
-FP32 = 4
-
-
-def block_bytes_per_token(width: int, mlp_dim: int, num_heads: int, act_bytes: int) -> float:
-    """Bytes one pre-norm block saves per token (see the module docstring)."""
-    return 2 * FP32 * width + 16 + 6 * act_bytes * width + 4 * num_heads + 2 * act_bytes * mlp_dim
-
-
-@dataclass(frozen=True)
-class ActivationBytes:
-    """Saved activation bytes of one training sample.
-
-    Attributes:
-        saved: bytes kept for backward after the forward pass.
-        recompute_peak: extra bytes alive while a checkpointed block is recomputed (0 without
-            activation checkpointing).
-    """
-
-    saved: float
-    recompute_peak: float
-
-    @property
-    def peak(self) -> float:
-        return self.saved + self.recompute_peak
+from jepa.nn.memory import FP32, ActivationBytes, block_bytes_per_token
 
 
 def activation_bytes_per_sample(cfg: ImageConfig, *, act_bytes: int, checkpointing: bool,
