@@ -12,8 +12,10 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from jepa.config import StrictModel
+from jepa.errors import ConfigError
 
-# name -> (width, depth, heads, mlp hidden): docs/method/ijepa.md, "Architecture".
+# name -> (width, depth, heads, mlp hidden): docs/method/ijepa.md, "Architecture". vit_giant_xformers is
+# V-JEPA 2's ViT-g (the authors' src/models/vision_transformer.py: 22 heads of 64, MLP ratio 48/11).
 VIT_ARCHS: dict[str, tuple[int, int, int, int]] = {
     "vit_tiny": (192, 12, 3, 768),
     "vit_small": (384, 12, 6, 1536),
@@ -21,8 +23,9 @@ VIT_ARCHS: dict[str, tuple[int, int, int, int]] = {
     "vit_large": (1024, 24, 16, 4096),
     "vit_huge": (1280, 32, 16, 5120),
     "vit_giant": (1408, 40, 16, 6144),
+    "vit_giant_xformers": (1408, 40, 22, 6144),
 }
-ArchName = Literal["vit_tiny", "vit_small", "vit_base", "vit_large", "vit_huge", "vit_giant"]
+ArchName = Literal["vit_tiny", "vit_small", "vit_base", "vit_large", "vit_huge", "vit_giant", "vit_giant_xformers"]
 
 # Upper bounds of the sizes that set memory, far above any real model (ViT-22B: width 6144, depth 48,
 # MLP 24576), so that a typo is a recipe error instead of an allocation that fills the machine.
@@ -73,7 +76,7 @@ class PredictorConfig(StrictModel):
     @model_validator(mode="after")
     def _mlp_width(self) -> "PredictorConfig":
         if self.embed_dim * self.mlp_ratio > MAX_MLP_DIM:
-            raise ValueError(f"embed_dim x mlp_ratio = {self.embed_dim} x {self.mlp_ratio:g} is an MLP hidden width of "
+            raise ConfigError(f"embed_dim x mlp_ratio = {self.embed_dim} x {self.mlp_ratio:g} is an MLP hidden width of "
                              f"{self.embed_dim * self.mlp_ratio:.4g}, more than {MAX_MLP_DIM} ({_SIZE_WHY}); "
                              "lower mlp_ratio")
         return self

@@ -14,6 +14,8 @@ from typing import Literal
 from pydantic import Field, field_validator
 
 from jepa.config import StrictModel
+from jepa.schedules import LRSchedule
+from jepa.errors import ConfigError
 
 MAX_GLOBAL_BATCH = 2**20
 """Largest ``data.global_batch_size`` (published JEPA/SSL batches are at most 64 Ki)."""
@@ -53,14 +55,20 @@ class DataConfig(StrictModel):
 
 
 class OptimConfig(StrictModel):
-    """AdamW with linear-warmup + cosine learning rate and cosine weight decay."""
+    """AdamW: learning rate linear warmup, then cosine / constant / linear (``lr_schedule``); cosine
+    weight decay (constant when ``final_weight_decay == weight_decay``)."""
 
     epochs: float = Field(300, gt=0, description="Length of the run in epochs")
     warmup_epochs: float = Field(40, ge=0, description="Linear LR warmup from start_lr to lr")
     start_lr: float = Field(2e-4, ge=0)
     lr: float = Field(1e-3, gt=0, description="Peak learning rate (after warmup)")
     final_lr: float = Field(1e-6, ge=0)
-    weight_decay: float = Field(0.04, ge=0, description="Weight decay at step 0 (cosine to final_weight_decay)")
+    lr_schedule: LRSchedule = Field(
+        "cosine", description="The learning rate after warmup: 'cosine' lr -> final_lr at the end of the schedules "
+        "(I-JEPA, V-JEPA); 'constant' stays at lr, final_lr unused (V-JEPA 2 pretraining); 'linear' lr -> final_lr "
+        "(V-JEPA 2 cooldown, with warmup_epochs: 0)")
+    weight_decay: float = Field(0.04, ge=0, description="Weight decay at step 0 (cosine to final_weight_decay; equal "
+                                "values keep it constant, as in V-JEPA 2)")
     final_weight_decay: float = Field(0.4, ge=0)
     betas: tuple[float, float] = Field((0.9, 0.999), description="AdamW betas, each in [0, 1)")
     eps: float = Field(1e-8, gt=0)
@@ -70,7 +78,7 @@ class OptimConfig(StrictModel):
     @classmethod
     def _betas_in_range(cls, betas: tuple[float, float]) -> tuple[float, float]:
         if not all(0.0 <= b < 1.0 for b in betas):
-            raise ValueError(f"each beta must be in [0, 1), got {betas}")
+            raise ConfigError(f"each beta must be in [0, 1), got {betas}")
         return betas
 
 
@@ -99,7 +107,7 @@ class KeepBestConfig(StrictModel):
     @classmethod
     def _known(cls, value: str) -> str:
         if value not in HEALTH_METRICS:
-            raise ValueError(f"unknown metric {value!r}; choose one of {', '.join(HEALTH_METRICS)}")
+            raise ConfigError(f"unknown metric {value!r}; choose one of {', '.join(HEALTH_METRICS)}")
         return value
 
     @property
@@ -157,5 +165,5 @@ class InitFromConfig(StrictModel):
     @classmethod
     def _unique(cls, parts: list[InitPart]) -> list[InitPart]:
         if len(set(parts)) != len(parts):
-            raise ValueError(f"parts {parts} names a part twice")
+            raise ConfigError(f"parts {parts} names a part twice")
         return parts

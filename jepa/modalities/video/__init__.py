@@ -10,16 +10,17 @@ one :class:`~jepa.interfaces.MaskSet` per generator).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import torch
 from torch import Tensor
 
-from jepa.interfaces import DemoDataSpec, DynamicShapes, Encoder, ExportDim, Modality, ViewSpec
+from jepa.interfaces import (DemoDataSpec, DynamicShapes, Encoder, ExportDim, ForeignEncoder, Modality, ViewSpec,
+                             as_mask_pairs)
 from jepa.modalities.video.config import VideoConfig
 
 _SHORT_ARCH = {"vit_tiny": "ViT-Ti", "vit_small": "ViT-S", "vit_base": "ViT-B", "vit_large": "ViT-L",
-               "vit_huge": "ViT-H", "vit_giant": "ViT-g"}
+               "vit_huge": "ViT-H", "vit_giant": "ViT-g", "vit_giant_xformers": "ViT-g"}
 
 
 class VideoModality(Modality):
@@ -41,27 +42,37 @@ class VideoModality(Modality):
 
     # ------------------------------------------------------------------ builders
     def build_encoder(self):
-        from jepa.modalities.video.vit import VideoViTEncoder
+        from jepa.modalities.video.vit import VideoRoPEEncoder, VideoViTEncoder
 
         c = self.cfg
         width, depth, heads, mlp = c.encoder.dims
-        return VideoViTEncoder(
-            num_frames=c.input.num_frames, img_size=c.input.crop_size, patch_size=c.encoder.patch_size,
-            tubelet_size=c.encoder.tubelet_size, in_chans=c.input.in_chans, embed_dim=width, depth=depth,
-            num_heads=heads, mlp_dim=mlp, drop_path=c.encoder.drop_path, uniform_power=c.encoder.uniform_power,
-        )
+        common = dict(num_frames=c.input.num_frames, img_size=c.input.crop_size, patch_size=c.encoder.patch_size,
+                      tubelet_size=c.encoder.tubelet_size, in_chans=c.input.in_chans, embed_dim=width, depth=depth,
+                      num_heads=heads, mlp_dim=mlp, drop_path=c.encoder.drop_path)
+        if c.encoder.pos_embed == "rope":
+            return VideoRoPEEncoder(**common, depth_scaled_init=c.encoder.depth_scaled_init)
+        return VideoViTEncoder(**common, uniform_power=c.encoder.uniform_power,
+                               depth_scaled_init=c.encoder.depth_scaled_init)
 
     def build_predictor(self):
-        from jepa.modalities.video.vit import VideoViTPredictor
+        from jepa.modalities.video.vit import VideoRoPEPredictor, VideoViTPredictor
 
-        c = self.cfg
+        c, p = self.cfg, self.cfg.predictor
         width, _, heads, _ = c.encoder.dims
         grid_t, side, _ = c.grid
-        return VideoViTPredictor(
-            grid_t=grid_t, grid_size=side, embed_dim=width, predictor_dim=c.predictor.embed_dim,
-            depth=c.predictor.depth, num_heads=c.predictor.num_heads or heads, mlp_ratio=c.predictor.mlp_ratio,
-            num_mask_tokens=len(c.mask.generators), uniform_power=c.encoder.uniform_power,
-        )
+        common = dict(grid_t=grid_t, grid_size=side, embed_dim=width, predictor_dim=p.embed_dim, depth=p.depth,
+                      num_heads=p.num_heads or heads, mlp_ratio=p.mlp_ratio,
+                      num_mask_tokens=p.num_mask_tokens or len(c.mask.generators),
+                      zero_init_mask_tokens=p.zero_init_mask_tokens, shared_mask_token=p.shared_mask_token,
+                      depth_scaled_init=p.depth_scaled_init)
+        if self.predictor_pos_embed == "rope":
+            return VideoRoPEPredictor(**common)
+        return VideoViTPredictor(**common, uniform_power=c.encoder.uniform_power)
+
+    @property
+    def predictor_pos_embed(self) -> str:
+        """``predictor.pos_embed``, defaulting to ``encoder.pos_embed``."""
+        return self.cfg.predictor.pos_embed or self.cfg.encoder.pos_embed
 
     def build_mask_sampler(self):
         from jepa.modalities.video.masks import MultiMaskSampler
@@ -89,6 +100,34 @@ class VideoModality(Modality):
                            local_size=local_clip_size(c.views, c.input.crop_size, c.encoder.patch_size),
                            local_frames=local_clip_frames(c.views, c.input.num_frames))
 
+    def activation_bytes_per_sample(self, batch_size: int, *, act_bytes: int, checkpointing: bool):
+        """Bytes autograd keeps per clip at this micro batch (``jepa plan``): every mask pair's context
+        through the encoder and its predictor pass (:func:`jepa.nn.memory.masked_step_activation_bytes`),
+        the token counts the sampler collates at this micro batch (mean of 8 seeded batches)."""
+        from jepa.nn.memory import masked_step_activation_bytes
+
+        g, sampler, draws = torch.Generator().manual_seed(0), self.build_mask_sampler(), 8
+        sums = None
+        for _ in range(draws):
+            counts = [(m.context_idx_BK.shape[1], *m.target_idx_BMT.shape[1:]) for m in as_mask_pairs(sampler(batch_size, g))]
+            sums = counts if sums is None else [tuple(a + b for a, b in zip(s, c)) for s, c in zip(sums, counts)]
+        pairs = [(k / draws, round(m / draws), t / draws) for k, m, t in sums]
+        with torch.random.fork_rng(devices=[]), torch.device("meta"):
+            encoder, predictor = self.build_encoder(), self.build_predictor()
+        return masked_step_activation_bytes(encoder, predictor, tuple(self.example_input(1).shape[1:]), pairs,
+                                            act_bytes=act_bytes, checkpointing=checkpointing)
+
+    def view_shapes(self, spec: ViewSpec) -> list[tuple[int, ...]]:
+        """Global clips (C, F, S, S) as the training view, local clips at ``views.local_size`` and
+        ``views.local_num_frames`` (the encoder's layout, after :meth:`finish_batch`)."""
+        from jepa.modalities.video.views import local_clip_frames, local_clip_size
+
+        c = self.cfg
+        ch, f, s = c.input.in_chans, c.input.num_frames, c.input.crop_size
+        local_s = local_clip_size(c.views, s, c.encoder.patch_size)
+        local_f = local_clip_frames(c.views, f)
+        return [(ch, f, s, s)] * spec.num_global + [(ch, local_f, local_s, local_s)] * spec.num_local
+
     def finish_batch(self, inputs: Tensor) -> Tensor:
         from jepa.modalities.video.transforms import finish_batch
 
@@ -110,6 +149,19 @@ class VideoModality(Modality):
         i = self.cfg.input
         return torch.randn(batch_size, i.in_chans, i.num_frames, i.crop_size, i.crop_size, generator=generator)
 
+    def display_frames(self, inputs: Tensor) -> Tensor:
+        """One clip (C, T, H, W), un-normalised with ``input.mean`` / ``input.std``, as T RGB frames (``jepa viz``)."""
+        from jepa.viz.pixels import display_pixels
+
+        return display_pixels(inputs, self.cfg.input.mean, self.cfg.input.std)
+
+    def token_boxes(self, input_shape: tuple[int, ...]) -> Tensor:
+        """The tubelet grid of a clip of ``input_shape`` (C, T, H, W), raster order (``jepa viz``)."""
+        from jepa.viz.pixels import grid_boxes
+
+        t, h, w = (int(n) for n in input_shape[-3:])
+        return grid_boxes(t, h, w, patch=self.cfg.encoder.patch_size, tubelet=self.cfg.encoder.tubelet_size)
+
     def file_suffixes(self) -> dict[str, str]:
         return {".mp4": "mp4", ".webm": "webm", ".avi": "avi"}
 
@@ -130,6 +182,7 @@ class VideoModality(Modality):
         from jepa.modalities.video.masks import check_mask_feasibility
         from jepa.modalities.video.views import check_views
         from jepa.nn.pos_embed import axis_widths_3d
+        from jepa.nn.rope import rope_axis_width
 
         c, problems = self.cfg, []
         f, t = c.input.num_frames, c.encoder.tubelet_size
@@ -149,10 +202,18 @@ class VideoModality(Modality):
                 problems.append((f"{field}.num_heads", f"{h} heads do not divide the {field} width {dim}"
                                  + (" (defaulted to the encoder's head count; set predictor.num_heads)"
                                     if field == "predictor" and not c.predictor.num_heads else "")))
+            rope = (c.encoder.pos_embed if field == "encoder" else self.predictor_pos_embed) == "rope"
             try:
-                axis_widths_3d(dim, c.encoder.uniform_power)
+                if rope and not dim % h:
+                    rope_axis_width(dim // h, 3)
+                elif not rope:
+                    axis_widths_3d(dim, c.encoder.uniform_power)
             except ValueError as exc:
-                problems.append(("encoder.uniform_power", f"{field} width {dim}: {exc}"))
+                problems.append((f"{field}.num_heads" if rope else "encoder.uniform_power", f"{field} width {dim}: {exc}"))
+        num_tokens, num_generators = c.predictor.num_mask_tokens, len(c.mask.generators)
+        if num_tokens is not None and num_tokens < num_generators and not c.predictor.shared_mask_token:
+            problems.append(("predictor.num_mask_tokens", f"{num_tokens} mask tokens for {num_generators} mask generators; "
+                             f"use at least {num_generators}, or set predictor.shared_mask_token"))
         if not problems and (f // t < 1 or s // p < 1):
             problems.append(("input", f"the token grid {c.grid} is empty; use more frames or a larger crop"))
         if not problems:
@@ -163,7 +224,7 @@ class VideoModality(Modality):
     def describe(self) -> str:
         c = self.cfg
         return (f"{_SHORT_ARCH[c.encoder.arch]}/{c.encoder.patch_size} {c.input.num_frames}x{c.input.crop_size} "
-                f"t{c.encoder.tubelet_size}")
+                f"t{c.encoder.tubelet_size}" + (" RoPE" if c.encoder.pos_embed == "rope" else ""))
 
     def masks_depend_on_batch(self) -> bool:
         """Faithful masks cut every context and target to the shortest of the micro batch (see masks.py)."""
@@ -180,9 +241,11 @@ class VideoModality(Modality):
         along each axis (``torch.export`` specialises a single token away); the program computes the position
         table of every grid (:meth:`any_grid_tokens`)."""
         t, p = self.cfg.encoder.tubelet_size, self.cfg.encoder.patch_size
-        return DynamicShapes({2: ExportDim("frames", t, 512, min_multiple=2),
-                              3: ExportDim("height", p, 512, min_multiple=2),
-                              4: ExportDim("width", p, 512, min_multiple=2)}, forward=VideoModality.any_grid_tokens)
+        dims = {2: ExportDim("frames", t, 512, min_multiple=2), 3: ExportDim("height", p, 512, min_multiple=2),
+                4: ExportDim("width", p, 512, min_multiple=2)}
+        if self.cfg.encoder.pos_embed == "rope":  # no stored table: the forward computes the rotations of every grid
+            return DynamicShapes(dims)
+        return DynamicShapes(dims, forward=VideoModality.any_grid_tokens)
 
     @staticmethod
     def any_grid_tokens(encoder: Encoder, x: Tensor) -> Tensor:
@@ -206,6 +269,31 @@ class VideoModality(Modality):
         other = torch.randn(1, i.in_chans, frames, i.crop_size, width, generator=generator)
         return [self.example_input(2, generator), other]
 
+    def export_formats(self) -> dict[str, Any]:
+        """Beyond the core's ``torchscript`` and ``torch-export``: ``official`` (the authors' V-JEPA checkpoint layout)
+        and ``hf`` (a transformers ``VJEPA2Model`` folder, RoPE models)."""
+        from jepa.modalities.video.export_hf import export_hf
+        from jepa.modalities.video.export_official import export_official
+
+        return {"official": export_official, "hf": export_hf}
+
+    def foreign_state_dicts(self, checkpoint: Mapping[str, Any], path: Path) -> dict[str, dict[str, Tensor]] | None:
+        """The three state dicts of the authors' V-JEPA (2) layout in our naming (``module.`` / ``backbone.`` removed,
+        mask tokens stacked, position tables dropped for RoPE models), for ``init_from``."""
+        from jepa.modalities.video.released import is_video_layout, states_for
+
+        if not is_video_layout(checkpoint):
+            return None
+        return states_for(checkpoint, self.cfg.encoder.pos_embed, self.predictor_pos_embed)
+
+    @classmethod
+    def load_foreign(cls, checkpoint: Mapping[str, Any], path: Path, which: str,
+                     options: Mapping[str, Any]) -> ForeignEncoder | None:
+        """The authors' V-JEPA 2 / V-JEPA checkpoint layout (see :mod:`jepa.modalities.video.released`)."""
+        from jepa.modalities.video.released import released_encoder
+
+        return released_encoder(checkpoint, path, which, options, cls)
+
     def export_metadata(self, encoder: Encoder) -> dict[str, Any]:
         c = self.cfg
         width, depth, heads, mlp = c.encoder.dims
@@ -213,7 +301,8 @@ class VideoModality(Modality):
             "arch": {"embed_dim": width, "depth": depth, "num_heads": heads, "mlp_dim": mlp,
                      "patch_size": c.encoder.patch_size, "tubelet_size": c.encoder.tubelet_size,
                      "in_chans": c.input.in_chans, "class_token": False,
-                     "pos_embed": "sincos-3d-uniform" if c.encoder.uniform_power else "sincos-3d"},
+                     "pos_embed": ("rope-3d" if c.encoder.pos_embed == "rope"
+                                   else "sincos-3d-uniform" if c.encoder.uniform_power else "sincos-3d")},
             "patch_size": c.encoder.patch_size,
             "tubelet_size": c.encoder.tubelet_size,
             "num_frames": c.input.num_frames,

@@ -30,12 +30,20 @@ class VideoEncoderConfig(EncoderConfig):
     """Context/target video ViT: the image ViT's sizes (``arch`` and overrides) with a tubelet
     patch embedding. ``embed_dim``/``depth``/``num_heads``/``mlp_dim`` override the arch's values."""
 
-    arch: ArchName = Field("vit_large", description="One of vit_tiny, vit_small, vit_base, vit_large, vit_huge, vit_giant")
+    arch: ArchName = Field("vit_large", description="One of vit_tiny, vit_small, vit_base, vit_large, vit_huge, vit_giant, "
+                           "vit_giant_xformers (V-JEPA 2's ViT-g: 22 heads)")
     patch_size: int = Field(16, gt=0, description="Patch side in pixels (16 in V-JEPA)")
     tubelet_size: int = Field(2, gt=0, description="Frames per token (the temporal patch size, 2 in V-JEPA)")
     uniform_power: bool = Field(
         True, description="3-D sin-cos split: true gives time, height and width equal channel shares "
         "(2*ceil(D/6) each, V-JEPA's setting); false gives time D/2 and height, width D/4 each")
+    pos_embed: Literal["sincos", "rope"] = Field(
+        "sincos", description="Positions: 'sincos' adds a fixed 3-D sin-cos table to the tokens (V-JEPA); 'rope' rotates "
+        "queries and keys in every block by the tokens' time, height and width (V-JEPA 2; docs/method/vjepa.md, "
+        "\"V-JEPA 2\")")
+    depth_scaled_init: bool = Field(
+        False, description="Divide block i's attn.proj and mlp.fc2 weights by sqrt(2 (i+1)) after the init (V-JEPA 2: "
+        "true)")
 
 
 class VideoPredictorConfig(PredictorConfig):
@@ -43,6 +51,18 @@ class VideoPredictorConfig(PredictorConfig):
 
     depth: int = Field(12, gt=0, le=MAX_DEPTH, description=f"Predictor blocks (12 in V-JEPA; at most {MAX_DEPTH}: "
                        "parameters and activations grow with it)")
+    pos_embed: Literal["sincos", "rope"] | None = Field(
+        None, description="Positions of the predictor's tokens: 'sincos' or 'rope' as encoder.pos_embed; None: the "
+        "encoder's")
+    num_mask_tokens: int | None = Field(
+        None, gt=0, le=MAX_GENERATORS * 16, description="Learned mask tokens; None: one per mask generator. More than "
+        "the generators reads a checkpoint that has more (the V-JEPA 2 release: 10)")
+    zero_init_mask_tokens: bool = Field(True, description="Mask tokens start at zero (V-JEPA, V-JEPA 2); false: "
+                                        "truncated normal std 0.02")
+    shared_mask_token: bool = Field(
+        False, description="Every mask generator uses mask token 0 (V-JEPA 2 on clips of one length: its token is "
+        "chosen by clip length, not by generator)")
+    depth_scaled_init: bool = Field(False, description="As encoder.depth_scaled_init, for the predictor blocks")
 
 
 class MaskGeneratorConfig(StrictModel):
