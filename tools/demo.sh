@@ -13,6 +13,18 @@ set -euo pipefail
 export DS_ACCELERATOR="${DS_ACCELERATOR:-cpu}"
 start=$(date +%s)
 
+pictures() {
+    # pictures RUN RECIPE VAL_DATA NUM: the views (LeJEPA) or masks (I-JEPA) training draws, the token features of
+    # the pretrained encoder beside its random init, and the training curves, drawn side by side into RUN.
+    local run=$1 recipe=$2 val=$3 num=$4 what=masks views=() pids=() pid
+    [ "$objective" = lejepa ] && { what=views; views=(--views); }
+    echo "== pictures: $what, token features (pretrained vs random init), training curves =="
+    OMP_NUM_THREADS=1 jepa viz masks "$recipe" --num "$num" ${views[@]+"${views[@]}"} --out "$run/viz_$what.png" & pids+=($!)
+    OMP_NUM_THREADS=1 jepa viz features "$run" --compare "random:$recipe" --data "$val" --num "$num" --out "$run/viz_features.png" & pids+=($!)
+    OMP_NUM_THREADS=1 jepa viz run "$run" --out "$run/viz_curves.png" & pids+=($!)
+    for pid in "${pids[@]}"; do wait "$pid"; done
+}
+
 modality=image
 [ "${1:-}" = video ] && { modality=video; shift; }
 objective=lejepa
@@ -54,7 +66,10 @@ if [ "$modality" = video ]; then
     jepa eval "random:$image_recipe" --train-shards $frames/train --val-shards $frames/val "${probes[@]}" \
         --json "$run/eval_middle_frame_random_init.json"
     end=$(date +%s)
-    echo "video demo done: data and training $((trained - start)) s, evaluation $((end - trained)) s; results in $run/"
+    pictures "$run" "$recipe" $data/val 4
+    drawn=$(date +%s)
+    echo "video demo done: data and training $((trained - start)) s, evaluation $((end - trained)) s, pictures" \
+        "$((drawn - end)) s; results and pictures in $run/"
     exit 0
 fi
 
@@ -82,4 +97,7 @@ echo "== linear probe and k-NN on frozen features ($objective): pretrained vs ra
 jepa eval "$run" --train-shards data/demo/train --val-shards data/demo/val --json "$run/eval_pretrained.json"
 jepa eval "random:$recipe" --train-shards data/demo/train --val-shards data/demo/val --json "$run/eval_random_init.json"
 end=$(date +%s)
-echo "demo done: training $((trained - start)) s, evaluation $((end - trained)) s; results in $run/"
+pictures "$run" "$recipe" data/demo/val 6
+drawn=$(date +%s)
+echo "demo done: training $((trained - start)) s, evaluation $((end - trained)) s, pictures $((drawn - end)) s;" \
+    "results and pictures in $run/"
