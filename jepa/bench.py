@@ -28,6 +28,7 @@ from jepa.launch import detect
 from jepa.monitor import read_metrics
 from jepa.profile import Category, breakdown
 from jepa.recipe import Recipe, RecipeError, load_recipe, split_global_batch
+from jepa.train import train
 
 
 @dataclass(frozen=True)
@@ -99,12 +100,11 @@ class TrainBench:
 def _step_profiler(device: torch.device, warmup: int, steps: int) -> "torch.profiler.profile":
     """A torch.profiler that records exactly the ``steps`` timed steps after ``warmup`` untimed ones
     (advanced by ``step()`` after every optimiser step)."""
-    from torch.profiler import ProfilerActivity, profile, schedule
-
-    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    kind = torch.profiler.ProfilerActivity
+    activities = [kind.CPU] + ([kind.CUDA] if device.type == "cuda" else [])
     # the profiler's own warm-up step is the last untimed one; with none, recording starts at once
-    plan = schedule(skip_first=max(warmup - 1, 0), wait=0, warmup=min(warmup, 1), active=steps, repeat=1)
-    return profile(activities=activities, schedule=plan)
+    plan = torch.profiler.schedule(skip_first=max(warmup - 1, 0), wait=0, warmup=min(warmup, 1), active=steps, repeat=1)
+    return torch.profiler.profile(activities=activities, schedule=plan)
 
 
 def bench_recipe(recipe: Path, overrides: list[str], steps: int, warmup: int) -> Recipe:
@@ -136,8 +136,6 @@ def bench_train(recipe: Path, overrides: list[str], steps: int, warmup: int, pro
     Returns:
         The measurements on rank 0; None on the other ranks (they train alongside and report nothing).
     """
-    from jepa.train import train
-
     r = bench_recipe(recipe, overrides, steps, warmup)
     launch = detect()
     device = torch.device("cuda", launch.local_rank) if torch.cuda.is_available() else torch.device("cpu")

@@ -49,6 +49,7 @@ from typing import Any, BinaryIO, Callable, List, Mapping
 
 import torch
 from torch import Tensor, nn
+from torch.export import Dim
 
 import jepa
 from jepa.errors import CheckpointError, ConfigError, PluginError
@@ -273,6 +274,21 @@ def check_differences(diffs: dict[str, float], tolerance: float, what: str) -> N
             "please report it with the model name and torch version")
 
 
+def report_differences(diffs: dict[str, float], tolerance: float, compared: str, what: str,
+                       log: Callable[[str], None]) -> None:
+    """Log ``"{compared} vs eager max abs difference: ..."``, then :func:`check_differences` against ``what``."""
+    log(f"{compared} vs eager max abs difference: " + ", ".join(f"{k}: {v:.2e}" for k, v in diffs.items())
+        + f" (tolerance {tolerance:g})")
+    check_differences(diffs, tolerance, what)
+
+
+def context_target_split(num_patches: int, generator: torch.Generator) -> tuple[Tensor, Tensor]:
+    """A random half of the token positions as context, the other half as targets: (K,), (T,), each sorted,
+    for checking an exported predictor against the eager one."""
+    perm = torch.randperm(num_patches, generator=generator)
+    return perm[: num_patches // 2].sort().values, perm[num_patches // 2:].sort().values
+
+
 def atomic_write(out: Path, write: Callable[[str], None]) -> None:
     """Write through a temporary file in the same folder, so ``out`` appears complete or not at all.
 
@@ -344,9 +360,7 @@ def export_torchscript(
         layers = max_abs_differences(lambda x: torch.stack(eager.forward_layers(x, depth)),
                                      lambda x: torch.stack(scripted.forward_layers(x, depth)), inputs[:1])
         diffs.update({f"{k} forward_layers({depth})": v for k, v in layers.items()})
-    log("scripted vs eager max abs difference: " + ", ".join(f"{k}: {v:.2e}" for k, v in diffs.items())
-        + f" (tolerance {tolerance:g})")
-    check_differences(diffs, tolerance, "the TorchScript export")
+    report_differences(diffs, tolerance, "scripted", "the TorchScript export", log)
     log(_deprecation_note(source, pooled, inputs[0]))
     meta = build_metadata(source, "torchscript", pooled)
     meta["verification"] = {"tolerance": tolerance, "max_abs_diff": diffs}
@@ -383,8 +397,6 @@ def _program_dims(shapes: DynamicShapes, example: Tensor, modality: str) -> dict
     Raises:
         ValueError: the declaration does not fit the first export input (a bug of the modality).
     """
-    from torch.export import Dim
-
     dims: dict[int, Any] = {0: Dim("batch", min=1, max=PROGRAM_MAX_BATCH)}
     names = {"batch"}
     for d, spec in sorted(shapes.dims.items()):
@@ -497,9 +509,7 @@ def export_torch_program(
                 raise ExportVerificationError(f"the torch.export program fails on an input the encoder accepts "
                                               f"({str(exc).splitlines()[0]}); nothing was written") from exc
             diffs.update({f"{k} batch {x.shape[0]}": v for k, v in one.items()})
-        log("torch.export program vs eager max abs difference: "
-            + ", ".join(f"{k}: {v:.2e}" for k, v in diffs.items()) + f" (tolerance {tolerance:g})")
-        check_differences(diffs, tolerance, "the torch.export program")
+        report_differences(diffs, tolerance, "torch.export program", "the torch.export program", log)
         meta["verification"] = {"tolerance": tolerance, "max_abs_diff": diffs}
         write_in_memory(tmp, save)
         result.update(diffs)

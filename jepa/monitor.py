@@ -84,6 +84,7 @@ def _truncate_metrics(path: Path, last_step: int) -> None:
 
 def _tensorboard_writer(log_dir: Path) -> Any:
     try:
+        # deferred: tensorboard (optional extra), only when log.tensorboard is on
         from torch.utils.tensorboard import SummaryWriter
     except ImportError as exc:
         raise ConfigError("log.tensorboard is true but the 'tensorboard' package is not installed; "

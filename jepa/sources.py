@@ -29,21 +29,20 @@ import warnings
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 import torch
 from pydantic import ValidationError
 from torch import Tensor, nn
 
 from jepa import registry
+from jepa.checkpoint import LoadedWeights, load_model_weights
+from jepa.checkpoint.models import is_models_dict, weights_from_models
 from jepa.errors import CheckpointError, ConfigError
 from jepa.interfaces import Modality
 from jepa.recipe import Recipe, load_recipe
 from jepa.recipe.errors import problems_from
 from jepa.weights import check_state_dict, safe_load
-
-if TYPE_CHECKING:
-    from jepa.checkpoint import LoadedWeights
 
 RANDOM_PREFIX = "random:"
 PIXELS_PREFIX = "pixels:"
@@ -158,8 +157,6 @@ def _random_source(spec: str, which: WhichEncoder) -> EncoderSource:
 
 def _trained_source(path: Path, which: WhichEncoder, weights: LoadedWeights | None = None) -> EncoderSource:
     """A run, a checkpoint or a ``models.pt`` of ``jepa train`` (``weights`` when already read)."""
-    from jepa.checkpoint import load_model_weights
-
     weights = weights if weights is not None else load_model_weights(path)
     recipe = weights.recipe
     modality = registry.bind(recipe.modality)
@@ -293,8 +290,6 @@ def load_source(source: str, *, which: WhichEncoder | None = None, trust_torchsc
                          "recipe's model at random initialisation, or the run directory that recipe trained")
     weights = None
     if path.is_file() and path.name != "models.pt":
-        from jepa.checkpoint.models import is_models_dict, weights_from_models
-
         checkpoint = safe_load(path, "a run dir, a checkpoint (dir or models.pt), a foreign checkpoint such as the "
                                "authors' released .pth.tar, or a file from `jepa export`")
         if not is_models_dict(checkpoint):

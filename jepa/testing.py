@@ -42,15 +42,21 @@ from typing import Any, Callable
 import pytest
 import torch
 import yaml
+from typer.testing import CliRunner
 
 from jepa import registry
+from jepa.cli import app
 from jepa.config import ModalityConfig
 from jepa.data import expand_shards, read_shard
 from jepa.errors import PluginError
+from jepa.export import EXPORT_TOLERANCE, export_torchscript
 from jepa.interfaces import DemoDataSpec, MaskSet, MissingHookError, Modality, as_mask_pairs
 from jepa.loss import latent_loss, mean_over_pairs
 from jepa.model import JEPA, target_tokens
+from jepa.monitor import read_metrics
+from jepa.objectives import OBJECTIVES
 from jepa.recipe import apply_overrides, parse_recipe
+from jepa.sources import load_source, quiet_jit_deprecation, read_export_metadata
 
 __all__ = ["modality_contract_tests", "CHECKS", "DEMO_SPEC", "BATCH", "TINY_OBJECTIVES", "tiny", "tiny_section",
            "tiny_recipe", "seeded", "check_pair_in_range_and_disjoint", "demo_shards_of"]
@@ -265,9 +271,6 @@ def check_demo_data_decodes_into_views_of_the_example_shape(name, contract_demo_
 
 
 def check_torchscript_export_round_trip_equals_eager(name, tmp_path):
-    from jepa.export import EXPORT_TOLERANCE, export_torchscript
-    from jepa.sources import load_source, quiet_jit_deprecation, read_export_metadata
-
     recipe_file = tmp_path / "recipe.yaml"
     recipe_file.write_text(yaml.safe_dump(tiny_recipe(name, tmp_path / "run")))
     source = load_source(f"random:{recipe_file}")
@@ -292,8 +295,7 @@ def check_torchscript_export_round_trip_equals_eager(name, tmp_path):
 
 
 def check_two_training_steps_from_generated_shards(name, contract_demo_shards, tmp_path):
-    from jepa.monitor import read_metrics
-    from jepa.train import train
+    from jepa.train import train  # deferred: DeepSpeed (jepa.train), only for the training checks
 
     out, _ = contract_demo_shards(name)
     raw = tiny_recipe(name, tmp_path / "run", "data.source=shards", f"data.train_shards={out / 'train'}")
@@ -306,11 +308,7 @@ def check_two_training_steps_from_generated_shards(name, contract_demo_shards, t
 def check_every_objective_trains_exports_and_evaluates(name, objective, contract_demo_shards, tmp_path):
     """Two training steps of each objective on the modality's generated shards, then `jepa export`
     and `jepa eval` (k-NN) of the run, through the CLI."""
-    from typer.testing import CliRunner
-
-    from jepa.cli import app
-    from jepa.monitor import read_metrics
-    from jepa.train import train
+    from jepa.train import train  # deferred: DeepSpeed (jepa.train), only for the training checks
 
     out, _ = contract_demo_shards(name)
     raw = tiny_recipe(name, tmp_path / "run", "data.source=shards", f"data.train_shards={out / 'train'}")
@@ -377,8 +375,6 @@ def modality_contract_tests(*names: str) -> dict[str, Any]:
         ValueError: a name is not a registered modality (install the plugin first:
             ``pip install -e .`` in its folder), or a name is given twice.
     """
-    from jepa.objectives import OBJECTIVES
-
     known = [info.name for info in registry.available()]
     chosen = list(names) or known
     unknown = [n for n in chosen if n not in known]

@@ -39,6 +39,7 @@ from jepa.errors import ConfigError, UserError
 from jepa.host_memory import retain_freed_memory
 from jepa.mfu import TrainingPeak
 from jepa.monitor import Monitor
+from jepa.online_eval import OnlineKNN
 from jepa.preemption import PreemptedError, Preemption, StopVote
 from jepa.recipe import Recipe, micro_batch_warning
 from jepa.run_lock import RunLock
@@ -156,8 +157,7 @@ def train(recipe: Recipe, resume: str = "auto", *, save_checkpoints: bool = True
                                     world_size=engine.dist.world_size, micro_batch_size=engine.micro_batch_per_rank,
                                     state=loader_state)
         online_knn = None
-        if recipe.eval.every_steps:  # imported here: training without it does not load the evaluation package
-            from jepa.online_eval import OnlineKNN
+        if recipe.eval.every_steps:
             online_knn = OnlineKNN(recipe.eval, modality, engine)
             part = objective.eval_part  # the EMA target, or the online encoder of objectives without one
             eval_encoder = engine.frozen[part] if part in engine.frozen else getattr(engine.module, part)

@@ -123,3 +123,17 @@ def check_state_dict(module: nn.Module, state: Mapping[str, Tensor], what: str, 
     problems = state_problems(module.state_dict(), state)
     if problems:
         raise CheckpointError(f"{what}: the weights do not fit the model: {'; '.join(problems)}. {fix}")
+
+
+def load_states(targets: list[tuple[str, nn.Module]], states: Mapping[str, Mapping[str, Tensor]], what: str,
+                fix: str) -> None:
+    """Load ``states[key]`` strictly into each ``(key, module)`` of ``targets``, once all of them fit.
+
+    Raises:
+        CheckpointError: ``"{what} does not match the model ({fix}):"`` and every problem of every model.
+    """
+    problems = [f"{key}: {p}" for key, module in targets for p in state_problems(module.state_dict(), states[key])]
+    if problems:
+        raise CheckpointError(f"{what} does not match the model ({fix}):\n  " + "\n  ".join(problems))
+    for key, module in targets:
+        module.load_state_dict(states[key], strict=True)

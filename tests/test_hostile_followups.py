@@ -123,13 +123,14 @@ def test_shard_writer_lock_names_every_writer(tmp_path):
 
 @pytest.fixture
 def no_training(monkeypatch):
-    """Training fails the test: the outputs must be refused before it."""
-    import jepa.train
+    """Training fails the test: the outputs must be refused before it. Patched where the bench calls
+    it (patching ``jepa.train.train`` would leak into ``jepa.bench`` if this test imported it first)."""
+    import jepa.bench
 
     def train(*args, **kwargs):
         raise AssertionError("trained before checking the outputs")
 
-    monkeypatch.setattr(jepa.train, "train", train)
+    monkeypatch.setattr(jepa.bench, "train", train)
 
 
 @pytest.mark.parametrize("flag", ["--json", "--trace"])

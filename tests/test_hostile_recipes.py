@@ -195,9 +195,9 @@ def test_out_of_memory_in_evaluation_is_one_line(good_recipe, tmp_path, monkeypa
     def evaluate(*args, **kwargs):
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB.")
 
-    import jepa.eval.evaluate  # noqa: F401 - the module (the package's `evaluate` attribute is a function)
+    import jepa.cli.eval_cmds
 
-    monkeypatch.setattr(sys.modules["jepa.eval.evaluate"], "evaluate_shards", evaluate)
+    monkeypatch.setattr(jepa.cli.eval_cmds, "evaluate_shards", evaluate)  # where the command calls it
     code, _, err = _cli(monkeypatch, capsys, "eval", f"random:{good_recipe}", "--train-data", str(tmp_path / "t.tar"),
                         "--val-data", str(tmp_path / "v.tar"))
     _assert_error(code, err, "out of GPU memory", "eval.batch_size", "jepa plan")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Callable
+
 import pytest
 import torch
 from typer.testing import CliRunner
@@ -24,6 +26,21 @@ SMALL = [  # three small configs: (recipe modality section, batch)
 ]
 
 
+def _saved_during(model: torch.nn.Module, step: Callable[[], object]) -> int:
+    """Bytes of the distinct non-parameter storages autograd saves while ``step`` runs."""
+    params = {p.data_ptr() for p in model.parameters()}
+    storages: dict[int, int] = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        if t.data_ptr() not in params:
+            storages[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        step()
+    return sum(storages.values())
+
+
 def _saved_bytes(cfg: ImageConfig, batch: int, checkpointing: bool) -> tuple[int, int, int]:
     """Bytes of the distinct non-parameter storages autograd saves in one fp32 training forward; K; T."""
     modality = ImageModality(cfg)
@@ -35,18 +52,9 @@ def _saved_bytes(cfg: ImageConfig, batch: int, checkpointing: bool) -> tuple[int
     masks = modality.build_mask_sampler()(batch, torch.Generator().manual_seed(0))
     x = torch.randn(batch, 3, cfg.input.crop_size, cfg.input.crop_size)
     model = JEPA(encoder, predictor)
-    params = {p.data_ptr() for p in model.parameters()}
-    storages: dict[int, int] = {}
-
-    def pack(t: torch.Tensor) -> torch.Tensor:
-        if t.data_ptr() not in params:
-            storages[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
-        return t
-
     targets = target_tokens(target_encoder, x, masks)
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        torch.nn.functional.mse_loss(model(x, masks), targets)
-    return sum(storages.values()), masks.context_idx_BK.shape[1], masks.target_idx_BMT.shape[2]
+    saved = _saved_during(model, lambda: torch.nn.functional.mse_loss(model(x, masks), targets))
+    return saved, masks.context_idx_BK.shape[1], masks.target_idx_BMT.shape[2]
 
 
 @pytest.mark.parametrize("checkpointing", [False, True], ids=["no-ckpt", "ckpt"])
@@ -110,21 +118,16 @@ def test_lejepa_activation_estimate_within_10_percent_of_saved_bytes(section, ob
     model = lejepa.build_model()
     model.encoder.set_grad_checkpointing(checkpointing)
     views = [torch.randn(batch, *shape) for shape in modality.view_shapes(lejepa.view_spec)]
-    params = {p.data_ptr() for p in model.parameters()}
-    storages: dict[int, int] = {}
-
-    def pack(t: torch.Tensor) -> torch.Tensor:
-        if t.data_ptr() not in params:
-            storages[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
-        return t
-
     c = lejepa.cfg
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+
+    def step() -> None:
         z_views, _ = model(views)
         lejepa_loss(z_views, c.num_global_views, slice_directions(c.projector.out_dim, c.num_slices, seed=0, step=0),
                     c.lam, num_points=c.num_points, t_max=c.t_max)
+
+    saved = _saved_during(model, step)
     estimate = batch * lejepa.activation_bytes_per_sample(batch, act_bytes=4, checkpointing=checkpointing).saved
-    assert estimate == pytest.approx(sum(storages.values()), rel=0.10)
+    assert estimate == pytest.approx(saved, rel=0.10)
 
 
 def test_plan_of_a_lejepa_recipe_counts_its_views():
@@ -170,19 +173,11 @@ def test_video_activation_estimate_within_10_percent_of_saved_bytes(section, bat
     target = modality.build_encoder().requires_grad_(False)
     x = modality.example_input(batch, torch.Generator().manual_seed(0))
     pairs = as_mask_pairs(modality.build_mask_sampler()(batch, torch.Generator().manual_seed(0)))
-    params = {p.data_ptr() for p in model.parameters()}
-    storages: dict[int, int] = {}
-
-    def pack(t: torch.Tensor) -> torch.Tensor:
-        if t.data_ptr() not in params:
-            storages[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
-        return t
-
     h = target_representations(target, x)
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        sum(torch.nn.functional.mse_loss(model(x, m, mask_index=i), cut_targets(h, m)) for i, m in enumerate(pairs))
+    saved = _saved_during(model, lambda: sum(torch.nn.functional.mse_loss(model(x, m, mask_index=i), cut_targets(h, m))
+                                             for i, m in enumerate(pairs)))
     counts = [(m.context_idx_BK.shape[1], *m.target_idx_BMT.shape[1:]) for m in pairs]  # this batch's K, M, T
     estimate = batch * masked_step_activation_bytes(encoder, predictor, tuple(x.shape[1:]), counts, act_bytes=4,
                                                     checkpointing=checkpointing).saved
-    assert estimate == pytest.approx(sum(storages.values()), rel=0.10)
+    assert estimate == pytest.approx(saved, rel=0.10)
     assert modality.activation_bytes_per_sample(batch, act_bytes=4, checkpointing=checkpointing).saved > 0

@@ -129,8 +129,6 @@ INTERNAL_VALUE_ERRORS = {
     ("modalities/image/transforms.py", "_check_items"): 1,  # an empty batch: the loader never collates one
     ("modalities/video/demo.py", "encode_mp4"): 1,  # frames rendered by the demo itself
     ("modalities/video/transforms.py", "_check_items"): 2,  # an empty batch; an item not from decode
-    ("modalities/video/vit.py", "embed_tokens"): 1,  # a clip tensor of the wrong rank (scriptable: no isinstance)
-    ("modalities/video/vit.py", "mask_token_for"): 1,  # mask_index: the objective's loop counter
     ("nn/grid_masks.py", "cut_to_shortest"): 1,  # how=: a literal at every call
     ("nn/grid_masks.py", "sample_blocks"): 1,  # batch_size >= 1: loader bookkeeping
     ("objectives/lejepa_loss.py", "lejepa_loss"): 5,  # shapes of the objective's own tensors

@@ -21,14 +21,13 @@ from __future__ import annotations
 
 import argparse
 from dataclasses import dataclass
-from typing import Iterator
 
 import numpy as np
 import torch
 
-from jepa.data import ShardSample, derive_seed, write_shard_set
+from jepa.data import derive_seed
 from jepa.modalities.image.demo_data import CLASS_NAMES, shape_masks
-from jepa.modalities.video.demo import encode_mp4
+from jepa.modalities.video.demo import write_clip_splits
 
 
 @dataclass(frozen=True)
@@ -63,21 +62,6 @@ class ShapeClips:
         return (frames.clamp(0, 1) * 255).round().to(torch.uint8).numpy(), label
 
 
-@dataclass(frozen=True)
-class _Chunk:
-    clips: ShapeClips
-    seed: int
-    split: str
-    start: int
-    count: int
-
-    def __call__(self) -> Iterator[ShardSample]:
-        split_seed = derive_seed(self.seed, {"train": 0, "val": 1}[self.split])
-        for i in range(self.start, self.start + self.count):
-            frames, label = self.clips.render(i, split_seed)
-            yield ShardSample(f"{self.split}_{i:07d}", "mp4", encode_mp4(frames), label)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("out")
@@ -91,10 +75,8 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=1)
     args = parser.parse_args()
     clips = ShapeClips(args.classes, args.open, args.cell, args.noise)
-    for split, total in (("train", args.num_train), ("val", args.num_val)):
-        jobs = [_Chunk(clips, args.seed, split, s, min(250, total - s)) for s in range(0, total, 250)]
-        write_shard_set(jobs, f"{args.out}/{split}", prefix=split, max_count=250, max_bytes=1 << 40,
-                        workers=args.workers, classes=list(CLASS_NAMES[:args.classes]), total_items=total)
+    write_clip_splits(clips, args.out, {"train": args.num_train, "val": args.num_val}, seed=args.seed,
+                      classes=list(CLASS_NAMES[:args.classes]), workers=args.workers)
 
 
 if __name__ == "__main__":

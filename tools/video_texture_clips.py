@@ -25,12 +25,10 @@ from __future__ import annotations
 import argparse
 import math
 from dataclasses import dataclass
-from typing import Iterator
 
 import numpy as np
 
-from jepa.data import ShardSample, derive_seed, write_shard_set
-from jepa.modalities.video.demo import _HEADING, DIRECTIONS, encode_mp4
+from jepa.modalities.video.demo import _HEADING, DIRECTIONS, write_clip_splits
 
 FIXED_COLOURS = (np.array([30.0, 40.0, 140.0]), np.array([230.0, 210.0, 60.0]))
 
@@ -79,21 +77,6 @@ class TextureClips:
         return np.rint(np.clip(frames, 0, 255)).astype(np.uint8), label
 
 
-@dataclass(frozen=True)
-class _Chunk:
-    clips: TextureClips
-    seed: int
-    split: str
-    start: int
-    count: int
-
-    def __call__(self) -> Iterator[ShardSample]:
-        split_seed = derive_seed(self.seed, {"train": 0, "val": 1}[self.split])
-        for i in range(self.start, self.start + self.count):
-            frames, label = self.clips.render(i, split_seed)
-            yield ShardSample(f"{self.split}_{i:07d}", "mp4", encode_mp4(frames), label)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("out")
@@ -109,10 +92,8 @@ def main() -> None:
     args = parser.parse_args()
     clips = TextureClips(args.classes, args.palette, args.noise, args.blur, tuple(args.speed))
     names = list(DIRECTIONS) if args.classes == 4 else [f"{45 * i}deg" for i in range(8)]
-    for split, total in (("train", args.num_train), ("val", args.num_val)):
-        jobs = [_Chunk(clips, args.seed, split, s, min(250, total - s)) for s in range(0, total, 250)]
-        write_shard_set(jobs, f"{args.out}/{split}", prefix=split, max_count=250, max_bytes=1 << 40,
-                        workers=args.workers, classes=names, total_items=total)
+    write_clip_splits(clips, args.out, {"train": args.num_train, "val": args.num_val}, seed=args.seed,
+                      classes=names, workers=args.workers)
 
 
 if __name__ == "__main__":

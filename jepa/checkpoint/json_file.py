@@ -59,17 +59,23 @@ def read_json_object(path: str | Path, what: str) -> dict[str, Any]:
     finally:
         os.close(fd)
     if problem is None:
-        try:
-            table = json.loads(data.decode("utf-8"))
-        except UnicodeDecodeError:
-            problem = "not UTF-8 text"
-        except RecursionError:
-            problem = "JSON nested too deeply"
-        except ValueError as exc:
-            problem = f"not JSON: {exc}"
-        else:
-            if not isinstance(table, dict):
-                problem = f"a JSON {_JSON_KINDS.get(type(table), 'value')} where an object belongs"
+        table, problem = parse_json_object(data)
     if problem is not None:
         raise CheckpointError(f"{path}: cannot read {what} ({problem})")
     return table
+
+
+def parse_json_object(data: str | bytes) -> tuple[dict[str, Any], None] | tuple[None, str]:
+    """The JSON object in ``data`` (bytes: UTF-8), or ``None`` and why there is none (not UTF-8, not JSON,
+    nested too deeply, JSON of another kind), for the caller's message."""
+    try:
+        value = json.loads(data.decode("utf-8") if isinstance(data, bytes) else data)
+    except UnicodeDecodeError:
+        return None, "not UTF-8 text"
+    except RecursionError:
+        return None, "JSON nested too deeply"
+    except ValueError as exc:
+        return None, f"not JSON: {exc}"
+    if not isinstance(value, dict):
+        return None, f"a JSON {_JSON_KINDS.get(type(value), 'value')} where an object belongs"
+    return value, None

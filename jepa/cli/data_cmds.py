@@ -10,15 +10,22 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Optional
 
+import torch
 import typer
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from jepa import objectives, registry
 from jepa.cli.errors import cli_errors, err_console, user_error
 from jepa.cli.options import SetOption
+from jepa.data import expand_shards, read_shard, shard_folder
+from jepa.data.build import build_train_loader
+from jepa.data.manifest import MANIFEST_NAME
+from jepa.data.reading import SHARD_ERRORS
 from jepa.errors import ConfigError, DataError
 from jepa.interfaces import DemoDataSpec, as_mask_pairs
+from jepa.recipe import load_recipe
 from jepa.text import printable
 
 if TYPE_CHECKING:
@@ -36,9 +43,6 @@ def _bind_modality(name: str | None, recipe_file: Path | None) -> "Modality":
     Raises:
         ValueError: unknown modality, bad recipe, or ``name`` contradicts the recipe.
     """
-    from jepa import registry
-    from jepa.recipe import load_recipe
-
     if recipe_file is None:
         return registry.get(name or "image")()
     cfg = load_recipe(recipe_file).modality
@@ -67,9 +71,6 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
         from the sorted class folder names. Every file is decoded once as a check; unreadable files are reported
         and skipped.
         """
-        from jepa.data import shard_folder
-        from jepa.data.manifest import MANIFEST_NAME
-
         out_existed = out.exists()
         with cli_errors():
             plugin = _bind_modality(modality, recipe)
@@ -114,8 +115,6 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
         workers: int = typer.Option(os.cpu_count() or 1, "--workers", help="Parallel writer processes"),
     ) -> None:
         """Generate a labelled toy dataset (no download) for a demo, e.g. images of shapes made of parts."""
-        from jepa import registry
-
         given = {"num_train": num_train if num_images is None else num_images, "num_val": num_val,
                  "num_classes": classes, "size": size, "seed": seed, "max_count": max_count, "workers": workers}
         with cli_errors():
@@ -144,8 +143,6 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
         Per loader worker (one process, one thread), split by stage, and in total with
         data.num_workers workers; with --target-images-per-s, the workers that rate needs.
         """
-        from jepa.recipe import load_recipe
-
         with cli_errors():
             recipe = load_recipe(recipe_file, overrides or [])
             mb = batch_size or recipe.data.micro_batch_size or min(
@@ -208,8 +205,6 @@ def worker_summary(rows: list[tuple[str, list[float]]], num_workers: int, target
 
 def _images(x: Any) -> int:
     """Rows of a batch, waiting for the GPU first when it was made there (so the time counts it)."""
-    import torch
-
     if isinstance(x, torch.Tensor) and x.is_cuda:
         torch.cuda.synchronize(x.device)
     return int(x.shape[0])
@@ -223,9 +218,6 @@ def _raw_samples(urls: list[str], count: int) -> list[dict[str, Any]]:
     Raises:
         ValueError: a whole round over the shards gives no sample (broken ones named).
     """
-    from jepa.data import read_shard
-    from jepa.data.reading import SHARD_ERRORS
-
     out: list[dict[str, Any]] = []
     broken: dict[str, str] = {}
     while len(out) < count:
@@ -254,12 +246,6 @@ def _raw_samples(urls: list[str], count: int) -> list[dict[str, Any]]:
 
 def bench_data_pipeline(recipe: Any, batch_size: int, num_batches: int, repeats: int) -> list[tuple[str, list[float]]]:
     """Measure the recipe's data pipeline; returns ``(stage, images/s per repeat)`` rows."""
-    import torch
-
-    from jepa import objectives, registry
-    from jepa.data import expand_shards
-    from jepa.data.build import build_train_loader
-
     plugin = registry.bind(recipe.modality)
     maker = objectives.bind(recipe.objective, plugin).batch_maker()
     sampler = getattr(maker, "mask_sampler", None)  # objectives that train on masks (ijepa)

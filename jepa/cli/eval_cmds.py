@@ -11,6 +11,12 @@ from rich.console import Console
 
 from jepa.cli.errors import cli_errors
 from jepa.errors import ConfigError
+from jepa.eval.evaluate import EvalSettings, evaluate_shards, parse_protocols
+from jepa.eval.grid import parse_floats
+from jepa.eval.protocols import PROTOCOLS
+from jepa.outputs import check_output_file
+from jepa.recipe import DataConfig, EvalConfig
+from jepa.sources import load_source
 
 console = Console()
 
@@ -28,29 +34,21 @@ disk) and a plan that does not fit is refused with the numbers and the flags to 
 
 def _eval_help() -> str:
     """:data:`EVAL_HELP` with one paragraph per registered protocol (its declared ``help``)."""
-    from jepa.eval.protocols import PROTOCOLS
-
     return EVAL_HELP.format(protocols="\n\n".join(f"{p.name}: {p.help}" for p in PROTOCOLS.values()))
 
 
 def _epochs_help() -> str:
-    from jepa.eval.protocols import PROTOCOLS
-
     defaults = ", ".join(f"{p.name} {p.default_epochs}" for p in PROTOCOLS.values() if p.default_epochs is not None)
     return f"Epochs of the grid probes (default: {defaults})"
 
 
 def _floats(text: str, flag: str) -> tuple[float, ...]:
-    from jepa.eval.grid import parse_floats
-
     return parse_floats(text, flag)
 
 
 def _recipe_bound(flag: str, value: int, section: str, field: str) -> None:
     """Refuse ``value`` of ``flag`` above the bound of the recipe field it corresponds to (``section.field``),
     read from the field itself so that both stay the same, with the field's reason."""
-    from jepa.recipe import DataConfig, EvalConfig
-
     info = {"data": DataConfig, "eval": EvalConfig}[section].model_fields[field]
     most = next(m.le for m in info.metadata if getattr(m, "le", None) is not None)
     if value > most:
@@ -60,8 +58,6 @@ def _recipe_bound(flag: str, value: int, section: str, field: str) -> None:
 
 
 def register(app: typer.Typer, bench: typer.Typer) -> None:
-    from jepa.eval.protocols import PROTOCOLS
-
     @app.command("eval", help=_eval_help())
     def eval_cmd(
         source: str = typer.Argument(..., help="Run dir, checkpoint (dir or models.pt), released .pth.tar, file from "
@@ -118,10 +114,6 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
                                                "`jepa export`). Loading TorchScript RUNS THE CODE stored in the file: "
                                                "use only files from a source you trust"),
     ) -> None:
-        from jepa.eval.evaluate import EvalSettings, evaluate_shards, parse_protocols
-        from jepa.outputs import check_output_file
-        from jepa.sources import load_source
-
         with cli_errors():
             if json_out and json_out != "-":  # before any work: the report would be lost at the end
                 check_output_file(json_out, "--json", example="report.json")

@@ -10,6 +10,8 @@ import typer
 from rich.console import Console
 
 from jepa.cli.errors import cli_errors
+from jepa.export import EXPORT_TOLERANCE, check_out_path, export
+from jepa.sources import load_source
 
 console = Console()
 
@@ -38,9 +40,6 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
         (no jepa needed); the file's metadata says how to feed them (images: (B, 3, H, W), any H, W divisible by the
         patch, normalised with the stored mean/std).
         """
-        from jepa.export import EXPORT_TOLERANCE, check_out_path, export
-        from jepa.sources import load_source
-
         with cli_errors():
             check_out_path(out)  # before reading the source: nothing is loaded for an output that cannot be written
             src = load_source(source, which=encoder, crop_size=crop_size, arch=arch)  # type: ignore[arg-type]

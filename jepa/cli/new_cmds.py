@@ -9,6 +9,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from jepa.cli.errors import cli_errors
+from jepa.scaffold import template_values, write_plugin
 from jepa.text import printable
 
 console = Console()
@@ -25,8 +26,6 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
         encoder and predictor on jepa.nn, block masks, .npy decoding, demo data, a recipe, a README and the
         contract tests. It passes the contract suite as written; edit it for your data.
         """
-        from jepa.scaffold import template_values, write_plugin
-
         with cli_errors():
             files = write_plugin(name, out)
         for path in files:

@@ -11,6 +11,8 @@ from rich.table import Table
 
 from jepa.cli.errors import cli_errors
 from jepa.cli.options import SetOption
+from jepa.plan import parse_bytes, plan_recipe
+from jepa.recipe import load_recipe
 
 console = Console()
 
@@ -27,9 +29,6 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
                  gpu_memory: str = typer.Option("80GB", "--gpu-memory", help="Memory per GPU, e.g. 80GB, 40GB, 141GB")) -> None:
         """Per-rank memory (parameters, gradients, optimiser state by ZeRO stage, EMA target, activations)
         and the largest micro batch that fits; suggests stage, micro batch and accumulation (estimates: see jepa/plan.py)."""
-        from jepa.plan import parse_bytes, plan_recipe
-        from jepa.recipe import load_recipe
-
         with cli_errors():
             r = load_recipe(recipe, overrides or [])
             p = plan_recipe(r, gpus, parse_bytes(gpu_memory))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Optional
 
@@ -13,6 +14,8 @@ from rich.table import Table
 from jepa import objectives, registry
 from jepa.cli.errors import cli_errors
 from jepa.cli.options import ResumeOption, SetOption
+from jepa.launch import detect
+from jepa.outputs import check_output_file
 from jepa.recipe import load_recipe
 
 if TYPE_CHECKING:
@@ -24,8 +27,6 @@ console = Console()
 
 def _is_rank0() -> bool:
     """Rank 0 of any launcher (torchrun, mpirun, srun) or a plain process (:mod:`jepa.launch`)."""
-    from jepa.launch import detect
-
     return detect().is_main
 
 
@@ -86,6 +87,7 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
         of the next one, which all agree on) and exits 0; SIGTERM while waiting for data, or a second SIGTERM,
         exits 143 at once, leaving the last complete checkpoint.
         """
+        # deferred: DeepSpeed (jepa.train), only for `jepa train`; every command module loads at startup
         from jepa.train import train
 
         with cli_errors():
@@ -142,10 +144,8 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
         previous one, without the per-log metrics training computes every log.every_steps.
         Runs under torchrun too (same code as `jepa train`); writes only metrics, into RUN_DIR-bench.
         """
-        import json
-
+        # deferred: DeepSpeed (jepa.bench -> jepa.train), only for `jepa bench train`
         from jepa.bench import bench_train as run_bench
-        from jepa.outputs import check_output_file
 
         with cli_errors():
             if trace is not None and not profile:

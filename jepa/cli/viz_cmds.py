@@ -13,6 +13,7 @@ from rich.console import Console
 
 from jepa.cli.errors import cli_errors
 from jepa.cli.options import SetOption
+from jepa.recipe import load_recipe
 
 console = Console()
 
@@ -33,7 +34,7 @@ def _wrote(pictures: list[tuple[Path, str]], html: Optional[Path], title: str) -
     for path, caption in pictures:
         console.print(f"[green]wrote[/] {path} ({_png_size(path)}): {caption}", highlight=False)
     if html is not None:
-        from jepa.viz.gallery import write_gallery
+        from jepa.viz.gallery import write_gallery  # deferred: matplotlib, only for `jepa viz`
 
         console.print(f"[green]wrote[/] {write_gallery(html, title, pictures)}", highlight=False)
 
@@ -63,10 +64,8 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
         The objective's batch maker and the modality's mask sampler make one batch of the samples exactly as in
         training (image: one column per sample; clips: one row per mask pair, a strip of frames); with --views,
         and for objectives without masks (LeJEPA), the views of each sample."""
-        from jepa.recipe import load_recipe
-
         with cli_errors():
-            from jepa.viz.masks import masks_picture
+            from jepa.viz.masks import masks_picture  # deferred: matplotlib, only for `jepa viz`
 
             loaded = load_recipe(recipe, overrides or [])
             path = out or Path("views.png" if views else "masks.png")
@@ -94,7 +93,7 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
         Fitted over the samples together, per encoder (clips: the middle frame's tokens), so a pretrained
         encoder and its random initialisation (--compare random:RECIPE) can be seen side by side."""
         with cli_errors():
-            from jepa.viz.features import features_picture
+            from jepa.viz.features import features_picture  # deferred: matplotlib, only for `jepa viz`
 
             path = features_picture([*sources, *(compare or [])], data, out, num=num, foreground=foreground,
                                     which=encoder, trust_torchscript=trust_torchscript)
@@ -119,7 +118,7 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
 
         Class names shown; neighbours of the query's class framed green, others red."""
         with cli_errors():
-            from jepa.viz.neighbours import neighbours_picture
+            from jepa.viz.neighbours import neighbours_picture  # deferred: matplotlib, only for `jepa viz`
 
             path = neighbours_picture(source, train_data, val_data, out, queries=queries, k=k, max_train=max_train,
                                       which=encoder, trust_torchscript=trust_torchscript)
@@ -135,7 +134,7 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
 
         The checkpoints on disk are dotted lines, the kept best (checkpoint.keep_best) a star."""
         with cli_errors():
-            from jepa.viz.curves import run_picture
+            from jepa.viz.curves import run_picture  # deferred: matplotlib, only for `jepa viz`
 
             path = run_picture(run_dirs, out)
         _wrote([(path, f"training curves of {', '.join(map(str, run_dirs))}")], html, "jepa viz run")
@@ -150,7 +149,7 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
 
         Per-class accuracy too when the report has it; one row per report."""
         with cli_errors():
-            from jepa.viz.eval_report import eval_picture
+            from jepa.viz.eval_report import eval_picture  # deferred: matplotlib, only for `jepa viz`
 
             path = eval_picture(reports, out)
         _wrote([(path, f"evaluation reports {', '.join(map(str, reports))}")], html, "jepa viz eval")

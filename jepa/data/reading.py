@@ -22,6 +22,9 @@ webdataset's own opener, which also honours URL-rewriting environment variables,
 
 from __future__ import annotations
 
+import bz2
+import gzip
+import lzma
 import os
 import tarfile
 from typing import Any, Iterator
@@ -170,10 +173,6 @@ class _Prefixed:
 def _decompressed(fileobj: Any) -> Any:
     """The tar stream inside ``fileobj``: gzip, bzip2 and xz are decompressed here (not by tarfile),
     so that :data:`MAX_SHARD_BYTES` bounds the bytes *after* decompression."""
-    import bz2
-    import gzip
-    import lzma
-
     head = fileobj.read(6)
     stream = _Prefixed(head, fileobj)
     if head.startswith(b"\x1f\x8b"):

@@ -15,6 +15,8 @@ import signal
 from multiprocessing.connection import Connection
 from typing import Any
 
+import torch
+
 from jepa.interfaces import Modality
 
 DECODE_TIMEOUT_S = 120.0
@@ -23,8 +25,6 @@ DECODE_TIMEOUT_S = 120.0
 
 def _serve(modality: Modality, conn: Connection, parent_end: Connection) -> None:
     """Child process: decode each sample received; answer None (readable) or the error text; stop at None."""
-    import torch
-
     parent_end.close()  # the forked copy of the parent's end: EOF must reach us when the parent goes
     torch.set_num_threads(1)
     while True:

@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Mapping, Protocol, Sequence
 
+import torch
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from webdataset import TarWriter
 
@@ -135,8 +136,6 @@ def _archive_bytes(members: int) -> int:
 def _init_worker() -> None:
     """One intra-op thread per writer process, as in torch's loader workers: the processes are the
     parallelism, and a forked child must not enter the parent's OpenMP pool (it can hang)."""
-    import torch
-
     torch.set_num_threads(1)
 
 

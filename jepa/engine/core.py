@@ -22,6 +22,7 @@ from typing import Any
 import deepspeed
 import torch
 from deepspeed.runtime.checkpoint_engine import TorchCheckpointEngine
+from deepspeed.runtime.zero.partition_parameters import InsertPostInitMethodToModuleSubClasses
 from torch import Tensor, nn
 
 from jepa.engine.dist import Collectives, init_distributed, launcher_env
@@ -256,8 +257,6 @@ class Engine(Collectives):
         """
         self._deepspeed.destroy()
         if self.cfg.zero_stage == 3:
-            from deepspeed.runtime.zero.partition_parameters import InsertPostInitMethodToModuleSubClasses
-
             original = getattr(InsertPostInitMethodToModuleSubClasses, "linear_bk", None)
             if original is not None:
                 torch.nn.functional.linear = original

@@ -22,8 +22,10 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import deepspeed
+import deepspeed.ops
 import torch
 import torch.distributed as dist
+from deepspeed.accelerator import get_accelerator
 from torch import Tensor
 
 from jepa.launch import detect as detect_launch, free_port
@@ -111,9 +113,6 @@ def _skip_shm_comm_op() -> None:
     of processes (measured: same 2-process CPU step time with and without it). Must run before the
     first ``deepspeed.init_distributed`` of the process. A no-op on accelerators without the op (CUDA).
     """
-    import deepspeed.ops
-    from deepspeed.accelerator import get_accelerator
-
     builder = get_accelerator().create_op_builder("ShareMemCommBuilder")
     if builder is not None:
         deepspeed.ops.__compatible_ops__[builder.NAME] = False

@@ -27,6 +27,9 @@ from typing import Any, Iterator
 
 import torch
 from deepspeed.runtime.checkpoint_engine import TorchCheckpointEngine
+from deepspeed.runtime.fp16.loss_scaler import DynamicLossScaler, LossScaler
+from deepspeed.runtime.zero.config import ZeroStageEnum
+from deepspeed.utils.tensor_fragment import fragment_address
 
 from jepa.errors import CheckpointError
 
@@ -35,10 +38,6 @@ def deepspeed_state_types() -> list[Any]:
     """The only non-tensor types DeepSpeed 0.19's own checkpoint files hold (every ZeRO stage and
     precision, measured with ``torch.serialization.get_unsafe_globals_in_checkpoint``): plain data
     records, unpickled by setting attributes, never by running code of the file's choosing."""
-    from deepspeed.runtime.fp16.loss_scaler import DynamicLossScaler, LossScaler
-    from deepspeed.runtime.zero.config import ZeroStageEnum
-    from deepspeed.utils.tensor_fragment import fragment_address
-
     return [LossScaler, DynamicLossScaler, ZeroStageEnum, fragment_address]
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import random
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 from typing import Iterator, Sequence
 
@@ -12,7 +13,9 @@ import torch
 from torch import Tensor
 
 from jepa.data import SkippedFile, list_folder, sample_keys
+from jepa.data.screening import DecodeScreen
 from jepa.errors import DataError
+from jepa.eval.features import progress_bar
 from jepa.eval.reader import LabelIndex, LabelledData, PassSpec, _PassDataset
 from jepa.interfaces import Modality
 
@@ -70,8 +73,6 @@ SCREEN_CHUNK = 256
 def _screen_chunk(modality: Modality, root: str, files: Sequence[str], exts: Sequence[str],
                   keys: Sequence[str]) -> list[str | None]:
     """None for each file that decodes, else why not (read error, decoder error, crash or hang)."""
-    from jepa.data.screening import DecodeScreen
-
     problems: list[str | None] = []
     with DecodeScreen(modality) as screen:
         for rel, ext, key in zip(files, exts, keys):
@@ -92,10 +93,6 @@ def _one_thread() -> None:
 def _screen_files(modality: Modality, root: Path, files: list[str], exts: list[str], keys: list[str],
                   num_workers: int) -> list[str | None]:
     """:func:`_screen_chunk` over every file, in ``num_workers`` processes (at least one child decoder)."""
-    from concurrent.futures import ProcessPoolExecutor, as_completed
-
-    from jepa.eval.features import progress_bar
-
     chunks = [range(s, min(s + SCREEN_CHUNK, len(files))) for s in range(0, len(files), SCREEN_CHUNK)]
     out: list[list[str | None]] = [[] for _ in chunks]
     with progress_bar() as progress:

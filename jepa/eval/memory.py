@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 
 from jepa.errors import ConfigError
+from jepa.eval.knn import QUERY_CHUNK_ELEMENTS
 
 USABLE_FRACTION = 0.8
 """Share of the free memory (or disk) a run may plan to use."""
@@ -153,6 +154,4 @@ def linear_step_bytes(heads: int, batch: int, width: int, num_classes: int) -> t
 
 def knn_bytes(num_queries: int, width: int, k: int, batch: int) -> int:
     """Queries, their running top-k (similarity and label) and one similarity block."""
-    from jepa.eval.knn import QUERY_CHUNK_ELEMENTS
-
     return num_queries * width * F32 + num_queries * k * (F32 + 8) * 2 + 3 * QUERY_CHUNK_ELEMENTS * F32 + batch * width * F32

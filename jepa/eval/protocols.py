@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import torch
 from torch import nn
 
+from jepa.data import derive_seed
 from jepa.errors import ConfigError, PluginError
 from jepa.eval.features import FeatureSpec
 from jepa.eval.grid import Grid, choose, grid_rows
@@ -86,8 +87,6 @@ class Protocol(ABC):
     """Prefix of the flags that set the grid (``--linear`` for ``--linear-lrs``), for messages."""
 
     def seed(self, settings: EvalSettings) -> int:
-        from jepa.data import derive_seed
-
         return derive_seed(settings.seed, self.seed_salt)
 
     def grid(self, settings: EvalSettings) -> Grid | None:
@@ -147,8 +146,6 @@ class GridProbe(Protocol):
         """The untrained grid and the settings it reports."""
 
     def run(self, run: EvalRun) -> Outcome:
-        from jepa.data import derive_seed
-
         s = run.settings
         grid = self.grid(s)
         assert grid is not None

@@ -15,6 +15,7 @@ from typing import Iterator
 import torch
 from torch import Tensor, nn
 
+from jepa.data import derive_seed
 from jepa.eval.reader import LabelIndex, LabelledData, PassSpec
 
 
@@ -74,8 +75,6 @@ class SyntheticData(LabelledData):
         return self.index
 
     def passes(self, spec: PassSpec, num_workers: int = 0) -> Iterator[tuple[Tensor, Tensor, Tensor]]:
-        from jepa.data import derive_seed
-
         assert self.index is not None, "scan() first"
         idx_N = torch.arange(self.num_samples) if spec.keep_N is None else spec.keep_N.nonzero().flatten()
         if spec.shuffle_seed is not None:

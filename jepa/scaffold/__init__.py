@@ -16,6 +16,7 @@ from importlib import resources
 from pathlib import Path
 from string import Template
 
+from jepa import registry
 from jepa.errors import ConfigError
 
 #: Output path (relative to DIR, itself a template) -> template file.
@@ -42,8 +43,6 @@ def check_name(name: str) -> None:
     letter, be at most :data:`MAX_NAME_LENGTH` long, not be a registered modality, and ``jepa_NAME``
     must not be an importable package already.
     """
-    from jepa import registry
-
     if not NAME_PATTERN.fullmatch(name) or len(name) > MAX_NAME_LENGTH:
         raise ConfigError(f"modality name {name!r} is not usable: lower-case letters and digits, words joined by single "
                          f"'_', starting with a letter, at most {MAX_NAME_LENGTH} characters (e.g. 'spectrogram')")

@@ -8,7 +8,10 @@ import math
 from pathlib import Path
 from typing import Any
 
+from jepa.best_checkpoint import read_best
 from jepa.errors import ConfigError
+from jepa.monitor import METRICS_FILE, read_metrics
+from jepa.viz.figure import new_figure, save_png
 
 LEFT_OUT = ("step", "eta_s")
 """Record keys that are no metric: the step (the x axis) and the time left (a countdown)."""
@@ -59,10 +62,6 @@ def run_curves(run_dirs: list[Path]) -> Any:
     Raises:
         ValueError: a run without ``metrics.jsonl`` or without any metric in it.
     """
-    from jepa.best_checkpoint import read_best
-    from jepa.monitor import METRICS_FILE, read_metrics
-    from jepa.viz.figure import new_figure
-
     runs = []
     for run_dir in run_dirs:
         if not (run_dir / METRICS_FILE).is_file():
@@ -111,6 +110,4 @@ def run_curves(run_dirs: list[Path]) -> Any:
 
 def run_picture(run_dirs: list[Path], out: Path) -> Path:
     """Write :func:`run_curves` of ``run_dirs`` to ``out``."""
-    from jepa.viz.figure import save_png
-
     return save_png(run_curves([Path(r) for r in run_dirs]), out)

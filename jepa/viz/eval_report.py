@@ -8,8 +8,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from matplotlib.patches import Rectangle
 
+from jepa.checkpoint.json_file import read_json_object
 from jepa.errors import ConfigError
+from jepa.viz.figure import new_figure, save_png
 
 
 def read_report(path: Path) -> dict[str, Any]:
@@ -18,8 +21,6 @@ def read_report(path: Path) -> dict[str, Any]:
     Raises:
         ValueError: not a readable JSON object of ``jepa eval --json``.
     """
-    from jepa.checkpoint.json_file import read_json_object
-
     try:
         report = read_json_object(path, "the evaluation report")
     except FileNotFoundError:
@@ -72,8 +73,6 @@ def _summary(ax: Any, report: dict[str, Any]) -> None:
 
 
 def _grid(ax: Any, fig: Any, result: dict[str, Any], key: str, what: str) -> None:
-    from matplotlib.patches import Rectangle
-
     lrs, wds, values = grid_matrix(result["grid"], key)
     image = ax.imshow(100 * values, cmap="viridis", aspect="auto")
     for i in range(len(lrs)):
@@ -106,8 +105,6 @@ def _per_class(ax: Any, result: dict[str, Any]) -> None:
 
 def eval_picture(paths: list[Path], out: Path) -> Path:
     """Write the pictures of the reports at ``paths``: one row per report."""
-    from jepa.viz.figure import new_figure, save_png
-
     reports = [(Path(p), read_report(Path(p))) for p in paths]
     rows = [_panels(report) for _, report in reports]
     cols = max(len(r) for r in rows)

@@ -12,7 +12,10 @@ import numpy as np
 import torch
 
 from jepa.errors import ConfigError
+from jepa.sources import load_source
 from jepa.viz.display import input_boxes, input_frames, middle, paint_tokens, require_hooks, tokens_on_frame
+from jepa.viz.figure import bare, new_figure, save_png
+from jepa.viz.samples import read_samples
 
 CLIP_PERCENT = 1.0
 """Each component is mapped to [0, 1] between its ``CLIP_PERCENT`` and ``100 - CLIP_PERCENT`` percentiles."""
@@ -93,10 +96,6 @@ def source_label(src: Any) -> str:
 def features_picture(sources: list[str], data: str, out: Path, *, num: int, foreground: bool = False,
                      which: str | None = None, trust_torchscript: bool = False) -> Path:
     """Write the features picture: one row per sample of ``data``, the input then one column per source."""
-    from jepa.sources import load_source
-    from jepa.viz.figure import bare, new_figure, save_png
-    from jepa.viz.samples import read_samples
-
     loaded = [load_source(s, which=which, trust_torchscript=trust_torchscript) for s in sources]  # type: ignore[arg-type]
     for src in loaded:
         require_hooks(src.modality, "`jepa viz features`")

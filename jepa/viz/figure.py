@@ -13,6 +13,8 @@ matplotlib.use("Agg")  # files only: no display, no GUI toolkit
 
 import matplotlib.pyplot as plt  # noqa: E402
 
+from jepa.outputs import check_output_file  # noqa: E402
+
 DPI = 100
 """Pixels per inch of every PNG: figure sizes are given in inches, so a 6.4 in figure is 640 px wide."""
 
@@ -42,8 +44,6 @@ def save_png(fig: Any, path: str | Path) -> Path:
     Raises:
         ValueError: ``path`` is a folder, named pipe, device or socket (:func:`jepa.outputs.check_output_file`).
     """
-    from jepa.outputs import check_output_file
-
     path = check_output_file(path, "--out", example="picture.png")
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp.png")

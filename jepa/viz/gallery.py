@@ -7,6 +7,8 @@ import html
 import os
 from pathlib import Path
 
+from jepa.outputs import check_output_file
+
 
 def write_gallery(path: str | Path, title: str, pictures: list[tuple[Path, str]]) -> Path:
     """Write the page at ``path`` (through a temporary file) showing ``pictures``: ``(png, caption)`` pairs.
@@ -14,8 +16,6 @@ def write_gallery(path: str | Path, title: str, pictures: list[tuple[Path, str]]
     Raises:
         ValueError: ``path`` is a folder, named pipe, device or socket.
     """
-    from jepa.outputs import check_output_file
-
     path = check_output_file(path, "--html", example="pictures.html")
     path.parent.mkdir(parents=True, exist_ok=True)
     figures = "\n".join(

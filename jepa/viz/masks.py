@@ -11,9 +11,13 @@ from typing import Any
 import numpy as np
 import torch
 
+from jepa import objectives, registry
+from jepa.data.loader import step_generator
 from jepa.errors import ConfigError
 from jepa.interfaces import MaskSet, Modality, ViewSpec
 from jepa.viz.display import (display_factor, input_boxes, input_frames, middle, require_hooks, token_map, upscale)
+from jepa.viz.figure import bare, new_figure, save_png
+from jepa.viz.samples import generated_samples, read_samples
 
 TARGET_COLOURS = np.array([[0.89, 0.10, 0.11], [0.22, 0.49, 0.72], [0.30, 0.69, 0.29], [1.00, 0.50, 0.00],
                            [0.60, 0.31, 0.64], [1.00, 1.00, 0.20], [0.65, 0.34, 0.16], [0.97, 0.51, 0.75]],
@@ -45,8 +49,6 @@ class MaskBatch:
 def make_batch(objective: Any, modality: Modality, items: list[Any], seed: int, step: int = 0) -> MaskBatch:
     """``objective.batch_maker().from_items`` on ``items`` with seeded generators, as a loader worker calls it
     (``step`` seeds the randomness shared by the optimiser step: image and video block sizes)."""
-    from jepa.data.loader import step_generator
-
     maker = objective.batch_maker()
     batch = maker.from_items(items, torch.Generator().manual_seed(seed), step_generator(seed, step))
     views = tuple(modality.finish_batch(v) for v in batch.views)
@@ -105,8 +107,6 @@ def _shifted(mask: np.ndarray, by: int, axis: int) -> np.ndarray:
 def draw_masks(modality: Modality, batch: MaskBatch, title: str) -> Any:
     """The masks figure: images, one column per sample, a row for the input then one per mask pair; clips,
     per sample a row for the input then one per pair, one column per frame."""
-    from jepa.viz.figure import bare, new_figure
-
     x = batch.inputs
     frames0 = input_frames(modality, x[0])
     boxes = input_boxes(modality, x[0], frames0)
@@ -140,8 +140,6 @@ def draw_masks(modality: Modality, batch: MaskBatch, title: str) -> Any:
 def draw_views(modality: Modality, batch: MaskBatch, originals: torch.Tensor, title: str) -> Any:
     """The views figure: one row per sample, its evaluation view first, then every view the objective draws
     (global then local; clips: the middle frame of each)."""
-    from jepa.viz.figure import bare, new_figure
-
     n, v = originals.shape[0], len(batch.views)
     fig, axes = new_figure(n, 1 + v, title=title, panel_in=(1.3, 1.4))
     for b in range(n):
@@ -162,10 +160,6 @@ def masks_picture(recipe: Any, out: Path, *, num: int, views: bool, generated: b
                   log: Any = print) -> Path:
     """Read ``num`` samples of ``recipe``'s shards (or generate them), make one batch of them as training does,
     and write the masks (or, with ``views`` or for an objective without masks, the views) picture."""
-    from jepa import objectives, registry
-    from jepa.viz.figure import save_png
-    from jepa.viz.samples import generated_samples, read_samples
-
     modality = registry.bind(recipe.modality)
     require_hooks(modality, "`jepa viz masks`")
     objective = objectives.bind(recipe.objective, modality, total_steps=recipe.total_steps, seed=recipe.seed)

@@ -10,7 +10,12 @@ from typing import Any
 import torch
 
 from jepa.errors import ConfigError
+from jepa.eval import open_labelled
+from jepa.eval.knn import StreamingKNN
+from jepa.eval.reader import PassSpec, align_classes
+from jepa.sources import load_source
 from jepa.viz.display import input_frames, middle, require_hooks
+from jepa.viz.figure import new_figure, save_png
 
 RIGHT, WRONG = "#1a9641", "#d7191c"
 
@@ -47,9 +52,6 @@ def nearest(src: Any, train: Any, val: Any, *, queries: int, k: int, max_train: 
         ``(query_idx_Q, query_x, neighbour_idx_QK, similarity_QK)``: positions in the validation scan, the
         queries' inputs, positions in the training scan, cosine similarities.
     """
-    from jepa.eval.knn import StreamingKNN
-    from jepa.eval.reader import PassSpec
-
     keep = _one_per_class(val.index.labels_N, queries)
     xs, idxs = zip(*[(x, idx) for x, _, idx in val.passes(PassSpec(batch_size=batch_size, keep_N=keep))])
     query_x, query_idx = torch.cat(xs), torch.cat(idxs)
@@ -63,11 +65,6 @@ def nearest(src: Any, train: Any, val: Any, *, queries: int, k: int, max_train: 
 def neighbours_picture(source: str, train_data: str, val_data: str, out: Path, *, queries: int, k: int,
                        max_train: int, which: str | None = None, trust_torchscript: bool = False) -> Path:
     """Write the neighbours picture: one row per query, the query then its ``k`` neighbours, best first."""
-    from jepa.eval import open_labelled
-    from jepa.eval.reader import PassSpec, align_classes
-    from jepa.sources import load_source
-    from jepa.viz.figure import new_figure, save_png
-
     for flag, value in (("--queries", queries), ("--k", k), ("--max-train", max_train)):
         if value < 1:
             raise ConfigError(f"{flag} must be >= 1, got {value}")

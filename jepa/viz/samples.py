@@ -8,7 +8,12 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from jepa.data import (
+    MANIFEST_NAME, SHARD_ERRORS, expand_shards, is_local, list_folder, read_manifest, read_shard, sample_keys,
+)
+from jepa.data.screening import DecodeScreen
 from jepa.errors import ConfigError, DataError
+from jepa.eval.labels import label_of
 from jepa.interfaces import Modality
 
 SPREAD = 16
@@ -47,8 +52,6 @@ def _spread(n: int, count: int) -> list[int]:
 
 
 def _label(sample: dict[str, Any], num_classes: int | None) -> int | None:
-    from jepa.eval.labels import label_of
-
     if "cls" not in sample:
         return None
     try:
@@ -92,8 +95,6 @@ def _decode_first(modality: Modality, raws: list[dict[str, Any]], count: int, cl
 
 
 def _shard_samples(spec: str, modality: Modality, count: int) -> Samples:
-    from jepa.data import SHARD_ERRORS, expand_shards, read_manifest, read_shard
-
     try:
         manifest = read_manifest(spec)
     except ValueError:
@@ -112,9 +113,6 @@ def _shard_samples(spec: str, modality: Modality, count: int) -> Samples:
 def _folder_samples(root: Path, modality: Modality, count: int) -> Samples:
     """Files of a folder (flat or of class sub-folders), each checked to decode in a child process first
     (as ``jepa shards`` and ``jepa eval`` do), so a file that crashes the decoder is skipped."""
-    from jepa.data import list_folder, sample_keys
-    from jepa.data.screening import DecodeScreen
-
     listing = list_folder(root, modality.file_suffixes(), modality.name)
     picked = _spread(len(listing.files), count)[:count * SPREAD]
     keys = sample_keys(listing.files)
@@ -141,8 +139,6 @@ def read_samples(spec: str, modality: Modality, count: int) -> Samples:
     Raises:
         ValueError: nothing there, or nothing that decodes.
     """
-    from jepa.data import MANIFEST_NAME, is_local
-
     if count < 1:
         raise ConfigError(f"--num must be >= 1, got {count}")
     path = Path(spec)

@@ -9,7 +9,12 @@ import torch
 from torch import Tensor
 
 from jepa.interfaces import DemoDataSpec, DynamicShapes, Encoder, ForeignEncoder, Modality, ViewSpec
+from jepa.mfu import collated_mask_tokens
 from jepa.modalities.image.config import ImageConfig
+from jepa.modalities.image.export_program import image_dynamic_shapes
+from jepa.modalities.image.flops import train_flops_per_image
+from jepa.modalities.image.masks import MultiBlockMaskSampler, check_mask_feasibility
+from jepa.viz.pixels import display_pixels, grid_boxes
 
 
 MAX_TOKENS = 1 << 18
@@ -34,7 +39,7 @@ class ImageModality(Modality):
         }
 
     def build_encoder(self):
-        from jepa.modalities.image.vit import ViTEncoder
+        from jepa.modalities.image.vit import ViTEncoder  # deferred: timm, only when a model is built
 
         width, depth, heads, mlp = self.cfg.encoder.dims
         return ViTEncoder(
@@ -43,7 +48,7 @@ class ImageModality(Modality):
         )
 
     def build_predictor(self):
-        from jepa.modalities.image.vit import ViTPredictor
+        from jepa.modalities.image.vit import ViTPredictor  # deferred: timm, only when a model is built
 
         width, _, heads, _ = self.cfg.encoder.dims
         p = self.cfg.predictor
@@ -53,25 +58,25 @@ class ImageModality(Modality):
         )
 
     def build_mask_sampler(self):
-        from jepa.modalities.image.masks import MultiBlockMaskSampler
-
         return MultiBlockMaskSampler(self.cfg.grid_size, self.cfg.mask)
 
     def decode(self, sample: dict[str, Any]) -> Any:
         """A (3, H, W) uint8 tensor, or per ``input.jpeg_reduced_decode`` / ``input.decode_device`` a
         JPEG decoded at reduced size or left encoded for the GPU (:mod:`jepa.modalities.image.decode`)."""
+        # deferred: torchvision and PIL, only when a sample is decoded
         from jepa.modalities.image.decode import decode_image
 
         return decode_image(sample, self.cfg.input)
 
     def train_batch(self, items: list[Tensor], generator: torch.Generator) -> Tensor:
-        from jepa.modalities.image.transforms import train_batch
+        from jepa.modalities.image.transforms import train_batch  # deferred: torchvision, only when a batch is made
 
         return train_batch(items, self.cfg.input, generator)
 
     def train_views(self, items: list[Any], generator: torch.Generator, spec: ViewSpec) -> list[Tensor]:
         """Global views at ``input.crop_size``, local views at ``views.local_size``, with flips, colour
         jitter, grayscale, blur and solarization (:mod:`jepa.modalities.image.views`)."""
+        # deferred: torchvision, only when views are made
         from jepa.modalities.image.views import local_view_size, train_views
 
         size = local_view_size(self.cfg.views, self.cfg.input.crop_size, self.cfg.encoder.patch_size)
@@ -79,19 +84,19 @@ class ImageModality(Modality):
 
     def view_shapes(self, spec: ViewSpec) -> list[tuple[int, ...]]:
         """Global views (C, S, S) at ``input.crop_size``, local views at ``views.local_size``."""
-        from jepa.modalities.image.views import local_view_size
+        from jepa.modalities.image.views import local_view_size  # deferred: torchvision, only when views are made
 
         c, s = self.cfg.input.in_chans, self.cfg.input.crop_size
         local = local_view_size(self.cfg.views, s, self.cfg.encoder.patch_size)
         return [(c, s, s)] * spec.num_global + [(c, local, local)] * spec.num_local
 
     def finish_batch(self, inputs: Tensor) -> Tensor:
-        from jepa.modalities.image.transforms import finish_batch
+        from jepa.modalities.image.transforms import finish_batch  # deferred: torchvision, only when a batch is made
 
         return finish_batch(inputs, self.cfg.input)
 
     def eval_batch(self, items: list[Tensor]) -> Tensor:
-        from jepa.modalities.image.transforms import eval_batch
+        from jepa.modalities.image.transforms import eval_batch  # deferred: torchvision, only when a batch is made
 
         return eval_batch(items, self.cfg.input)
 
@@ -107,18 +112,14 @@ class ImageModality(Modality):
 
     def display_frames(self, inputs: Tensor) -> Tensor:
         """One image (C, H, W), un-normalised with ``input.mean`` / ``input.std``, as one RGB frame (``jepa viz``)."""
-        from jepa.viz.pixels import display_pixels
-
         return display_pixels(inputs.unsqueeze(1), self.cfg.input.mean, self.cfg.input.std)
 
     def token_boxes(self, input_shape: tuple[int, ...]) -> Tensor:
         """The patch grid of an image of ``input_shape`` (C, H, W), raster order (``jepa viz``)."""
-        from jepa.viz.pixels import grid_boxes
-
         return grid_boxes(1, int(input_shape[-2]), int(input_shape[-1]), patch=self.cfg.encoder.patch_size)
 
     def check(self) -> list[tuple[str, str]]:
-        from jepa.modalities.image.masks import check_mask_feasibility
+        # deferred: torchvision, only when a recipe is checked, not for `jepa modalities`
         from jepa.modalities.image.views import check_views
 
         problems: list[tuple[str, str]] = []
@@ -155,18 +156,15 @@ class ImageModality(Modality):
     def train_flops_per_sample(self, batch_size: int | None = None) -> float:
         """Expected FLOPs of one image (``docs/flops.md``); with ``batch_size``, counted on the mean
         context / target tokens of collated batches of that size (what actually runs)."""
-        from jepa.modalities.image.flops import train_flops_per_image
-
         if batch_size is None:
             return train_flops_per_image(self.cfg)
-        from jepa.mfu import collated_mask_tokens
 
         (k, t), = collated_mask_tokens(self.build_mask_sampler(), batch_size)
         return train_flops_per_image(self.cfg, context_tokens=k, target_tokens=t)
 
     def activation_bytes_per_sample(self, batch_size: int, *, act_bytes: int, checkpointing: bool):
         """Bytes autograd keeps per image at this micro batch (``jepa plan``; see :mod:`.memory`)."""
-        from jepa.mfu import collated_mask_tokens
+        # deferred: timm (the ViT), only for `jepa plan`
         from jepa.modalities.image.memory import activation_bytes_per_sample
 
         (k, t), = collated_mask_tokens(self.build_mask_sampler(), batch_size)
@@ -176,13 +174,14 @@ class ImageModality(Modality):
     # ------------------------------------------------------------------ data
 
     def file_suffixes(self) -> dict[str, str]:
-        from jepa.modalities.image.transforms import IMAGE_SUFFIXES
+        from jepa.modalities.image.transforms import IMAGE_SUFFIXES  # deferred: torchvision, only when a folder is read
 
         return dict(IMAGE_SUFFIXES)
 
     def write_demo_data(self, out: Path, spec: DemoDataSpec) -> dict[str, Any]:
         """Shapes made of parts (see :mod:`jepa.modalities.image.demo_data`); ``spec.size`` is the
         image side in pixels (default 64)."""
+        # deferred: torchvision and the shard writer, only for `jepa demo-data`
         from jepa.modalities.image.demo_data import write_demo_dataset
 
         return write_demo_dataset(out, num_images=spec.num_train, num_val=spec.num_val,
@@ -193,12 +192,14 @@ class ImageModality(Modality):
 
     def export_inputs(self, encoder: Encoder, generator: torch.Generator) -> list[Tensor]:
         """The training resolution and a second, non-square multiple of the patch."""
+        # deferred: the export stack (jepa.export), only when exporting
         from jepa.modalities.image.export_timm import check_resolutions
 
         sizes = check_resolutions(encoder.img_size, encoder.patch_size)  # type: ignore[attr-defined]
         return [torch.randn(2, encoder.in_chans, h, w, generator=generator) for h, w in sizes]  # type: ignore[attr-defined]
 
     def export_metadata(self, encoder: Encoder) -> dict[str, Any]:
+        # deferred: the export stack (jepa.export), only when exporting
         from jepa.modalities.image.export_timm import image_export_metadata
 
         return image_export_metadata(encoder, self.cfg)
@@ -206,12 +207,11 @@ class ImageModality(Modality):
     def export_dynamic_shapes(self, encoder: Encoder) -> DynamicShapes:
         """Height and width: multiples of the patch from 2 patches (the program computes the position table of every
         grid: :mod:`jepa.modalities.image.export_program`)."""
-        from jepa.modalities.image.export_program import image_dynamic_shapes
-
         return image_dynamic_shapes(encoder)
 
     def export_formats(self) -> dict[str, Any]:
         """Beyond the core's ``torchscript`` and ``torch-export``: ``timm``, ``hf``, ``official``, ``safetensors-timm``."""
+        # deferred: transformers, timm and safetensors, only when exporting to those formats
         from jepa.modalities.image.export_hf import export_hf
         from jepa.modalities.image.export_official import export_official
         from jepa.modalities.image.export_timm import export_safetensors_timm, export_timm_folder
@@ -221,6 +221,7 @@ class ImageModality(Modality):
 
     def foreign_state_dicts(self, checkpoint: Mapping[str, Any], path: Path) -> dict[str, dict[str, Tensor]] | None:
         """The three state dicts of the authors' released layout, ``module.`` prefixes removed."""
+        # deferred: timm (the ViT), only when a released checkpoint is read
         from jepa.modalities.image.released import is_released_layout, strip_ddp_prefix
 
         if not is_released_layout(checkpoint):
@@ -232,6 +233,7 @@ class ImageModality(Modality):
     def load_foreign(cls, checkpoint: Mapping[str, Any], path: Path, which: str,
                      options: Mapping[str, Any]) -> ForeignEncoder | None:
         """The authors' released I-JEPA ``.pth.tar`` layout (see :mod:`jepa.modalities.image.released`)."""
+        # deferred: timm (the ViT), only when a released checkpoint is read
         from jepa.modalities.image.released import released_encoder
 
         return released_encoder(checkpoint, path, which, options, cls)

@@ -39,8 +39,10 @@ from typing import Any, Union
 import numpy as np
 import torch
 import torchvision.io
+from PIL import Image, ImageOps, UnidentifiedImageError
 from torch import Tensor
 
+from jepa.data.reading import sample_payload, sample_where
 from jepa.errors import DataError
 from jepa.modalities.image.config import InputConfig
 from jepa.vision.crops import CROP_RATIO, eval_resize_size
@@ -123,11 +125,8 @@ def decode_image(sample: dict[str, Any], cfg: InputConfig | None = None) -> Imag
         ValueError: the sample has no image key, or its bytes are not a readable image (corrupt,
             truncated, not an image, or too large): the loader skips and counts such samples.
     """
-    from jepa.data.reading import sample_payload, sample_where
-
     key, data = sample_payload(sample, IMAGE_KEYS, "image")
     where = sample_where(sample)
-    from PIL import Image, ImageOps, UnidentifiedImageError
 
     try:
         with warnings.catch_warnings():
@@ -185,8 +184,6 @@ def _ends_complete(data: bytes | bytearray | memoryview) -> bool:
 
 def _decode_reduced(pil: Any, scale: int, height: int, width: int, orientation: int) -> ReducedImage:
     """Decode an opened JPEG at ``1/scale`` (libjpeg DCT scaling through Pillow's ``draft``)."""
-    from PIL import ImageOps
-
     stored = pil.size
     pil.draft("RGB", (stored[0] // scale, stored[1] // scale))
     expected = (math.ceil(stored[0] / scale), math.ceil(stored[1] / scale))

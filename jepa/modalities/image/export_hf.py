@@ -18,38 +18,23 @@ Needs ``transformers`` (the ``hf`` extra: ``pip install 'jepa-forge[hf]'``).
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 import torch
 from torch import Tensor, nn
 
-from jepa.errors import CheckpointError, UserError
-from jepa.export import (EXPORT_TOLERANCE, ExportResult, atomic_write, build_metadata, check_differences,
-                         max_abs_differences)
-from jepa.weights import state_problems
+from jepa.nn.blocks import LAYER_NORM_EPS
+from jepa.errors import CheckpointError
+from jepa.export import (EXPORT_TOLERANCE, ExportResult, atomic_write, build_metadata, max_abs_differences,
+                         report_differences)
+from jepa.export_hf import hf_model_with, import_transformers, write_hf_metadata
 
 if TYPE_CHECKING:
     from jepa.sources import EncoderSource
 
-JEPA_METADATA_NAME = "jepa_export.json"
-"""Our export metadata, written next to transformers' files in the folder."""
-
-
-def _transformers():
-    try:
-        import transformers
-    except ModuleNotFoundError as exc:
-        raise UserError("--format hf needs Hugging Face transformers: pip install 'jepa-forge[hf]' "
-                         "(or pip install 'transformers>=5,<6')") from exc
-    return transformers
-
-
 def hf_config_kwargs(encoder: nn.Module) -> dict[str, Any]:
     """``IJepaConfig`` arguments describing ``encoder``."""
-    from jepa.modalities.image.vit import LAYER_NORM_EPS
-
     return {"hidden_size": encoder.embed_dim, "num_hidden_layers": encoder.depth,
             "num_attention_heads": encoder.num_heads, "intermediate_size": encoder.blocks[0].mlp.fc1.out_features,
             "hidden_act": "gelu", "layer_norm_eps": LAYER_NORM_EPS, "image_size": encoder.img_size,
@@ -89,20 +74,13 @@ def export_hf(
             its weights differently (every difference named).
         ExportVerificationError: transformers' outputs differ by more than ``tolerance`` (nothing written).
     """
-    transformers = _transformers()
-    transformers.utils.logging.disable_progress_bar()
+    transformers = import_transformers()
     out = Path(out)
     if out.exists():
         raise CheckpointError(f"{out} exists; the hf export writes a new folder, choose another --out or remove it")
     encoder = source.encoder
-    config = transformers.IJepaConfig(**hf_config_kwargs(encoder))
-    model = transformers.IJepaModel(config).eval()
-    state = to_hf_state_dict(encoder)
-    problems = state_problems(model.state_dict(), state)
-    if problems:
-        raise UserError(f"transformers {transformers.__version__} names IJepaModel's weights differently from what "
-                         f"this exporter writes: {'; '.join(problems)}; install transformers>=5,<6")
-    model.load_state_dict(state, strict=True)
+    model = hf_model_with(transformers.IJepaModel, transformers.IJepaConfig(**hf_config_kwargs(encoder)),
+                          to_hf_state_dict(encoder), transformers)
     inputs = source.modality.export_inputs(encoder, torch.Generator().manual_seed(0))[:1]  # training size only
     meta = build_metadata(source, "hf", pooled)
     result: dict[str, float] = {}
@@ -111,12 +89,9 @@ def export_hf(
         model.save_pretrained(tmp, safe_serialization=True)
         loaded = transformers.IJepaModel.from_pretrained(tmp).eval()
         diffs = max_abs_differences(encoder, lambda x: loaded(pixel_values=x).last_hidden_state, inputs)
-        log("transformers IJepaModel vs eager max abs difference: "
-            + ", ".join(f"{k}: {v:.2e}" for k, v in diffs.items()) + f" (tolerance {tolerance:g})")
-        check_differences(diffs, tolerance, "the Hugging Face IJepaModel folder")
+        report_differences(diffs, tolerance, "transformers IJepaModel", "the Hugging Face IJepaModel folder", log)
         meta["verification"] = {"tolerance": tolerance, "max_abs_diff": diffs}
-        meta["transformers_version"] = transformers.__version__
-        (Path(tmp) / JEPA_METADATA_NAME).write_text(json.dumps(meta, indent=1))
+        write_hf_metadata(tmp, meta, transformers)
         result.update(diffs)
 
     atomic_write(out, write)

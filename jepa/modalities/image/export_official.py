@@ -19,12 +19,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
-import torch
+from torch import nn
 
 from jepa.checkpoint import load_model_weights
 from jepa.errors import CheckpointError, ConfigError
-from jepa.export import (EXPORT_TOLERANCE, ExportResult, atomic_write, build_metadata, check_differences,
-                         max_abs_differences)
+from jepa.export import EXPORT_TOLERANCE, ExportResult
+from jepa.export_released import PARTS, write_released
 from jepa.modalities.image.released import load_released, save_released
 
 if TYPE_CHECKING:
@@ -49,54 +49,19 @@ def export_official(
     if pooled:
         raise ConfigError("--pooled does not apply to --format official: the file holds whole models")
     weights = load_model_weights(source.source)
-    modality, recipe = source.modality, weights.recipe
+    recipe = weights.recipe
     if not (weights.predictor and weights.target_encoder):
         raise CheckpointError(f"{source.source}: --format official writes the I-JEPA authors' encoder, predictor and target "
                          f"encoder, and this run's objective ({recipe.objective.name}) trains no predictor or EMA target; "
                          "export its encoder with --format torchscript, torch-export, timm, safetensors-timm or hf")
-    models = {"encoder": modality.build_encoder(), "predictor": modality.build_predictor(),
-              "target_encoder": modality.build_encoder()}
-    for key, module in models.items():
-        module.load_state_dict(getattr(weights, key))
-        module.eval()
     epoch = weights.step // recipe.steps_per_epoch
-    meta = build_metadata(source, "official", False)
-    gen = torch.Generator().manual_seed(0)
-    inputs = modality.export_inputs(models["target_encoder"], gen)[:1]
-    grid = models["encoder"].num_patches
-    perm = torch.randperm(grid, generator=gen)
-    ctx_idx, tgt_idx = perm[: grid // 2].sort().values, perm[grid // 2:].sort().values
-    result: dict[str, float] = {}
 
-    def write(tmp: str) -> None:
-        save_released(tmp, models["encoder"], models["predictor"], models["target_encoder"], epoch=epoch,
-                      loss=0.0, batch_size=recipe.data.global_batch_size, world_size=1, lr=recipe.optim.lr)
-        back = {"encoder": modality.build_encoder(), "predictor": modality.build_predictor(),
-                "target_encoder": modality.build_encoder()}
-        load_released(tmp, back["target_encoder"], back["predictor"], which="target_encoder")
-        load_released(tmp, back["encoder"], which="encoder")
-        diffs: dict[str, float] = {}
-        for key in models:
-            ref, got = models[key].state_dict(), back[key].eval().state_dict()
-            diffs[f"{key} weights"] = max((got[k].float() - v.float()).abs().max().item() for k, v in ref.items())
-        for key in ("encoder", "target_encoder"):
-            one = max_abs_differences(models[key], back[key], inputs)
-            diffs.update({f"{key} {k}": v for k, v in one.items()})
+    def save(tmp: str, encoder: nn.Module, predictor: nn.Module, target_encoder: nn.Module) -> None:
+        save_released(tmp, encoder, predictor, target_encoder, epoch=epoch, loss=0.0,
+                      batch_size=recipe.data.global_batch_size, world_size=1, lr=recipe.optim.lr)
 
-        def predict(pred):
-            def run(x):
-                ctx = models["encoder"](x, ctx_idx.expand(x.shape[0], -1))
-                return pred(ctx, ctx_idx.expand(x.shape[0], -1), tgt_idx.expand(x.shape[0], -1))
-            return run
-
-        one = max_abs_differences(predict(models["predictor"]), predict(back["predictor"]), inputs)
-        diffs.update({f"predictor {k}": v for k, v in one.items()})
-        log("released layout read back vs eager max abs difference: "
-            + ", ".join(f"{k}: {v:.2e}" for k, v in diffs.items()) + f" (tolerance {tolerance:g})")
-        check_differences(diffs, tolerance, "the released-layout file")
-        result.update(diffs)
-
-    atomic_write(out, write)
-    meta["verification"] = {"tolerance": tolerance, "max_abs_diff": result}
+    states = {key: getattr(weights, key) for key in PARTS}
+    meta, result = write_released(source, out, states, save, load_released, layout="released layout",
+                                  what="the released-layout file", tolerance=tolerance, log=log)
     meta["released"] = {"epoch": epoch, "batch_size": recipe.data.global_batch_size, "lr": recipe.optim.lr}
     return ExportResult(out, "official", meta, result, tolerance)

@@ -23,12 +23,16 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
+import timm
 import torch
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
+from jepa.checkpoint.json_file import parse_json_object
 from jepa.errors import CheckpointError
 from jepa.export import (EXPORT_FORMAT_VERSION, EXPORT_TOLERANCE, ExportResult, atomic_write, build_metadata,
-                         check_differences, max_abs_differences)
+                         max_abs_differences, report_differences)
 
 if TYPE_CHECKING:
     from jepa.modalities.image.config import ImageConfig
@@ -67,8 +71,6 @@ def image_export_metadata(encoder: nn.Module, cfg: "ImageConfig") -> dict[str, A
 
 def timm_model_name(arch: str, patch_size: int, img_size: int) -> str:
     """A registered timm model name for the architecture (kwargs override its sizes anyway)."""
-    import timm
-
     for name in (f"{arch}_patch{patch_size}_{img_size}", f"{arch}_patch{patch_size}_224", f"{arch}_patch16_224"):
         if timm.is_model(name):
             return name
@@ -115,7 +117,6 @@ def to_timm_state_dict(encoder: nn.Module) -> dict[str, Tensor]:
 
 def build_timm_model(timm_model: str, kwargs: dict[str, Any], state: dict[str, Tensor]) -> nn.Module:
     """``timm.create_model`` + strict ``load_state_dict``: what a user of the file does."""
-    import timm
 
     model = timm.create_model(timm_model, pretrained=False, **kwargs)
     model.load_state_dict(state, strict=True)
@@ -134,7 +135,6 @@ def export_safetensors_timm(
     Raises:
         ExportVerificationError: timm's features differ by more than ``tolerance``.
     """
-    from safetensors.torch import save_file
 
     out = Path(out)
     encoder = source.encoder
@@ -148,9 +148,7 @@ def export_safetensors_timm(
     pooled_diffs = max_abs_differences(lambda x: encoder(x).mean(dim=1),
                                        lambda x: model.forward_head(model.forward_features(x), pre_logits=True), inputs)
     diffs.update({f"{k} pooled": v for k, v in pooled_diffs.items()})
-    log("timm vs eager max abs difference: " + ", ".join(f"{k}: {v:.2e}" for k, v in diffs.items())
-        + f" (tolerance {tolerance:g})")
-    check_differences(diffs, tolerance, f"timm {name}")
+    report_differences(diffs, tolerance, "timm", f"timm {name}", log)
     meta = build_metadata(source, "safetensors-timm", pooled)
     meta["verification"] = {"tolerance": tolerance, "max_abs_diff": diffs}
     meta["timm_model"] = name
@@ -179,7 +177,6 @@ def timm_folder_config(name: str, kwargs: dict[str, Any], meta: dict[str, Any]) 
 
 def load_timm_folder(path: str | Path) -> nn.Module:
     """``timm.create_model("local-dir:PATH", pretrained=True)`` in eval mode: what a user of the folder does."""
-    import timm
 
     return timm.create_model(f"local-dir:{Path(path)}", pretrained=True).eval()
 
@@ -193,7 +190,6 @@ def export_timm_folder(
     Raises:
         ExportVerificationError: timm's features differ by more than ``tolerance`` (nothing is written).
     """
-    from safetensors.torch import save_file
 
     out = Path(out)
     if out.exists():
@@ -217,9 +213,7 @@ def export_timm_folder(
         diffs = max_abs_differences(encoder, model.forward_features, inputs)
         pooled_diffs = max_abs_differences(lambda x: encoder(x).mean(dim=1), model, inputs)
         diffs.update({f"{k} pooled": v for k, v in pooled_diffs.items()})
-        log("timm local-dir vs eager max abs difference: " + ", ".join(f"{k}: {v:.2e}" for k, v in diffs.items())
-            + f" (tolerance {tolerance:g})")
-        check_differences(diffs, tolerance, f"the timm folder ({name})")
+        report_differences(diffs, tolerance, "timm local-dir", f"the timm folder ({name})", log)
         meta["verification"] = {"tolerance": tolerance, "max_abs_diff": diffs}
         (folder / TIMM_CONFIG_NAME).write_text(json.dumps(timm_folder_config(name, kwargs, meta), indent=1))
         result.update(diffs)
@@ -230,8 +224,6 @@ def export_timm_folder(
 
 def load_timm_export(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
     """Rebuild a ``safetensors-timm`` export as a timm model (eval mode) and return its metadata."""
-    from safetensors import safe_open
-    from safetensors.torch import load_file
 
     with safe_open(str(path), framework="pt") as f:
         header = f.metadata() or {}
@@ -245,18 +237,7 @@ def load_timm_export(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
 def _header_object(path: str | Path, header: dict[str, str], key: str) -> dict[str, Any]:
     """The JSON object stored as ``key`` in a safetensors header (the file may be damaged or made by
     someone else: a ``ValueError`` naming the file and the key, never a traceback)."""
-    problem = None
-    try:
-        value = json.loads(header[key])
-    except KeyError:
-        problem = "missing"
-    except RecursionError:
-        problem = "JSON nested too deeply"
-    except ValueError as exc:
-        problem = f"not JSON: {exc}"
-    else:
-        if not isinstance(value, dict):
-            problem = f"a JSON {type(value).__name__} where an object belongs"
+    value, problem = parse_json_object(header[key]) if key in header else (None, "missing")
     if problem is not None:
         raise CheckpointError(f"{path}: not a readable `jepa export --format safetensors-timm` file (metadata {key}: "
                          f"{problem}); export it again")

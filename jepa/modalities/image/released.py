@@ -29,7 +29,7 @@ from jepa.modalities.image.pos_embed import sincos_2d
 from jepa.modalities.image.vit import ViTEncoder, ViTPredictor
 from jepa.param_groups import is_no_decay
 from jepa.recipe.errors import problems_from
-from jepa.weights import safe_load, state_problems
+from jepa.weights import load_states, safe_load
 
 RELEASED_KEYS = ("encoder", "predictor", "target_encoder", "opt", "scaler", "epoch", "loss", "batch_size",
                  "world_size", "lr")
@@ -101,12 +101,7 @@ def load_released(src: str | Path | Mapping[str, Any], encoder: ViTEncoder, pred
     if predictor is not None:
         targets.append(("predictor", predictor))
     states = {key: _section(ckpt, key, name) for key, _ in targets}
-    problems = [f"{key}: {p}" for key, module in targets for p in state_problems(module.state_dict(), states[key])]
-    if problems:
-        raise CheckpointError(f"{name} does not match the model (build the model with the architecture of the file, "
-                         "see infer_released_arch):\n  " + "\n  ".join(problems))
-    for key, module in targets:
-        module.load_state_dict(states[key], strict=True)
+    load_states(targets, states, name, "build the model with the architecture of the file, see infer_released_arch")
     _warn_if_not_sincos(states[which]["pos_embed"], encoder.grid_size, f"{which}.pos_embed", name)
     if predictor is not None:
         _warn_if_not_sincos(states["predictor"]["predictor_pos_embed"], predictor.grid_size,

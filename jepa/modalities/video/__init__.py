@@ -18,6 +18,12 @@ from torch import Tensor
 from jepa.interfaces import (DemoDataSpec, DynamicShapes, Encoder, ExportDim, ForeignEncoder, Modality, ViewSpec,
                              as_mask_pairs)
 from jepa.modalities.video.config import VideoConfig
+from jepa.modalities.video.flops import train_flops_per_clip
+from jepa.modalities.video.masks import MultiMaskSampler, check_mask_feasibility
+from jepa.modalities.video.released import is_video_layout, released_encoder, states_for
+from jepa.nn.pos_embed import axis_widths_3d, sincos_3d
+from jepa.nn.rope import rope_axis_width
+from jepa.viz.pixels import display_pixels, grid_boxes
 
 _SHORT_ARCH = {"vit_tiny": "ViT-Ti", "vit_small": "ViT-S", "vit_base": "ViT-B", "vit_large": "ViT-L",
                "vit_huge": "ViT-H", "vit_giant": "ViT-g", "vit_giant_xformers": "ViT-g"}
@@ -42,6 +48,7 @@ class VideoModality(Modality):
 
     # ------------------------------------------------------------------ builders
     def build_encoder(self):
+        # deferred: timm, only when a model is built
         from jepa.modalities.video.vit import VideoRoPEEncoder, VideoViTEncoder
 
         c = self.cfg
@@ -55,6 +62,7 @@ class VideoModality(Modality):
                                depth_scaled_init=c.encoder.depth_scaled_init)
 
     def build_predictor(self):
+        # deferred: timm, only when a model is built
         from jepa.modalities.video.vit import VideoRoPEPredictor, VideoViTPredictor
 
         c, p = self.cfg, self.cfg.predictor
@@ -75,17 +83,16 @@ class VideoModality(Modality):
         return self.cfg.predictor.pos_embed or self.cfg.encoder.pos_embed
 
     def build_mask_sampler(self):
-        from jepa.modalities.video.masks import MultiMaskSampler
-
         return MultiMaskSampler(self.cfg.grid, self.cfg.mask)
 
     # ------------------------------------------------------------------ data
     def decode(self, sample: dict[str, Any]):
-        from jepa.modalities.video.decode import probe_video
+        from jepa.modalities.video.decode import probe_video  # deferred: PyAV, only when a video is decoded
 
         return probe_video(sample, self.cfg.input.clip_span, self.cfg.input.decoder, crop_size=self.cfg.input.crop_size)
 
     def train_batch(self, items: list[Any], generator: torch.Generator) -> Tensor:
+        # deferred: PyAV and torchvision, only when a batch is made
         from jepa.modalities.video.transforms import train_batch
 
         return train_batch(items, self.cfg.input, generator)
@@ -93,6 +100,7 @@ class VideoModality(Modality):
     def train_views(self, items: list[Any], generator: torch.Generator, spec: ViewSpec) -> list[Tensor]:
         """Global clips as the training view, local clips smaller (``views.local_size``, ``views.local_num_frames``),
         each with flips, colour jitter and grayscale (:mod:`jepa.modalities.video.views`)."""
+        # deferred: PyAV and torchvision, only when views are made
         from jepa.modalities.video.views import local_clip_frames, local_clip_size, train_views
 
         c = self.cfg
@@ -104,7 +112,7 @@ class VideoModality(Modality):
         """Bytes autograd keeps per clip at this micro batch (``jepa plan``): every mask pair's context
         through the encoder and its predictor pass (:func:`jepa.nn.memory.masked_step_activation_bytes`),
         the token counts the sampler collates at this micro batch (mean of 8 seeded batches)."""
-        from jepa.nn.memory import masked_step_activation_bytes
+        from jepa.nn.memory import masked_step_activation_bytes  # deferred: timm (the ViT), only for `jepa plan`
 
         g, sampler, draws = torch.Generator().manual_seed(0), self.build_mask_sampler(), 8
         sums = None
@@ -120,6 +128,7 @@ class VideoModality(Modality):
     def view_shapes(self, spec: ViewSpec) -> list[tuple[int, ...]]:
         """Global clips (C, F, S, S) as the training view, local clips at ``views.local_size`` and
         ``views.local_num_frames`` (the encoder's layout, after :meth:`finish_batch`)."""
+        # deferred: PyAV and torchvision, only when views are made
         from jepa.modalities.video.views import local_clip_frames, local_clip_size
 
         c = self.cfg
@@ -129,11 +138,13 @@ class VideoModality(Modality):
         return [(ch, f, s, s)] * spec.num_global + [(ch, local_f, local_s, local_s)] * spec.num_local
 
     def finish_batch(self, inputs: Tensor) -> Tensor:
+        # deferred: PyAV and torchvision, only when a batch is made
         from jepa.modalities.video.transforms import finish_batch
 
         return finish_batch(inputs, self.cfg.input)
 
     def eval_batch(self, items: list[Any]) -> Tensor:
+        # deferred: PyAV and torchvision, only when a batch is made
         from jepa.modalities.video.transforms import eval_batch
 
         return eval_batch(items, self.cfg.input)
@@ -151,14 +162,10 @@ class VideoModality(Modality):
 
     def display_frames(self, inputs: Tensor) -> Tensor:
         """One clip (C, T, H, W), un-normalised with ``input.mean`` / ``input.std``, as T RGB frames (``jepa viz``)."""
-        from jepa.viz.pixels import display_pixels
-
         return display_pixels(inputs, self.cfg.input.mean, self.cfg.input.std)
 
     def token_boxes(self, input_shape: tuple[int, ...]) -> Tensor:
         """The tubelet grid of a clip of ``input_shape`` (C, T, H, W), raster order (``jepa viz``)."""
-        from jepa.viz.pixels import grid_boxes
-
         t, h, w = (int(n) for n in input_shape[-3:])
         return grid_boxes(t, h, w, patch=self.cfg.encoder.patch_size, tubelet=self.cfg.encoder.tubelet_size)
 
@@ -169,6 +176,7 @@ class VideoModality(Modality):
         """MP4 clips of a moving, rotating polygon labelled by its motion (see :mod:`.demo`);
         ``spec.size`` is the frame side in pixels (default 64); clips have ``DEMO_NUM_FRAMES`` (32)
         frames, enough for clip spans up to 32 (``recipes/video_demo.yaml``: 15)."""
+        # deferred: PyAV, only for `jepa demo-data`
         from jepa.modalities.video.demo import DEMO_NUM_FRAMES, write_demo_dataset
 
         return write_demo_dataset(out, num_train=spec.num_train, num_val=spec.num_val,
@@ -179,10 +187,8 @@ class VideoModality(Modality):
 
     # ------------------------------------------------------------------ description
     def check(self) -> list[tuple[str, str]]:
-        from jepa.modalities.video.masks import check_mask_feasibility
+        # deferred: PyAV and torchvision, only when a recipe is checked, not for `jepa modalities`
         from jepa.modalities.video.views import check_views
-        from jepa.nn.pos_embed import axis_widths_3d
-        from jepa.nn.rope import rope_axis_width
 
         c, problems = self.cfg, []
         f, t = c.input.num_frames, c.encoder.tubelet_size
@@ -231,8 +237,6 @@ class VideoModality(Modality):
         return self.cfg.mask.mode == "faithful"
 
     def train_flops_per_sample(self) -> float:
-        from jepa.modalities.video.flops import train_flops_per_clip
-
         return train_flops_per_clip(self.cfg)
 
     # ------------------------------------------------------------------ export
@@ -251,8 +255,6 @@ class VideoModality(Modality):
     def any_grid_tokens(encoder: Encoder, x: Tensor) -> Tensor:
         """The encoder's forward (B, C, T, H, W) -> (B, N, D) with the sin-cos table always computed for the
         clip's grid (the encoder takes its stored table at the training grid: a branch on T, H, W)."""
-        from jepa.nn.pos_embed import sincos_3d
-
         enc: Any = encoder
         tt, p = enc.tubelet_size, enc.patch_size
         tokens = enc.patch_embed(x)
@@ -272,6 +274,7 @@ class VideoModality(Modality):
     def export_formats(self) -> dict[str, Any]:
         """Beyond the core's ``torchscript`` and ``torch-export``: ``official`` (the authors' V-JEPA checkpoint layout)
         and ``hf`` (a transformers ``VJEPA2Model`` folder, RoPE models)."""
+        # deferred: transformers and the export stack, only when exporting to those formats
         from jepa.modalities.video.export_hf import export_hf
         from jepa.modalities.video.export_official import export_official
 
@@ -280,8 +283,6 @@ class VideoModality(Modality):
     def foreign_state_dicts(self, checkpoint: Mapping[str, Any], path: Path) -> dict[str, dict[str, Tensor]] | None:
         """The three state dicts of the authors' V-JEPA (2) layout in our naming (``module.`` / ``backbone.`` removed,
         mask tokens stacked, position tables dropped for RoPE models), for ``init_from``."""
-        from jepa.modalities.video.released import is_video_layout, states_for
-
         if not is_video_layout(checkpoint):
             return None
         return states_for(checkpoint, self.cfg.encoder.pos_embed, self.predictor_pos_embed)
@@ -290,8 +291,6 @@ class VideoModality(Modality):
     def load_foreign(cls, checkpoint: Mapping[str, Any], path: Path, which: str,
                      options: Mapping[str, Any]) -> ForeignEncoder | None:
         """The authors' V-JEPA 2 / V-JEPA checkpoint layout (see :mod:`jepa.modalities.video.released`)."""
-        from jepa.modalities.video.released import released_encoder
-
         return released_encoder(checkpoint, path, which, options, cls)
 
     def export_metadata(self, encoder: Encoder) -> dict[str, Any]:

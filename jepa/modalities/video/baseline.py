@@ -16,10 +16,13 @@ from pathlib import Path
 from typing import Iterator
 
 import numpy as np
+from PIL import Image
 
 from jepa.data import Manifest, ShardSample, expand_shards, read_manifest, read_shard, write_shard_set
 from jepa.errors import DataError
+from jepa.eval.reader import label_of
 from jepa.modalities.video.config import VideoInputConfig
+from jepa.modalities.video.decode import probe_video, read_frames
 
 
 def middle_frame_index(num_frames: int, cfg: VideoInputConfig) -> int:
@@ -36,8 +39,6 @@ def middle_frame_index(num_frames: int, cfg: VideoInputConfig) -> int:
 
 def png_bytes(frame_HW3: np.ndarray) -> bytes:
     """(H, W, 3) uint8 -> PNG bytes (lossless)."""
-    from PIL import Image
-
     buf = io.BytesIO()
     Image.fromarray(frame_HW3).save(buf, format="PNG")
     return buf.getvalue()
@@ -51,9 +52,6 @@ class _MiddleFrames:
     cfg: VideoInputConfig
 
     def __call__(self) -> Iterator[ShardSample]:
-        from jepa.eval.reader import label_of
-        from jepa.modalities.video.decode import probe_video, read_frames
-
         for sample in read_shard(self.url):
             if "cls" not in sample:
                 raise DataError(f"{self.url} sample {sample['__key__']!r} has no label (cls); the single-frame "

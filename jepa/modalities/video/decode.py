@@ -32,6 +32,7 @@ from torch import Tensor
 from jepa.data.reading import sample_payload, sample_where
 from jepa.errors import DataError
 from jepa.modalities.video import pyav_io
+from jepa.modalities.video.decoder_process import DecoderError, decoder as child_decoder
 from jepa.vision.pixels import DEFAULT_CROP_SIZE, view_size_problem
 
 #: Sample keys that may hold an encoded video, in the order they are looked for.
@@ -89,9 +90,7 @@ def probe_video(sample: dict[str, Any], min_frames: int, decoder: Decoder = "pro
     data = bytes(data)
     try:
         if decoder == "process":
-            from jepa.modalities.video.decoder_process import decoder as child
-
-            found = child().probe(data)  # frames are bounded by pyav_io.MAX_FRAME_PIXELS (= MAX_PIXELS)
+            found = child_decoder().probe(data)  # frames are bounded by pyav_io.MAX_FRAME_PIXELS (= MAX_PIXELS)
         else:
             found = pyav_io.probe(data)
     except Exception as exc:  # noqa: BLE001 - any failure of the decoder (or its process) is the file's problem
@@ -109,8 +108,6 @@ def probe_video(sample: dict[str, Any], min_frames: int, decoder: Decoder = "pro
 
 
 def _reason(exc: BaseException) -> str:
-    from jepa.modalities.video.decoder_process import DecoderError
-
     return str(exc) if isinstance(exc, DecoderError) else f"{type(exc).__name__}: {exc}"
 
 
@@ -137,13 +134,12 @@ def read_frames(item: VideoItem, indices: Sequence[int]) -> Tensor:
     if item.decoder == "in_process":
         return torch.from_numpy(pyav_io.read(item.data, item.num_frames, item.height, item.width, item.frame_pts,
                                              indices))
-    from jepa.modalities.video.decoder_process import DecoderError, decoder
 
     try:
-        frames = decoder().read(item.data, item.num_frames, item.height, item.width, item.frame_pts, indices)
+        frames = child_decoder().read(item.data, item.num_frames, item.height, item.width, item.frame_pts, indices)
     except DecoderError:  # e.g. the seeking path crashed: decode from the start, as the probe did
         try:
-            frames = decoder().read(item.data, item.num_frames, item.height, item.width, None, indices)
+            frames = child_decoder().read(item.data, item.num_frames, item.height, item.width, None, indices)
         except DecoderError as exc:
             raise RuntimeError(f"{item.where}: frames {min(indices)}..{max(indices)} cannot be read ({exc}), though "
                                "every frame decoded when the sample was probed") from exc

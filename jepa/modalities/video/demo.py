@@ -23,7 +23,7 @@ import math
 from dataclasses import dataclass
 
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Protocol
 
 import av
 import numpy as np
@@ -166,23 +166,54 @@ DEMO_NUM_FRAMES = 32
 _SPLITS = {"train": 0, "val": 1}
 
 
-@dataclass(frozen=True)
-class _DemoChunk:
-    """Chunk job for :func:`jepa.data.write_shard_set`: clips ``start .. start+count`` of a split."""
+class ClipRenderer(Protocol):
+    """Draws clip ``index`` of the clip set ``seed``: frames (F, H, W, 3) uint8 and the label."""
 
+    def render(self, index: int, seed: int) -> tuple[np.ndarray, int]: ...
+
+
+@dataclass(frozen=True)
+class ClipChunk:
+    """Chunk job for :func:`jepa.data.write_shard_set`: clips ``start .. start+count`` of a split, as MP4."""
+
+    clips: ClipRenderer
     seed: int
     split: str
     start: int
     count: int
-    num_classes: int
-    size: int
-    num_frames: int
 
     def __call__(self) -> Iterator[ShardSample]:
         split_seed = derive_seed(self.seed, _SPLITS[self.split])  # val clips are independent of train clips
         for i in range(self.start, self.start + self.count):
-            data, label = demo_clip(i, split_seed, self.size, self.num_frames, self.num_classes)
-            yield ShardSample(f"{self.split}_{i:07d}", "mp4", data, label)
+            frames, label = self.clips.render(i, split_seed)
+            yield ShardSample(f"{self.split}_{i:07d}", "mp4", encode_mp4(frames), label)
+
+
+def write_clip_splits(clips: ClipRenderer, out_dir: str | Path, sizes: dict[str, int], *, seed: int,
+                      classes: list[str], max_count: int = 250, workers: int = 1,
+                      show_progress: bool = True) -> dict[str, Manifest]:
+    """Write a shard set of labelled MP4 clips (``cls`` = label) into ``out_dir/SPLIT`` for each split
+    (``"train"``, ``"val"``) and clip count of ``sizes``."""
+    manifests = {}
+    for split, n in sizes.items():
+        jobs = [ClipChunk(clips, seed, split, start, min(max_count, n - start)) for start in range(0, n, max_count)]
+        manifests[split] = write_shard_set(
+            jobs, Path(out_dir) / split, prefix=split, max_count=max_count, max_bytes=1 << 40, workers=workers,
+            classes=classes, total_items=n, show_progress=show_progress)
+    return manifests
+
+
+@dataclass(frozen=True)
+class _DemoClips:
+    """The demo clips of :func:`render_clip` as a :class:`ClipRenderer`."""
+
+    size: int
+    num_frames: int
+    num_classes: int
+
+    def render(self, index: int, seed: int) -> tuple[np.ndarray, int]:
+        frames, params = render_clip(index, seed, self.size, self.num_frames, self.num_classes)
+        return frames, params.label
 
 
 def write_demo_dataset(out_dir: str | Path, *, num_train: int, num_val: int, size: int = 64,
@@ -198,13 +229,7 @@ def write_demo_dataset(out_dir: str | Path, *, num_train: int, num_val: int, siz
         raise ConfigError(f"need num_train >= 1 and num_val >= 0 (got {num_train}, {num_val})")
     if size < 16 or size % 2 or num_frames < 2:
         raise ConfigError(f"demo clips need an even size >= 16 and >= 2 frames, got size={size}, num_frames={num_frames}")
-    manifests = {}
-    for split, n in (("train", num_train), ("val", num_val)):
-        if n == 0:
-            continue
-        jobs = [_DemoChunk(seed, split, start, min(max_count, n - start), num_classes, size, num_frames)
-                for start in range(0, n, max_count)]
-        manifests[split] = write_shard_set(
-            jobs, Path(out_dir) / split, prefix=split, max_count=max_count, max_bytes=1 << 40, workers=workers,
-            classes=class_names(num_classes), total_items=n, show_progress=show_progress)
-    return manifests
+    sizes = {split: n for split, n in (("train", num_train), ("val", num_val)) if n}
+    return write_clip_splits(_DemoClips(size, num_frames, num_classes), out_dir, sizes, seed=seed,
+                             classes=class_names(num_classes), max_count=max_count, workers=workers,
+                             show_progress=show_progress)

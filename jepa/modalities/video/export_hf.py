@@ -19,7 +19,6 @@ and compared with the eager encoder and predictor before the folder is moved int
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
@@ -27,26 +26,15 @@ import torch
 from torch import Tensor, nn
 
 from jepa.errors import CheckpointError, ConfigError
-from jepa.export import (EXPORT_TOLERANCE, ExportResult, atomic_write, build_metadata, check_differences,
-                         max_abs_differences)
+from jepa.export import (EXPORT_TOLERANCE, ExportResult, atomic_write, build_metadata, context_target_split,
+                         max_abs_differences, report_differences)
+from jepa.export_hf import hf_model_with, import_transformers, write_hf_metadata
+from jepa.modalities.video.export_official import source_states
+from jepa.modalities.video.vit import VideoRoPEEncoder
 from jepa.nn.blocks import LAYER_NORM_EPS
-from jepa.weights import state_problems
 
 if TYPE_CHECKING:
     from jepa.sources import EncoderSource
-
-JEPA_METADATA_NAME = "jepa_export.json"
-"""Our export metadata, written next to transformers' files in the folder."""
-
-
-def _transformers():
-    try:
-        import transformers
-    except ModuleNotFoundError as exc:
-        raise ConfigError("--format hf needs Hugging Face transformers: pip install 'jepa-forge[hf]' "
-                          "(or pip install 'transformers>=5,<6')") from exc
-    return transformers
-
 
 def _mlp_ratio(dim: int, mlp_dim: int) -> float:
     """A ratio transformers turns back into exactly ``mlp_dim`` (it computes ``int(dim * ratio)``)."""
@@ -105,8 +93,6 @@ def source_predictor(source: EncoderSource) -> nn.Module:
     """The predictor that goes with the source's encoder (see the module docstring)."""
     modality = source.modality
     if source.kind in ("run", "checkpoint", "foreign"):
-        from jepa.modalities.video.export_official import source_states
-
         states, _ = source_states(source)
         predictor = modality.build_predictor()
         predictor.load_state_dict(states["predictor"], strict=True)
@@ -132,10 +118,7 @@ def export_hf(
         CheckpointError: the installed transformers names the weights differently (every difference named).
         ExportVerificationError: transformers' outputs differ by more than ``tolerance`` (nothing written).
     """
-    from jepa.modalities.video.vit import VideoRoPEEncoder
-
-    transformers = _transformers()
-    transformers.utils.logging.disable_progress_bar()
+    transformers = import_transformers()
     out = Path(out)
     if out.exists():
         raise ConfigError(f"{out} exists; the hf export writes a new folder, choose another --out or remove it")
@@ -148,17 +131,9 @@ def export_hf(
                           "torch-export or official")
     predictor = source_predictor(source)
     config = transformers.VJEPA2Config(**hf_config_kwargs(encoder, predictor))
-    model = transformers.VJEPA2Model(config).eval()
-    state = to_hf_state_dict(encoder, predictor)
-    problems = state_problems(model.state_dict(), state)
-    if problems:
-        raise CheckpointError(f"transformers {transformers.__version__} names VJEPA2Model's weights differently from "
-                              f"what this exporter writes: {'; '.join(problems)}; install transformers>=5,<6")
-    model.load_state_dict(state, strict=True)
+    model = hf_model_with(transformers.VJEPA2Model, config, to_hf_state_dict(encoder, predictor), transformers)
     inputs = source.modality.export_inputs(encoder, torch.Generator().manual_seed(0))[:1]  # training size only
-    grid = encoder.num_patches
-    perm = torch.randperm(grid, generator=torch.Generator().manual_seed(1))
-    ctx_idx, tgt_idx = perm[: grid // 2].sort().values, perm[grid // 2:].sort().values
+    ctx_idx, tgt_idx = context_target_split(encoder.num_patches, torch.Generator().manual_seed(1))
     mask_index = 1 % predictor.num_mask_tokens  # VJEPA2Model's predictor uses its default mask_index=1
     meta = build_metadata(source, "hf", pooled)
     result: dict[str, float] = {}
@@ -184,13 +159,10 @@ def export_hf(
 
         diffs = max_abs_differences(encoder, hf_tokens, inputs)
         diffs.update({f"predictor {k}": v for k, v in max_abs_differences(ours_predicted, hf_predicted, inputs).items()})
-        log("transformers VJEPA2Model vs eager max abs difference: "
-            + ", ".join(f"{k}: {v:.2e}" for k, v in diffs.items()) + f" (tolerance {tolerance:g})")
-        check_differences(diffs, tolerance, "the Hugging Face VJEPA2Model folder")
+        report_differences(diffs, tolerance, "transformers VJEPA2Model", "the Hugging Face VJEPA2Model folder", log)
         meta["verification"] = {"tolerance": tolerance, "max_abs_diff": diffs}
-        meta["transformers_version"] = transformers.__version__
-        meta["input_layout"] = "pixel_values_videos (B, T, C, H, W): our clips (B, C, T, H, W) with axes 1 and 2 swapped"
-        (Path(tmp) / JEPA_METADATA_NAME).write_text(json.dumps(meta, indent=1))
+        write_hf_metadata(tmp, meta, transformers, input_layout="pixel_values_videos (B, T, C, H, W): our clips "
+                          "(B, C, T, H, W) with axes 1 and 2 swapped")
         result.update(diffs)
 
     atomic_write(out, write)

@@ -17,17 +17,17 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
-import torch
 from torch import Tensor
 
+from jepa.checkpoint import load_model_weights
 from jepa.errors import CheckpointError, ConfigError
-from jepa.export import (EXPORT_TOLERANCE, ExportResult, atomic_write, build_metadata, check_differences,
-                         max_abs_differences)
+from jepa.export import EXPORT_TOLERANCE, ExportResult
+from jepa.export_released import PARTS, write_released
+from jepa.modalities.video.released import (METADATA_KEYS, load_checkpoint, read_checkpoint, save_checkpoint,
+                                            states_for)
 
 if TYPE_CHECKING:
     from jepa.sources import EncoderSource
-
-PARTS = ("encoder", "predictor", "target_encoder")
 
 
 def source_states(source: EncoderSource) -> tuple[dict[str, dict[str, Tensor]], dict[str, Any]]:
@@ -37,11 +37,7 @@ def source_states(source: EncoderSource) -> tuple[dict[str, dict[str, Tensor]], 
     Raises:
         CheckpointError: the source has no predictor or no EMA target (or is of another kind).
     """
-    from jepa.modalities.video.released import METADATA_KEYS, read_checkpoint, states_for
-
     if source.kind in ("run", "checkpoint"):
-        from jepa.checkpoint import load_model_weights
-
         weights = load_model_weights(source.source)
         recipe = weights.recipe
         if not (weights.predictor and weights.target_encoder):
@@ -77,58 +73,12 @@ def export_official(
         CheckpointError: the source lacks a model (see :func:`source_states`).
         ExportVerificationError: the file does not read back to the same models (nothing is written).
     """
-    from jepa.modalities.video.released import load_checkpoint, save_checkpoint
-
     out = Path(out)
     if pooled:
         raise ConfigError("--pooled does not apply to --format official: the file holds whole models")
-    modality = source.modality
     states, file_meta = source_states(source)
-
-    def build() -> dict[str, Any]:
-        return {"encoder": modality.build_encoder(), "predictor": modality.build_predictor(),
-                "target_encoder": modality.build_encoder()}
-
-    models = build()
-    for key, module in models.items():
-        module.load_state_dict(states[key], strict=True)
-        module.eval()
-    meta = build_metadata(source, "official", False)
-    gen = torch.Generator().manual_seed(0)
-    inputs = modality.export_inputs(models["target_encoder"], gen)[:1]
-    grid = models["encoder"].num_patches
-    perm = torch.randperm(grid, generator=gen)
-    ctx_idx, tgt_idx = perm[: grid // 2].sort().values, perm[grid // 2:].sort().values
-    result: dict[str, float] = {}
-
-    def write(tmp: str) -> None:
-        save_checkpoint(tmp, models["encoder"], models["predictor"], models["target_encoder"], **file_meta)
-        back = build()
-        load_checkpoint(tmp, back["target_encoder"], back["predictor"], which="target_encoder")
-        load_checkpoint(tmp, back["encoder"], which="encoder")
-        diffs: dict[str, float] = {}
-        for key in PARTS:
-            ref, got = models[key].state_dict(), back[key].eval().state_dict()
-            diffs[f"{key} weights"] = max((got[k].float() - v.float()).abs().max().item() for k, v in ref.items())
-        for key in ("encoder", "target_encoder"):
-            one = max_abs_differences(models[key], back[key], inputs)
-            diffs.update({f"{key} {k}": v for k, v in one.items()})
-
-        def predict(pred):
-            def run(x):
-                b = x.shape[0]
-                ctx = models["encoder"](x, ctx_idx.expand(b, -1))
-                return pred(ctx, ctx_idx.expand(b, -1), tgt_idx.expand(b, -1))
-            return run
-
-        one = max_abs_differences(predict(models["predictor"]), predict(back["predictor"]), inputs)
-        diffs.update({f"predictor {k}": v for k, v in one.items()})
-        log("authors' layout read back vs eager max abs difference: "
-            + ", ".join(f"{k}: {v:.2e}" for k, v in diffs.items()) + f" (tolerance {tolerance:g})")
-        check_differences(diffs, tolerance, "the authors'-layout file")
-        result.update(diffs)
-
-    atomic_write(out, write)
-    meta["verification"] = {"tolerance": tolerance, "max_abs_diff": result}
+    meta, result = write_released(
+        source, out, states, lambda tmp, *models: save_checkpoint(tmp, *models, **file_meta), load_checkpoint,
+        layout="authors' layout", what="the authors'-layout file", tolerance=tolerance, log=log)
     meta["released"] = dict(file_meta)
     return ExportResult(out, "official", meta, result, tolerance)

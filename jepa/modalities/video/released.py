@@ -39,7 +39,7 @@ from jepa.interfaces import ForeignEncoder, Modality
 from jepa.modalities.video.config import VideoConfig
 from jepa.nn.config import VIT_ARCHS
 from jepa.param_groups import is_no_decay
-from jepa.weights import safe_load, state_problems
+from jepa.weights import load_states, safe_load
 
 RELEASED_KEYS = ("encoder", "predictor", "opt", "scaler", "target_encoder", "epoch", "loss", "batch_size",
                  "world_size", "lr")
@@ -219,12 +219,8 @@ def load_checkpoint(src: str | Path | Mapping[str, Any], encoder: nn.Module, pre
     if missing:
         raise CheckpointError(f"{name} has no {', '.join(missing)} state dict (top level: {sorted(ckpt)}); expected "
                               f"the authors' layout with keys {list(RELEASED_KEYS)}")
-    problems = [f"{key}: {p}" for key, module in targets for p in state_problems(module.state_dict(), states[key])]
-    if problems:
-        raise CheckpointError(f"{name} does not match the model (build it with the architecture of the file, see "
-                              "infer_arch, or pass the matching --arch):\n  " + "\n  ".join(problems))
-    for key, module in targets:
-        module.load_state_dict(states[key], strict=True)
+    load_states(targets, states, name,
+                "build it with the architecture of the file, see infer_arch, or pass the matching --arch")
     return {k: ckpt[k] for k in METADATA_KEYS if k in ckpt}
 
 

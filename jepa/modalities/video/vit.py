@@ -66,6 +66,49 @@ def init_mask_tokens(tokens: Tensor, zero: bool) -> None:
             nn.init.trunc_normal_(tokens, std=INIT_STD)
 
 
+def init_predictor(predictor: nn.Module, zero_mask_tokens: bool, depth_scaled: bool) -> None:
+    """A predictor's initialisation, in the authors' order: mask tokens (:func:`init_mask_tokens`), every module
+    (:func:`~jepa.nn.init.init_weights`), then the depth-scaled residual projections when asked for."""
+    init_mask_tokens(predictor.mask_tokens, zero_mask_tokens)
+    predictor.apply(init_weights)
+    if depth_scaled:
+        scale_residual_projections(predictor.predictor_blocks)
+
+
+def clip_grid(where: str, x: Tensor, tubelet_size: int, patch_size: int) -> Tuple[int, int, int]:
+    """The token grid ``(T', H', W')`` of clips ``x`` (B, C, T, H, W); raises unless they split into whole
+    tubelets (TorchScript-compatible)."""
+    if x.dim() != 5:
+        raise ConfigError(where + ": expected clips (B, C, T, H, W), got " + str(x.dim()) + " dimensions")
+    t, h, w = x.shape[2], x.shape[3], x.shape[4]
+    p, tt = patch_size, tubelet_size
+    if t % tt != 0 or h % p != 0 or w % p != 0 or t == 0 or h == 0 or w == 0:
+        raise ConfigError(where + ": clip of " + str(t) + " frames at " + str(h) + "x" + str(w)
+                          + " does not split into tubelets of " + str(tt) + " frames x " + str(p) + "x" + str(p)
+                          + " pixels; use a frame count divisible by " + str(tt) + " and sides divisible by "
+                          + str(p))
+    return t // tt, h // p, w // p
+
+
+def _check_predictor_size(where: str, grid_t: int, grid_size: int, depth: int, num_mask_tokens: int) -> None:
+    if grid_t <= 0 or grid_size <= 0:
+        raise ConfigError(f"{where}: the grid must be non-empty, got {grid_t}x{grid_size}x{grid_size}")
+    if depth <= 0 or num_mask_tokens <= 0:
+        raise ConfigError(f"{where}: depth ({depth}) and num_mask_tokens ({num_mask_tokens}) must be positive")
+
+
+def select_mask_token(where: str, mask_tokens: Tensor, mask_index: int, shared: bool) -> Tensor:
+    """The (1, P) token of generator ``mask_index`` among ``mask_tokens`` (G, 1, P); token 0 for every
+    generator when ``shared`` (TorchScript-compatible)."""
+    if shared:
+        mask_index = 0
+    num_mask_tokens = mask_tokens.shape[0]
+    if mask_index < 0 or mask_index >= num_mask_tokens:
+        raise ConfigError(where + ": mask_index=" + str(mask_index) + " must be in 0.."
+                          + str(num_mask_tokens - 1) + " (one mask token per mask generator)")
+    return mask_tokens[mask_index]
+
+
 class TubeletEmbed(nn.Module):
     """Tubelet embedding: a ``Conv3d`` with kernel = stride = ``(tubelet, p, p)``.
 
@@ -155,20 +198,12 @@ class VideoViTEncoder(TransformerEncoder):
 
     def embed_tokens(self, x: Tensor) -> Tensor:
         """(B, C, T, H, W) -> (B, N, D) tubelet embeddings plus positions of the actual grid."""
-        if x.dim() != 5:
-            raise ValueError("VideoViTEncoder: expected clips (B, C, T, H, W), got " + str(x.dim()) + " dimensions")
-        t, h, w = x.shape[2], x.shape[3], x.shape[4]
-        p, tt = self.patch_size, self.tubelet_size
-        if t % tt != 0 or h % p != 0 or w % p != 0 or t == 0 or h == 0 or w == 0:
-            raise ConfigError("VideoViTEncoder: clip of " + str(t) + " frames at " + str(h) + "x" + str(w)
-                             + " does not split into tubelets of " + str(tt) + " frames x " + str(p) + "x" + str(p)
-                             + " pixels; use a frame count divisible by " + str(tt) + " and sides divisible by "
-                             + str(p))
+        grid_t, grid_h, grid_w = clip_grid("VideoViTEncoder", x, self.tubelet_size, self.patch_size)
         tokens = self.patch_embed(x)
-        if t // tt == self.grid_t and h // p == self.grid_size and w // p == self.grid_size:
+        if grid_t == self.grid_t and grid_h == self.grid_size and grid_w == self.grid_size:
             pos = self.pos_embed
         else:
-            pos = sincos_3d(self.embed_dim, t // tt, h // p, w // p, self.uniform_power,
+            pos = sincos_3d(self.embed_dim, grid_t, grid_h, grid_w, self.uniform_power,
                             device=tokens.device).to(self.pos_embed.dtype).unsqueeze(0)
         return tokens + pos  # float32 under autocast, as with the stored table
 
@@ -202,10 +237,7 @@ class VideoViTPredictor(TransformerPredictor):
                  num_heads: int = 16, mlp_ratio: float = 4.0, num_mask_tokens: int = 2, uniform_power: bool = True,
                  zero_init_mask_tokens: bool = True, shared_mask_token: bool = False, depth_scaled_init: bool = False):
         super().__init__()
-        if grid_t <= 0 or grid_size <= 0:
-            raise ConfigError(f"VideoViTPredictor: the grid must be non-empty, got {grid_t}x{grid_size}x{grid_size}")
-        if depth <= 0 or num_mask_tokens <= 0:
-            raise ConfigError(f"VideoViTPredictor: depth ({depth}) and num_mask_tokens ({num_mask_tokens}) must be positive")
+        _check_predictor_size("VideoViTPredictor", grid_t, grid_size, depth, num_mask_tokens)
         _check_width("VideoViTPredictor", predictor_dim, num_heads, uniform_power)
         self.grid_t, self.grid_size = grid_t, grid_size
         self.num_patches = grid_t * grid_size ** 2
@@ -217,19 +249,11 @@ class VideoViTPredictor(TransformerPredictor):
         table = sincos_3d(predictor_dim, grid_t, grid_size, grid_size, uniform_power)
         self.register_buffer("predictor_pos_embed", table.unsqueeze(0))
         self.build_layers(embed_dim, predictor_dim, depth, num_heads, mlp_ratio)
-        init_mask_tokens(self.mask_tokens, zero_init_mask_tokens)
-        self.apply(init_weights)
-        if depth_scaled_init:
-            scale_residual_projections(self.predictor_blocks)
+        init_predictor(self, zero_init_mask_tokens, depth_scaled_init)
 
     def mask_token_for(self, mask_index: int) -> Tensor:
         """The (1, P) mask token of generator ``mask_index`` (token 0 for every generator when shared)."""
-        if self.shared_mask_token:
-            mask_index = 0
-        if mask_index < 0 or mask_index >= self.num_mask_tokens:
-            raise ValueError("VideoViTPredictor: mask_index=" + str(mask_index) + " must be in 0.."
-                             + str(self.num_mask_tokens - 1) + " (one mask token per mask generator)")
-        return self.mask_tokens[mask_index]
+        return select_mask_token("VideoViTPredictor", self.mask_tokens, mask_index, self.shared_mask_token)
 
 
 # ---------------------------------------------------------------------------------------------- V-JEPA 2: RoPE
@@ -291,15 +315,7 @@ class VideoRoPEEncoder(TransformerEncoder):
 
     def embed_tokens(self, x: Tensor) -> Tensor:
         """(B, C, T, H, W) -> (B, N, D) tubelet embeddings (positions enter in the attention)."""
-        if x.dim() != 5:
-            raise ConfigError("VideoRoPEEncoder: expected clips (B, C, T, H, W), got " + str(x.dim()) + " dimensions")
-        t, h, w = x.shape[2], x.shape[3], x.shape[4]
-        p, tt = self.patch_size, self.tubelet_size
-        if t % tt != 0 or h % p != 0 or w % p != 0 or t == 0 or h == 0 or w == 0:
-            raise ConfigError("VideoRoPEEncoder: clip of " + str(t) + " frames at " + str(h) + "x" + str(w)
-                              + " does not split into tubelets of " + str(tt) + " frames x " + str(p) + "x" + str(p)
-                              + " pixels; use a frame count divisible by " + str(tt) + " and sides divisible by "
-                              + str(p))
+        clip_grid("VideoRoPEEncoder", x, self.tubelet_size, self.patch_size)
         return self.patch_embed(x)
 
     def rope(self, x: Tensor, keep_idx_BK: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
@@ -370,11 +386,7 @@ class VideoRoPEPredictor(TransformerPredictor):
                  num_heads: int = 12, mlp_ratio: float = 4.0, num_mask_tokens: int = 2,
                  zero_init_mask_tokens: bool = True, shared_mask_token: bool = False, depth_scaled_init: bool = False):
         super().__init__()
-        if grid_t <= 0 or grid_size <= 0:
-            raise ConfigError(f"VideoRoPEPredictor: the grid must be non-empty, got {grid_t}x{grid_size}x{grid_size}")
-        if depth <= 0 or num_mask_tokens <= 0:
-            raise ConfigError(f"VideoRoPEPredictor: depth ({depth}) and num_mask_tokens ({num_mask_tokens}) must be "
-                              "positive")
+        _check_predictor_size("VideoRoPEPredictor", grid_t, grid_size, depth, num_mask_tokens)
         _check_rope_width("VideoRoPEPredictor", predictor_dim, num_heads)
         self.grid_t, self.grid_size = grid_t, grid_size
         self.num_patches = grid_t * grid_size ** 2
@@ -388,19 +400,11 @@ class VideoRoPEPredictor(TransformerPredictor):
         self.predictor_blocks = rope_block_stack(predictor_dim, depth, num_heads, int(predictor_dim * mlp_ratio))
         self.predictor_norm = nn.LayerNorm(predictor_dim, eps=LAYER_NORM_EPS)
         self.predictor_proj = nn.Linear(predictor_dim, embed_dim)
-        init_mask_tokens(self.mask_tokens, zero_init_mask_tokens)
-        self.apply(init_weights)
-        if depth_scaled_init:
-            scale_residual_projections(self.predictor_blocks)
+        init_predictor(self, zero_init_mask_tokens, depth_scaled_init)
 
     def mask_token_for(self, mask_index: int) -> Tensor:
         """The (1, P) mask token of generator ``mask_index`` (token 0 for every generator when shared)."""
-        if self.shared_mask_token:
-            mask_index = 0
-        if mask_index < 0 or mask_index >= self.num_mask_tokens:
-            raise ConfigError("VideoRoPEPredictor: mask_index=" + str(mask_index) + " must be in 0.."
-                              + str(self.num_mask_tokens - 1) + " (one mask token per mask generator)")
-        return self.mask_tokens[mask_index]
+        return select_mask_token("VideoRoPEPredictor", self.mask_tokens, mask_index, self.shared_mask_token)
 
     @torch.jit.unused
     def _rope_blocks_checkpointed(self, x: Tensor, cos: Tensor, sin: Tensor, attn_mask: Optional[Tensor]) -> Tensor:
