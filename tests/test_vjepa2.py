@@ -279,14 +279,18 @@ def test_eval_through_the_cli(checkpoint, tmp_path):
 
 
 def test_continued_pretraining_from_the_authors_checkpoint(checkpoint, tmp_path):
+    from jepa.modalities.video.demo import write_demo_dataset
+
     path, _ = checkpoint
+    data = tmp_path / "clips"  # generated here: a clean clone has no data/ folder
+    write_demo_dataset(data, num_train=8, num_val=4, size=32, num_frames=64, show_progress=False)
     raw = yaml.safe_load((ROOT / "recipes" / "video_demo.yaml").read_text())
     raw["modality"]["encoder"] = {"arch": "vit_tiny", "patch_size": PATCH, "tubelet_size": TUBELET,
                                   "pos_embed": "rope", "depth_scaled_init": True}
     raw["modality"]["predictor"] = {"embed_dim": P, "depth": P_DEPTH, "num_heads": P_HEADS,
                                     "num_mask_tokens": NUM_TOKENS, "depth_scaled_init": True}
     raw["data"] |= {"global_batch_size": 4, "num_workers": 0, "shuffle_buffer": 8, "samples_per_epoch": 24,
-                    "train_shards": str(ROOT / "data/video_demo/train/train-000000.tar")}
+                    "train_shards": str(data / "train")}
     raw |= {"max_steps": 2, "run_dir": str(tmp_path / "run"), "init_from": {"path": str(path),
                                                                              "parts": ["encoder", "predictor", "target"]}}
     raw["log"] = {"every_steps": 1}
