@@ -197,7 +197,7 @@ def test_demo_shapes_differ_in_outline_not_in_area():
 
 def test_demo_objects_are_large_whole_and_the_same_size_in_every_class():
     """Foreground area does not tell the class (drawn by area, one range for all), and no object is cut."""
-    from jepa.modalities.image.demo_data import AREA_RANGE, shape_masks
+    from jepa.vision.shapes import AREA_RANGE, shape_masks
 
     labels = torch.arange(2000) % 10
     masks = shape_masks(labels, 64, torch.Generator().manual_seed(0))  # (N, 64, 64)

@@ -134,7 +134,7 @@ def test_demo_data_train_export_and_eval_through_the_cli(tmp_path):
     invoke("eval", str(run), *split, "--protocol", "linear,knn,attentive", "--epochs", "2", "--json", str(tmp_path / "run.json"))
     invoke("eval", str(exported), *split, "--protocol", "knn", "--trust-torchscript", "--json", str(tmp_path / "ts.json"))
     report, from_file = (json.loads((tmp_path / name).read_text()) for name in ("run.json", "ts.json"))
-    assert (report["num_train"], report["num_val"], report["num_classes"]) == (24, 12, 4)
+    assert (report["num_train"], report["num_val"], report["num_classes"]) == (24, 12, 10)
     top1 = {r["protocol"]: r["top1"] for r in report["results"]}
     assert set(top1) == {"linear", "knn", "attentive"} and all(0 <= v <= 1 for v in top1.values())
     assert from_file["source_kind"] == "torchscript"

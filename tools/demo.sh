@@ -25,6 +25,24 @@ pictures() {
     for pid in "${pids[@]}"; do wait "$pid"; done
 }
 
+fresh_data() {
+    # fresh_data DIR GENERATOR RUN...: demo data made by another generator (its generator.txt says otherwise, or
+    # it has none) is moved aside with the runs trained on it, not deleted, so that it is made again.
+    local dir=$1 generator=$2 old old_run
+    shift 2
+    if [ -d "$dir" ] && [ "$(cat "$dir/generator.txt" 2>/dev/null)" != "$generator" ]; then
+        old=$(date +%Y%m%d-%H%M%S)-$$  # the process id keeps two moves in one second apart
+        echo "$dir was made by another demo generator: moving it to $dir.old-$old and generating it again"
+        mv "$dir" "$dir.old-$old"
+        for old_run in "$@"; do
+            if [ -d "$old_run" ]; then
+                echo "moving $old_run (trained on the old data) to $old_run.old-$old"
+                mv "$old_run" "$old_run.old-$old"
+            fi
+        done
+    fi
+}
+
 modality=image
 [ "${1:-}" = video ] && { modality=video; shift; }
 objective=lejepa
@@ -39,16 +57,20 @@ case "$objective" in
 esac
 
 if [ "$modality" = video ]; then
-    # The video demo: clips whose label is the motion. Pretrain a small V-JEPA on the clips and, for the
-    # single-frame baseline, an image I-JEPA of the same width, depth and patch for the same steps on the
-    # middle frame of every clip; then probe the pretrained video encoder, the same video encoder at random
-    # init, and the image encoder (pretrained and at random init) on the middle frames of the held-out clips.
+    # The video demo: clips of a still shape under per-frame noise, labelled by the shape. Pretrain a small
+    # video encoder on the clips and, for the single-frame baseline, an image encoder of the same width, depth,
+    # patch and objective for the same steps on the middle frame of every clip; then probe the pretrained video
+    # encoder, the same video encoder at random init, and the image encoder (pretrained and at random init) on
+    # the middle frames of the held-out clips.
     recipe=recipes/video_demo$suffix.yaml
-    image_recipe=recipes/video_demo_image_baseline.yaml
+    image_recipe=recipes/video_demo_image_baseline$suffix.yaml
     run=runs/video_demo$suffix
-    image_run=runs/video_demo_image_baseline
+    image_run=runs/video_demo_image_baseline$suffix
     data=data/video_demo
     frames=$data/middle_frames
+    generator=$(python -c 'from jepa.modalities.video.demo_shapes import GENERATOR; print(GENERATOR)')
+    fresh_data $data "$generator" runs/video_demo runs/video_demo_lejepa runs/video_demo_image_baseline \
+        runs/video_demo_image_baseline_lejepa
     [ -f $data/train/manifest.json ] && [ -f $data/val/manifest.json ] || jepa demo-data $data --modality video
     for split in train val; do
         [ -f $frames/$split/manifest.json ] || python tools/video_middle_frames.py "$recipe" $data/$split $frames/$split
@@ -76,19 +98,8 @@ fi
 recipe=recipes/image_demo$suffix.yaml
 run=runs/image_demo$suffix
 
-# Data (and a run trained on it) from an older demo generator are moved aside, not deleted, and made again.
 generator=$(python -c 'from jepa.modalities.image.demo_data import GENERATOR; print(GENERATOR)')
-if [ -d data/demo ] && [ "$(cat data/demo/generator.txt 2>/dev/null)" != "$generator" ]; then
-    old=$(date +%Y%m%d-%H%M%S)-$$  # the process id keeps two moves in one second apart
-    echo "data/demo was made by an older demo generator: moving it to data/demo.old-$old and generating it again"
-    mv data/demo "data/demo.old-$old"
-    for old_run in runs/image_demo runs/image_demo_lejepa; do
-        if [ -d "$old_run" ]; then
-            echo "moving $old_run (trained on the old data) to $old_run.old-$old"
-            mv "$old_run" "$old_run.old-$old"
-        fi
-    done
-fi
+fresh_data data/demo "$generator" runs/image_demo runs/image_demo_lejepa
 [ -f data/demo/train/manifest.json ] && [ -f data/demo/val/manifest.json ] || jepa demo-data data/demo
 jepa train "$recipe" "$@"
 trained=$(date +%s)

@@ -1,65 +1,24 @@
-"""Screening data for the video demo (objectives issue): a shape seen through flickering holes.
+"""Screening variants of the video demo's shape clips (docs/video_demo.md): a still shape of the ten
+classes behind a screen of square cells that open at random in every frame, and/or under per-frame noise.
 
-Each clip shows one still object of the image demo's ten classes (shapes made of parts, random
-size, angle, place, grey levels and polarity: :func:`jepa.modalities.image.demo_data.shape_masks`)
-behind a screen of square cells that open and close at random: in every frame each ``--cell`` px
-cell shows the object with probability ``--open`` and the background otherwise, independently of
-the other frames. The label is the shape. One frame shows about ``--open`` of the object; the
-clip, taken over time, shows all of it. So a single-frame (middle-frame) encoder sees a fragment
-while the video encoder can gather the whole shape, and, unlike the motion clips, a random
-tubelet embedding has no shortcut to the label (docs/video_demo.md).
+The demo's clips (``jepa demo-data --modality video``) are ``--open 1 --noise 0.5``; this tool's
+defaults (``--open 0.35 --noise 0.06``: one frame shows about a third of the object) are the
+"shapes behind flickering holes" rows of docs/video_demo.md. The generator is
+:class:`jepa.modalities.video.demo_shapes.ShapeClips`.
 
     python tools/video_shape_clips.py data/video_shapes
     jepa eval random:recipes/video_demo_lejepa.yaml --train-shards data/video_shapes/train \\
         --val-shards data/video_shapes/val --protocol linear,knn,attentive
-
-The shards have the shipped video demo's layout (MP4 clips of 32 frames at 64 px, H.264 through
-:func:`jepa.modalities.video.demo.encode_mp4`).
 """
 
 from __future__ import annotations
 
 import argparse
-from dataclasses import dataclass
+import sys
 
-import numpy as np
-import torch
-
-from jepa.data import derive_seed
-from jepa.modalities.image.demo_data import CLASS_NAMES, shape_masks
-from jepa.modalities.video.demo import write_clip_splits
-
-
-@dataclass(frozen=True)
-class ShapeClips:
-    """Clip generator settings (see the module docstring)."""
-
-    num_classes: int = 10
-    open_p: float = 0.35
-    cell: int = 8
-    noise: float = 0.06
-    size: int = 64
-    num_frames: int = 32
-
-    def render(self, index: int, seed: int) -> tuple[np.ndarray, int]:
-        """Clip ``index`` of set ``seed``: (F, size, size, 3) uint8 frames and its label."""
-        g = torch.Generator().manual_seed(derive_seed(seed, index))
-        label = index % self.num_classes
-        n, f = self.size, self.num_frames
-        mask = shape_masks(torch.tensor([label]), n, g)[0]  # (S, S) in [0, 1]
-        dark = torch.empty(()).uniform_(0.05, 0.4, generator=g)
-        light = torch.empty(()).uniform_(0.6, 0.95, generator=g)
-        fg, bg = (dark, light) if torch.rand((), generator=g) < 0.5 else (light, dark)
-        coords = torch.linspace(-0.5, 0.5, n)
-        slope = torch.empty(2).uniform_(-0.3, 0.3, generator=g)
-        background = bg + slope[0] * coords.view(n, 1) + slope[1] * coords.view(1, n)  # (S, S)
-        cells = -(-n // self.cell)
-        opened = (torch.rand(f, cells, cells, generator=g) < self.open_p).float()
-        opened = opened.repeat_interleave(self.cell, 1).repeat_interleave(self.cell, 2)[:, :n, :n]  # (F, S, S)
-        seen = mask[None] * opened
-        frames = background[None] * (1 - seen) + fg * seen  # (F, S, S)
-        frames = frames[..., None].expand(f, n, n, 3) + self.noise * torch.randn(f, n, n, 3, generator=g)
-        return (frames.clamp(0, 1) * 255).round().to(torch.uint8).numpy(), label
+from jepa.errors import UserError
+from jepa.modalities.video.demo_shapes import ShapeClips, write_shape_dataset
+from jepa.vision.shapes import CLASS_NAMES
 
 
 def main() -> None:
@@ -74,9 +33,12 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--workers", type=int, default=1)
     args = parser.parse_args()
-    clips = ShapeClips(args.classes, args.open, args.cell, args.noise)
-    write_clip_splits(clips, args.out, {"train": args.num_train, "val": args.num_val}, seed=args.seed,
-                      classes=list(CLASS_NAMES[:args.classes]), workers=args.workers)
+    try:
+        clips = ShapeClips(num_classes=args.classes, noise=args.noise, open_p=args.open, cell=args.cell)
+        write_shape_dataset(args.out, num_train=args.num_train, num_val=args.num_val, clips=clips, seed=args.seed,
+                            workers=args.workers)
+    except UserError as err:
+        sys.exit(f"error: {err}")
 
 
 if __name__ == "__main__":

@@ -109,7 +109,7 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
         size: Optional[int] = typer.Option(None, "--size", help="Sample size in the modality's terms (image side in "
                                            "pixels, ...); default: the modality's"),
         classes: Optional[int] = typer.Option(None, "--classes", help="Number of classes (default: the modality's, "
-                                              "image 10, video 4)"),
+                                              "image 10, video 10)"),
         seed: int = typer.Option(_SPEC.seed, "--seed", help="Everything is a function of the seed"),
         max_count: Optional[int] = typer.Option(None, "--max-count", help="Samples per shard (default: the modality's)"),
         workers: int = typer.Option(os.cpu_count() or 1, "--workers", help="Parallel writer processes"),

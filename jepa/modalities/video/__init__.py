@@ -34,7 +34,7 @@ class VideoModality(Modality):
 
     name = "video"
     config_model = VideoConfig
-    demo_defaults = DemoDataSpec(num_train=2000, num_val=500, num_classes=4, max_count=250)
+    demo_defaults = DemoDataSpec(num_train=2000, num_val=500, num_classes=10, max_count=250)
     cfg: VideoConfig
 
     @classmethod
@@ -173,17 +173,16 @@ class VideoModality(Modality):
         return {".mp4": "mp4", ".webm": "webm", ".avi": "avi"}
 
     def write_demo_data(self, out: Path, spec: DemoDataSpec) -> dict[str, Any]:
-        """MP4 clips of a moving, rotating polygon labelled by its motion (see :mod:`.demo`);
-        ``spec.size`` is the frame side in pixels (default 64); clips have ``DEMO_NUM_FRAMES`` (32)
-        frames, enough for clip spans up to 32 (``recipes/video_demo.yaml``: 15)."""
+        """MP4 clips of a still shape under per-frame noise, labelled by the shape (see :mod:`.demo_shapes`;
+        the motion clips of :mod:`.demo` are ``tools/video_motion_clips.py``); ``spec.size`` is the frame
+        side in pixels (default 64); clips have ``DEMO_NUM_FRAMES`` (32) frames, enough for clip spans up
+        to 32 (``recipes/video_demo.yaml``: 15)."""
         # deferred: PyAV, only for `jepa demo-data`
-        from jepa.modalities.video.demo import DEMO_NUM_FRAMES, write_demo_dataset
+        from jepa.modalities.video.demo_shapes import ShapeClips, write_shape_dataset
 
-        return write_demo_dataset(out, num_train=spec.num_train, num_val=spec.num_val,
-                                  size=64 if spec.size is None else spec.size,
-                                  num_frames=DEMO_NUM_FRAMES,
-                                  num_classes=spec.num_classes, seed=spec.seed, max_count=spec.max_count,
-                                  workers=spec.workers)
+        clips = ShapeClips(num_classes=spec.num_classes, size=64 if spec.size is None else spec.size)
+        return write_shape_dataset(out, num_train=spec.num_train, num_val=spec.num_val, clips=clips, seed=spec.seed,
+                                   max_count=spec.max_count, workers=spec.workers)
 
     # ------------------------------------------------------------------ description
     def check(self) -> list[tuple[str, str]]:

@@ -1,10 +1,10 @@
-"""The single-frame baseline of the motion demo: one frame of every clip, as an image shard set.
+"""The single-frame baseline of the video demo: one frame of every clip, as an image shard set.
 
 :func:`write_middle_frame_shards` reads a labelled video shard set and writes, for every clip, the
 middle frame of the clip the video evaluation view shows (:func:`middle_frame_index`) as a lossless
 PNG with the same label, into an image shard set with the same classes. An image encoder (the image
 modality's I-JEPA ViT, ``recipes/video_demo_image_baseline.yaml``) pretrained and probed on these
-frames measures what a single frame tells about the label; the motion demo compares the video
+frames measures what a single frame tells about the label; the video demo compares the video
 encoder against it (``tools/demo.sh video``).
 """
 
