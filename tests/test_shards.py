@@ -244,33 +244,44 @@ def test_demo_dataset_names_its_generator(tmp_path):
     assert (tmp_path / GENERATOR_FILE).read_text().strip() == GENERATOR
 
 
-def test_demo_script_moves_data_of_an_older_generator_aside(tmp_path):
-    """tools/demo.sh's check, run as the script runs it: data without the current generator's name is
-    moved (with the run trained on it) to ``*.old-<time>``, nothing is deleted; current data stays."""
+@pytest.mark.parametrize("modality", ["image", "video"])
+def test_demo_script_moves_data_of_another_generator_aside(tmp_path, modality):
+    """tools/demo.sh's check, run as the script runs it (its ``fresh_data`` function with the generator and runs
+    the script passes): data without the current generator's name is moved (with the runs trained on it) to
+    ``*.old-<time>``, nothing is deleted; current data stays."""
     import os
+    import re
     import subprocess
     import sys
 
-    from jepa.modalities.image.demo_data import GENERATOR
-
+    if modality == "image":
+        from jepa.modalities.image.demo_data import GENERATOR
+    else:
+        from jepa.modalities.video.demo_shapes import GENERATOR
     script = (Path(__file__).resolve().parents[1] / "tools" / "demo.sh").read_text()
-    start = script.index("# Data (and a run")
-    block = script[start:script.index("\nfi\n", start) + 4]  # up to the block's closing "fi" at column 0
+    start = script.index("fresh_data() {")
+    function = script[start:script.index("\n}\n", start) + 3]
+    module = "jepa.modalities.image.demo_data" if modality == "image" else "jepa.modalities.video.demo_shapes"
+    call = re.search(rf"generator=\$\(python -c 'from {re.escape(module)} import GENERATOR; print\(GENERATOR\)'\)\n"
+                     r"\s*(fresh_data [^\n]*(?:\\\n[^\n]*)*)", script).group(1).replace("$data", "data/video_demo")
+    data, run_dir = ("data/demo", "runs/image_demo_lejepa") if modality == "image" else ("data/video_demo",
+                                                                                         "runs/video_demo_lejepa")
+    assert call.split()[1] == data and run_dir in call, call
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
-    run = lambda: subprocess.run(["bash", "-ec", "run=runs/image_demo\n" + block], cwd=tmp_path, env=env,  # noqa: E731
-                                 capture_output=True, text=True, check=True)
-    (tmp_path / "data" / "demo" / "train").mkdir(parents=True)
-    (tmp_path / "data" / "demo" / "train" / "manifest.json").write_text("{}")
-    (tmp_path / "runs" / "image_demo").mkdir(parents=True)
-    assert "older demo generator" in run().stdout
-    moved = list((tmp_path / "data").glob("demo.old-*"))
+    run = lambda: subprocess.run(["bash", "-ec", f"{function}\ngenerator='{GENERATOR}'\n{call}"], cwd=tmp_path,  # noqa: E731
+                                 env=env, capture_output=True, text=True, check=True)
+    (tmp_path / data / "train").mkdir(parents=True)
+    (tmp_path / data / "train" / "manifest.json").write_text("{}")
+    (tmp_path / run_dir).mkdir(parents=True)
+    assert "another demo generator" in run().stdout
+    moved = list((tmp_path / data).parent.glob(f"{Path(data).name}.old-*"))
     assert len(moved) == 1 and (moved[0] / "train" / "manifest.json").read_text() == "{}"
-    assert not (tmp_path / "data" / "demo").exists() and len(list((tmp_path / "runs").glob("image_demo.old-*"))) == 1
-    (tmp_path / "data" / "demo").mkdir()
-    (tmp_path / "data" / "demo" / "generator.txt").write_text(GENERATOR + "\n")
-    assert run().stdout == "" and (tmp_path / "data" / "demo" / "generator.txt").exists()
-    (tmp_path / "data" / "demo" / "generator.txt").write_text("an older generator\n")  # and no run to move
-    assert "older demo generator" in run().stdout and len(list((tmp_path / "data").glob("demo.old-*"))) >= 1
+    assert not (tmp_path / data).exists() and len(list((tmp_path / "runs").glob(f"{Path(run_dir).name}.old-*"))) == 1
+    (tmp_path / data).mkdir()
+    (tmp_path / data / "generator.txt").write_text(GENERATOR + "\n")
+    assert run().stdout == "" and (tmp_path / data / "generator.txt").exists()
+    (tmp_path / data / "generator.txt").write_text("an older generator\n")  # and no run to move
+    assert "another demo generator" in run().stdout and len(list((tmp_path / data).parent.glob("*.old-*"))) >= 2
 
 
 def test_demo_cli(tmp_path):
