@@ -22,9 +22,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from jepa.modalities.image.demo_data import render_images, shape_masks
+from jepa.modalities.image.demo_data import render_images
 from jepa.sources import load_source
 from jepa.vision.pixels import normalize_uint8
+from jepa.vision.shapes import shape_masks
 
 
 def demo_images(n: int, seed: int, size: int = 64) -> tuple[Tensor, Tensor, Tensor, Tensor]:
