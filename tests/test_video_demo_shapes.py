@@ -41,6 +41,21 @@ def test_the_noise_is_fresh_every_frame_and_the_clip_mean_recovers_the_shape():
     assert frame_diff.std() > 60  # independent noise in consecutive frames
 
 
+def test_mp4_bytes_are_the_same_in_every_process():
+    """encode_mp4 gave other bytes for the same frames from process to process until it converted to yuv420p
+    itself (4 digests in 4 processes before); the bytes must not depend on the process or its thread count."""
+    import os
+    import subprocess
+    import sys
+
+    code = ("import hashlib; from jepa.modalities.video.demo import encode_mp4; "
+            "from jepa.modalities.video.demo_shapes import ShapeClips; "
+            "print(hashlib.sha256(encode_mp4(ShapeClips(num_frames=8).render(4, 7)[0])).hexdigest())")
+    digests = {subprocess.run([sys.executable, "-c", code], env={**os.environ, "OMP_NUM_THREADS": str(threads)},
+                              capture_output=True, text=True, check=True).stdout.strip() for threads in (1, 2, 1, 4)}
+    assert len(digests) == 1, digests
+
+
 def test_settings_are_checked():
     for bad in (dict(num_classes=11), dict(num_classes=1), dict(size=15), dict(num_frames=1), dict(noise=-0.1),
                 dict(open_p=0.0), dict(cell=0)):

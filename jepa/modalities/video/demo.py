@@ -148,7 +148,10 @@ def encode_mp4(frames: np.ndarray, fps: int = FPS, crf: int = 10) -> bytes:
         stream.pix_fmt = "yuv420p"
         stream.options = {"crf": str(crf), "threads": "1", "preset": "medium"}
         for frame in frames:
-            for packet in stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")):
+            # converted to yuv420p here: the encoder's own conversion gave other bytes from run to run (measured:
+            # 4 digests of one clip in 4 processes; docs/video_demo.md), this one the same in every process
+            yuv = av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24").reformat(format="yuv420p")
+            for packet in stream.encode(yuv):
                 container.mux(packet)
         for packet in stream.encode():
             container.mux(packet)
