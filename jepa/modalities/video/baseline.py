@@ -3,7 +3,8 @@
 :func:`write_middle_frame_shards` reads a labelled video shard set and writes, for every clip, the
 middle frame of the clip the video evaluation view shows (:func:`middle_frame_index`) as a lossless
 PNG with the same label, into an image shard set with the same classes. An image encoder (the image
-modality's I-JEPA ViT, ``recipes/video_demo_image_baseline.yaml``) pretrained and probed on these
+ViT of ``recipes/video_demo_image_baseline_lejepa.yaml``, or ``video_demo_image_baseline.yaml`` for the
+V-JEPA demo) pretrained and probed on these
 frames measures what a single frame tells about the label; the video demo compares the video
 encoder against it (``tools/demo.sh video``).
 """
