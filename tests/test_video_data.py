@@ -14,7 +14,7 @@ from jepa import registry
 from jepa.modalities.video import VideoModality
 from jepa.modalities.video.config import VideoConfig, VideoInputConfig
 from jepa.modalities.video.decode import VideoItem, probe_video, read_frames
-from jepa.modalities.video.demo import class_names, demo_clip, encode_mp4, render_clip
+from jepa.modalities.video.demo import class_names, demo_clip, render_clip
 from jepa.modalities.video.pyav_io import read_in_order, read_seeking
 from jepa.modalities.video.transforms import eval_batch, finish_batch, train_batch
 
@@ -193,9 +193,11 @@ def test_eval_batch_is_the_centre_clip(ramp_mp4):
 
 # ---------------------------------------------------------------------------- demo clips
 def test_demo_clips_are_deterministic_and_balanced():
-    a, b = demo_clip(5, seed=3, size=32, num_frames=8), demo_clip(5, seed=3, size=32, num_frames=8)
-    assert a == b and a[1] == 1
-    assert demo_clip(5, seed=4, size=32, num_frames=8)[0] != a[0]
+    # the frames, not the MP4 bytes: libx264 gives other bytes for a few clips from run to run (docs/video_demo.md)
+    (a, pa), (b, pb) = render_clip(5, seed=3, size=32, num_frames=8), render_clip(5, seed=3, size=32, num_frames=8)
+    np.testing.assert_array_equal(a, b)
+    assert pa == pb and demo_clip(5, seed=3, size=32, num_frames=8)[1] == pa.label == 1
+    assert not np.array_equal(render_clip(5, seed=4, size=32, num_frames=8)[0], a)
     assert [demo_clip(i, 0, 16, 2, num_classes=8)[1] for i in range(16)] == list(range(8)) * 2
     assert class_names(8)[3] == "left-cw" and class_names(4) == ["right", "left", "down", "up"]
     assert class_names(2) == ["right", "left"] and class_names(5)[-1] == "down-ccw"

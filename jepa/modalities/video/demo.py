@@ -138,7 +138,8 @@ def render_clip(index: int, seed: int, size: int = 64, num_frames: int = 16,
 
 
 def encode_mp4(frames: np.ndarray, fps: int = FPS, crf: int = 10) -> bytes:
-    """(F, H, W, 3) uint8 RGB frames -> H.264 MP4 bytes (yuv420p; H and W even), deterministic."""
+    """(F, H, W, 3) uint8 RGB frames -> H.264 MP4 bytes (yuv420p; H and W even). The bytes of a few clips differ
+    from process to process (libx264, single-threaded; docs/video_demo.md), the decoded frames by a few pixels."""
     if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
         raise ValueError(f"expected (F, H, W, 3) uint8 frames, got {frames.shape} {frames.dtype}")
     buf = io.BytesIO()
@@ -148,8 +149,8 @@ def encode_mp4(frames: np.ndarray, fps: int = FPS, crf: int = 10) -> bytes:
         stream.pix_fmt = "yuv420p"
         stream.options = {"crf": str(crf), "threads": "1", "preset": "medium"}
         for frame in frames:
-            # converted to yuv420p here: the encoder's own conversion gave other bytes from run to run (measured:
-            # 4 digests of one clip in 4 processes; docs/video_demo.md), this one the same in every process
+            # converted to yuv420p here: the encoder's own conversion gave other bytes more often (117 of 500 clips
+            # against 8 of 250 now); these planes are the same in every process, the rest is libx264's own
             yuv = av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24").reformat(format="yuv420p")
             for packet in stream.encode(yuv):
                 container.mux(packet)
