@@ -57,7 +57,7 @@ case "$objective" in
 esac
 
 if [ "$modality" = video ]; then
-    # The video demo: clips of a still shape under per-frame noise, labelled by the shape. Pretrain a small
+    # The video demo: clips of a still shape under per-frame noise and colour blobs, labelled by the shape. Pretrain a small
     # video encoder on the clips and, for the single-frame baseline, an image encoder of the same width, depth,
     # patch and objective for the same steps on the middle frame of every clip; then probe the pretrained video
     # encoder, the same video encoder at random init, and the image encoder (pretrained and at random init) on

@@ -173,8 +173,8 @@ class VideoModality(Modality):
         return {".mp4": "mp4", ".webm": "webm", ".avi": "avi"}
 
     def write_demo_data(self, out: Path, spec: DemoDataSpec) -> dict[str, Any]:
-        """MP4 clips of a still shape under per-frame noise, labelled by the shape (see :mod:`.demo_shapes`;
-        the motion clips of :mod:`.demo` are ``tools/video_motion_clips.py``); ``spec.size`` is the frame
+        """MP4 clips of a still shape under per-frame pixel noise and colour blobs, labelled by the shape (see
+        :mod:`.demo_shapes`; the motion clips of :mod:`.demo` are ``tools/video_motion_clips.py``); ``spec.size`` is the frame
         side in pixels (default 64); clips have ``DEMO_NUM_FRAMES`` (32) frames, enough for clip spans up
         to 32 (``recipes/video_demo.yaml``: 15)."""
         # deferred: PyAV, only for `jepa demo-data`
