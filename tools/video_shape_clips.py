@@ -3,7 +3,7 @@ classes behind a screen of square cells that open at random in every frame, and/
 noise and colour blobs.
 
 The demo's clips (``jepa demo-data --modality video``) are ``--open 1 --noise 0.4 --blob 0.5``
-(byte for byte); ``--open 1 --noise 0.5`` (or 0.8) are the pixel-noise-only clips, and this tool's
+(the same frames); ``--open 1 --noise 0.5`` (or 0.8) are the pixel-noise-only clips, and this tool's
 defaults (``--open 0.35 --noise 0.06``: one frame shows about a third of the object) the "shapes
 behind flickering holes" rows of docs/video_demo.md. The generator is
 :class:`jepa.modalities.video.demo_shapes.ShapeClips`.
