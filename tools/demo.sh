@@ -57,11 +57,11 @@ case "$objective" in
 esac
 
 if [ "$modality" = video ]; then
-    # The video demo: clips of a still shape under per-frame noise and colour blobs, labelled by the shape. Pretrain a small
-    # video encoder on the clips and, for the single-frame baseline, an image encoder of the same width, depth,
-    # patch and objective for the same steps on the middle frame of every clip; then probe the pretrained video
-    # encoder, the same video encoder at random init, and the image encoder (pretrained and at random init) on
-    # the middle frames of the held-out clips.
+    # The video demo: clips of a still shape under per-frame noise and colour blobs, labelled by the shape.
+    # Pretrain a small video encoder on the clips and, for the single-frame baseline, an image encoder of the
+    # same width, depth, patch and objective for the same steps on the middle frame of every clip; then probe
+    # the pretrained video encoder, the same video encoder at random init, and the image encoder (pretrained and
+    # at random init) on the middle frames of the held-out clips.
     recipe=recipes/video_demo$suffix.yaml
     image_recipe=recipes/video_demo_image_baseline$suffix.yaml
     run=runs/video_demo$suffix

@@ -28,11 +28,15 @@ from pathlib import Path
 from typing import Iterator
 
 import numpy as np
+import torch
 
-from jepa.data import ShardSample, derive_seed, write_shard_set
+from jepa.data import ShardSample, write_shard_set
 from jepa.errors import UserError
-from jepa.modalities.video.baseline import png_bytes
+from jepa.modalities.video.baseline import middle_frame_index, png_bytes
+from jepa.modalities.video.config import VideoInputConfig
+from jepa.modalities.video.demo import split_seed
 from jepa.modalities.video.demo_shapes import ShapeClips, write_shape_dataset
+from jepa.modalities.video.transforms import clip_indices, eval_clip_start
 from jepa.recipe import load_recipe
 from jepa.vision.shapes import CLASS_NAMES
 
@@ -45,31 +49,31 @@ class _ViewImages:
     (``mean`` False) or their mean (``mean`` True), as PNG."""
 
     clips: ShapeClips
-    split_seed: int
+    clip_set: int
     start: int
     stop: int
-    frames: tuple[int, ...]
+    view: VideoInputConfig
     mean: bool
 
     def __call__(self) -> Iterator[ShardSample]:
+        n = self.clips.num_frames
+        frames = clip_indices(torch.tensor([eval_clip_start(n, self.view)]), self.view)[0].tolist()
         for index in range(self.start, self.stop):
-            clip, label = self.clips.render(index, self.split_seed)
-            seen = clip[list(self.frames)]
-            picture = seen.astype(np.float64).mean(0).round().astype(np.uint8) if self.mean else seen[len(seen) // 2]
+            clip, label = self.clips.render(index, self.clip_set)
+            picture = (clip[frames].astype(np.float64).mean(0).round().astype(np.uint8) if self.mean
+                       else clip[middle_frame_index(n, self.view)])
             yield ShardSample(f"{index:07d}", "png", png_bytes(picture), label)
 
 
 def write_view_images(out: str, clips: ShapeClips, sizes: dict[str, int], seed: int, workers: int) -> None:
-    """``out/one/SPLIT`` and ``out/mean/SPLIT`` image shard sets of the demo evaluation view's frames (see above);
-    the split seeds are those of the clip shards (:func:`jepa.modalities.video.demo.write_clip_splits`)."""
+    """``out/one/SPLIT`` and ``out/mean/SPLIT`` image shard sets of the demo evaluation view's frames (see above),
+    of the clips the clip shards of ``seed`` hold."""
     view = load_recipe(DEMO_RECIPE).modality.input
-    start = (clips.num_frames - view.clip_span) // 2
-    frames = tuple(start + view.frame_step * k for k in range(view.num_frames))
     for kind, mean in (("one", False), ("mean", True)):
-        for number, (split, count) in enumerate(sizes.items()):  # train 0, val 1, as the clip shards' seeds
+        for split, count in sizes.items():
             if not count:
                 continue
-            jobs = [_ViewImages(clips, derive_seed(seed, number), first, min(first + 250, count), frames, mean)
+            jobs = [_ViewImages(clips, split_seed(seed, split), first, min(first + 250, count), view, mean)
                     for first in range(0, count, 250)]
             write_shard_set(jobs, Path(out) / kind / split, prefix="frames", max_count=250, max_bytes=1 << 30,
                             workers=workers, classes=clips.classes, total_items=count)

@@ -7,8 +7,8 @@ of the image), its size drawn **by area** (the same range for every class), rota
 and placed uniformly wherever it fits whole.
 
 The image modality's demo data paints these masks in random grey levels; the
-video demo (:mod:`jepa.modalities.video.demo_shapes`) shows them through per-frame noise and colour blobs. Masks are a
-pure function of the labels and the ``torch.Generator`` passed in.
+video demo (:mod:`jepa.modalities.video.demo_shapes`) shows them through per-frame noise and colour
+blobs. Masks are a pure function of the labels and the ``torch.Generator`` passed in.
 """
 
 from __future__ import annotations

@@ -174,8 +174,8 @@ class VideoModality(Modality):
 
     def write_demo_data(self, out: Path, spec: DemoDataSpec) -> dict[str, Any]:
         """MP4 clips of a still shape under per-frame pixel noise and colour blobs, labelled by the shape (see
-        :mod:`.demo_shapes`; the motion clips of :mod:`.demo` are ``tools/video_motion_clips.py``); ``spec.size`` is the frame
-        side in pixels (default 64); clips have ``DEMO_NUM_FRAMES`` (32) frames, enough for clip spans up
+        :mod:`.demo_shapes`; the motion clips of :mod:`.demo` are ``tools/video_motion_clips.py``); ``spec.size``
+        is the frame side in pixels (default 64); clips have ``DEMO_NUM_FRAMES`` (32) frames, enough for clip spans up
         to 32 (``recipes/video_demo.yaml``: 15)."""
         # deferred: PyAV, only for `jepa demo-data`
         from jepa.modalities.video.demo_shapes import ShapeClips, write_shape_dataset

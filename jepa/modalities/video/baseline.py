@@ -24,6 +24,7 @@ from jepa.errors import DataError
 from jepa.eval.reader import label_of
 from jepa.modalities.video.config import VideoInputConfig
 from jepa.modalities.video.decode import probe_video, read_frames
+from jepa.modalities.video.transforms import eval_clip_start
 
 
 def middle_frame_index(num_frames: int, cfg: VideoInputConfig) -> int:
@@ -35,7 +36,7 @@ def middle_frame_index(num_frames: int, cfg: VideoInputConfig) -> int:
     """
     if num_frames < cfg.clip_span:
         raise DataError(f"a {num_frames}-frame video is shorter than one clip ({cfg.clip_span} frames)")
-    return (num_frames - cfg.clip_span) // 2 + cfg.frame_step * (cfg.num_frames // 2)
+    return eval_clip_start(num_frames, cfg) + cfg.frame_step * (cfg.num_frames // 2)
 
 
 def png_bytes(frame_HW3: np.ndarray) -> bytes:

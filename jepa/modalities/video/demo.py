@@ -170,6 +170,12 @@ DEMO_NUM_FRAMES = 32
 _SPLITS = {"train": 0, "val": 1}
 
 
+def split_seed(seed: int, split: str) -> int:
+    """The clip-set seed of ``split`` ("train" or "val") of the demo data set ``seed``: val clips are independent of
+    train clips."""
+    return derive_seed(seed, _SPLITS[split])
+
+
 class ClipRenderer(Protocol):
     """Draws clip ``index`` of the clip set ``seed``: frames (F, H, W, 3) uint8 and the label."""
 
@@ -187,9 +193,9 @@ class ClipChunk:
     count: int
 
     def __call__(self) -> Iterator[ShardSample]:
-        split_seed = derive_seed(self.seed, _SPLITS[self.split])  # val clips are independent of train clips
+        clip_set = split_seed(self.seed, self.split)
         for i in range(self.start, self.start + self.count):
-            frames, label = self.clips.render(i, split_seed)
+            frames, label = self.clips.render(i, clip_set)
             yield ShardSample(f"{self.split}_{i:07d}", "mp4", encode_mp4(frames), label)
 
 

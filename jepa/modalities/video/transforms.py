@@ -99,6 +99,11 @@ def finish_batch(inputs: Tensor, cfg: VideoInputConfig) -> Tensor:
     return _to_batch(inputs, cfg) if inputs.dtype == torch.uint8 else inputs
 
 
+def eval_clip_start(num_frames: int, cfg: VideoInputConfig) -> int:
+    """The first frame of the evaluation view's clip of a ``num_frames``-frame video: the centre clip."""
+    return (num_frames - cfg.clip_span) // 2
+
+
 def eval_batch(items: list[VideoItem], cfg: VideoInputConfig) -> Tensor:
     """The evaluation view: centre clip, shorter side to ``round(S*256/224)``, centre crop S.
 
@@ -107,7 +112,7 @@ def eval_batch(items: list[VideoItem], cfg: VideoInputConfig) -> Tensor:
     """
     _check_items(items, cfg)
     s, r = cfg.crop_size, eval_resize_size(cfg.crop_size)
-    starts = torch.tensor([(it.num_frames - cfg.clip_span) // 2 for it in items])
+    starts = torch.tensor([eval_clip_start(it.num_frames, cfg) for it in items])
     out = torch.empty(len(items), cfg.num_frames, 3, s, s, dtype=torch.uint8)
     for i, (item, idx) in enumerate(zip(items, clip_indices(starts, cfg).tolist())):
         frames = read_frames(item, idx).permute(0, 3, 1, 2)
