@@ -48,6 +48,39 @@ def test_table_means_over_seeds_with_references_first(tmp_path):
         tool.load_plan(bad)
 
 
+def test_a_protocol_added_later_is_probed_alone_and_merged(tmp_path, monkeypatch):
+    """A finished cell lacking a protocol of the plan gets only that probe, merged into its report; the
+    pixel row uses ``pixel_protocols``; nothing is trained again."""
+    import json
+
+    tool = _tool()
+    calls = []
+
+    def fake_run(cmd, log):
+        calls.append(cmd)
+        assert cmd[:2] == ["jepa", "eval"], f"only probes may run here, not {cmd[:2]}"
+        protocols = cmd[cmd.index("--protocol") + 1].split(",")
+        results = [{"protocol": p, "top1": 0.5 + 0.1 * i} for i, p in enumerate(protocols)]
+        Path(cmd[cmd.index("--json") + 1]).write_text(json.dumps({"results": results, "total_seconds": 1.0}))
+
+    monkeypatch.setattr(tool, "_run", fake_run)
+    plan = {"train_data": "t", "val_data": "v", "protocols": ["linear", "knn", "attentive"],
+            "pixel_protocols": ["linear", "knn"], "rows": [{"name": "base"}]}
+    cell = tmp_path / "base" / "seed0"
+    cell.mkdir(parents=True)
+    (cell / "eval.json").write_text(json.dumps({"results": [{"protocol": "linear", "top1": 0.3},
+                                                            {"protocol": "knn", "top1": 0.2}]}))
+    assert tool.missing_protocols(cell / "eval.json", plan["protocols"]) == ["attentive"]
+    top1 = tool.run_cell(plan, {"name": "base"}, 0, tmp_path)
+    assert len(calls) == 1 and calls[0][calls[0].index("--protocol") + 1] == "attentive"
+    assert top1 == {"linear": 0.3, "knn": 0.2, "attentive": 0.5}
+    report = json.loads((cell / "eval.json").read_text())
+    assert report["merged"] == [{"protocols": ["attentive"], "total_seconds": 1.0}]
+    assert tool.run_cell(plan, {"name": "base"}, 0, tmp_path) == top1 and len(calls) == 1  # complete: no probe
+    assert tool.run_reference(plan, "pixels", 0, tmp_path) == {"linear": 0.5, "knn": 0.6}
+    assert calls[-1][2] == f"pixels:{cell / 'recipe.yaml'}" and calls[-1][calls[-1].index("--protocol") + 1] == "linear,knn"
+
+
 def test_demo_knn_diagnosis_measures_what_it_names():
     """tools/demo_knn_diagnosis.py: variance shares and k-NN on features whose answer is known."""
     tool = load_tool("demo_knn_diagnosis")

@@ -11,7 +11,10 @@ the base). For every (row, seed) this runs
     jepa eval OUT/ROW/seedS --train-data TRAIN --val-data VAL --protocol linear,knn --seed S --json ...
 
 and, as reference rows, the first row's architecture at random initialisation (``random:``) and the
-raw pixels (``pixels:``). Finished (row, seed) pairs are skipped, so an interrupted table resumes.
+raw pixels (``pixels:``). Finished (row, seed) pairs are skipped, so an interrupted table resumes; a
+protocol added to the plan later is probed on its own and merged into the finished reports. The plan's
+``pixel_protocols`` (default: its ``protocols``) sets the pixel row's probes, since an attentive probe
+over raw pixel tokens rarely fits in memory (``jepa eval`` refuses it before running anything).
 The table (mean over seeds, with each seed's numbers and the command of the row) is printed and
 written to ``OUT/table.md``; ``OUT/results.json`` holds every number.
 
@@ -62,9 +65,15 @@ def train_command(plan: dict, row: dict, seed: int, run_dir: Path) -> list[str]:
     return ["jepa", "train", plan["base"], *[a for s in sets for a in ("--set", s)]]
 
 
-def eval_command(plan: dict, source: str, seed: int, out_json: Path) -> list[str]:
+def protocols_of(plan: dict, kind: str = "") -> list[str]:
+    """The probes of a trained row or reference ``kind`` (the pixel row may have its own)."""
+    protocols = plan.get("protocols", PROTOCOLS)
+    return list(plan.get("pixel_protocols", protocols) if kind == "pixels" else protocols)
+
+
+def eval_command(plan: dict, source: str, seed: int, out_json: Path, protocols: list[str] | None = None) -> list[str]:
     return ["jepa", "eval", source, "--train-data", plan["train_data"], "--val-data", plan["val_data"],
-            "--protocol", ",".join(plan.get("protocols", PROTOCOLS)), "--seed", str(seed), "--json", str(out_json),
+            "--protocol", ",".join(protocols or protocols_of(plan)), "--seed", str(seed), "--json", str(out_json),
             *plan.get("eval_args", [])]
 
 
@@ -90,19 +99,45 @@ def _top1(report: Path) -> dict[str, float]:
     return top1
 
 
+def missing_protocols(report: Path, protocols: list[str]) -> list[str]:
+    """The plan's protocols a finished report lacks (all of them when there is no report)."""
+    if not report.is_file():
+        return list(protocols)
+    have = {r["protocol"] for r in json.loads(report.read_text())["results"]}
+    return [p for p in protocols if p not in have]
+
+
+def probe(plan: dict, source: str, seed: int, report: Path, protocols: list[str]) -> None:
+    """Run ``jepa eval`` for ``protocols`` and write ``report``, or merge them into the report there.
+
+    A merged report keeps its first run's header (features, timings) and lists the later probes' results
+    after the earlier ones; ``merged`` names the protocols added and the report they came from."""
+    tmp = report.with_suffix(".tmp")
+    _run(eval_command(plan, source, seed, tmp, protocols), report.parent / "eval.log")
+    if report.is_file():
+        added = json.loads(tmp.read_text())
+        merged = json.loads(report.read_text())
+        merged["results"] += added["results"]
+        merged.setdefault("merged", []).append({"protocols": protocols, "total_seconds": added.get("total_seconds")})
+        tmp.write_text(json.dumps(merged, indent=2))
+    tmp.replace(report)
+
+
 def run_cell(plan: dict, row: dict, seed: int, out: Path) -> dict[str, float]:
-    """Train and probe one (row, seed), or read its finished report."""
+    """Train and probe one (row, seed), probe the protocols its report lacks, or read its finished report."""
     run_dir = out / _slug(row["name"]) / f"seed{seed}"
     report = run_dir / "eval.json"
-    if not report.is_file():
+    if report.is_file():
+        if missing := missing_protocols(report, protocols_of(plan)):
+            probe(plan, str(run_dir), seed, report, missing)
+    else:
         if run_dir.exists():  # an interrupted cell starts again from scratch
             shutil.rmtree(run_dir)
         run_dir.mkdir(parents=True)
         start = time.monotonic()
         _run(train_command(plan, row, seed, run_dir), run_dir / "train.log")
         trained = time.monotonic()
-        _run(eval_command(plan, str(run_dir), seed, report.with_suffix(".tmp")), run_dir / "eval.log")
-        report.with_suffix(".tmp").replace(report)
+        probe(plan, str(run_dir), seed, report, protocols_of(plan))
         seconds = {"train": trained - start, "eval": time.monotonic() - trained}
         (run_dir / "seconds.json").write_text(json.dumps(seconds))
     return _top1(report)
@@ -111,11 +146,9 @@ def run_cell(plan: dict, row: dict, seed: int, out: Path) -> dict[str, float]:
 def run_reference(plan: dict, kind: str, seed: int, out: Path) -> dict[str, float]:
     first = out / _slug(plan["rows"][0]["name"]) / f"seed{seed}"
     report = out / kind / f"seed{seed}" / "eval.json"
-    if not report.is_file():
+    if missing := missing_protocols(report, protocols_of(plan, kind)):
         report.parent.mkdir(parents=True, exist_ok=True)
-        source = f"{kind}:{first / 'recipe.yaml'}"
-        _run(eval_command(plan, source, seed, report.with_suffix(".tmp")), report.parent / "eval.log")
-        report.with_suffix(".tmp").replace(report)
+        probe(plan, f"{kind}:{first / 'recipe.yaml'}", seed, report, missing)
     return _top1(report)
 
 
@@ -170,7 +203,8 @@ def main() -> None:
             done = args.out / _slug(name) / f"seed{seed}" / "eval.json"
             if done.is_file():
                 results.setdefault(name, {})[seed] = _top1(done)
-            elif not args.table_only and (wanted is None or name in wanted):
+            pending = missing_protocols(done, protocols_of(plan, name))  # none run yet, or some added later
+            if pending and not args.table_only and (wanted is None or name in wanted):
                 (refs if name in REFERENCES else cells).append((row, seed))
     with ThreadPoolExecutor(max(1, args.jobs)) as pool:  # rows first; references need row 1's recipe
         for (row, seed), top1 in zip(cells, pool.map(lambda c: run_cell(plan, c[0], c[1], args.out), cells)):
