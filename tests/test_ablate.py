@@ -96,3 +96,21 @@ def test_demo_knn_diagnosis_measures_what_it_names():
     assert tool.between_share(torch.randn(300, 3, generator=g), groups) < 0.05
     assert tool.knn_top1(separated[:200], groups[:200], separated[200:], groups[200:]) == 1.0
     assert tool.knn_top1(separated[:200], groups[:200], separated[200:], (groups[200:] + 1) % 3) == 0.0
+
+    class Tokens:  # a stand-in source whose last layer is given
+        depth = 1
+
+        def __init__(self, fn):
+            self.fn = fn
+
+        def layers(self, x, depth):
+            return [self.fn(x)]
+
+    pixels = images[:40]
+    per_image = torch.randn(40, 1, 16, generator=g)  # every token of an image the same vector
+    assert tool.token_similarity(Tokens(lambda x: per_image[: len(x)].expand(-1, 9, -1)), pixels, (0.5,) * 3,
+                                 (0.2,) * 3) > 0.99
+    own = torch.randn(40, 9, 16, generator=g)  # every token its own vector
+    assert abs(tool.token_similarity(Tokens(lambda x: own[: len(x)]), pixels, (0.5,) * 3, (0.2,) * 3)) < 0.1
+    shared_offset = own + 100.0  # a constant offset every token shares is centred away
+    assert abs(tool.token_similarity(Tokens(lambda x: shared_offset[: len(x)]), pixels, (0.5,) * 3, (0.2,) * 3)) < 0.1

@@ -11,7 +11,10 @@ does), pools every layer's tokens and prints:
   last layer's features as they are, centred, and standardised (train statistics), and per layer;
 * k-NN of the nuisances: polarity (object lighter than the background) and the object's quadrant;
 * the share of the feature variance between the groups of the class, the polarity and the quadrant;
-* k-NN of the class searching only images of the query's polarity.
+* k-NN of the class searching only images of the query's polarity;
+* how alike one image's last-layer tokens are (mean cosine between its token pairs, centred by the
+  mean token over the images): near 1, every token carries the same image-level vector and little of
+  its own patch, which an attentive probe (reading tokens, not their mean) then lacks.
 """
 
 from __future__ import annotations
@@ -48,6 +51,20 @@ def pooled_layers(source, images: Tensor, mean: tuple, std: tuple, batch: int = 
     x = normalize_uint8(images, mean, std)
     chunks = [[h.mean(1) for h in source.layers(x[i:i + batch], source.depth)] for i in range(0, len(x), batch)]
     return [torch.cat([c[layer] for c in chunks]) for layer in range(source.depth)]
+
+
+@torch.no_grad()
+def token_similarity(source, images: Tensor, mean: tuple, std: tuple, batch: int = 250) -> float:
+    """Mean cosine similarity between the last layer's tokens of one image, over all token pairs and images.
+
+    Tokens are centred by the mean token (over images and positions) first, so a constant offset that
+    every token shares does not count as sameness."""
+    x = normalize_uint8(images, mean, std)
+    tokens = torch.cat([source.layers(x[i:i + batch], source.depth)[-1] for i in range(0, len(x), batch)])
+    unit = F.normalize(tokens - tokens.mean((0, 1)), dim=-1)  # (N, T, D)
+    n = unit.shape[1]
+    gram = unit @ unit.transpose(1, 2)  # (N, T, T)
+    return ((gram.sum((1, 2)) - n) / (n * (n - 1))).mean().item()
 
 
 def knn_top1(train: Tensor, train_y: Tensor, query: Tensor, query_y: Tensor, k: int = 20, t: float = 0.07) -> float:
@@ -88,6 +105,8 @@ def main() -> None:
               f"{between_share(tr, train_p):.3f}, quadrant {between_share(tr, train_q):.3f}")
         within = [knn_top1(tr[train_p == p], train_y[train_p == p], qu[query_p == p], query_y[query_p == p]) for p in (0, 1)]
         print(f"  k-NN class within one polarity (darker / lighter object): {within[0]:.3f} / {within[1]:.3f}")
+        print(f"  tokens of one image, mean pairwise cosine (last layer, centred): "
+              f"{token_similarity(source, query_x, cfg.mean, cfg.std):.3f}")
 
 
 if __name__ == "__main__":
