@@ -111,7 +111,7 @@ def probe(plan: dict, source: str, seed: int, report: Path, protocols: list[str]
     """Run ``jepa eval`` for ``protocols`` and write ``report``, or merge them into the report there.
 
     A merged report keeps its first run's header (features, timings) and lists the later probes' results
-    after the earlier ones; ``merged`` names the protocols added and the report they came from."""
+    after the earlier ones; ``merged`` lists each addition's protocols and its ``jepa eval`` seconds."""
     tmp = report.with_suffix(".tmp")
     _run(eval_command(plan, source, seed, tmp, protocols), report.parent / "eval.log")
     if report.is_file():
